@@ -1,0 +1,781 @@
+r"""Local prediction rigidity (LPR), prediction rigidity (PR) and component-wise LPR.
+
+For a ridge model trained with the halved loss
+:math:`\frac12\sum_A (y_A - \mathbf{x}_A\cdot\mathbf{w})^2 + \frac{\alpha}{2}|\mathbf{w}|^2`
+on structure rows :math:`\mathbf{x}_A` (per-atom means by default), the LPR of an atom with
+descriptor :math:`\mathbf{x}_k` is
+
+.. math::
+    \mathrm{LPR}_k = \frac{1}{\mathbf{x}_k^\top (\mathbf{X}^\top\mathbf{X}
+                     + \alpha\mathbf{I})^{-1}\mathbf{x}_k}
+
+(Chong et al., JCTC 19, 8020 (2023)). All descriptors are divided by a scale ``s``
+(scikit-matter's ``sfactor``: the root mean square norm of the training atoms' descriptors)
+unless a fixed scale is given.
+
+Two layers:
+
+* :class:`RigiditySolver` accumulates :math:`\mathbf{X}^\top\mathbf{X}` structure by
+  structure (memory :math:`O(d^2)`), eigendecomposes it once, and then answers every alpha
+  from cached projections :math:`P = \mathbf{X}_\mathrm{test} V`:
+  :math:`1/\mathrm{LPR}_k = \sum_j P_{kj}^2 / (e_j + \alpha)`.
+* :func:`local_prediction_rigidity` and :func:`componentwise_prediction_rigidity` are
+  drop-ins for the scikit-matter functions of the same names (same arguments, convention
+  and return values), built on the solver.
+
+Numerical rule for rank deficiency (``alpha`` at or near 0, fewer structures than
+features). With :math:`e_j` the eigenvalues of :math:`\mathbf{X}^\top\mathbf{X}`,
+:math:`e_\max` the largest and :math:`d` the number of features:
+
+* eigenvalues are clipped to be ``>= 0``, and the ``d - n_structures`` smallest are set to
+  exactly 0 (the rank of :math:`\mathbf{X}^\top\mathbf{X}` is at most ``n_structures``);
+* the numerical resolution at ``alpha`` is
+  :math:`\tau(\alpha) = d\,\varepsilon\,(e_\max + \alpha)` (NumPy's ``matrix_rank`` rule
+  for :math:`\mathbf{X}^\top\mathbf{X} + \alpha\mathbf{I}`); every eigenvalue of that
+  matrix is floored at :math:`\tau(\alpha)`, so an atom with a component in the null
+  space gets a tiny but finite LPR (the :math:`\alpha \to 0` limit is 0), never NaN/inf;
+* ``rank_diff(alpha)`` is scikit-matter's ``d - rank(X^T X + alpha I)``: the number of
+  eigenvalues with :math:`e_j + \alpha \le \tau(\alpha)`;
+* the *data null space* is the set of directions with :math:`e_j \le \tau(0)`;
+  ``undetermined(X, alpha)`` flags atoms for which more than half of
+  :math:`1/\mathrm{LPR}` (the posterior variance of the local prediction) comes from
+  data-null-space directions: their local prediction is set by the regulariser (or by the
+  floor at ``alpha = 0``), not by the training data;
+* an all-zero descriptor (its prediction is 0 whatever the weights) gets the huge finite
+  LPR ``1 / numpy.finfo(float).tiny``.
+
+scikit-matter's pseudo-inverse instead *drops* null-space components at ``alpha = 0``,
+which reports a large LPR for exactly the atoms the data do not determine (or inf when the
+descriptor lies wholly in the null space); the two agree whenever
+:math:`\mathbf{X}^\top\mathbf{X} + \alpha\mathbf{I}` is numerically non-singular.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import scipy.sparse
+
+from lprviz.errors import InputError
+
+__all__ = [
+    "RigiditySolver",
+    "componentwise_prediction_rigidity",
+    "local_prediction_rigidity",
+    "lpr_sweep",
+    "sfactor",
+    "structure_features",
+]
+
+_EPS = np.finfo(np.float64).eps
+_TINY = np.finfo(np.float64).tiny
+# Rows per GEMM when accumulating X^T X or projecting test atoms: bounds the working memory
+# at _CHUNK * d floats while keeping the BLAS calls large.
+_CHUNK = 4096
+# An atom is undetermined when more than this share of 1/LPR comes from the data null space.
+_UNDETERMINED_SHARE = 0.5
+_CONVENTIONS = ("mean", "sum")
+
+
+def _as_2d(X, what: str) -> np.ndarray:
+    X = np.asarray(X, dtype=np.float64)
+    if X.ndim != 2:
+        raise InputError(f"{what}: expected a 2D array (n_atoms, n_features), got shape {X.shape}")
+    if not np.all(np.isfinite(X)):
+        raise InputError(f"{what}: descriptors contain NaN or inf")
+    return X
+
+
+def _check_alpha(alpha) -> float:
+    alpha = float(alpha)
+    if not np.isfinite(alpha) or alpha < 0:
+        raise InputError(f"alpha: expected a finite number >= 0, got {alpha}")
+    return alpha
+
+
+def _check_convention(convention: str) -> str:
+    if convention not in _CONVENTIONS:
+        raise InputError(f"convention: expected one of {_CONVENTIONS}, got {convention!r}")
+    return convention
+
+
+def sfactor(X_atoms) -> float:
+    r"""scikit-matter's global scale of atomic descriptors.
+
+    .. math:: s = \sqrt{\sum_f \langle x_{if}^2 \rangle_i}
+
+    i.e. the root mean square norm of the descriptors (no centring).
+
+    Parameters
+    ----------
+    X_atoms : numpy.ndarray of shape (n_atoms, n_features)
+        Descriptors of the training atoms.
+
+    Returns
+    -------
+    float
+        The scale ``s``.
+    """
+    X = _as_2d(X_atoms, "X_atoms")
+    if X.shape[0] == 0:
+        raise InputError("X_atoms: expected at least one training atom, got none")
+    return float(np.sqrt(np.einsum("ij,ij->", X, X) / X.shape[0]))
+
+
+def structure_features(
+    X_atoms,
+    structure_index,
+    n_structures: int | None = None,
+    *,
+    convention: str = "mean",
+) -> np.ndarray:
+    """Per-structure rows of atomic descriptors: the mean (or the sum) over each structure.
+
+    Parameters
+    ----------
+    X_atoms : numpy.ndarray of shape (n_atoms, n_features)
+        Atomic descriptors in dataset atom order.
+    structure_index : numpy.ndarray of int of shape (n_atoms,)
+        Structure of each atom (0-based; need not be sorted or contiguous).
+    n_structures : int, optional
+        Number of output rows; default ``structure_index.max() + 1``. Structures without
+        atoms give zero rows.
+    convention : {"mean", "sum"}
+        Per-atom mean rows (the reference convention) or totals.
+
+    Returns
+    -------
+    numpy.ndarray of shape (n_structures, n_features)
+        One row per structure.
+    """
+    X = _as_2d(X_atoms, "X_atoms")
+    _check_convention(convention)
+    idx = np.asarray(structure_index)
+    if idx.shape != (X.shape[0],) or (idx.size and not np.issubdtype(idx.dtype, np.integer)):
+        raise InputError(
+            f"structure_index: expected {X.shape[0]} integers, got shape {idx.shape} "
+            f"of dtype {idx.dtype}"
+        )
+    if idx.size and idx.min() < 0:
+        raise InputError("structure_index: expected indices >= 0")
+    n = int(idx.max()) + 1 if idx.size else 0
+    if n_structures is None:
+        n_structures = n
+    elif n_structures < n:
+        raise InputError(
+            f"n_structures: got {n_structures} but structure_index refers to structure {n - 1}"
+        )
+    # A sparse (n_structures, n_atoms) indicator turns the grouped sum into one product.
+    S = scipy.sparse.csr_matrix(
+        (np.ones(X.shape[0]), (idx, np.arange(X.shape[0]))), shape=(n_structures, X.shape[0])
+    )
+    rows = np.asarray(S @ X)
+    if convention == "mean":
+        counts = np.bincount(idx, minlength=n_structures).astype(np.float64)
+        rows /= np.maximum(counts, 1.0)[:, None]
+    return rows
+
+
+@dataclass(eq=False)
+class RigiditySolver:
+    r"""LPR machinery for one training set: :math:`\mathbf{X}^\top\mathbf{X}` and its
+    eigendecomposition, built once, then cheap for every alpha.
+
+    Build it with :meth:`from_atoms` or :meth:`from_structures`. The eigendecomposition is
+    computed lazily on first use and cached. All ``X_*_raw`` arguments are *unscaled*
+    descriptors; the solver divides them by :attr:`scale`. See the module docstring for
+    the rank-deficiency rule (eigenvalue floor, ``rank_diff``, ``undetermined``).
+
+    Attributes
+    ----------
+    gram : numpy.ndarray of shape (n_features, n_features)
+        :math:`\mathbf{X}^\top\mathbf{X}` of the scaled structure rows.
+    scale : float
+        Descriptor scale ``s`` (scikit-matter's sfactor of the training atoms unless fixed).
+    n_structures : int
+        Number of training structures (rows of :math:`\mathbf{X}`).
+    convention : {"mean", "sum"}
+        Structure rows are per-atom means (reference) or sums (totals).
+    """
+
+    gram: np.ndarray
+    scale: float
+    n_structures: int
+    convention: str = "mean"
+    _eigvals: np.ndarray | None = field(default=None, init=False, repr=False)
+    _eigvecs: np.ndarray | None = field(default=None, init=False, repr=False)
+    _null: np.ndarray | None = field(default=None, init=False, repr=False)
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_atoms(
+        cls,
+        X_atoms,
+        structure_index,
+        *,
+        scale: float | None = None,
+        convention: str = "mean",
+    ) -> RigiditySolver:
+        """Build from atomic descriptors and the structure of each atom.
+
+        Parameters
+        ----------
+        X_atoms : numpy.ndarray of shape (n_atoms, n_features)
+            Raw descriptors of the training atoms.
+        structure_index : numpy.ndarray of int of shape (n_atoms,)
+            Training structure of each atom; structures without atoms are ignored.
+        scale : float, optional
+            Fixed descriptor scale; default: :func:`sfactor` of ``X_atoms``.
+        convention : {"mean", "sum"}
+            Structure rows are per-atom means or sums.
+
+        Returns
+        -------
+        RigiditySolver
+        """
+        X = _as_2d(X_atoms, "X_atoms")
+        if X.shape[0] == 0:
+            raise InputError("X_atoms: expected at least one training atom, got none")
+        rows = structure_features(X, structure_index, convention=_check_convention(convention))
+        rows = rows[np.bincount(np.asarray(structure_index)) > 0]
+        scale = sfactor(X) if scale is None else scale
+        return cls._from_raw_gram(_gram(rows), scale, rows.shape[0], convention)
+
+    @classmethod
+    def from_structures(
+        cls,
+        structures: Iterable[np.ndarray],
+        *,
+        scale: float | None = None,
+        convention: str = "mean",
+    ) -> RigiditySolver:
+        """Build from one ``(n_atoms, n_features)`` array per training structure.
+
+        The structures are read once (a generator works): :math:`\\mathbf{X}^\\top\\mathbf{X}`
+        and the sfactor are accumulated on the fly, so memory stays :math:`O(d^2)`.
+
+        Parameters
+        ----------
+        structures : iterable of numpy.ndarray of shape (n_atoms, n_features)
+            Raw descriptors, one array per training structure.
+        scale : float, optional
+            Fixed descriptor scale; default: :func:`sfactor` of all training atoms.
+        convention : {"mean", "sum"}
+            Structure rows are per-atom means or sums.
+
+        Returns
+        -------
+        RigiditySolver
+        """
+        _check_convention(convention)
+        gram, sumsq, n_atoms, n_structures = _accumulate(structures, convention)
+        if n_atoms == 0:
+            raise InputError("X_train: expected at least one training atom, got none")
+        if scale is None:
+            scale = float(np.sqrt(sumsq / n_atoms))
+        return cls._from_raw_gram(gram, scale, n_structures, convention)
+
+    @classmethod
+    def _from_raw_gram(
+        cls, gram_raw: np.ndarray, scale: float, n_structures: int, convention: str
+    ) -> RigiditySolver:
+        scale = float(scale)
+        if not np.isfinite(scale) or scale <= 0:
+            raise InputError(
+                f"scale: expected a positive finite number, got {scale} "
+                "(all training descriptors zero?)"
+            )
+        return cls(gram_raw / scale**2, scale, int(n_structures), convention)
+
+    def with_structures(
+        self,
+        X_more_atoms,
+        structure_index_more=None,
+    ) -> RigiditySolver:
+        """A new solver with more training structures, at the same scale and convention.
+
+        Parameters
+        ----------
+        X_more_atoms : numpy.ndarray of shape (n_atoms, n_features) or list of such arrays
+            Raw descriptors of the added atoms; a list means one array per structure
+            (then ``structure_index_more`` is not given).
+        structure_index_more : numpy.ndarray of int of shape (n_atoms,), optional
+            Added structure of each atom (any labels; only grouping matters).
+
+        Returns
+        -------
+        RigiditySolver
+            ``self`` is unchanged.
+        """
+        if structure_index_more is None:
+            gram, _, _, n_more = _accumulate(X_more_atoms, self.convention)
+        else:
+            X = _as_2d(X_more_atoms, "X_more_atoms")
+            _, idx = np.unique(np.asarray(structure_index_more), return_inverse=True)
+            rows = structure_features(X, idx.reshape(-1), convention=self.convention)
+            gram, n_more = _gram(rows), rows.shape[0]
+        if gram.shape != self.gram.shape:
+            raise InputError(
+                f"X_more_atoms: expected {self.n_features} features, got {gram.shape[0]}"
+            )
+        return RigiditySolver(
+            self.gram + gram / self.scale**2,
+            self.scale,
+            self.n_structures + n_more,
+            self.convention,
+        )
+
+    # ------------------------------------------------------------------ eigensystem
+    @property
+    def n_features(self) -> int:
+        """Number of descriptor features ``d``."""
+        return self.gram.shape[0]
+
+    def _eig(self) -> tuple[np.ndarray, np.ndarray]:
+        if self._eigvals is None:
+            e, V = np.linalg.eigh(self.gram)
+            e = np.clip(e, 0.0, None)
+            # rank(X^T X) <= n_structures: the smallest d - n eigenvalues are exactly 0;
+            # setting them so removes eigh's round-off from the null space.
+            n_zero = max(self.n_features - self.n_structures, 0)
+            e[:n_zero] = 0.0
+            self._eigvals, self._eigvecs = e, V
+            self._null = e <= self._resolution(0.0)
+        return self._eigvals, self._eigvecs
+
+    @property
+    def eigvals(self) -> np.ndarray:
+        """Eigenvalues of :attr:`gram`, ascending, clipped ``>= 0``; shape (n_features,)."""
+        return self._eig()[0]
+
+    @property
+    def eigvecs(self) -> np.ndarray:
+        """Orthonormal eigenvectors of :attr:`gram` as columns; shape (d, d)."""
+        return self._eig()[1]
+
+    def _resolution(self, alpha: float) -> float:
+        # NumPy's matrix_rank tolerance for X^T X + alpha I (largest eigenvalue e_max + alpha).
+        e_max = self._eigvals[-1] if self._eigvals.size else 0.0
+        return max(self.n_features * _EPS * (e_max + alpha), _TINY)
+
+    def _effective(self, alpha: float) -> np.ndarray:
+        """Eigenvalues of X^T X + alpha I floored at the numerical resolution."""
+        e, _ = self._eig()
+        return np.maximum(e + alpha, self._resolution(alpha))
+
+    def rank_diff(self, alpha: float) -> int:
+        """scikit-matter's rank deficiency ``d - rank(X^T X + alpha I)``.
+
+        Parameters
+        ----------
+        alpha : float
+            Regulariser (``>= 0``).
+
+        Returns
+        -------
+        int
+            0 when the regularised normal matrix is numerically non-singular.
+        """
+        alpha = _check_alpha(alpha)
+        e, _ = self._eig()
+        return int(np.count_nonzero(e + alpha <= self._resolution(alpha)))
+
+    # ------------------------------------------------------------------ projections
+    def projections(self, X_atoms_raw) -> np.ndarray:
+        """Scaled descriptors in the eigenbasis, ``P = (X / scale) V``; compute once, reuse.
+
+        Parameters
+        ----------
+        X_atoms_raw : numpy.ndarray of shape (n, n_features)
+            Raw descriptors (atoms or structure rows).
+
+        Returns
+        -------
+        numpy.ndarray of shape (n, n_features)
+        """
+        X = self._check_features(X_atoms_raw)
+        return (X @ self.eigvecs) / self.scale
+
+    def lpr_from_projections(self, P: np.ndarray, alpha: float) -> np.ndarray:
+        """LPR from cached :meth:`projections`: ``1/LPR_k = sum_j P_kj^2 / (e_j + alpha)``.
+
+        Parameters
+        ----------
+        P : numpy.ndarray of shape (n, n_features)
+            Output of :meth:`projections`.
+        alpha : float
+            Regulariser (``>= 0``).
+
+        Returns
+        -------
+        numpy.ndarray of shape (n,)
+            Finite, positive LPR values.
+        """
+        inv = 1.0 / self._effective(_check_alpha(alpha))
+        return _invert(_sq_dot(P, inv[:, None])[:, 0])
+
+    def undetermined_from_projections(self, P: np.ndarray, alpha: float) -> np.ndarray:
+        """:meth:`undetermined` from cached :meth:`projections`.
+
+        Parameters
+        ----------
+        P : numpy.ndarray of shape (n, n_features)
+            Output of :meth:`projections`.
+        alpha : float
+            Regulariser (``>= 0``).
+
+        Returns
+        -------
+        numpy.ndarray of bool of shape (n,)
+        """
+        inv = 1.0 / self._effective(_check_alpha(alpha))
+        w = np.stack([inv, np.where(self._null, inv, 0.0)], axis=1)
+        u = _sq_dot(P, w)
+        return u[:, 1] > _UNDETERMINED_SHARE * u[:, 0]
+
+    # ------------------------------------------------------------------ rigidities
+    def lpr(self, X_atoms_raw, alpha: float) -> np.ndarray:
+        """Local prediction rigidity of atoms.
+
+        Parameters
+        ----------
+        X_atoms_raw : numpy.ndarray of shape (n, n_features)
+            Raw descriptors of the atoms (training atoms or not).
+        alpha : float
+            Regulariser (``>= 0``).
+
+        Returns
+        -------
+        numpy.ndarray of shape (n,)
+        """
+        return self.lpr_sweep(X_atoms_raw, [alpha])[0]
+
+    def lpr_sweep(self, X_atoms_raw, alphas: Sequence[float]) -> np.ndarray:
+        """LPR for several alphas from one projection.
+
+        Parameters
+        ----------
+        X_atoms_raw : numpy.ndarray of shape (n, n_features)
+            Raw descriptors.
+        alphas : sequence of float
+            Regularisers (``>= 0``).
+
+        Returns
+        -------
+        numpy.ndarray of shape (n_alphas, n)
+        """
+        X = self._check_features(X_atoms_raw)
+        inv = np.stack([1.0 / self._effective(_check_alpha(a)) for a in alphas], axis=1)
+        V = self.eigvecs / self.scale
+        # Project in chunks so the working memory stays at _CHUNK x d.
+        u = np.empty((X.shape[0], inv.shape[1]))
+        for start in range(0, X.shape[0], _CHUNK):
+            P = X[start : start + _CHUNK] @ V
+            u[start : start + _CHUNK] = _sq_dot(P, inv)
+        return _invert(u).T
+
+    def undetermined(self, X_atoms_raw, alpha: float) -> np.ndarray:
+        """Mask of atoms whose local prediction the training data do not determine.
+
+        True when more than half of ``1/LPR`` (the posterior variance of the local
+        prediction) comes from directions in the numerical null space of
+        :math:`\\mathbf{X}^\\top\\mathbf{X}` (eigenvalues ``<= d * eps * e_max``).
+
+        Parameters
+        ----------
+        X_atoms_raw : numpy.ndarray of shape (n, n_features)
+            Raw descriptors.
+        alpha : float
+            Regulariser (``>= 0``).
+
+        Returns
+        -------
+        numpy.ndarray of bool of shape (n,)
+        """
+        return self.undetermined_from_projections(self.projections(X_atoms_raw), alpha)
+
+    def pr(self, X_struct_rows_raw, alpha: float) -> np.ndarray:
+        """Prediction rigidity of whole structures.
+
+        Parameters
+        ----------
+        X_struct_rows_raw : numpy.ndarray of shape (n_structures, n_features)
+            Raw structure rows in the solver's convention (see :func:`structure_features`).
+        alpha : float
+            Regulariser (``>= 0``).
+
+        Returns
+        -------
+        numpy.ndarray of shape (n_structures,)
+        """
+        return self.lpr(X_struct_rows_raw, alpha)
+
+    def lcpr(
+        self, X_atoms_raw, alpha: float, blocks: Mapping[str, np.ndarray]
+    ) -> dict[str, np.ndarray]:
+        """Local component-wise prediction rigidity: the LPR of the descriptor masked to
+        one block of columns.
+
+        Parameters
+        ----------
+        X_atoms_raw : numpy.ndarray of shape (n, n_features)
+            Raw descriptors.
+        alpha : float
+            Regulariser (``>= 0``).
+        blocks : mapping of str to index array
+            Column indices (int) or boolean masks (length ``n_features``) per component.
+
+        Returns
+        -------
+        dict of str to numpy.ndarray of shape (n,)
+        """
+        X = self._check_features(X_atoms_raw)
+        inv = 1.0 / self._effective(_check_alpha(alpha))[:, None]
+        V = self.eigvecs / self.scale
+        out = {}
+        for name, cols in blocks.items():
+            cols = np.asarray(cols)
+            if cols.dtype == bool:
+                if cols.shape != (self.n_features,):
+                    raise InputError(f"blocks[{name!r}]: expected {self.n_features} booleans")
+                cols = np.flatnonzero(cols)
+            elif cols.size and (cols.min() < -self.n_features or cols.max() >= self.n_features):
+                raise InputError(f"blocks[{name!r}]: column index out of range")
+            # (x * m_c) V only needs the block's rows of V.
+            P = X[:, cols] @ V[cols]
+            out[name] = _invert(_sq_dot(P, inv)[:, 0])
+        return out
+
+    def solve(self, b: np.ndarray, alpha: float) -> np.ndarray:
+        """Solve ``(X^T X + alpha I) w = b`` in the scaled feature space.
+
+        Null-space directions (eigenvalue + alpha at or below the numerical resolution) are
+        dropped (pseudo-inverse, minimum-norm solution): a ridge right-hand side
+        ``X^T y`` has no component there.
+
+        Parameters
+        ----------
+        b : numpy.ndarray of shape (n_features,) or (n_features, k)
+            Right-hand side(s).
+        alpha : float
+            Regulariser (``>= 0``).
+
+        Returns
+        -------
+        numpy.ndarray, same shape as ``b``
+        """
+        alpha = _check_alpha(alpha)
+        b = np.asarray(b, dtype=np.float64)
+        if b.shape[0] != self.n_features:
+            raise InputError(f"b: expected {self.n_features} rows, got shape {b.shape}")
+        e, V = self._eig()
+        ea = e + alpha
+        inv = np.where(ea > self._resolution(alpha), 1.0 / np.maximum(ea, _TINY), 0.0)
+        coef = V.T @ b
+        coef *= inv if b.ndim == 1 else inv[:, None]
+        return V @ coef
+
+    def _check_features(self, X) -> np.ndarray:
+        X = _as_2d(X, "X")
+        if X.shape[1] != self.n_features:
+            raise InputError(
+                f"X: expected {self.n_features} features (as in training), got {X.shape[1]}"
+            )
+        return X
+
+
+# ---------------------------------------------------------------------- helpers
+def _gram(rows: np.ndarray) -> np.ndarray:
+    return rows.T @ rows
+
+
+def _accumulate(
+    structures: Iterable[np.ndarray], convention: str
+) -> tuple[np.ndarray, float, int, int]:
+    """One pass over per-structure arrays: raw X^T X, sum of squares, atom and row counts."""
+    gram = None
+    buf: list[np.ndarray] = []
+    sumsq, n_atoms, n_structures = 0.0, 0, 0
+    d = None
+
+    def flush():
+        nonlocal gram
+        if buf:
+            R = np.vstack(buf)
+            gram = _gram(R) if gram is None else gram + _gram(R)
+            buf.clear()
+
+    for i, Xs in enumerate(structures):
+        Xs = _as_2d(Xs, f"structure {i}")
+        if Xs.shape[0] == 0:
+            continue
+        if d is None:
+            d = Xs.shape[1]
+        elif Xs.shape[1] != d:
+            raise InputError(f"structure {i}: expected {d} features, got {Xs.shape[1]}")
+        sumsq += float(np.einsum("ij,ij->", Xs, Xs))
+        n_atoms += Xs.shape[0]
+        n_structures += 1
+        buf.append(Xs.mean(axis=0) if convention == "mean" else Xs.sum(axis=0))
+        if len(buf) >= _CHUNK:
+            flush()
+    flush()
+    if gram is None:
+        raise InputError("X_train: expected at least one non-empty structure, got none")
+    return gram, sumsq, n_atoms, n_structures
+
+
+def _sq_dot(P: np.ndarray, W: np.ndarray) -> np.ndarray:
+    """``(P**2) @ W`` without keeping more than one chunk of ``P**2``."""
+    P = np.asarray(P, dtype=np.float64)
+    out = np.empty((P.shape[0], W.shape[1]))
+    for start in range(0, P.shape[0], _CHUNK):
+        Pc = P[start : start + _CHUNK]
+        out[start : start + _CHUNK] = (Pc * Pc) @ W
+    return out
+
+
+def _invert(u: np.ndarray) -> np.ndarray:
+    # 1/u with u >= 0; u == 0 only for an all-zero descriptor, whose prediction is fixed.
+    return 1.0 / np.maximum(u, _TINY)
+
+
+def _split(values: np.ndarray, lengths: list[int]) -> list[np.ndarray]:
+    return np.split(values, np.cumsum(lengths)[:-1]) if lengths else []
+
+
+def _test_atoms(X_test, d: int) -> tuple[np.ndarray, list[int]]:
+    arrays = [_as_2d(X, f"X_test[{i}]") for i, X in enumerate(X_test)]
+    for i, X in enumerate(arrays):
+        if X.shape[1] != d:
+            raise InputError(f"X_test[{i}]: expected {d} features, got {X.shape[1]}")
+    lengths = [X.shape[0] for X in arrays]
+    stacked = np.vstack(arrays) if arrays else np.empty((0, d))
+    return stacked, lengths
+
+
+# ---------------------------------------------------------------------- skmatter drop-ins
+def local_prediction_rigidity(
+    X_train: Sequence[np.ndarray], X_test: Sequence[np.ndarray], alpha: float = 1e-8
+) -> tuple[list[np.ndarray], int]:
+    r"""Local prediction rigidity, drop-in for ``skmatter.metrics.local_prediction_rigidity``.
+
+    .. math::
+        \mathrm{LPR}_i = \frac{1}{\mathbf{x}_i (\mathbf{X}^\top\mathbf{X}
+                         + \alpha\mathbf{I})^{-1} \mathbf{x}_i^\top}
+
+    Training rows are per-structure mean descriptors, all descriptors are divided by the
+    sfactor of the training atoms (scikit-matter's convention). One eigendecomposition and a
+    vectorised projection replace scikit-matter's pseudo-inverse and per-atom loop; see the
+    module docstring for the (finite) treatment of rank deficiency.
+
+    Parameters
+    ----------
+    X_train : list of numpy.ndarray of shape (n_atoms, n_features)
+        Training descriptors, one array per training structure.
+    X_test : list of numpy.ndarray of shape (n_atoms, n_features)
+        Test descriptors, one array per test structure.
+    alpha : float
+        Regulariser of the (per-atom mean) ridge model.
+
+    Returns
+    -------
+    LPR : list of numpy.ndarray of shape (n_atoms,)
+        LPR of the atoms of each test structure.
+    rank_diff : int
+        ``n_features - rank(X^T X + alpha I)``.
+    """
+    solver = RigiditySolver.from_structures(X_train)
+    X, lengths = _test_atoms(X_test, solver.n_features)
+    return _split(solver.lpr(X, alpha), lengths), solver.rank_diff(alpha)
+
+
+def componentwise_prediction_rigidity(
+    X_train: Sequence[np.ndarray],
+    X_test: Sequence[np.ndarray],
+    alpha: float = 1e-8,
+    comp_dims=None,
+) -> tuple[np.ndarray, list[np.ndarray], int]:
+    r"""Component-wise PR and local CPR, drop-in for scikit-matter's
+    ``componentwise_prediction_rigidity``.
+
+    .. math::
+        \mathrm{CPR}_{A,c} = \frac{1}{\mathbf{x}_{A,c} (\mathbf{X}^\top\mathbf{X}
+                              + \alpha\mathbf{I})^{-1} \mathbf{x}_{A,c}^\top}, \qquad
+        \mathrm{LCPR}_{i,c} = \frac{1}{\mathbf{x}_{i,c} (\mathbf{X}^\top\mathbf{X}
+                               + \alpha\mathbf{I})^{-1} \mathbf{x}_{i,c}^\top}
+
+    where :math:`\mathbf{x}_{\cdot,c}` is the descriptor with every column outside
+    component ``c`` set to zero, and :math:`\mathbf{x}_A` the mean row of test structure A.
+
+    Parameters
+    ----------
+    X_train : list of numpy.ndarray of shape (n_atoms, n_features)
+        Training descriptors, one array per training structure.
+    X_test : list of numpy.ndarray of shape (n_atoms, n_features)
+        Test descriptors, one array per test structure.
+    alpha : float
+        Regulariser of the (per-atom mean) ridge model.
+    comp_dims : array-like of int, optional
+        Number of consecutive columns of each component (summing to ``n_features``);
+        default: one component with all columns.
+
+    Returns
+    -------
+    CPR : numpy.ndarray of shape (n_test_structures, n_comps)
+        Component-wise PR of each test structure.
+    LCPR : list of numpy.ndarray of shape (n_atoms, n_comps)
+        Local CPR of the atoms of each test structure.
+    rank_diff : int
+        ``n_features - rank(X^T X + alpha I)``.
+    """
+    solver = RigiditySolver.from_structures(X_train)
+    d = solver.n_features
+    comp_dims = np.array([d] if comp_dims is None else comp_dims, dtype=int).reshape(-1)
+    if comp_dims.sum() != d or np.any(comp_dims < 0):
+        raise InputError(
+            f"comp_dims: expected non-negative sizes summing to {d} features, "
+            f"got {comp_dims.tolist()}"
+        )
+    X, lengths = _test_atoms(X_test, d)
+    rows = (
+        np.vstack([Xs.mean(axis=0) for Xs in np.split(X, np.cumsum(lengths)[:-1])])
+        if (lengths)
+        else np.empty((0, d))
+    )
+    edges = np.concatenate([[0], np.cumsum(comp_dims)])
+    blocks = {str(c): np.arange(edges[c], edges[c + 1]) for c in range(len(comp_dims))}
+    lcpr = solver.lcpr(X, alpha, blocks)
+    cpr = solver.lcpr(rows, alpha, blocks)
+    LCPR = np.stack([lcpr[k] for k in blocks], axis=1)
+    CPR = np.stack([cpr[k] for k in blocks], axis=1)
+    return CPR, _split(LCPR, lengths), solver.rank_diff(alpha)
+
+
+def lpr_sweep(X_train: Sequence[np.ndarray], X_test, alphas: Sequence[float]) -> np.ndarray:
+    """LPR of test atoms for several alphas (scikit-matter's convention), one factorisation.
+
+    Parameters
+    ----------
+    X_train : list of numpy.ndarray of shape (n_atoms, n_features)
+        Training descriptors, one array per training structure.
+    X_test : list of numpy.ndarray of shape (n_atoms, n_features) or numpy.ndarray
+        Test descriptors: one array per test structure, or one (n_test_atoms, n_features)
+        array.
+    alphas : sequence of float
+        Regularisers (``>= 0``).
+
+    Returns
+    -------
+    numpy.ndarray of shape (n_alphas, n_test_atoms)
+        Row ``a`` equals ``local_prediction_rigidity(X_train, X_test, alphas[a])`` with the
+        test structures concatenated.
+    """
+    solver = RigiditySolver.from_structures(X_train)
+    if isinstance(X_test, np.ndarray) and X_test.ndim == 2:
+        X = X_test
+    else:
+        X, _ = _test_atoms(X_test, solver.n_features)
+    return solver.lpr_sweep(X, alphas)
