@@ -1,0 +1,23 @@
+"""lprviz app: ``streamlit run app.py``.
+
+Navigation and the shared sidebar only; each page is a thin script in ``lprviz/pages/``.
+"""
+
+from pathlib import Path
+
+import streamlit as st
+
+PAGES = Path(__file__).parent / "lprviz" / "pages"
+
+st.set_page_config(page_title="lprviz: local prediction rigidity", layout="wide")
+
+nav = st.navigation(
+    [
+        st.Page(PAGES / "explore.py", title="Explore", url_path="explore", default=True),
+        st.Page(PAGES / "training_set.py", title="Training set", url_path="training-set"),
+        st.Page(PAGES / "compare.py", title="Compare", url_path="compare"),
+        st.Page(PAGES / "learn.py", title="Learn", url_path="learn"),
+        st.Page(PAGES / "export.py", title="Export", url_path="export"),
+    ]
+)
+nav.run()

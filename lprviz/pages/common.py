@@ -1,0 +1,270 @@
+"""State and caches shared by the app's pages (no science: calls into lprviz only).
+
+Expensive steps are cached by plain hashable keys:
+
+* ``dataset(source)`` - the loaded :class:`lprviz.datasets.Dataset` (name or file path);
+* ``descriptors(source, preset)`` - SOAP of every atom (progress bar on a miss);
+* ``fit(source, preset, train_frames, spec, scale)`` - everything that does not depend on alpha
+  (one d x d factorisation);
+* ``results(..., alpha)`` - :func:`lprviz.pipeline.evaluate`, cheap.
+
+So moving the alpha slider only re-evaluates, and editing the training set refactorises but
+never refeaturises. Settings that make sense in a link (dataset, alpha) live in the URL.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import streamlit as st
+
+from lprviz import datasets, features, pipeline, selection
+from lprviz.errors import InputError
+
+DEFAULT_ALPHA_LOG10 = -4.0
+ALPHA_LOG10_RANGE = (-8.0, 2.0)
+DEFAULT_PRESET = "bulk only"
+UPLOAD_DIR = Path(tempfile.gettempdir()) / "lprviz-uploads"
+UPLOAD_TYPES = ["extxyz", "xyz", "json"]
+
+
+# --------------------------------------------------------------------------- cached steps
+
+
+@st.cache_resource(max_entries=6, show_spinner="Loading dataset...")
+def dataset(source: str):
+    """The dataset named (or at path) ``source``, loaded once per server."""
+    return datasets.load(source)
+
+
+@st.cache_resource(max_entries=6, show_spinner=False)
+def _descriptors(source: str, preset: str, _progress=None):
+    ds = dataset(source)
+    return features.compute_soap(
+        ds.frames, features.SOAP_PRESETS[preset], species=ds.species, progress=_progress
+    )
+
+
+def descriptors(source: str, preset: str):
+    """SOAP descriptors of every atom of ``source``; shows a progress bar while computing."""
+    bar = st.empty()
+
+    def progress(done: int, total: int) -> None:
+        bar.progress(min(1.0, done / max(total, 1)), text=f"Featurising: {done}/{total} atoms")
+
+    try:
+        return _descriptors(source, preset, _progress=progress)
+    finally:
+        bar.empty()
+
+
+@st.cache_resource(max_entries=8, show_spinner="Factorising the training set...")
+def fit(source: str, preset: str, train_frames: tuple[int, ...], spec, scale: float | None):
+    """Alpha-independent part of the model for a training set (tuple of frame indices)."""
+    ds = dataset(source)
+    desc = descriptors(source, preset)
+    mask = np.zeros(len(ds.frames), dtype=bool)
+    mask[list(train_frames)] = True
+    return pipeline.prepare(ds, desc, mask, spec, scale=scale)
+
+
+@st.cache_resource(max_entries=32, show_spinner=False)
+def results(
+    source: str, preset: str, train_frames: tuple[int, ...], spec, scale: float | None,
+    alpha: float,
+):
+    """:func:`lprviz.pipeline.evaluate` of the cached fit at ``alpha``."""
+    return pipeline.evaluate(fit(source, preset, train_frames, spec, scale), alpha)
+
+
+@st.cache_resource(max_entries=6, show_spinner=False)
+def coordination(source: str) -> np.ndarray:
+    """Coordination number of every atom (for hover labels)."""
+    ds = dataset(source)
+    return pipeline.coordination(ds.frames, cutoff=coordination_cutoff(source))
+
+
+def coordination_cutoff(source: str) -> float:
+    """Neighbour cutoff (A) for coordination: 1.2 x the shortest distance in the first frame."""
+    ds = dataset(source)
+    for atoms in ds.frames:
+        if len(atoms) > 1:
+            d = atoms.get_all_distances(mic=bool(np.any(atoms.pbc)))
+            d = d[d > 1e-6]
+            if d.size:
+                return float(1.2 * d.min())
+    return 3.0
+
+
+@st.cache_resource(max_entries=4, show_spinner=False)
+def environment_map(source: str, preset: str) -> np.ndarray:
+    """2D PCA coordinates of every atom's descriptor (for the environment map)."""
+    from lprviz.plots import pca_2d
+
+    return pca_2d(descriptors(source, preset).values)
+
+
+# --------------------------------------------------------------------------- settings
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What the sidebar decided: hashable, passed to the cached steps."""
+
+    source: str
+    label: str
+    preset: str
+    spec: object  # pipeline.ModelSpec
+
+
+def _init(key: str, value) -> None:
+    if key not in st.session_state:
+        st.session_state[key] = value
+
+
+def available_sources() -> dict[str, str]:
+    """Display label -> load source of shipped and already fetched datasets."""
+    out: dict[str, str] = {}
+    try:
+        infos = datasets.list_available()
+    except Exception:  # a broken cache must not take the app down
+        infos = []
+    for info in infos:
+        if info.kind == "shipped" or info.cached:
+            out[info.name] = info.name
+    out.setdefault(datasets.DEFAULT_DATASET, datasets.DEFAULT_DATASET)
+    return out
+
+
+def save_upload(name: str, data: bytes) -> str:
+    """Store an uploaded file under a content-hash name; return its path (load source)."""
+    suffix = Path(name).suffix.lower()
+    if suffix.lstrip(".") not in UPLOAD_TYPES:
+        raise InputError(f"{name}: expected an .extxyz, .xyz or mlearn .json file")
+    digest = hashlib.sha256(data).hexdigest()[:16]
+    UPLOAD_DIR.mkdir(parents=True, exist_ok=True)
+    path = UPLOAD_DIR / f"{digest}{suffix}"
+    if not path.exists():
+        path.write_bytes(data)
+    return str(path)
+
+
+def sidebar() -> Settings:
+    """Dataset and model controls (sidebar); returns the current :class:`Settings`."""
+    qp = st.query_params
+    sources = available_sources()
+    uploads: dict[str, str] = st.session_state.setdefault("uploads", {})
+    labels = list(sources) + list(uploads)
+    if "dataset_label" not in st.session_state:
+        wanted = qp.get("dataset", datasets.DEFAULT_DATASET)
+        st.session_state["dataset_label"] = wanted if wanted in labels else labels[0]
+    if st.session_state["dataset_label"] not in labels:
+        st.session_state["dataset_label"] = datasets.DEFAULT_DATASET
+    _init("soap_preset", "default" if "default" in features.SOAP_PRESETS else
+          next(iter(features.SOAP_PRESETS)))
+    _init("model_kind", "linear")
+
+    with st.sidebar:
+        st.header("Data and model")
+        st.session_state["_w_dataset"] = st.session_state["dataset_label"]
+        st.selectbox("Dataset", labels, key="_w_dataset", on_change=_copy,
+                     args=("dataset_label",))
+        up = st.file_uploader("...or upload extxyz / mlearn JSON", type=UPLOAD_TYPES,
+                              key="upload")
+        if up is not None and up.file_id != st.session_state.get("_upload_done"):
+            st.session_state["_upload_done"] = up.file_id
+            try:
+                path = save_upload(up.name, up.getvalue())
+                dataset(path)  # validate now so a bad file fails here, in one line
+            except InputError as exc:
+                st.error(str(exc))
+            else:
+                uploads[up.name] = path
+                st.session_state["dataset_label"] = up.name
+                st.rerun()
+        st.session_state["_w_preset"] = st.session_state["soap_preset"]
+        st.selectbox("SOAP preset", list(features.SOAP_PRESETS), key="_w_preset",
+                     on_change=_copy, args=("soap_preset",),
+                     help="Cutoff 5 A sees second neighbours, which is what separates a "
+                          "surface atom from bulk; 'fast' is coarser.")
+        st.session_state["_w_model"] = st.session_state["model_kind"]
+        st.radio("Model", ["linear", "sparse-kernel"], key="_w_model", on_change=_copy,
+                 args=("model_kind",), horizontal=True,
+                 help="Linear ridge on SOAP, or sparse kernel ridge (Nystrom features).")
+    label = st.session_state["dataset_label"]
+    source = uploads.get(label, sources.get(label, label))
+    if label in sources:
+        qp["dataset"] = label
+    spec = pipeline.ModelSpec(kind=st.session_state["model_kind"])
+    return Settings(source=source, label=label, preset=st.session_state["soap_preset"],
+                    spec=spec)
+
+
+def _copy(key: str) -> None:
+    """Widget callback: persist ``_w_<x>`` into its page-independent key."""
+    widget = {"dataset_label": "_w_dataset", "soap_preset": "_w_preset",
+              "model_kind": "_w_model", "alpha_log10": "_w_alpha"}[key]
+    st.session_state[key] = st.session_state[widget]
+
+
+def alpha_slider(*, label: str = "Regularisation alpha (log10)") -> float:
+    """Log-scale alpha slider shared by pages and mirrored in the URL; returns alpha."""
+    if "alpha_log10" not in st.session_state:
+        try:
+            a = float(st.query_params.get("alpha", 10**DEFAULT_ALPHA_LOG10))
+            st.session_state["alpha_log10"] = float(np.clip(np.log10(a), *ALPHA_LOG10_RANGE))
+        except (TypeError, ValueError):
+            st.session_state["alpha_log10"] = DEFAULT_ALPHA_LOG10
+    st.session_state["_w_alpha"] = st.session_state["alpha_log10"]
+    lo, hi = ALPHA_LOG10_RANGE
+    st.slider(label, lo, hi, step=0.25, key="_w_alpha", on_change=_copy,
+              args=("alpha_log10",), format="%.2f",
+              help="Larger alpha raises every LPR (toward alpha/|x|^2) at the cost of accuracy.")
+    alpha = float(10 ** st.session_state["alpha_log10"])
+    st.query_params["alpha"] = f"{alpha:.3g}"
+    return alpha
+
+
+def training_frames(settings: Settings, *, key: str = "train") -> tuple[int, ...]:
+    """The current training set (sorted frame indices) of the dataset; default 'bulk only'."""
+    store: dict = st.session_state.setdefault(key, {})
+    if settings.source not in store:
+        ds = dataset(settings.source)
+        mask = selection.preset_mask(DEFAULT_PRESET, ds.groups, _numbers(ds))
+        if not mask.any():
+            mask[:] = True
+        store[settings.source] = tuple(int(i) for i in np.flatnonzero(mask))
+    return store[settings.source]
+
+
+def set_training_frames(settings: Settings, frames, *, key: str = "train") -> None:
+    """Replace the current training set of the dataset."""
+    st.session_state.setdefault(key, {})[settings.source] = tuple(sorted(int(i) for i in frames))
+
+
+def _numbers(ds) -> list[np.ndarray]:
+    return [a.numbers for a in ds.frames]
+
+
+def frame_numbers(source: str) -> list[np.ndarray]:
+    """Atomic numbers of each frame of ``source``."""
+    return _numbers(dataset(source))
+
+
+def current_results(settings: Settings, alpha: float, train: tuple[int, ...] | None = None,
+                    scale: float | None = None):
+    """Results of the current (or given) training set at ``alpha``."""
+    train = training_frames(settings) if train is None else train
+    if not train:
+        raise InputError("training set: empty; include at least one structure")
+    descriptors(settings.source, settings.preset)  # progress bar on first use
+    return results(settings.source, settings.preset, train, settings.spec, scale, alpha)
+
+
+def per_frame(values: np.ndarray, structure_index: np.ndarray, frame: int) -> np.ndarray:
+    """The slice of a per-atom array that belongs to ``frame``."""
+    return np.asarray(values)[np.asarray(structure_index) == frame]

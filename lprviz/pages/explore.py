@@ -1,0 +1,228 @@
+"""Explore: per-atom LPR on 3D structures, parity and rigidity plots, linked selection."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from lprviz import plots, selection
+from lprviz.errors import InputError
+from lprviz.pages import common
+from lprviz.viewer import structure_html
+
+COLOR_BY = ("LPR", "local prediction", "local error vs true local energy")
+SWEEP_ALPHAS = np.logspace(-8, 2, 21)
+
+
+def _structure_order(ds, res, how: str) -> list[int]:
+    n = len(ds.frames)
+    if how == "lowest LPR first":
+        return [int(i) for i in selection.frames_by_lowest_value(res.lpr, ds.structure_index, n)]
+    if how == "name":
+        return sorted(range(n), key=lambda i: str(ds.names[i]))
+    return sorted(range(n), key=lambda i: (str(ds.groups[i]), i))
+
+
+def _linked_atoms(ds) -> np.ndarray:
+    """Atom indices picked in the environment map or parity plot (session state)."""
+    picked: list[int] = []
+    state = st.session_state.get("env_map")
+    if state and state.get("selection", {}).get("points"):
+        picked = [int(p["customdata"]) for p in state["selection"]["points"]
+                  if "customdata" in p]
+    if picked:
+        return np.asarray(picked)
+    state = st.session_state.get("parity")
+    if state and state.get("selection", {}).get("points"):
+        frames = [int(p["customdata"]) for p in state["selection"]["points"]
+                  if "customdata" in p]
+        if frames:
+            return np.flatnonzero(ds.structure_index == frames[0])
+    return np.zeros(0, dtype=int)
+
+
+def _lpr_table(ds, res) -> pd.DataFrame:
+    train = np.asarray(res.train_mask, dtype=bool)[ds.structure_index]
+    df = pd.DataFrame({"group": np.asarray(ds.groups)[ds.structure_index].astype(str),
+                       "lpr": res.lpr, "in training": train})
+    out = df.groupby("group").agg(atoms=("lpr", "size"), median_LPR=("lpr", "median"),
+                                  min_LPR=("lpr", "min"), training_atoms=("in training", "sum"))
+    return out.reset_index()
+
+
+@st.fragment
+def alpha_dependent(settings: common.Settings) -> None:
+    """Everything that depends on alpha: reruns alone when the slider moves."""
+    ds = common.dataset(settings.source)
+    alpha = common.alpha_slider()
+    train = common.training_frames(settings)
+    res = common.current_results(settings, alpha)
+    n_train = len(train)
+    st.caption(
+        f"**{settings.label}**: {len(ds.frames)} structures, {ds.n_atoms} atoms; training set "
+        f"{n_train} structures (edit on the *Training set* page); alpha = {alpha:.3g}; "
+        f"model {settings.spec.kind}, SOAP '{settings.preset}'."
+    )
+    und = np.asarray(res.undetermined, dtype=bool)
+    if und.any():
+        st.warning(f"{int(und.sum())} atoms are undetermined at this alpha (grey in the viewer):"
+                   " the training data do not pin their local energy; raise alpha or add data.")
+
+    vmin, vmax = _lpr_range(res.lpr)
+    left, right = st.columns([3, 2])
+    with left:
+        c1, c2, c3 = st.columns(3)
+        how = c1.selectbox("Order structures by", ["lowest LPR first", "group", "name"],
+                           key="order")
+        groups = ["all", *dict.fromkeys(str(g) for g in ds.groups)]
+        group = c2.selectbox("Group", groups, key="group_filter")
+        color_by = c3.selectbox("Colour by", COLOR_BY, key="color_by")
+        order = _structure_order(ds, res, how)
+        if group != "all":
+            order = [i for i in order if str(ds.groups[i]) == group]
+        linked = _linked_atoms(ds)
+        if linked.size:
+            frame = int(ds.structure_index[linked[0]])
+            st.info(f"Showing the structure picked in a plot; {linked.size} atom(s) highlighted.")
+        else:
+            labels = {i: f"{ds.names[i]} [{ds.groups[i]}] "
+                      f"({'train' if res.train_mask[i] else 'test'}, {ds.frame_sizes[i]} atoms)"
+                      for i in order}
+            frame = st.selectbox("Structure", order, format_func=labels.__getitem__,
+                                 key="structure")
+        o1, o2, o3 = st.columns(3)
+        style = o1.radio("Style", ["sphere", "stick"], horizontal=True, key="style")
+        log = o2.toggle("Log colours", value=True, key="log_colours")
+        show_cell = o3.toggle("Unit cell", value=True, key="show_cell")
+        _viewer(ds, res, settings, int(frame), color_by, style, log, show_cell, vmin, vmax,
+                linked)
+    with right:
+        e_ref = np.asarray(ds.energies, float) / ds.frame_sizes
+        e_pred = np.asarray(res.energy_pred, float) / ds.frame_sizes
+        st.plotly_chart(
+            plots.parity_figure(e_ref, e_pred, is_train=res.train_mask, groups=ds.groups,
+                                names=ds.names),
+            key="parity", on_select="rerun", selection_mode=("points",),
+        )
+        st.dataframe(_lpr_table(ds, res), hide_index=True, key="lpr_table",
+                     column_config={"median_LPR": st.column_config.NumberColumn(format="%.4g"),
+                                    "min_LPR": st.column_config.NumberColumn(format="%.4g")})
+
+    tab1, tab2, tab3 = st.tabs(["LPR distributions", "LPR vs alpha", "Environment map"])
+    groups_atom = np.asarray(ds.groups)[ds.structure_index].astype(str)
+    with tab1:
+        a, b = st.columns(2)
+        a.plotly_chart(plots.lpr_distribution_figure(res.lpr, groups_atom, title="per group"))
+        from ase.data import chemical_symbols
+
+        species = [chemical_symbols[z] for z in ds.atom_numbers]
+        b.plotly_chart(plots.lpr_distribution_figure(res.lpr, species, title="per species"))
+    with tab2:
+        sweep = _sweep(settings, train, groups_atom)
+        st.plotly_chart(plots.lpr_alpha_figure(SWEEP_ALPHAS, sweep.to_numpy(),
+                                               list(sweep.columns), current_alpha=alpha))
+        st.caption("Median LPR of each group's atoms. LPR rises with alpha toward "
+                   "alpha/|x|^2, for every atom: regularisation buys rigidity with accuracy.")
+    with tab3:
+        coords = common.environment_map(settings.source, settings.preset)
+        hover = [f"{ds.names[s]} #{i - ds_offsets(ds)[s]} {sp}: LPR {v:.3g}"
+                 for i, (s, sp, v) in enumerate(zip(ds.structure_index, species, res.lpr,
+                                                    strict=True))]
+        st.plotly_chart(
+            plots.environment_map_figure(coords, res.lpr, vmin=vmin, vmax=vmax, hover=hover),
+            key="env_map", on_select="rerun", selection_mode=("points", "box", "lasso"),
+        )
+        st.caption("PCA of the SOAP descriptors, coloured like the viewer. Select points "
+                   "(box or lasso) to show their structure with those atoms highlighted.")
+
+
+@st.cache_data(max_entries=64)
+def ds_offsets_cached(sizes: tuple[int, ...]) -> np.ndarray:
+    return np.concatenate([[0], np.cumsum(sizes)[:-1]])
+
+
+def ds_offsets(ds) -> np.ndarray:
+    """Index of each frame's first atom."""
+    return ds_offsets_cached(tuple(int(s) for s in ds.frame_sizes))
+
+
+def _lpr_range(lpr: np.ndarray) -> tuple[float, float]:
+    """Colour range fixed across structures: the dataset's 1st-99th percentile, in decades."""
+    v = np.asarray(lpr, float)
+    v = v[np.isfinite(v) & (v > 0)]
+    if v.size == 0:
+        return 1e-3, 1.0
+    lo, hi = np.percentile(v, [1, 99])
+    lo, hi = 10 ** np.floor(np.log10(lo)), 10 ** np.ceil(np.log10(hi))
+    return float(lo), float(max(hi, lo * 10))
+
+
+def _viewer(ds, res, settings, frame, color_by, style, log, show_cell, vmin, vmax,
+            linked) -> None:
+    sel = ds.structure_index == frame
+    atoms = ds.frames[frame]
+    lpr = res.lpr[sel]
+    local = res.local_energy[sel]
+    info: dict[str, np.ndarray] = {"LPR": lpr, "local prediction (eV)": local}
+    true_local = None
+    if ds.true_local_energies is not None:
+        true_local = np.asarray(ds.true_local_energies)[sel]
+        info["true local energy (eV)"] = true_local
+    info["coordination"] = common.coordination(settings.source)[sel]
+    label, values, cmap, lg, lo, hi = "LPR", lpr, plots.LPR_COLORMAP, log, vmin, vmax
+    if color_by == "local prediction":
+        label, values, cmap, lg = "local prediction (eV)", local, "Plasma", False
+        lo, hi = _lin_range(res.local_energy)
+    elif color_by == "local error vs true local energy":
+        if true_local is None:
+            st.info("This dataset has no true local energies; colouring by LPR.")
+        else:
+            err = np.abs(local - true_local)
+            label, values, cmap, lg = "|local error| (eV)", err, "Inferno", log
+            all_err = np.abs(res.local_energy - np.asarray(ds.true_local_energies))
+            lo, hi = _lpr_range(all_err) if log else _lin_range(all_err)
+            info["|local error| (eV)"] = err
+    first = int(np.flatnonzero(sel)[0])
+    highlight = [int(i) - first for i in linked if ds.structure_index[int(i)] == frame]
+    html = structure_html(
+        atoms, values, vmin=lo, vmax=hi, log=lg, colormap=cmap, atom_info=info,
+        highlight=highlight, style=style, show_cell=show_cell,
+        undetermined=np.asarray(res.undetermined, bool)[sel] if label == "LPR" else None,
+        title=f"{ds.names[frame]} [{ds.groups[frame]}]", colorbar_label=label,
+        width=620, height=420,
+    )
+    st.iframe(html, height=520)
+
+
+def _lin_range(v: np.ndarray) -> tuple[float, float]:
+    v = np.asarray(v, float)
+    v = v[np.isfinite(v)]
+    if v.size == 0:
+        return 0.0, 1.0
+    lo, hi = np.percentile(v, [1, 99])
+    return float(lo), float(hi if hi > lo else lo + 1.0)
+
+
+def _sweep(settings, train, groups_atom) -> pd.DataFrame:
+    """Median LPR per group over :data:`SWEEP_ALPHAS` (cached evaluations)."""
+    rows = []
+    for a in SWEEP_ALPHAS:
+        r = common.results(settings.source, settings.preset, train, settings.spec, None,
+                           float(a))
+        rows.append(pd.Series(r.lpr).groupby(groups_atom).median())
+    return pd.DataFrame(rows)
+
+
+def main() -> None:
+    st.title("Explore local prediction rigidity")
+    settings = common.sidebar()
+    try:
+        common.dataset(settings.source)
+        alpha_dependent(settings)
+    except InputError as exc:
+        st.error(str(exc))
+
+
+if __name__ == "__main__":
+    main()
