@@ -19,6 +19,7 @@ readers put them); :attr:`Dataset.energies` is the canonical array.
 from __future__ import annotations
 
 import hashlib
+import http.client
 import json
 import math
 import os
@@ -746,9 +747,10 @@ def _download(url: str, target: Path, sha256: str, *, timeout: float) -> None:
             raise InputError(f"download of {url} failed: HTTP {exc.code} {exc.reason}") from None
         except urllib.error.URLError as exc:
             raise InputError(f"download of {url} failed: {exc.reason}") from None
-        except (OSError, ValueError) as exc:  # IncompleteRead, timeouts, connection resets
-            if isinstance(exc, InputError):
-                raise
+        except InputError:
+            raise
+        except (OSError, ValueError, http.client.HTTPException) as exc:
+            # IncompleteRead, timeouts, connection resets.
             msg = " ".join(str(exc).split())[:120] or type(exc).__name__
             raise InputError(f"download of {url} failed or was truncated ({msg})") from None
         digest = h.hexdigest()
