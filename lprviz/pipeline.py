@@ -1,0 +1,337 @@
+"""From a dataset and its descriptors to per-atom LPR and local energies (CLI and app).
+
+Two steps, split by what depends on the regulariser ``alpha``:
+
+* :func:`prepare` does everything that does not: the feature map (raw SOAP, or Nyström
+  features of a sparse kernel), the scale, the per-species baseline columns, the
+  :class:`~lprviz.rigidity.RigiditySolver` of the training frames (one ``d x d``
+  eigendecomposition), the projections of *all* atoms and frames on its eigenbasis, and
+  ``X^T y``.
+* :func:`evaluate` is cheap: for a new ``alpha`` one pass over the cached projections and
+  one ``d``-sized solve give the LPR, the undetermined flags, the ridge model's local
+  energies, predicted totals and the PR of every frame.
+
+Conventions are those of :mod:`lprviz.models` (per-atom mean rows, energies per atom,
+halved loss, features divided by the scale). All per-atom arrays are in dataset atom order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from lprviz.errors import InputError
+from lprviz.features import Descriptors
+from lprviz.models import NystromMap, append_baseline, fit_nystrom
+from lprviz.rigidity import RigiditySolver, sfactor, structure_features
+
+__all__ = ["MODEL_KINDS", "Fit", "ModelSpec", "Results", "coordination", "evaluate", "prepare"]
+
+MODEL_KINDS = ("linear", "sparse-kernel")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Which model the LPR is computed for.
+
+    Parameters
+    ----------
+    kind : {"linear", "sparse-kernel"}
+        Ridge regression on the SOAP vectors, or sparse kernel ridge (Nyström features of
+        ``(x̂ . ŷ)^zeta`` with ``n_sparse`` FPS-selected active environments).
+    baseline : bool
+        Append per-species one-hot columns (a composition baseline that is part of the
+        model and of the LPR; see :func:`lprviz.models.append_baseline`).
+    n_sparse : int
+        Number of active environments (sparse-kernel only).
+    zeta : int
+        Kernel exponent (sparse-kernel only).
+    """
+
+    kind: str = "linear"
+    baseline: bool = True
+    n_sparse: int = 500
+    zeta: int = 2
+
+    def __post_init__(self) -> None:
+        if self.kind not in MODEL_KINDS:
+            raise InputError(f"model: expected one of {', '.join(MODEL_KINDS)}, got {self.kind!r}")
+        if self.n_sparse < 1:
+            raise InputError(f"n_sparse: expected a positive integer, got {self.n_sparse}")
+        if self.zeta < 1:
+            raise InputError(f"zeta: expected a positive integer, got {self.zeta}")
+
+
+@dataclass(eq=False)
+class Fit:
+    """Everything about a training set that does not depend on ``alpha``.
+
+    Attributes
+    ----------
+    spec : ModelSpec
+    train_mask : numpy.ndarray of shape (n_frames,), bool
+        Training frames.
+    solver : lprviz.rigidity.RigiditySolver
+        Built from the training frames' model features.
+    scale : float
+        Feature scale (of the descriptor/Nyström columns; the baseline columns are set to it).
+    species : tuple of int
+        Species list of the baseline columns.
+    nystrom : NystromMap or None
+        Feature map of the sparse-kernel model.
+    structure_index : numpy.ndarray of shape (n_atoms,)
+    projections : numpy.ndarray of shape (n_atoms, d)
+        ``solver.projections`` of every atom's model features.
+    structure_projections : numpy.ndarray of shape (n_frames, d)
+        ``solver.projections`` of every frame's mean feature row (for the PR).
+    xty : numpy.ndarray of shape (d,)
+        ``X^T y`` of the scaled training rows and energies per atom.
+    energies : numpy.ndarray of shape (n_frames,)
+        Reference total energies (NaN where unknown).
+    true_local_energies : numpy.ndarray of shape (n_atoms,) or None
+        Reference local energies when the dataset has them (EMT sets).
+    """
+
+    spec: ModelSpec
+    train_mask: np.ndarray
+    solver: RigiditySolver
+    scale: float
+    species: tuple[int, ...]
+    nystrom: NystromMap | None
+    structure_index: np.ndarray
+    projections: np.ndarray
+    structure_projections: np.ndarray
+    xty: np.ndarray
+    energies: np.ndarray
+    true_local_energies: np.ndarray | None = None
+
+    @property
+    def n_frames(self) -> int:
+        """Number of frames of the dataset."""
+        return len(self.train_mask)
+
+    def model_features(self, values: np.ndarray, atom_numbers: np.ndarray) -> np.ndarray:
+        """Raw model features of descriptors ``values`` (n, d_soap) -> (n, d).
+
+        Use this to add structures to :attr:`solver` (``solver.with_structures``) or to
+        compute the LPR of new atoms with the same model.
+        """
+        phi = self.nystrom.transform(values) if self.nystrom is not None else values
+        if self.spec.baseline:
+            phi = append_baseline(phi, atom_numbers, self.species, scale=self.scale)
+        return np.asarray(phi, dtype=np.float64)
+
+
+@dataclass(eq=False)
+class Results:
+    """LPR and model predictions at one ``alpha``.
+
+    Attributes
+    ----------
+    alpha : float
+    train_mask : numpy.ndarray of shape (n_frames,), bool
+    lpr : numpy.ndarray of shape (n_atoms,)
+        Local prediction rigidity of every atom (finite, positive).
+    undetermined : numpy.ndarray of shape (n_atoms,), bool
+        Atoms whose local prediction the data do not determine at this alpha.
+    local_energy : numpy.ndarray of shape (n_atoms,)
+        The ridge model's local energy of every atom (eV).
+    energy_pred : numpy.ndarray of shape (n_frames,)
+        Predicted total energies (sums of ``local_energy``).
+    pr : numpy.ndarray of shape (n_frames,)
+        Prediction rigidity of every frame's total (mean-row) prediction.
+    rank_diff : int
+        Rank deficiency of the regularised normal matrix (0 when well determined).
+    energies : numpy.ndarray of shape (n_frames,)
+        Reference total energies (NaN where unknown).
+    true_local_energies : numpy.ndarray of shape (n_atoms,) or None
+        Reference local energies when the dataset has them.
+    """
+
+    alpha: float
+    train_mask: np.ndarray
+    lpr: np.ndarray
+    undetermined: np.ndarray
+    local_energy: np.ndarray
+    energy_pred: np.ndarray
+    pr: np.ndarray
+    rank_diff: int
+    energies: np.ndarray
+    true_local_energies: np.ndarray | None = None
+
+    @property
+    def local_error(self) -> np.ndarray | None:
+        """``local_energy - true_local_energies`` (n_atoms,), or None when unknown.
+
+        The split of a total into local terms is a model choice (LPR_NOTES §1): this error
+        is meaningful against an additive reference such as EMT, up to per-species offsets
+        the model is free to shift.
+        """
+        if self.true_local_energies is None:
+            return None
+        return self.local_energy - self.true_local_energies
+
+    @property
+    def energy_error(self) -> np.ndarray:
+        """``energy_pred - energies`` per frame (NaN where the energy is unknown)."""
+        return self.energy_pred - self.energies
+
+
+def prepare(
+    dataset,
+    descriptors: Descriptors,
+    train_mask: np.ndarray,
+    spec: ModelSpec | None = None,
+    *,
+    scale: float | None = None,
+) -> Fit:
+    """Build the alpha-independent part of a model and its LPR.
+
+    Parameters
+    ----------
+    dataset : lprviz.datasets.Dataset
+        Frames, energies (training frames need them) and optional true local energies.
+    descriptors : Descriptors
+        Descriptors of ``dataset.frames`` (same atoms, same order).
+    train_mask : numpy.ndarray of shape (n_frames,), bool
+        Training frames.
+    spec : ModelSpec, optional
+        Model (default ``ModelSpec()``).
+    scale : float, optional
+        Fixed feature scale; default: sfactor of the training atoms' descriptor (or Nyström)
+        columns. Hold it fixed to compare two training sets.
+
+    Returns
+    -------
+    Fit
+
+    Raises
+    ------
+    InputError
+        Mismatched shapes, no training frame, or a training frame without energy.
+    """
+    spec = ModelSpec() if spec is None else spec
+    n_frames = len(dataset.frames)
+    train_mask = np.asarray(train_mask)
+    if train_mask.dtype != bool or train_mask.shape != (n_frames,):
+        raise InputError(
+            f"train_mask: expected {n_frames} booleans (one per frame of '{dataset.name}'), "
+            f"got shape {train_mask.shape} of dtype {train_mask.dtype}"
+        )
+    if not train_mask.any():
+        raise InputError(f"dataset '{dataset.name}': no training frame selected")
+    structure_index = np.asarray(dataset.structure_index)
+    values = np.asarray(descriptors.values, dtype=np.float64)
+    if values.shape[0] != len(structure_index) or not np.array_equal(
+        descriptors.atom_numbers, dataset.atom_numbers
+    ):
+        raise InputError(
+            f"descriptors: {values.shape[0]} rows do not match the {len(structure_index)} atoms "
+            f"of dataset '{dataset.name}'"
+        )
+    energies = np.asarray(dataset.energies, dtype=np.float64)
+    missing = np.flatnonzero(train_mask & ~np.isfinite(energies))
+    if missing.size:
+        first = dataset.names[missing[0]]
+        raise InputError(
+            f"dataset '{dataset.name}': {missing.size} training frame(s) have no energy "
+            f"(first: frame {missing[0]} '{first}'); training frames need energies"
+        )
+
+    atom_train = train_mask[structure_index]
+    nystrom = None
+    if spec.kind == "sparse-kernel":
+        nystrom = fit_nystrom(values[atom_train], spec.n_sparse, zeta=spec.zeta)
+        base = nystrom.transform(values)
+    else:
+        base = values
+    scale = sfactor(base[atom_train]) if scale is None else float(scale)
+    species = tuple(descriptors.species)
+    phi = base
+    if spec.baseline:
+        phi = append_baseline(base, dataset.atom_numbers, species, scale=scale)
+
+    solver = RigiditySolver.from_atoms(
+        phi[atom_train], structure_index[atom_train], scale=scale, convention="mean"
+    )
+    rows = structure_features(phi, structure_index, n_frames, convention="mean")
+    sizes = np.bincount(structure_index, minlength=n_frames)
+    y = energies[train_mask] / sizes[train_mask]
+    xty = rows[train_mask].T @ y / scale
+    return Fit(
+        spec=spec,
+        train_mask=train_mask.copy(),
+        solver=solver,
+        scale=float(scale),
+        species=species,
+        nystrom=nystrom,
+        structure_index=structure_index,
+        projections=solver.projections(phi),
+        structure_projections=solver.projections(rows),
+        xty=xty,
+        energies=energies,
+        true_local_energies=getattr(dataset, "true_local_energies", None),
+    )
+
+
+def evaluate(fit: Fit, alpha: float) -> Results:
+    """LPR, undetermined flags, local energies, totals and PR at one ``alpha``.
+
+    Cost: one pass over the cached projections (``O(n_atoms d)``) and one ``d``-sized
+    solve; no refactorisation.
+
+    Parameters
+    ----------
+    fit : Fit
+        From :func:`prepare`.
+    alpha : float
+        Regulariser (on scaled features), ``>= 0``.
+
+    Returns
+    -------
+    Results
+    """
+    alpha = float(alpha)
+    solver = fit.solver
+    P = fit.projections
+    weights = solver.solve(fit.xty, alpha)
+    # P = (phi / s) V, so the local prediction (phi / s) . w = P . (V^T w)
+    local = P @ (solver.eigvecs.T @ weights)
+    return Results(
+        alpha=alpha,
+        train_mask=fit.train_mask,
+        lpr=solver.lpr_from_projections(P, alpha),
+        undetermined=solver.undetermined_from_projections(P, alpha),
+        local_energy=local,
+        energy_pred=np.bincount(fit.structure_index, weights=local, minlength=fit.n_frames),
+        pr=solver.lpr_from_projections(fit.structure_projections, alpha),
+        rank_diff=solver.rank_diff(alpha),
+        energies=fit.energies,
+        true_local_energies=fit.true_local_energies,
+    )
+
+
+def coordination(frames, cutoff: float) -> np.ndarray:
+    """Number of neighbours within ``cutoff`` of every atom (periodic images included).
+
+    Parameters
+    ----------
+    frames : sequence of ase.Atoms
+    cutoff : float
+        Neighbour distance in Angstrom (e.g. 2.7 for Si).
+
+    Returns
+    -------
+    numpy.ndarray of shape (n_atoms,), int
+        Dataset atom order.
+    """
+    from ase.neighborlist import neighbor_list
+
+    if not cutoff > 0:
+        raise InputError(f"coordination cutoff: expected a positive distance, got {cutoff}")
+    out = []
+    for atoms in frames:
+        first = neighbor_list("i", atoms, float(cutoff), self_interaction=False)
+        out.append(np.bincount(first, minlength=len(atoms)))
+    return np.concatenate(out).astype(np.int64) if out else np.zeros(0, dtype=np.int64)
