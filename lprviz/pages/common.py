@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import hashlib
 import tempfile
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,25 +43,39 @@ def dataset(source: str):
     return datasets.load(source)
 
 
-@st.cache_resource(max_entries=6, show_spinner=False)
-def _descriptors(source: str, preset: str, _progress=None):
-    ds = dataset(source)
-    return features.compute_soap(
-        ds.frames, features.SOAP_PRESETS[preset], species=ds.species, progress=_progress
-    )
+_DESCRIPTORS: OrderedDict[tuple[str, str], object] = OrderedDict()
+_DESCRIPTORS_MAX = 4
+_DESCRIPTORS_LOCK = threading.Lock()
 
 
 def descriptors(source: str, preset: str):
-    """SOAP descriptors of every atom of ``source``; shows a progress bar while computing."""
+    """SOAP descriptors of every atom of ``source``; shows a progress bar while computing.
+
+    Kept in a small server-wide LRU of our own rather than ``st.cache_resource``: a cached
+    function may not draw into a progress bar created outside it.
+    """
+    key = (source, preset)
+    with _DESCRIPTORS_LOCK:
+        if key in _DESCRIPTORS:
+            _DESCRIPTORS.move_to_end(key)
+            return _DESCRIPTORS[key]
+    ds = dataset(source)
     bar = st.empty()
 
     def progress(done: int, total: int) -> None:
         bar.progress(min(1.0, done / max(total, 1)), text=f"Featurising: {done}/{total} atoms")
 
     try:
-        return _descriptors(source, preset, _progress=progress)
+        desc = features.compute_soap(
+            ds.frames, features.SOAP_PRESETS[preset], species=ds.species, progress=progress
+        )
     finally:
         bar.empty()
+    with _DESCRIPTORS_LOCK:
+        _DESCRIPTORS[key] = desc
+        while len(_DESCRIPTORS) > _DESCRIPTORS_MAX:
+            _DESCRIPTORS.popitem(last=False)
+    return desc
 
 
 @st.cache_resource(max_entries=8, show_spinner="Factorising the training set...")
@@ -83,8 +99,10 @@ def results(
 
 @st.cache_resource(max_entries=6, show_spinner=False)
 def coordination(source: str) -> np.ndarray:
-    """Coordination number of every atom (for hover labels)."""
+    """Coordination number of every atom (for hover labels); the dataset's own if it has one."""
     ds = dataset(source)
+    if all("coordination" in a.arrays for a in ds.frames):
+        return np.concatenate([a.arrays["coordination"] for a in ds.frames]).astype(int)
     return pipeline.coordination(ds.frames, cutoff=coordination_cutoff(source))
 
 

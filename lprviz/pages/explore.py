@@ -119,32 +119,25 @@ def alpha_dependent(settings: common.Settings) -> None:
         species = [chemical_symbols[z] for z in ds.atom_numbers]
         b.plotly_chart(plots.lpr_distribution_figure(res.lpr, species, title="per species"))
     with tab2:
-        sweep = _sweep(settings, train, groups_atom)
+        sweep = _sweep(settings.source, settings.preset, train, settings.spec)
         st.plotly_chart(plots.lpr_alpha_figure(SWEEP_ALPHAS, sweep.to_numpy(),
                                                list(sweep.columns), current_alpha=alpha))
         st.caption("Median LPR of each group's atoms. LPR rises with alpha toward "
                    "alpha/|x|^2, for every atom: regularisation buys rigidity with accuracy.")
     with tab3:
         coords = common.environment_map(settings.source, settings.preset)
-        hover = [f"{ds.names[s]} #{i - ds_offsets(ds)[s]} {sp}: LPR {v:.3g}"
-                 for i, (s, sp, v) in enumerate(zip(ds.structure_index, species, res.lpr,
-                                                    strict=True))]
+        sidx = ds.structure_index
+        local_idx = np.arange(len(sidx)) - np.searchsorted(sidx, sidx)
+        names = [str(n) for n in ds.names]
+        hover = [f"{names[s]} #{i} {sp}: LPR {v:.3g}"
+                 for s, i, sp, v in zip(sidx.tolist(), local_idx.tolist(), species,
+                                        res.lpr.tolist(), strict=True)]
         st.plotly_chart(
             plots.environment_map_figure(coords, res.lpr, vmin=vmin, vmax=vmax, hover=hover),
             key="env_map", on_select="rerun", selection_mode=("points", "box", "lasso"),
         )
         st.caption("PCA of the SOAP descriptors, coloured like the viewer. Select points "
                    "(box or lasso) to show their structure with those atoms highlighted.")
-
-
-@st.cache_data(max_entries=64)
-def ds_offsets_cached(sizes: tuple[int, ...]) -> np.ndarray:
-    return np.concatenate([[0], np.cumsum(sizes)[:-1]])
-
-
-def ds_offsets(ds) -> np.ndarray:
-    """Index of each frame's first atom."""
-    return ds_offsets_cached(tuple(int(s) for s in ds.frame_sizes))
 
 
 def _lpr_range(lpr: np.ndarray) -> tuple[float, float]:
@@ -204,13 +197,14 @@ def _lin_range(v: np.ndarray) -> tuple[float, float]:
     return float(lo), float(hi if hi > lo else lo + 1.0)
 
 
-def _sweep(settings, train, groups_atom) -> pd.DataFrame:
-    """Median LPR per group over :data:`SWEEP_ALPHAS` (cached evaluations)."""
-    rows = []
-    for a in SWEEP_ALPHAS:
-        r = common.results(settings.source, settings.preset, train, settings.spec, None,
-                           float(a))
-        rows.append(pd.Series(r.lpr).groupby(groups_atom).median())
+@st.cache_data(max_entries=8, show_spinner=False)
+def _sweep(source: str, preset: str, train: tuple[int, ...], spec) -> pd.DataFrame:
+    """Median LPR per group over :data:`SWEEP_ALPHAS` (from the cached projections)."""
+    ds = common.dataset(source)
+    groups_atom = np.asarray(ds.groups)[ds.structure_index].astype(str)
+    f = common.fit(source, preset, train, spec, None)
+    rows = [pd.Series(f.solver.lpr_from_projections(f.projections, float(a)))
+            .groupby(groups_atom).median() for a in SWEEP_ALPHAS]
     return pd.DataFrame(rows)
 
 

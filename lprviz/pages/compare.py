@@ -1,0 +1,5 @@
+"""compare page (being written)."""
+
+import streamlit as st
+
+st.title("compare")

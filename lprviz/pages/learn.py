@@ -1,0 +1,5 @@
+"""learn page (being written)."""
+
+import streamlit as st
+
+st.title("learn")
