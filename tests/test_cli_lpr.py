@@ -1,0 +1,177 @@
+"""Tests of ``lprviz lpr``: round-trip on a generated EMT dataset, bad input."""
+
+from __future__ import annotations
+
+import ase.io
+import numpy as np
+import pytest
+from ase.build import bulk
+from ase.calculators.emt import EMT
+from skmatter.metrics import local_prediction_rigidity as skmatter_lpr
+
+from lprviz import datasets, features
+from lprviz.cli import main
+from lprviz.features import SoapHypers, compute_soap
+from lprviz.pipeline import ModelSpec, evaluate, prepare
+
+SOAP_ARGS = ["--cutoff", "4.0", "--max-radial", "3", "--max-angular", "2"]
+HYPERS = SoapHypers(cutoff=4.0, max_radial=3, max_angular=2)
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("LPRVIZ_CACHE_DIR", str(tmp_path / "cache"))
+    features.clear_memory_cache()
+
+
+def _emt_frames(n, seed, *, energies=True):
+    rng = np.random.default_rng(seed)
+    frames = []
+    for i in range(n):
+        atoms = bulk("Cu", "fcc", a=rng.uniform(3.6, 3.9), cubic=True) * (2, 1, 1)
+        atoms.numbers[rng.random(len(atoms)) < rng.uniform(0, 1)] = 79
+        atoms.rattle(0.1, seed=seed * 1000 + i)
+        if energies:
+            atoms.calc = EMT()
+            atoms.get_potential_energy()
+        frames.append(atoms)
+    return frames
+
+
+@pytest.fixture
+def files(tmp_path):
+    train = tmp_path / "train.extxyz"
+    test = tmp_path / "test.extxyz"
+    ase.io.write(train, _emt_frames(30, 1))
+    ase.io.write(test, _emt_frames(6, 2, energies=False))
+    return train, test
+
+
+def test_round_trip_equals_scikit_matter(files, tmp_path, capsys):
+    train, test = files
+    out = tmp_path / "out.extxyz"
+    argv = ["lpr", "--train", str(train), "--test", str(test), "--alpha", "1e-4,1e-2"]
+    code = main([*argv, "--no-baseline", *SOAP_ARGS, "-o", str(out)])
+    assert code == 0
+    assert "SOAP [" in capsys.readouterr().err  # progress bar on stderr
+    frames = ase.io.read(out, index=":")
+    assert len(frames) == 6
+    # independent reference: scikit-matter on the same SOAP vectors
+    train_frames = ase.io.read(train, index=":")
+    test_frames = ase.io.read(test, index=":")
+    species = (29, 79)
+    x_train = compute_soap(train_frames, HYPERS, species=species, cache=False).per_structure()
+    x_test = compute_soap(test_frames, HYPERS, species=species, cache=False).per_structure()
+    for alpha in (1e-4, 1e-2):
+        ref, _ = skmatter_lpr(x_train, x_test, alpha=alpha)
+        got = np.concatenate([a.arrays[f"lpr_alpha={alpha:g}"] for a in frames])
+        np.testing.assert_allclose(got, np.concatenate(ref), rtol=1e-6)
+    lpr = np.concatenate([a.arrays["lpr"] for a in frames])
+    np.testing.assert_array_equal(
+        lpr, np.concatenate([a.arrays["lpr_alpha=0.0001"] for a in frames])
+    )
+    assert np.all(np.isfinite(lpr)) and np.all(lpr > 0)
+    info = frames[0].info
+    assert info["lpr_alpha"] == pytest.approx(1e-4)
+    assert info["lpr_model"] == "linear" and info["lpr_baseline"] is False
+    assert '"cutoff": 4.0' in info["lpr_soap"]
+    assert info["lprviz_version"]
+    np.testing.assert_allclose([a.positions for a in frames], [a.positions for a in test_frames])
+
+
+def test_round_trip_local_energy_equals_library(files, tmp_path):
+    train, test = files
+    out = tmp_path / "out.extxyz"
+    argv = ["lpr", "--train", str(train), "--test", str(test), "--alpha", "1e-5", "-q"]
+    assert (
+        main([*argv, "--model", "sparse-kernel", "--n-sparse", "40", *SOAP_ARGS, "-o", str(out)])
+        == 0
+    )
+    frames = ase.io.read(out, index=":")
+    train_set, test_set = datasets.load(train), datasets.load(test)
+    data = datasets.Dataset(
+        name="both",
+        frames=train_set.frames + test_set.frames,
+        energies=np.concatenate([train_set.energies, test_set.energies]),
+        has_energy=np.concatenate([train_set.has_energy, test_set.has_energy]),
+        groups=np.concatenate([train_set.groups, test_set.groups]),
+        names=train_set.names + test_set.names,
+        splits=np.array([""] * 36),
+    )
+    desc = compute_soap(data.frames, HYPERS, species=(29, 79), cache=False)
+    mask = np.arange(36) < 30
+    res = evaluate(prepare(data, desc, mask, ModelSpec("sparse-kernel", n_sparse=40)), 1e-5)
+    test_atoms = ~mask[desc.structure_index]
+    got = np.concatenate([a.arrays["local_energy"] for a in frames])
+    np.testing.assert_allclose(got, res.local_energy[test_atoms], rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(
+        np.concatenate([a.arrays["lpr"] for a in frames]), res.lpr[test_atoms], rtol=1e-6
+    )
+    # EMT totals of the test frames are predicted sensibly by the local energies
+    emt = np.array([a.get_potential_energy() for a in _emt_frames(6, 2)])
+    pred = np.array([a.arrays["local_energy"].sum() for a in frames])
+    assert np.sqrt(np.mean(((pred - emt) / 8) ** 2)) < 0.1
+    assert frames[0].info["lpr_model"] == "sparse-kernel"
+
+
+def test_dataset_with_train_groups(tmp_path):
+    out = tmp_path / "out.extxyz"
+    groups = "bulk-pure,bulk-alloy,antisite,vacancy,interstitial"
+    argv = ["lpr", "--dataset", "emt-alloys", "--train-groups", groups, "-q"]
+    assert main([*argv, "--preset", "fast", "-o", str(out)]) == 0
+    data = datasets.load("emt-alloys")
+    frames = ase.io.read(out, index=":")
+    expected = ~np.isin(data.groups, groups.split(","))
+    assert len(frames) == expected.sum()
+    assert {a.info["group"] for a in frames} == set(data.groups[expected].tolist())
+    lpr = np.concatenate([a.arrays["lpr"] for a in frames])
+    assert np.all(np.isfinite(lpr)) and np.all(lpr > 0)
+    # the test structures keep their data: energies (calculator), true local energies, forces
+    np.testing.assert_allclose(
+        [a.get_potential_energy() for a in frames], data.energies[expected], rtol=1e-12
+    )
+    test_set = data.subset(expected)
+    np.testing.assert_allclose(
+        np.concatenate([a.arrays["true_local_energy"] for a in frames]),
+        test_set.true_local_energies,
+        rtol=1e-12,
+    )
+    np.testing.assert_allclose(frames[0].get_forces(), test_set.frames[0].get_forces())
+    assert frames[0].arrays["lpr_undetermined"].dtype == bool
+
+
+def _run_error(argv, capsys):
+    code = main(argv)
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.startswith("lprviz: error:")]
+    assert len(lines) == 1
+    return lines[0]
+
+
+def test_bad_input(files, tmp_path, capsys):
+    train, test = files
+    out = str(tmp_path / "out.extxyz")
+    no_energy = tmp_path / "no_energy.extxyz"
+    ase.io.write(no_energy, _emt_frames(3, 3, energies=False))
+    msg = _run_error(["lpr", "--train", str(no_energy), "--test", str(test), "-o", out], capsys)
+    assert "no_energy.extxyz" in msg and "energ" in msg
+    msg = _run_error(
+        ["lpr", "--train", str(tmp_path / "missing.xyz"), "--test", str(test), "-o", out], capsys
+    )
+    assert "missing.xyz" in msg
+    garbage = tmp_path / "garbage.extxyz"
+    garbage.write_text("this is not\nan xyz file\n")
+    msg = _run_error(["lpr", "--train", str(garbage), "--test", str(test), "-o", out], capsys)
+    assert "garbage.extxyz" in msg
+    msg = _run_error(
+        ["lpr", "--train", str(train), "--test", str(test), "--alpha", "abc", "-o", out], capsys
+    )
+    assert "--alpha" in msg
+    msg = _run_error(
+        ["lpr", "--dataset", "emt-alloys", "--train-groups", "nope", "-o", out], capsys
+    )
+    assert "nope" in msg
+    msg = _run_error(["lpr", "--train", str(train), "-o", out], capsys)
+    assert "--test" in msg
