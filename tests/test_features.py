@@ -32,8 +32,7 @@ def _mixed_frames() -> list[Atoms]:
     cuo = bulk("Cu", "fcc", a=3.6, cubic=True)
     cuo.numbers[[1, 2]] = 8
     cuo.rattle(0.05, seed=2)
-    water = molecule("H2O")
-    water.center(vacuum=3.0)
+    water = molecule("H2O")  # no cell, no periodicity
     return [cu, water, cuo]
 
 
