@@ -161,7 +161,8 @@ def _mlearn_si() -> datasets.Dataset | None:
     info = {i.name: i for i in datasets.list_available()}
     if "mlearn-Si" in info and info["mlearn-Si"].cached:
         return datasets.load("mlearn-Si")
-    folder = Path(os.environ.get("LPRVIZ_MLEARN_DIR", "/work/shared/data/mlearn_zuo2020"))
+    default = Path(__file__).resolve().parents[2] / "shared" / "data" / "mlearn_zuo2020"
+    folder = Path(os.environ.get("LPRVIZ_MLEARN_DIR", default))
     if not (folder / "Si_training.json").is_file():
         return None
     parts = [datasets.load(folder / f"Si_{split}.json") for split in ("training", "test")]
@@ -182,6 +183,8 @@ def test_real_si_surface_atoms_have_far_lower_lpr():
     LPR two to three orders of magnitude below crystalline bulk test atoms (alpha 1e-4)."""
     data = _mlearn_si()
     if data is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("mlearn Si reference data missing: CI expects ../shared/data beside the repo")
         pytest.skip("mlearn Si not available (run: lprviz datasets fetch mlearn-Si)")
     desc = compute_soap(data.frames, SoapHypers(cutoff=5.0, max_radial=6, max_angular=4))
     train = (data.splits == "train") & np.isin(data.groups, ["Elastic", "AIMD-NVT"])
