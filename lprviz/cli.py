@@ -205,6 +205,129 @@ def _cmd_lpr(args: argparse.Namespace) -> int:
     return 0
 
 
+def _suggest_inputs(args: argparse.Namespace):
+    """Combined dataset (train, pool, target frames), training mask, pool frames, target atoms
+    (None: the lowest-LPR fraction of the non-training atoms)."""
+    import numpy as np
+
+    from lprviz import datasets
+
+    def groups_of(data, text, option):
+        wanted = [g.strip() for g in text.split(",") if g.strip()]
+        available = sorted(set(data.groups.tolist()))
+        unknown = [g for g in wanted if g not in available]
+        if unknown:
+            raise InputError(
+                f"{option}: dataset '{data.name}' has no group {', '.join(unknown)}; "
+                f"groups are {', '.join(available)}"
+            )
+        return np.isin(data.groups, wanted)
+
+    if args.dataset is not None:
+        if args.train is not None or args.pool is not None or args.target is not None:
+            raise InputError("give either --dataset with --train-groups, or --train and --pool")
+        if not args.train_groups:
+            raise InputError("--dataset: also give --train-groups G1,G2")
+        data = datasets.load(args.dataset)
+        train = groups_of(data, args.train_groups, "--train-groups")
+        pool = (groups_of(data, args.pool_groups, "--pool-groups") if args.pool_groups
+                else ~train) & ~train
+        if not pool.any():
+            raise InputError(f"dataset '{data.name}': no pool structure outside training")
+        target = None
+        if args.target_groups:
+            target = np.flatnonzero(
+                groups_of(data, args.target_groups, "--target-groups")[data.structure_index])
+        return data, train, np.flatnonzero(pool), target
+    if args.train is None or args.pool is None:
+        raise InputError("give --train TRAIN and --pool POOL (or --dataset NAME --train-groups)")
+    parts = [datasets.load(args.train), datasets.load(args.pool)]
+    if args.target is not None:
+        parts.append(datasets.load(args.target))
+    for part, label in zip(parts, (args.train, args.pool, args.target), strict=False):
+        if not part.frames:
+            raise InputError(f"{label}: contains no structures")
+    if not parts[0].has_energy.all():
+        raise InputError(f"{args.train}: every training frame needs an energy")
+    sizes = [len(p.frames) for p in parts]
+    data = datasets.Dataset(
+        name="+".join(p.name for p in parts),
+        frames=[a for p in parts for a in p.frames],
+        energies=np.concatenate([p.energies for p in parts]),
+        has_energy=np.concatenate([p.has_energy for p in parts]),
+        groups=np.concatenate([p.groups for p in parts]),
+        names=[n for p in parts for n in p.names],
+        splits=np.concatenate([np.full(n, "") for n in sizes]),
+    )
+    frame = np.arange(len(data.frames))
+    train = frame < sizes[0]
+    pool = np.flatnonzero((frame >= sizes[0]) & (frame < sizes[0] + sizes[1]))
+    target = None
+    if args.target is not None:
+        target = np.flatnonzero(data.structure_index >= sizes[0] + sizes[1])
+    return data, train, pool, target
+
+
+def _cmd_suggest(args: argparse.Namespace) -> int:
+    import numpy as np
+    import pandas as pd
+
+    from lprviz.features import SOAP_PRESETS, compute_soap
+    from lprviz.pipeline import ModelSpec, evaluate, prepare
+    from lprviz.suggest import lowest_lpr_atoms, random_additions, suggest_from_projections
+
+    if args.preset not in SOAP_PRESETS:
+        raise InputError(
+            f"--preset: expected one of {', '.join(SOAP_PRESETS)}, got {args.preset!r}"
+        )
+    try:
+        alpha = float(args.alpha)
+    except ValueError:
+        raise InputError(f"--alpha: expected a number, got {args.alpha!r}") from None
+    data, train, pool, target = _suggest_inputs(args)
+    desc = compute_soap(data.frames, SOAP_PRESETS[args.preset], species=data.species)
+    fit = prepare(data, desc, train, ModelSpec(kind=args.model))
+    if target is None:
+        res = evaluate(fit, alpha)
+        rest = np.flatnonzero(~train[data.structure_index])
+        target = rest[lowest_lpr_atoms(res.lpr[rest], args.target_fraction)]
+        what = f"lowest-LPR {args.target_fraction:.0%} of non-training atoms"
+    else:
+        what = "given target"
+    if target.size == 0:
+        raise InputError("target: no atoms selected")
+    P, Q = fit.projections[target], fit.structure_projections[pool]
+    sug = suggest_from_projections(fit.solver, P, Q, alpha, args.k)
+    frames = pool[sug.chosen]
+    table = pd.DataFrame({
+        "step": np.arange(1, len(frames) + 1),
+        "frame": frames,
+        "name": [str(data.names[i]) for i in frames],
+        "group": [str(data.groups[i]) for i in frames],
+        "atoms": np.asarray(data.frame_sizes)[frames],
+        "composition": [data.frames[i].get_chemical_formula() for i in frames],
+        "gain_mean_ln_lpr": sug.gains,
+        "alone_gain": sug.first_gains[sug.chosen],
+        "lpr_factor": np.exp(sug.curve[1:] - sug.curve[0]),
+    })
+    print(f"target: {target.size} atoms ({what}); pool: {pool.size} structures; "
+          f"alpha = {alpha:g}; geometric-mean target LPR now {np.exp(sug.curve[0]):.4g}")
+    with pd.option_context("display.width", 200, "display.max_columns", 20):
+        print(table.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    if args.random_seeds > 0:
+        rand = random_additions(fit.solver, P, Q, alpha, len(frames), n_seeds=args.random_seeds)
+        factor = np.exp(rand[:, -1] - rand[:, 0])
+        print(f"random {len(frames)} additions ({args.random_seeds} draws): LPR factor "
+              f"{factor.mean():.4g} (min {factor.min():.4g}, max {factor.max():.4g}); "
+              f"guided: {table['lpr_factor'].iloc[-1]:.4g}")
+    if args.csv:
+        try:
+            table.to_csv(args.csv, index=False)
+        except OSError as exc:
+            raise InputError(f"{args.csv}: cannot write ({exc.strerror or exc})") from None
+    return 0
+
+
 def _cmd_datasets_list(args: argparse.Namespace) -> int:
     from lprviz import datasets
 
@@ -268,6 +391,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
     p.add_argument("-o", "--output", required=True, help="output extxyz file")
     p.set_defaults(func=_cmd_lpr)
+
+    p = sub.add_parser("suggest", help="structures to add to training to raise a target's LPR")
+    p.add_argument("--train", help="training structures with energies: file or dataset name")
+    p.add_argument("--pool", help="candidate structures (no energies needed): file or name")
+    p.add_argument("--target", help="structures whose atoms are the target (default: the "
+                   "lowest-LPR --target-fraction of the non-training atoms)")
+    p.add_argument("--dataset", help="one dataset split by group (use with --train-groups)")
+    p.add_argument("--train-groups", help="comma-separated groups of --dataset to train on")
+    p.add_argument("--pool-groups", help="groups of --dataset to draw candidates from "
+                   "(default: all non-training frames)")
+    p.add_argument("--target-groups", help="groups of --dataset whose atoms are the target")
+    p.add_argument("--target-fraction", type=float, default=0.05,
+                   help="target = this lowest-LPR fraction when no target is given (0.05)")
+    p.add_argument("-k", type=int, default=10, help="structures to pick greedily (default 10)")
+    p.add_argument("--alpha", default="1e-4", help="regulariser (default 1e-4)")
+    p.add_argument("--model", choices=("linear", "sparse-kernel"), default="linear")
+    p.add_argument("--preset", default="default", help="SOAP preset: fast, default, accurate")
+    p.add_argument("--random-seeds", type=int, default=5,
+                   help="random draws of k additions to compare with (default 5; 0: none)")
+    p.add_argument("--csv", help="also write the ranked table to this CSV file")
+    p.set_defaults(func=_cmd_suggest)
 
     pd = sub.add_parser("datasets", help="list, fetch or import datasets")
     dsub = pd.add_subparsers(dest="datasets_command", required=True)

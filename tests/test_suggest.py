@@ -168,3 +168,51 @@ def test_pipeline_projections_predict_the_refit_at_fixed_scale():
     res2 = pipeline.evaluate(fit2, alpha)
     realised = np.mean(np.log(res2.lpr[surface_atoms])) - np.mean(np.log(res.lpr[surface_atoms]))
     np.testing.assert_allclose(sug.curve[-1] - sug.curve[0], realised, rtol=1e-8)
+
+
+def test_cli_suggest_dataset_groups(tmp_path, capsys):
+    import pandas as pd
+
+    from lprviz import datasets
+    from lprviz.cli import main
+
+    out = tmp_path / "picks.csv"
+    argv = ["suggest", "--dataset", "emt-alloys", "--train-groups", "bulk-pure,bulk-alloy",
+            "--pool-groups", "surface", "--target-groups", "surface", "-k", "3",
+            "--preset", "fast", "--alpha", "1e-3", "--random-seeds", "2", "--csv", str(out)]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "random 3 additions" in printed
+    table = pd.read_csv(out)
+    ds = datasets.load("emt-alloys")
+    assert table["step"].tolist() == [1, 2, 3]
+    assert set(ds.groups[table["frame"]]) == {"surface"}
+    assert table["name"].tolist() == [ds.names[i] for i in table["frame"]]
+    assert np.all(np.diff(table["lpr_factor"]) > 0) and table["lpr_factor"].iloc[0] > 1
+    # greedy: the first pick has the best gain alone; later gains shrink as picks overlap
+    assert table["gain_mean_ln_lpr"].iloc[0] == pytest.approx(table["alone_gain"].iloc[0])
+    assert table["alone_gain"].iloc[0] >= table["alone_gain"].max()
+    assert np.all(table["gain_mean_ln_lpr"] <= table["alone_gain"] * (1 + 1e-9))
+
+
+def test_cli_suggest_files_and_errors(tmp_path, capsys):
+    import ase.io
+
+    from lprviz import datasets
+    from lprviz.cli import main
+
+    ds = datasets.load("emt-alloys")
+    groups = np.asarray(ds.groups)
+    paths = {}
+    for label, frames in (("train", np.flatnonzero(groups == "bulk-alloy")[:20]),
+                          ("pool", np.flatnonzero(groups == "cluster")[:10])):
+        paths[label] = tmp_path / f"{label}.extxyz"
+        ase.io.write(paths[label], [ds.frames[i] for i in frames])
+    argv = ["suggest", "--train", str(paths["train"]), "--pool", str(paths["pool"]), "-k", "2",
+            "--preset", "fast", "--random-seeds", "0"]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "lowest-LPR 5% of non-training atoms" in printed
+    assert main(["suggest", "--dataset", "emt-alloys", "--train-groups", "nope"]) == 2
+    assert "no group nope" in capsys.readouterr().err
+    assert main(["suggest", "--train", str(paths["train"])]) == 2
