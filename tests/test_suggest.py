@@ -189,10 +189,9 @@ def test_cli_suggest_dataset_groups(tmp_path, capsys):
     assert set(ds.groups[table["frame"]]) == {"surface"}
     assert table["name"].tolist() == [ds.names[i] for i in table["frame"]]
     assert np.all(np.diff(table["lpr_factor"]) > 0) and table["lpr_factor"].iloc[0] > 1
-    # greedy: the first pick has the best gain alone; later gains shrink as picks overlap
+    # greedy: the first pick has the best gain alone
     assert table["gain_mean_ln_lpr"].iloc[0] == pytest.approx(table["alone_gain"].iloc[0])
     assert table["alone_gain"].iloc[0] >= table["alone_gain"].max()
-    assert np.all(table["gain_mean_ln_lpr"] <= table["alone_gain"] * (1 + 1e-9))
 
 
 def test_cli_suggest_files_and_errors(tmp_path, capsys):
