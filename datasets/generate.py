@@ -113,13 +113,13 @@ def emt_alloys(rng: np.random.Generator) -> list[Atoms]:
     # Pure bulk, rattled, at several lattice constants (the "training-like" part).
     for el in ELEMENTS:
         for scale in (0.96, 0.98, 1.00, 1.02, 1.04):
-            for k in range(2):
+            for k in range(4):
                 atoms = _fcc_cell([el] * 32, LATTICE[el] * scale)
-                _rattle(atoms, rng, 0.05 + 0.05 * k)
+                _rattle(atoms, rng, 0.03 + 0.025 * k)
                 frames.append(_label(atoms, "bulk-pure", f"bulk-{el}-a{scale:.2f}-{k}"))
 
     # Random substitutional alloys of 2-3 elements with varied compositions.
-    for k in range(80):
+    for k in range(40):
         symbols = _random_symbols(rng, 32, _alloy_elements(rng))
         atoms = _fcc_cell(symbols, _vegard(symbols) * rng.uniform(0.98, 1.02))
         _rattle(atoms, rng, rng.uniform(0.03, 0.1))
@@ -127,7 +127,7 @@ def emt_alloys(rng: np.random.Generator) -> list[Atoms]:
 
     # Vacancies (one or two removed atoms) in pure metals and alloys.
     for k in range(40):
-        pure = k < 15
+        pure = k < 25
         symbols = [ELEMENTS[k % 3]] * 32 if pure else _random_symbols(rng, 32, _alloy_elements(rng))
         atoms = _fcc_cell(symbols, _vegard(symbols))
         n_vac = 1 if k % 4 else 2
@@ -149,7 +149,7 @@ def emt_alloys(rng: np.random.Generator) -> list[Atoms]:
 
     # Octahedral interstitials; the six neighbours are pushed out by 0.25 A (no relaxation).
     for k in range(15):
-        pure = k < 6
+        pure = k < 9
         symbols = [ELEMENTS[k % 3]] * 32 if pure else _random_symbols(rng, 32, _alloy_elements(rng))
         a = _vegard(symbols)
         atoms = _fcc_cell(symbols, a)
@@ -166,7 +166,7 @@ def emt_alloys(rng: np.random.Generator) -> list[Atoms]:
     # Slabs: fcc(111) and fcc(100), 4 layers, pure and alloy; environments bulk lacks.
     for k in range(50):
         builder: Callable[..., Atoms] = fcc111 if k % 2 == 0 else fcc100
-        elements = (ELEMENTS[k % 3],) if k < 18 else _alloy_elements(rng)
+        elements = (ELEMENTS[k % 3],) if k < 30 else _alloy_elements(rng)
         symbols = [elements[0]] * 36 if len(elements) == 1 else _random_symbols(rng, 36, elements)
         a = _vegard(symbols)
         atoms = builder("Cu", size=(3, 3, 4), a=a, vacuum=6.0)
@@ -178,7 +178,7 @@ def emt_alloys(rng: np.random.Generator) -> list[Atoms]:
     # Small clusters (3-13 atoms): compact fcc fragments, free in space.
     for k in range(80):
         n = int(rng.integers(3, 14))
-        elements = (ELEMENTS[k % 3],) if k < 30 else _alloy_elements(rng)
+        elements = (ELEMENTS[k % 3],) if k < 50 else _alloy_elements(rng)
         symbols = [elements[0]] * n if len(elements) == 1 else _random_symbols(rng, n, elements)
         a = _vegard(symbols)
         block = bulk("Cu", "fcc", a=a, cubic=True).repeat((3, 3, 3))

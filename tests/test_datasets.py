@@ -534,3 +534,19 @@ def test_cli_errors_exit_2_one_line(server, capsys, tmp_path):
     ase.io.write(path, [_frame()], format="extxyz")
     assert main(["datasets", "import", str(path), "--name", "okset"]) == 0
     assert "okset" in capsys.readouterr().out
+
+
+def test_bulk_only_training_gives_lower_lpr_on_surfaces_and_defects(emt):
+    """The default set's purpose: a bulk-only training set leaves non-bulk atoms loose."""
+    from lprviz.features import compute_soap
+    from lprviz.rigidity import RigiditySolver
+
+    desc = compute_soap(emt.frames, cache=False)
+    atom_groups = emt.groups[emt.structure_index]
+    bulk = np.isin(atom_groups, ["bulk-pure", "bulk-alloy"])
+    solver = RigiditySolver.from_atoms(desc.values[bulk], emt.structure_index[bulk])
+    for alpha in (1e-4, 1e-2):
+        lpr = solver.lpr(desc.values, alpha)
+        bulk_median = np.median(lpr[bulk])
+        for group in ("surface", "cluster", "vacancy", "interstitial", "antisite"):
+            assert np.median(lpr[atom_groups == group]) < 0.7 * bulk_median, (group, alpha)
