@@ -185,7 +185,7 @@ def test_real_si_surface_atoms_have_far_lower_lpr():
     data = _mlearn_si()
     if data is None:
         if os.environ.get("CI") == "true":
-            pytest.fail("mlearn Si reference data missing: CI expects ../shared/data beside the repo")
+            pytest.fail("mlearn Si data missing: CI expects ../shared/data beside the repo")
         pytest.skip("mlearn Si not available (run: lprviz datasets fetch mlearn-Si)")
     desc = compute_soap(data.frames, SoapHypers(cutoff=5.0, max_radial=6, max_angular=4))
     train = (data.splits == "train") & np.isin(data.groups, ["Elastic", "AIMD-NVT"])
