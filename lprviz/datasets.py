@@ -52,6 +52,7 @@ __all__ = [
     "list_available",
     "load",
     "read_mlearn_json",
+    "shipped_dir",
     "validate_frames",
 ]
 
