@@ -1,0 +1,160 @@
+"""Validate: does a low LPR mean a loose local prediction? Committee, local errors,
+accuracy-rigidity trade-off, LCPR per descriptor block, PR of every test structure."""
+
+from __future__ import annotations
+
+import numpy as np
+import streamlit as st
+
+from lprviz import insight_plots, plots, validation
+from lprviz.errors import InputError
+from lprviz.pages import common
+from lprviz.viewer import structure_html
+
+TRADEOFF_ALPHAS = tuple(np.logspace(-8, 2, 11).tolist())
+
+
+def _features(settings: common.Settings, train: tuple[int, ...]) -> np.ndarray:
+    """Raw model features of every atom (SOAP, or Nystrom, plus baseline columns)."""
+    desc = common.descriptors(settings.source, settings.preset)
+    fit = common.fit(settings.source, settings.preset, train, settings.spec, None)
+    return fit.model_features(desc.values, desc.atom_numbers)
+
+
+@st.cache_resource(max_entries=8, show_spinner="Training the committee...")
+def _committee(source: str, preset: str, train: tuple[int, ...], spec, alpha: float,
+               n_models: int) -> validation.CommitteeCheck:
+    settings = common.Settings(source=source, label=source, preset=preset, spec=spec)
+    ds = common.dataset(source)
+    fit = common.fit(source, preset, train, spec, None)
+    return validation.committee_check(
+        _features(settings, train), ds.structure_index, ds.energies, fit.train_mask, alpha,
+        solver=fit.solver, n_models=n_models, seed=0,
+    )
+
+
+@st.cache_resource(max_entries=8, show_spinner="Sweeping alpha...")
+def _tradeoff(source: str, preset: str, train: tuple[int, ...], spec) -> validation.Tradeoff:
+    fit = common.fit(source, preset, train, spec, None)
+    return validation.tradeoff(fit, TRADEOFF_ALPHAS)
+
+
+def _committee_section(settings, ds, train, alpha) -> None:
+    st.subheader("Committee spread vs 1/LPR")
+    c1, c2 = st.columns([1, 2])
+    n_models = int(c2.number_input("Committee members (each on 70% of the training set)",
+                                   2, 32, 4, key="val_n_models"))
+    if not c1.toggle("Train the committee", key="val_committee",
+                     help="One ridge fit per member: seconds for wide descriptors."):
+        return
+    check = _committee(settings.source, settings.preset, train, settings.spec, alpha, n_models)
+    labels = [f"{ds.groups[f]} / {ds.names[f]}" for f in ds.structure_index[check.atoms]]
+    st.plotly_chart(insight_plots.spread_figure(1.0 / check.lpr, check.spread, check.spearman,
+                                                labels=labels), key="val_spread")
+    st.caption("The LPR promises that the committee disagrees most where 1/LPR is large "
+               f"(rank correlation {check.spearman:.2f} over {check.atoms.size} atoms).")
+
+
+def _error_section(ds, res) -> None:
+    st.subheader("|Local error| vs LPR")
+    if res.local_error is None:
+        st.info("This dataset has no reference local energies (the EMT datasets do).")
+        return
+    test_atoms = ~res.train_mask[ds.structure_index]
+    atoms = test_atoms if test_atoms.sum() >= 2 else np.ones_like(test_atoms)
+    check = validation.local_error_check(res.lpr[atoms], res.local_error[atoms])
+    st.plotly_chart(insight_plots.error_vs_lpr_figure(check.lpr, check.abs_error,
+                                                      check.low_lpr, threshold=check.threshold),
+                    key="val_errors")
+    c1, c2, c3 = st.columns(3)
+    c1.metric("Large errors among lowest-LPR 5%", f"{check.frac_large_low:.0%}")
+    c2.metric("Large errors among the rest", f"{check.frac_large_rest:.0%}")
+    c3.metric("Rank correlation |error| vs 1/LPR", f"{check.spearman:.2f}")
+    st.caption(f"Large = above the 90th percentile of |local error| ({check.threshold:.3g} eV); "
+               "test atoms.")
+
+
+def _tradeoff_section(settings, train, alpha) -> None:
+    st.subheader("Accuracy-rigidity trade-off")
+    try:
+        tr = _tradeoff(settings.source, settings.preset, train, settings.spec)
+    except InputError as exc:
+        st.info(str(exc))
+        return
+    st.plotly_chart(insight_plots.tradeoff_figure(tr.alphas, tr.median_lpr, tr.rmse_per_atom,
+                                                  current_alpha=alpha), key="val_tradeoff")
+    st.caption("Each point is one alpha: regularisation raises every LPR but the test error "
+               f"grows ({tr.n_test_frames} test structures with energies).")
+
+
+def _lcpr_section(settings, ds, res, train, alpha, frame: int) -> None:
+    st.subheader("Component-wise rigidity (LCPR) of one atom")
+    desc = common.descriptors(settings.source, settings.preset)
+    fit = common.fit(settings.source, settings.preset, train, settings.spec, None)
+    try:
+        blocks = validation.fit_blocks(fit, desc)
+    except InputError as exc:
+        st.info(str(exc))
+        return
+    atoms = np.flatnonzero(ds.structure_index == frame)
+    lowest = int(np.argmin(res.lpr[atoms]))
+    i = int(st.number_input(f"Atom of {ds.names[frame]} (0-{atoms.size - 1}; default: lowest "
+                            "LPR)", 0, atoms.size - 1, lowest, key=f"val_atom_{frame}"))
+    atom = int(atoms[i])
+    x = fit.model_features(desc.values[atom:atom + 1], desc.atom_numbers[atom:atom + 1])
+    comp = validation.component_rigidity(fit.solver, x, alpha, blocks)
+    keep = comp.present
+    names = [n for n, k in zip(comp.names, keep, strict=True) if k]
+    st.plotly_chart(insight_plots.lcpr_figure(names, comp.lcpr[keep], comp.lpr), key="val_lcpr")
+    st.caption(f"Atom {i} ({ds.frames[frame][i].symbol}); blocks absent from its environment "
+               "are left out. The lowest bar is the least determined part of its description.")
+
+
+def _pr_section(settings, ds, res) -> int:
+    st.subheader("Prediction rigidity of test structures")
+    test = np.flatnonzero(~res.train_mask)
+    frames = test if test.size else np.arange(len(ds.frames))
+    table = validation.pr_table(ds, res.pr, frames=frames, lpr=res.lpr)
+    event = st.dataframe(table, hide_index=True, key="val_pr_table", on_select="rerun",
+                         selection_mode="single-row", height=280, column_config={
+                             c: st.column_config.NumberColumn(format="%.4g")
+                             for c in ("PR", "min_LPR", "median_LPR")})
+    rows = event.selection.rows if event is not None and hasattr(event, "selection") else []
+    frame = int(table["frame"].iloc[rows[0] if rows else 0])
+    sel = ds.structure_index == frame
+    lpr = res.lpr[sel]
+    lo, hi = float(np.min(res.lpr)), float(np.max(res.lpr))
+    html = structure_html(ds.frames[frame], lpr, vmin=lo, vmax=max(hi, lo * 1.0001), log=True,
+                          colormap=plots.LPR_COLORMAP, atom_info={"LPR": lpr},
+                          undetermined=np.asarray(res.undetermined, bool)[sel],
+                          title=f"{ds.names[frame]} [{ds.groups[frame]}]", width=620, height=380)
+    st.iframe(html, height=470)
+    return frame
+
+
+def _body(settings: common.Settings) -> None:
+    ds = common.dataset(settings.source)
+    alpha = common.alpha_slider()
+    train = common.training_frames(settings)
+    res = common.current_results(settings, alpha)
+    frame = _pr_section(settings, ds, res)
+    _lcpr_section(settings, ds, res, train, alpha, frame)
+    _error_section(ds, res)
+    _tradeoff_section(settings, train, alpha)
+    _committee_section(settings, ds, train, alpha)
+
+
+def main() -> None:
+    st.title("Validate the LPR")
+    st.markdown("Empirical checks of what the LPR promises: committees disagree and local "
+                "errors are large where the LPR is low; regularisation buys rigidity with "
+                "accuracy. Pick a structure in the table to see its atoms and their LCPR.")
+    settings = common.sidebar()
+    try:
+        _body(settings)
+    except InputError as exc:
+        st.error(str(exc))
+
+
+if __name__ == "__main__":
+    main()
