@@ -270,11 +270,11 @@ def parity_figure(
             rmse, mae = _rmse_mae(ref[m], pred[m])
             parts.append(f"{split}: RMSE {1e3 * rmse:.1f}, MAE {1e3 * mae:.1f} meV/atom")
     fig.update_layout(
-        title="  |  ".join(parts) or "no reference energies",
+        title={"text": "<br>".join(parts) or "no reference energies", "font": {"size": 13}},
         xaxis_title=f"reference energy ({unit})",
         yaxis_title=f"predicted energy ({unit})",
         legend={"font": {"size": 10}},
-        margin={"l": 60, "r": 10, "t": 40, "b": 50},
+        margin={"l": 60, "r": 10, "t": 60, "b": 50},
         height=420,
     )
     return fig

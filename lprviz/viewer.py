@@ -130,8 +130,8 @@ def structure_html(
     undetermined: np.ndarray | None = None,
     title: str | None = None,
     colorbar_label: str = "LPR",
-    width: int = 640,
-    height: int = 420,
+    width: int | str = 640,
+    height: int | str = 420,
 ) -> str:
     """Self-contained HTML of a 3D structure with atoms coloured by ``values``.
 
@@ -161,8 +161,8 @@ def structure_html(
         Caption above the viewer (escaped).
     colorbar_label : str
         Colour bar caption (escaped).
-    width, height : int
-        Viewer size in pixels.
+    width, height : int or str
+        Viewer size in pixels (or a CSS length such as ``"100%"``).
 
     Returns
     -------

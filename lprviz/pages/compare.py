@@ -1,5 +1,107 @@
-"""compare page (being written)."""
+"""Compare: two training sets A and B at the same feature scale; per-atom LPR ratio B/A."""
 
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
 import streamlit as st
 
-st.title("compare")
+from lprviz import plots, selection
+from lprviz.errors import InputError
+from lprviz.pages import common
+from lprviz.viewer import structure_html
+
+CURRENT = "current training set"
+
+
+def _choose(settings: common.Settings, ds, numbers, side: str, default: str) -> tuple[int, ...]:
+    options = [CURRENT, *selection.PRESETS]
+    choice = st.selectbox(f"Training set {side}", options, index=options.index(default),
+                          key=f"cmp_{side}")
+    if choice == CURRENT:
+        return common.training_frames(settings)
+    mask = selection.preset_mask(choice, ds.groups, numbers, seed=0)
+    return tuple(int(i) for i in np.flatnonzero(mask))
+
+
+def main() -> None:
+    st.title("Compare two training sets")
+    st.markdown(
+        "The paper's central experiment: train on set A, then on set B, and see which atoms "
+        "became more (or less) rigid. Both fits use **A's feature scale**, so the ratio "
+        "reflects the data, not a changed regulariser. Blue: B pins the atom's local "
+        "prediction more firmly (ratio > 1); red: less."
+    )
+    settings = common.sidebar()
+    try:
+        _body(settings)
+    except InputError as exc:
+        st.error(str(exc))
+
+
+def _body(settings: common.Settings) -> None:
+    ds = common.dataset(settings.source)
+    numbers = common.frame_numbers(settings.source)
+    c1, c2 = st.columns(2)
+    with c1:
+        train_a = _choose(settings, ds, numbers, "A", "bulk only")
+    with c2:
+        train_b = _choose(settings, ds, numbers, "B", "bulk + a few surface/defect structures")
+    alpha = common.alpha_slider()
+    if not train_a or not train_b:
+        raise InputError("training set A or B: empty; include at least one structure")
+    common.descriptors(settings.source, settings.preset)
+    scale = common.fit(settings.source, settings.preset, train_a, settings.spec, None).scale
+    res_a = common.results(settings.source, settings.preset, train_a, settings.spec, scale,
+                           alpha)
+    res_b = common.results(settings.source, settings.preset, train_b, settings.spec, scale,
+                           alpha)
+    ratio = res_b.lpr / res_a.lpr
+    st.caption(f"A: {len(train_a)} structures, B: {len(train_b)} structures; alpha = "
+               f"{alpha:.3g}; fixed scale s = {scale:.4g}.")
+
+    sidx = ds.structure_index
+    n = len(ds.frames)
+    med = pd.Series(ratio).groupby(sidx).median().reindex(range(n)).to_numpy()
+    left, right = st.columns([3, 2])
+    with left:
+        order = st.radio("Structures", ["largest gain first", "largest loss first"],
+                         horizontal=True, key="cmp_order")
+        idx = np.argsort(-med if order.startswith("largest gain") else med, kind="stable")
+        labels = {int(i): f"{ds.names[i]} [{ds.groups[i]}] median ratio {med[i]:.3g}"
+                  for i in idx}
+        frame = st.selectbox("Structure", list(labels), format_func=labels.__getitem__,
+                             key="cmp_structure")
+        sel = sidx == frame
+        vmin, vmax = plots.ratio_range(ratio)
+        html = structure_html(
+            ds.frames[frame], ratio[sel], vmin=vmin, vmax=vmax, log=True,
+            colormap=plots.RATIO_COLORMAP,
+            atom_info={"LPR ratio B/A": ratio[sel], "LPR A": res_a.lpr[sel],
+                       "LPR B": res_b.lpr[sel]},
+            title=f"{ds.names[frame]} [{ds.groups[frame]}]", colorbar_label="LPR ratio B/A",
+            width="100%", height=420,
+        )
+        st.iframe(html, height=520)
+    with right:
+        st.plotly_chart(plots.histogram_figure({"A": res_a.lpr, "B": res_b.lpr}),
+                        key="cmp_hist")
+        groups_atom = np.asarray(ds.groups)[sidx].astype(str)
+        per_group = pd.DataFrame({"group": groups_atom, "ratio": ratio}).groupby("group")[
+            "ratio"].median().rename("median ratio B/A").reset_index()
+        st.dataframe(per_group, hide_index=True, key="cmp_groups")
+    st.subheader("Structures that gained or lost most")
+    table = pd.DataFrame({
+        "structure": [str(x) for x in ds.names], "group": [str(g) for g in ds.groups],
+        "in A": np.isin(np.arange(n), train_a), "in B": np.isin(np.arange(n), train_b),
+        "median ratio B/A": med,
+        "min LPR A": pd.Series(res_a.lpr).groupby(sidx).min().to_numpy(),
+        "min LPR B": pd.Series(res_b.lpr).groupby(sidx).min().to_numpy(),
+    }).sort_values("median ratio B/A", ascending=False)
+    g, lose = st.columns(2)
+    g.dataframe(table.head(10), hide_index=True, key="cmp_gain")
+    lose.dataframe(table.tail(10).iloc[::-1], hide_index=True, key="cmp_loss")
+
+
+if __name__ == "__main__":
+    main()

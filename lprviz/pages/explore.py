@@ -91,10 +91,14 @@ def alpha_dependent(settings: common.Settings) -> None:
                       for i in order}
             frame = st.selectbox("Structure", order, format_func=labels.__getitem__,
                                  key="structure")
-        o1, o2, o3 = st.columns(3)
+        o1, o2, o3, o4 = st.columns(4)
         style = o1.radio("Style", ["sphere", "stick"], horizontal=True, key="style")
         log = o2.toggle("Log colours", value=True, key="log_colours")
         show_cell = o3.toggle("Unit cell", value=True, key="show_cell")
+        grey = o4.toggle("Grey if undetermined", value=True, key="grey_undetermined",
+                         help="Atoms whose LPR is set by alpha rather than by the data.")
+        if not grey:
+            res = _without_undetermined(res)
         _viewer(ds, res, settings, int(frame), color_by, style, log, show_cell, vmin, vmax,
                 linked)
     with right:
@@ -183,9 +187,16 @@ def _viewer(ds, res, settings, frame, color_by, style, log, show_cell, vmin, vma
         highlight=highlight, style=style, show_cell=show_cell,
         undetermined=np.asarray(res.undetermined, bool)[sel] if label == "LPR" else None,
         title=f"{ds.names[frame]} [{ds.groups[frame]}]", colorbar_label=label,
-        width=620, height=420,
+        width="100%", height=420,
     )
     st.iframe(html, height=520)
+
+
+def _without_undetermined(res):
+    """A view of ``res`` with no atom flagged (display choice only)."""
+    import dataclasses
+
+    return dataclasses.replace(res, undetermined=np.zeros_like(res.undetermined))
 
 
 def _lin_range(v: np.ndarray) -> tuple[float, float]:
