@@ -1,0 +1,89 @@
+"""AppTest runs of the Improve and Validate pages on the shipped emt-alloys set."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from lprviz import datasets, features, pipeline
+
+PAGES = Path(__file__).resolve().parent.parent / "lprviz" / "pages"
+
+
+def _app(page: str) -> AppTest:
+    at = AppTest.from_file(str(PAGES / page), default_timeout=180)
+    at.session_state["soap_preset"] = "fast"  # keep the factorisation small
+    return at
+
+
+def _no_errors(at: AppTest) -> None:
+    assert not at.exception, [e.value for e in at.exception]
+    assert not at.error, [e.value for e in at.error]
+
+
+def test_improve_page_suggests_and_adds():
+    at = _app("improve.py")
+    at.run()
+    _no_errors(at)
+    table = at.dataframe[0].value
+    assert len(table) == 5
+    gains = table["gain (mean ln LPR)"].to_numpy()
+    assert np.all(gains > 0)
+    factor = table["target LPR factor so far"].to_numpy()
+    np.testing.assert_allclose(factor, np.exp(np.cumsum(gains)), rtol=1e-9)
+    before = set(next(iter(at.session_state["train"].values())))
+    assert len(at.get("plotly_chart")) == 1
+
+    at.button(key="improve_add").click().run()
+    _no_errors(at)
+    after = set(next(iter(at.session_state["train"].values())))
+    assert before < after and len(after - before) == 5
+    msg = at.success[0].value
+    realised, predicted = (float(v) for v in re.findall(r"x([0-9.e+-]+)", msg)[:2])
+    assert realised == pytest.approx(predicted, rel=1e-3)  # as printed (4 digits)
+    # the predicted gain equals a refit with the picks added, at the previous feature scale
+    last = at.session_state["improve_last"]
+    assert last["predicted"] == pytest.approx(np.log(factor[-1]), rel=1e-9)
+    ds = datasets.load(last["source"])
+    desc = features.compute_soap(ds.frames, features.SOAP_PRESETS["fast"], species=ds.species)
+    lpr = []
+    for frames in (last["before"], last["after"]):
+        mask = np.zeros(len(ds.frames), dtype=bool)
+        mask[list(frames)] = True
+        fit = pipeline.prepare(ds, desc, mask, pipeline.ModelSpec(), scale=last["scale"])
+        lpr.append(pipeline.evaluate(fit, last["alpha"]).lpr[last["target"]])
+    gain = np.mean(np.log(lpr[1])) - np.mean(np.log(lpr[0]))
+    assert gain == pytest.approx(last["predicted"], rel=1e-8)
+
+
+def test_improve_page_group_target():
+    at = _app("improve.py")
+    at.run()
+    at.selectbox(key="improve_target").select("surface").run()
+    at.number_input(key="improve_k").set_value(3).run()
+    _no_errors(at)
+    assert len(at.dataframe[0].value) == 3
+
+
+def test_validate_page_sections():
+    at = _app("validate.py")
+    at.run()
+    _no_errors(at)
+    table = at.dataframe[0].value
+    assert {"name", "group", "atoms", "composition", "PR"} <= set(table.columns)
+    assert np.all(np.diff(table["PR"].to_numpy()) >= 0)
+    # LCPR bars, local errors, trade-off (EMT has reference local energies)
+    assert len(at.get("plotly_chart")) == 3
+    labels = [m.label for m in at.metric]
+    assert "Large errors among lowest-LPR 5%" in labels
+    low = float(at.metric[0].value.rstrip("%"))
+    rest = float(at.metric[1].value.rstrip("%"))
+    assert low > rest
+
+    at.toggle(key="val_committee").set_value(True).run()
+    _no_errors(at)
+    assert len(at.get("plotly_chart")) == 4
