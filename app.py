@@ -16,6 +16,8 @@ nav = st.navigation(
         st.Page(PAGES / "explore.py", title="Explore", url_path="explore", default=True),
         st.Page(PAGES / "training_set.py", title="Training set", url_path="training-set"),
         st.Page(PAGES / "compare.py", title="Compare", url_path="compare"),
+        st.Page(PAGES / "improve.py", title="Improve", url_path="improve"),
+        st.Page(PAGES / "validate.py", title="Validate", url_path="validate"),
         st.Page(PAGES / "learn.py", title="Learn", url_path="learn"),
         st.Page(PAGES / "export.py", title="Export", url_path="export"),
     ]
