@@ -31,6 +31,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import scipy.linalg
 
 from lprviz.errors import InputError
 
@@ -239,6 +240,26 @@ def _training_rows(
     return rows, energies / counts
 
 
+def _ridge_weights(rows: np.ndarray, targets: np.ndarray, alpha: float) -> np.ndarray:
+    """Ridge weights ``(X^T X + alpha I)^-1 X^T y`` by one Cholesky solve.
+
+    With fewer structures than features (the usual case for a committee member) the dual
+    form ``X^T (X X^T + alpha I)^-1 y`` is the same vector at a fraction of the cost; no
+    eigendecomposition is needed because no LPR is asked of a member. ``alpha = 0`` falls
+    back to the minimum-norm least-squares solution, as :meth:`RigiditySolver.solve` does.
+    """
+    if alpha <= 0:
+        return np.linalg.lstsq(rows, targets, rcond=None)[0]
+    n, d = rows.shape
+    if n < d:
+        gram = rows @ rows.T
+        gram[np.diag_indices(n)] += alpha
+        return rows.T @ scipy.linalg.solve(gram, targets, assume_a="pos")
+    gram = rows.T @ rows
+    gram[np.diag_indices(d)] += alpha
+    return scipy.linalg.solve(gram, rows.T @ targets, assume_a="pos")
+
+
 def fit_ridge(
     Phi_atoms: np.ndarray,
     structure_index: np.ndarray,
@@ -360,9 +381,10 @@ def fit_committee(
         remap = np.full(n, -1)
         remap[chosen] = np.arange(size)
         atoms = remap[structure_index] >= 0
-        model = fit_ridge(
-            Phi_atoms[atoms], remap[structure_index[atoms]], energies[chosen], alpha, scale=scale
+        rows, targets = _training_rows(
+            Phi_atoms[atoms], remap[structure_index[atoms]], energies[chosen], scale
         )
-        models.append(model)
+        weights = _ridge_weights(rows, targets, alpha)
+        models.append(RidgeModel(weights=weights, alpha=float(alpha), scale=scale))
         subsets.append(chosen)
     return Committee(models=tuple(models), subsets=tuple(subsets))

@@ -192,6 +192,13 @@ def test_committee_spread_tracks_low_lpr(emt_data):
     assert rho < -0.5
     # members share the full training set's scale
     assert all(m.scale == pytest.approx(sfactor(X)) for m in committee.models)
+    # each member (dual-form solve) is the primal ridge fit of its own subset
+    for member, chosen in zip(committee.models[:2], committee.subsets[:2], strict=True):
+        remap = np.full(60, -1)
+        remap[chosen] = np.arange(len(chosen))
+        atoms = remap[idx] >= 0
+        ref = fit_ridge(X[atoms], remap[idx[atoms]], energies[chosen], alpha, scale=sfactor(X))
+        np.testing.assert_allclose(member.weights, ref.weights, rtol=1e-6, atol=1e-10)
 
 
 def test_errors():
