@@ -18,7 +18,12 @@ from lprviz.pages import common
 
 
 def annotated_frames(ds, res) -> list:
-    """Copies of the frames with per-atom ``lpr``, ``local_energy``, ``undetermined`` arrays."""
+    """Copies of the frames with per-atom ``lpr``, ``log10_lpr``, ``local_energy``,
+    ``undetermined`` arrays.
+
+    ASE's extxyz writer prints floats with 8 decimals, which loses the relative precision of
+    small LPR values; ``log10_lpr`` keeps it.
+    """
     out = []
     sidx = ds.structure_index
     for i, atoms in enumerate(ds.frames):
@@ -26,6 +31,7 @@ def annotated_frames(ds, res) -> list:
         a = atoms.copy()
         a.calc = atoms.calc  # keep the reference energy (written as a calculator result)
         a.arrays["lpr"] = res.lpr[sel]
+        a.arrays["log10_lpr"] = np.log10(res.lpr[sel])
         a.arrays["local_energy"] = res.local_energy[sel]
         a.arrays["undetermined"] = np.asarray(res.undetermined)[sel].astype(int)
         a.info["energy_pred"] = float(res.energy_pred[i])

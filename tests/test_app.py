@@ -1,0 +1,164 @@
+"""The Streamlit app through streamlit.testing (AppTest): every page, alpha, training set,
+uploads, URL parameters and the export files."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+from pathlib import Path
+
+import ase.io
+import numpy as np
+import pytest
+from streamlit.testing.v1 import AppTest
+
+ROOT = Path(__file__).resolve().parents[1]
+APP = str(ROOT / "app.py")
+PAGES = ["explore", "training_set", "compare", "learn", "export"]
+TIMEOUT = 600  # the first run featurises the default dataset
+
+
+def _app(**query) -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    for k, v in query.items():
+        at.query_params[k] = v
+    return at.run()
+
+
+def _ok(at: AppTest) -> None:
+    assert not at.exception, [e.value for e in at.exception]
+    assert not at.error, [e.value for e in at.error]
+
+
+def _table(at: AppTest, column: str = "median_LPR"):
+    """The page's per-group LPR table (the dataframe with a ``median_LPR`` column)."""
+    for df in at.dataframe:
+        if column in df.value.columns:
+            return df.value
+    raise AssertionError(f"no dataframe with a {column!r} column")
+
+
+def _median(table, group: str) -> float:
+    return float(table.set_index("group").loc[group, "median_LPR"])
+
+
+@pytest.fixture(scope="module")
+def app() -> AppTest:
+    at = _app()
+    _ok(at)
+    return at
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_every_page_renders_on_the_default_dataset(app, page):
+    app.switch_page(f"lprviz/pages/{page}.py").run()
+    _ok(app)
+    assert app.title, "page has a title"
+    if page in ("explore", "compare"):
+        assert any("3dmolviewer" in str(el.proto) for el in app.main
+                   if el.type == "iframe") or "3dmolviewer" in str(app.main)
+
+
+def test_explore_opens_on_default_dataset_bulk_only_alpha_1e4():
+    at = _app()
+    _ok(at)
+    caption = " ".join(c.value for c in at.caption)
+    assert "emt-alloys" in caption and "alpha = 0.0001" in caption
+    table = _table(at)
+    trained = table.set_index("group")["training_atoms"]
+    # bulk only: every bulk atom trains, no surface/defect atom does
+    assert trained.loc["surface"] == 0 and trained.loc["vacancy"] == 0
+    assert trained.loc["bulk-pure"] > 0
+
+
+def test_alpha_raises_every_groups_lpr():
+    at = _app()
+    before = _table(at)
+    at.slider(key="_w_alpha").set_value(-2.0).run()
+    _ok(at)
+    after = _table(at)
+    assert at.query_params["alpha"] == "0.01"
+    for g in before["group"]:
+        # LPR grows monotonically with alpha (LPR_NOTES §7.5)
+        assert _median(after, g) > _median(before, g)
+
+
+def test_query_params_set_alpha():
+    at = _app(alpha="0.01")
+    _ok(at)
+    assert "alpha = 0.01" in " ".join(c.value for c in at.caption)
+
+
+def test_adding_surface_structures_raises_surface_lpr():
+    at = _app()
+    at.switch_page("lprviz/pages/training_set.py").run()
+    _ok(at)
+    before = _table(at)
+    at.selectbox(key="ts_preset").set_value("bulk + a few surface/defect structures").run()
+    at.button(key="ts_apply_preset").click().run()
+    _ok(at)
+    after = _table(at)
+    assert int(after.set_index("group").loc["surface", "training_structures"]) == 3
+    assert _median(after, "surface") > 1.5 * _median(before, "surface")
+    # the Explore page uses the edited training set too
+    at.switch_page("lprviz/pages/explore.py").run()
+    _ok(at)
+    assert _table(at).set_index("group").loc["surface", "training_atoms"] > 0
+
+
+def test_bad_upload_shows_one_line_error_and_page_keeps_working():
+    at = _app()
+    at.file_uploader(key="upload").set_value(
+        ("broken.extxyz", b"this is not\nan extxyz file\n", "application/octet-stream")
+    ).run()
+    assert not at.exception
+    assert len(at.error) == 1 and "\n" not in at.error[0].value
+    assert "broken.extxyz" in at.error[0].value or "extxyz" in at.error[0].value
+    # still usable: alpha moves, the default dataset's table is shown
+    at.slider(key="_w_alpha").set_value(-3.0).run()
+    assert not at.exception
+    assert "emt-alloys" in " ".join(c.value for c in at.caption)
+
+
+def test_good_upload_becomes_the_dataset(tmp_path):
+    from lprviz import datasets
+
+    ds = datasets.load("teaching-stoichiometry")
+    buf = io.StringIO()
+    ase.io.write(buf, ds.frames[:12], format="extxyz")
+    at = _app()
+    at.file_uploader(key="upload").set_value(
+        ("mine.extxyz", buf.getvalue().encode(), "application/octet-stream")).run()
+    _ok(at)
+    assert "mine.extxyz" in " ".join(c.value for c in at.caption)
+
+
+def test_export_files_round_trip():
+    from lprviz import datasets, features, pipeline, selection
+    from lprviz.pages import export
+
+    ds = datasets.load("teaching-stoichiometry")
+    desc = features.compute_soap(ds.frames, features.SOAP_PRESETS["fast"], species=ds.species)
+    mask = selection.preset_mask("varied compositions", ds.groups, [a.numbers for a in ds.frames])
+    res = pipeline.evaluate(pipeline.prepare(ds, desc, mask, pipeline.ModelSpec()), 1e-4)
+
+    frames = ase.io.read(io.StringIO(export.extxyz_bytes(ds, res).decode()), index=":",
+                         format="extxyz")
+    lpr = np.concatenate([a.arrays["lpr"] for a in frames])
+    np.testing.assert_allclose(lpr, res.lpr, atol=1e-8)  # extxyz prints 8 decimals
+    log_lpr = np.concatenate([a.arrays["log10_lpr"] for a in frames])
+    np.testing.assert_allclose(10**log_lpr, res.lpr, rtol=1e-6)
+    np.testing.assert_allclose(np.concatenate([a.arrays["local_energy"] for a in frames]),
+                               res.local_energy, atol=1e-8)
+
+    import pandas as pd
+
+    table = pd.read_csv(io.BytesIO(export.csv_bytes(ds, res)))
+    assert len(table) == ds.n_atoms
+    np.testing.assert_allclose(table["lpr"], res.lpr, rtol=1e-9)
+
+    data = json.loads(gzip.decompress(export.chemiscope_bytes(ds, res)))
+    prop = data["properties"]["LPR"]
+    assert prop["target"] == "atom" and len(prop["values"]) == ds.n_atoms
+    assert len(data["structures"]) == len(ds.frames)
