@@ -361,7 +361,24 @@ def _cmd_datasets_import(args: argparse.Namespace) -> int:
 
 
 def _cmd_app(args: argparse.Namespace) -> int:
-    raise NotImplementedError  # owned by the app work
+    import os
+    import subprocess
+    from pathlib import Path
+
+    app = Path(__file__).resolve().parent.parent / "app.py"
+    if not app.is_file():
+        raise InputError(f"{app}: the app script is missing (install lprviz from its source tree)")
+    env = dict(os.environ)
+    if args.threedmol_js:
+        js = Path(args.threedmol_js)
+        if not js.is_file():
+            raise InputError(f"--3dmol-js {js}: expected an existing 3Dmol-min.js file")
+        env["LPRVIZ_3DMOL_JS"] = str(js.resolve())
+    cmd = [sys.executable, "-m", "streamlit", "run", str(app),
+           "--server.port", str(args.port), "--server.address", args.address]
+    # streamlit reads .streamlit/config.toml from the working directory: run beside app.py;
+    # LPRVIZ_3DMOL_JS passes through the environment.
+    return subprocess.call(cmd, cwd=app.parent, env=env)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -430,6 +447,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_datasets_import)
 
     p = sub.add_parser("app", help="start the Streamlit app")
+    p.add_argument("--port", type=int, default=8501, help="port (default 8501)")
+    p.add_argument("--address", default="127.0.0.1", help="address (default 127.0.0.1)")
+    p.add_argument("--3dmol-js", dest="threedmol_js", default=None,
+                   help="local 3Dmol-min.js (else $LPRVIZ_3DMOL_JS, else the CDN)")
     p.set_defaults(func=_cmd_app)
     return parser
 
