@@ -101,11 +101,15 @@ def _write_extxyz(path: str, frames) -> None:
     """
     import numpy as np
     from ase.io.extxyz import output_column_format, save_calc_results
+    from ase.stress import voigt_6_to_full_3x3_stress
 
     with open(path, "w") as fh:
         for original in frames:
             atoms = original.copy()
             save_calc_results(atoms, original.calc, calc_prefix="")
+            # As ASE's writer does: its reader only accepts a 9-long (3x3) stress.
+            if np.shape(atoms.info.get("stress", ())) == (6,):
+                atoms.info["stress"] = voigt_6_to_full_3x3_stress(atoms.info["stress"])
             skip = {"numbers", "positions", "symbols", "species", "pos"}
             columns = ["symbols", "positions", *[k for k in atoms.arrays if k not in skip]]
             arrays = {k: atoms.arrays[k] for k in columns[2:]}
