@@ -285,6 +285,8 @@ def lpr_distribution_figure(
 ) -> go.Figure:
     """Box plots of LPR per category (group or species) on a log axis.
 
+    Quartiles are taken in log space; whiskers span the minimum and maximum.
+
     Parameters
     ----------
     lpr : numpy.ndarray of shape (n_atoms,)
@@ -294,11 +296,17 @@ def lpr_distribution_figure(
     cats = np.asarray([str(c) for c in categories])
     fig = go.Figure()
     for i, c in enumerate(dict.fromkeys(cats)):
-        sel = cats == c
+        v = lpr[(cats == c) & np.isfinite(lpr) & (lpr > 0)]
+        if v.size == 0:
+            continue
+        # Box statistics in log space, sent as numbers: the figure stays small at 20k atoms.
+        q1, med, q3 = 10 ** np.percentile(np.log10(v), [25, 50, 75])
         fig.add_trace(
             go.Box(
-                y=lpr[sel], name=escape(c), marker={"color": _group_color(i)},
-                boxpoints="outliers",
+                x=[escape(c)], q1=[q1], median=[med], q3=[q3], lowerfence=[v.min()],
+                upperfence=[v.max()], name=escape(c), marker={"color": _group_color(i)},
+                hovertemplate=f"{escape(c)}: median %{{median:.3g}}<extra>{v.size} atoms"
+                              "</extra>",
             )
         )
     fig.update_layout(
@@ -369,6 +377,7 @@ def environment_map_figure(
     colormap: str = LPR_COLORMAP,
     hover: Sequence[str] | None = None,
     label: str = "LPR",
+    customdata: np.ndarray | None = None,
 ) -> go.Figure:
     """2D map of atomic environments (e.g. PCA) coloured like the 3D viewer.
 
@@ -378,11 +387,13 @@ def environment_map_figure(
     values : numpy.ndarray of shape (n_atoms,)
     hover : sequence of str, optional
         Hover text per atom (escaped here).
+    customdata : numpy.ndarray of int, shape (n_atoms,), optional
+        Atom index of each point (default ``arange(n_atoms)``), for linked selection.
 
     Returns
     -------
     plotly.graph_objects.Figure
-        Points carry their atom index as ``customdata`` (for linked selection).
+        Points carry their atom index as ``customdata``.
     """
     coords = np.asarray(coords, dtype=float)
     values = np.asarray(values, dtype=float)
@@ -403,7 +414,7 @@ def environment_map_figure(
                 "colorbar": {"title": {"text": escape(label)}, "tickvals": tickvals,
                              "ticktext": ticktext},
             },
-            customdata=np.arange(len(values)),
+            customdata=np.arange(len(values)) if customdata is None else customdata,
             hovertext=[escape(h) for h in hover] if hover is not None else None,
             hovertemplate="%{hovertext}<extra></extra>" if hover is not None else None,
         )

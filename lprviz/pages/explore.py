@@ -13,6 +13,7 @@ from lprviz.viewer import structure_html
 
 COLOR_BY = ("LPR", "local prediction", "local error vs true local energy")
 SWEEP_ALPHAS = np.logspace(-8, 2, 21)
+MAP_POINTS = 6000
 
 
 def _structure_order(ds, res, how: str) -> list[int]:
@@ -131,13 +132,17 @@ def alpha_dependent(settings: common.Settings) -> None:
     with tab3:
         coords = common.environment_map(settings.source, settings.preset)
         sidx = ds.structure_index
+        # At most MAP_POINTS points: a fixed stride keeps the browser and the payload light.
+        shown = np.arange(0, len(sidx), max(1, len(sidx) // MAP_POINTS))
         local_idx = np.arange(len(sidx)) - np.searchsorted(sidx, sidx)
         names = [str(n) for n in ds.names]
         hover = [f"{names[s]} #{i} {sp}: LPR {v:.3g}"
-                 for s, i, sp, v in zip(sidx.tolist(), local_idx.tolist(), species,
-                                        res.lpr.tolist(), strict=True)]
+                 for s, i, sp, v in zip(sidx[shown].tolist(), local_idx[shown].tolist(),
+                                        [species[k] for k in shown], res.lpr[shown].tolist(),
+                                        strict=True)]
         st.plotly_chart(
-            plots.environment_map_figure(coords, res.lpr, vmin=vmin, vmax=vmax, hover=hover),
+            plots.environment_map_figure(coords[shown], res.lpr[shown], vmin=vmin, vmax=vmax,
+                                         hover=hover, customdata=shown),
             key="env_map", on_select="rerun", selection_mode=("points", "box", "lasso"),
         )
         st.caption("PCA of the SOAP descriptors, coloured like the viewer. Select points "
