@@ -36,11 +36,11 @@ features). With :math:`e_j` the eigenvalues of :math:`\mathbf{X}^\top\mathbf{X}`
   space gets a tiny but finite LPR (the :math:`\alpha \to 0` limit is 0), never NaN/inf;
 * ``rank_diff(alpha)`` is scikit-matter's ``d - rank(X^T X + alpha I)``: the number of
   eigenvalues with :math:`e_j + \alpha \le \tau(\alpha)`;
-* the *data null space* is the set of directions with :math:`e_j \le \tau(0)`;
-  ``undetermined(X, alpha)`` flags atoms for which more than half of
+* ``undetermined(X, alpha)`` flags atoms for which more than half of
   :math:`1/\mathrm{LPR}` (the posterior variance of the local prediction) comes from
-  data-null-space directions: their local prediction is set by the regulariser (or by the
-  floor at ``alpha = 0``), not by the training data;
+  floored directions (:math:`e_j + \alpha \le \tau(\alpha)`): their LPR is an artefact of
+  the floor, not a number the model defines. Above the resolution (any practical
+  ``alpha > 0``) nothing is flagged: a low LPR there is the answer, not a failure;
 * an all-zero descriptor (its prediction is 0 whatever the weights) gets the huge finite
   LPR ``1 / numpy.finfo(float).tiny``.
 
@@ -206,7 +206,6 @@ class RigiditySolver:
     convention: str = "mean"
     _eigvals: np.ndarray | None = field(default=None, init=False, repr=False)
     _eigvecs: np.ndarray | None = field(default=None, init=False, repr=False)
-    _null: np.ndarray | None = field(default=None, init=False, repr=False)
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -342,7 +341,6 @@ class RigiditySolver:
             n_zero = max(self.n_features - self.n_structures, 0)
             e[:n_zero] = 0.0
             self._eigvals, self._eigvecs = e, V
-            self._null = e <= self._resolution(0.0)
         return self._eigvals, self._eigvecs
 
     @property
@@ -430,8 +428,10 @@ class RigiditySolver:
         -------
         numpy.ndarray of bool of shape (n,)
         """
-        inv = 1.0 / self._effective(_check_alpha(alpha))
-        w = np.stack([inv, np.where(self._null, inv, 0.0)], axis=1)
+        alpha = _check_alpha(alpha)
+        inv = 1.0 / self._effective(alpha)
+        floored = self._eigvals + alpha <= self._resolution(alpha)
+        w = np.stack([inv, np.where(floored, inv, 0.0)], axis=1)
         u = _sq_dot(P, w)
         return u[:, 1] > _UNDETERMINED_SHARE * u[:, 0]
 
@@ -480,8 +480,11 @@ class RigiditySolver:
         """Mask of atoms whose local prediction the training data do not determine.
 
         True when more than half of ``1/LPR`` (the posterior variance of the local
-        prediction) comes from directions in the numerical null space of
-        :math:`\\mathbf{X}^\\top\\mathbf{X}` (eigenvalues ``<= d * eps * e_max``).
+        prediction) comes from directions where :math:`\\mathbf{X}^\\top\\mathbf{X} +
+        \\alpha\\mathbf{I}` is numerically singular (``e_j + alpha <= d * eps *
+        (e_max + alpha)``): there the LPR is set by the eigenvalue floor, not by the data or
+        the regulariser. With ``alpha`` above the resolution every LPR is determined (a
+        low value then says the regulariser, not the data, sets the prediction).
 
         Parameters
         ----------

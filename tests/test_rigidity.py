@@ -310,8 +310,13 @@ def test_rank_deficiency_reported_and_finite():
         assert np.all(np.isfinite(solver.pr(rows, alpha)))
         assert np.all(values < 1e-6)  # the alpha -> 0 limit of an undetermined atom is 0
     assert solver.rank_diff(1e-8) == 0
-    # an undetermined atom stays flagged when alpha dominates its null-space variance
-    assert np.all(solver.undetermined(atoms, 1e-4))
+    # above the numerical resolution the regulariser sets a finite, meaningful LPR: the
+    # same atoms are no longer flagged, and their LPR is the explicit formula's
+    assert not np.any(solver.undetermined(atoms, 1e-4))
+    A = (rows / solver.scale).T @ (rows / solver.scale) + 1e-4 * np.eye(d)
+    x = atoms / solver.scale
+    explicit = 1.0 / np.einsum("ij,ji->i", x, np.linalg.solve(A, x.T))
+    np.testing.assert_allclose(solver.lpr(atoms, 1e-4), explicit, rtol=1e-8)
     # solve() keeps the minimum-norm ridge solution finite at alpha = 0
     X = rows / solver.scale
     y = rng.standard_normal(n_structures)
@@ -350,9 +355,9 @@ def test_ill_conditioned_rank_deficient_against_high_precision():
     ref = _mp_lpr(rows, atoms, alpha)
     np.testing.assert_allclose(solver.lpr(atoms, alpha), ref, rtol=1e-6)
     # alpha = 1e-12 is above the resolution d * eps * e_max here: not singular (skmatter's
-    # rank rule), yet the three atoms outside the span are set by alpha, not by the data
+    # rank rule), so every LPR is defined (the mpmath match above) and none is flagged
     assert solver.rank_diff(alpha) == 0
-    np.testing.assert_array_equal(solver.undetermined(atoms, alpha), [1, 1, 1, 0, 0, 0, 0])
+    assert not np.any(solver.undetermined(atoms, alpha))
     # alpha = 0: in-span atoms match the exact pseudo-inverse value; the others have an
     # exact LPR of 0 (infinite variance) and must come out tiny, finite and flagged
     lpr0 = solver.lpr(atoms, 0.0)
