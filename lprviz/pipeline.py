@@ -298,11 +298,12 @@ def evaluate(fit: Fit, alpha: float) -> Results:
     weights = solver.solve(fit.xty, alpha)
     # P = (phi / s) V, so the local prediction (phi / s) . w = P . (V^T w)
     local = P @ (solver.eigvecs.T @ weights)
+    lpr, undetermined = solver.lpr_and_undetermined_from_projections(P, alpha)
     return Results(
         alpha=alpha,
         train_mask=fit.train_mask,
-        lpr=solver.lpr_from_projections(P, alpha),
-        undetermined=solver.undetermined_from_projections(P, alpha),
+        lpr=lpr,
+        undetermined=undetermined,
         local_energy=local,
         energy_pred=np.bincount(fit.structure_index, weights=local, minlength=fit.n_frames),
         pr=solver.lpr_from_projections(fit.structure_projections, alpha),

@@ -428,12 +428,32 @@ class RigiditySolver:
         -------
         numpy.ndarray of bool of shape (n,)
         """
+        return self.lpr_and_undetermined_from_projections(P, alpha)[1]
+
+    def lpr_and_undetermined_from_projections(
+        self, P: np.ndarray, alpha: float
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`lpr_from_projections` and :meth:`undetermined_from_projections` in one
+        pass over ``P`` (squaring ``P`` dominates the cost of a new alpha).
+
+        Parameters
+        ----------
+        P : numpy.ndarray of shape (n, n_features)
+            Output of :meth:`projections`.
+        alpha : float
+            Regulariser (``>= 0``).
+
+        Returns
+        -------
+        lpr : numpy.ndarray of shape (n,)
+        undetermined : numpy.ndarray of bool of shape (n,)
+        """
         alpha = _check_alpha(alpha)
         inv = 1.0 / self._effective(alpha)
         floored = self._eigvals + alpha <= self._resolution(alpha)
         w = np.stack([inv, np.where(floored, inv, 0.0)], axis=1)
         u = _sq_dot(P, w)
-        return u[:, 1] > _UNDETERMINED_SHARE * u[:, 0]
+        return _invert(u[:, 0]), u[:, 1] > _UNDETERMINED_SHARE * u[:, 0]
 
     # ------------------------------------------------------------------ rigidities
     def lpr(self, X_atoms_raw, alpha: float) -> np.ndarray:

@@ -391,6 +391,9 @@ def test_sweep_and_projections_equal_repeated_calls():
         single, _ = local_prediction_rigidity(train, test, alpha)
         np.testing.assert_allclose(row, np.concatenate(single), rtol=1e-12)
         np.testing.assert_allclose(solver.lpr_from_projections(P, alpha), row, rtol=1e-12)
+        both = solver.lpr_and_undetermined_from_projections(P, alpha)
+        np.testing.assert_allclose(both[0], row, rtol=1e-12)
+        np.testing.assert_array_equal(both[1], solver.undetermined(np.vstack(test), alpha))
         np.testing.assert_array_equal(
             solver.undetermined_from_projections(P, alpha),
             solver.undetermined(np.vstack(test), alpha),
