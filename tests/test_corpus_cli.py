@@ -194,3 +194,37 @@ def test_cli_resource_exhaustion_is_refused_quickly(corpus, valid, tmp_path, nam
     _assert_one_line_error(proc.stderr, case)
     assert "MemoryError" not in proc.stderr, "refused only after exhausting memory"
     assert rss is not None and rss < 1 << 30, f"peak RSS {rss / 2**20:.0f} MiB"
+
+
+APP_CASES = ["empty", "truncated_frame", "nan_position", "energy_not_numeric", "random_bytes",
+             "pickle_proto0_renamed", "mlearn_missing_lattice", "zero_atoms"]
+
+
+@pytest.mark.slow
+def test_app_upload_of_corpus_files_shows_one_line_errors_and_keeps_working(corpus):
+    """Through the sidebar upload widget (AppTest): each bad file gives one st.error naming
+    the uploaded file and no exception; afterwards the session still works (alpha moves,
+    the default dataset is still loaded)."""
+    from streamlit.testing.v1 import AppTest
+
+    _, cases = corpus
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=600).run()
+    assert not at.exception and not at.error
+    problems = []
+    for name in APP_CASES:
+        case = cases[name]
+        at.file_uploader(key="upload").set_value(
+            (case.path.name, case.path.read_bytes(), "application/octet-stream")).run()
+        if at.exception:
+            problems.append(f"{name}: exception {at.exception[0].value[:200]}")
+            continue
+        errors = [e.value for e in at.error]
+        if len(errors) != 1 or "\n" in errors[0] or case.path.name not in errors[0]:
+            problems.append(f"{name}: errors {errors}")
+    assert not (ROOT / MARKER_NAME).exists()
+    at.file_uploader(key="upload").set_value(None).run()
+    at.slider(key="_w_alpha").set_value(-2.0).run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    caption = " ".join(c.value for c in at.caption)
+    assert "emt-alloys" in caption and "alpha = 0.01" in caption
+    assert not problems, "\n".join(problems)
