@@ -145,8 +145,11 @@ async def _wait_for(page, label: str, alpha: str, deadline: float) -> None:
 async def session(browser, url: str, index: int, n_steps: int, stop_at: float,
                   stats: dict) -> None:
     """One user: own dataset and alpha; checks its own values after every step."""
+    from playwright.async_api import Error as PlaywrightError
+
     ctx = await browser.new_context(viewport={"width": 1300, "height": 900})
     page = await ctx.new_page()
+    page.set_default_timeout(120_000)  # a loaded 2-core server re-renders slowly
     ds = DATASETS[index % len(DATASETS)]
     log10 = -6.0 + 0.5 * (index % 9)
     await page.goto(f"{url}/?dataset={ds}&alpha={_fmt_alpha(log10)}",
@@ -173,6 +176,10 @@ async def session(browser, url: str, index: int, n_steps: int, stop_at: float,
                 log10 += direction * STEP
                 direction = -direction if step % 4 == 3 else direction
             await _wait_for(page, ds, _fmt_alpha(log10), time.time() + 300)
+        except PlaywrightError as exc:
+            stats["timeouts"] += 1
+            stats["messages"].append(f"session {index} step {step}: {str(exc).splitlines()[0]}")
+            break
         except TimeoutError as exc:
             got = re.findall(r"page shows (.*)", str(exc))
             stats["leaks" if got and got[0] != "None" else "timeouts"] += 1
