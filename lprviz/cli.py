@@ -93,43 +93,6 @@ def _lpr_inputs(args: argparse.Namespace):
     return data, train
 
 
-def _write_extxyz(path: str, frames) -> None:
-    """Write extxyz with floats at full precision.
-
-    ASE's writer prints floats as ``%16.8f``, which rounds an LPR of 1e-9 to zero; this
-    uses ASE's own header builder and calculator-results handling, with ``%.15e`` floats.
-    """
-    import numpy as np
-    from ase.io.extxyz import output_column_format, save_calc_results
-    from ase.stress import voigt_6_to_full_3x3_stress
-
-    with open(path, "w") as fh:
-        for original in frames:
-            atoms = original.copy()
-            save_calc_results(atoms, original.calc, calc_prefix="")
-            # As ASE's writer does: its reader only accepts a 9-long (3x3) stress.
-            if np.shape(atoms.info.get("stress", ())) == (6,):
-                atoms.info["stress"] = voigt_6_to_full_3x3_stress(atoms.info["stress"])
-            skip = {"numbers", "positions", "symbols", "species", "pos"}
-            columns = ["symbols", "positions", *[k for k in atoms.arrays if k not in skip]]
-            arrays = {k: atoms.arrays[k] for k in columns[2:]}
-            arrays["symbols"] = np.array(atoms.get_chemical_symbols())
-            arrays["positions"] = atoms.positions
-            comment, ncols, dtype, fmt = output_column_format(atoms, columns, arrays, True)
-            fmt = fmt.replace("%16.8f", "%22.15e")
-            data = np.zeros(len(atoms), dtype)
-            for column, ncol in zip(columns, ncols, strict=True):
-                value = arrays[column]
-                if ncol == 1:
-                    data[column] = np.squeeze(value)
-                else:
-                    for c in range(ncol):
-                        data[column + str(c)] = value[:, c]
-            fh.write(f"{len(atoms)}\n{comment}\n")
-            for row in data:
-                fh.write(fmt % tuple(row))
-
-
 def _cmd_lpr(args: argparse.Namespace) -> int:
     import dataclasses
     import json
@@ -138,6 +101,7 @@ def _cmd_lpr(args: argparse.Namespace) -> int:
     from ase.calculators.singlepoint import SinglePointCalculator
 
     from lprviz import __version__
+    from lprviz.export import write_extxyz
     from lprviz.features import SOAP_PRESETS, compute_soap
     from lprviz.pipeline import ModelSpec, evaluate, prepare
 
@@ -195,7 +159,7 @@ def _cmd_lpr(args: argparse.Namespace) -> int:
         atoms.info["lpr_pr"] = float(results[0].pr[frame])
         out_frames.append(atoms)
     try:
-        _write_extxyz(args.output, out_frames)
+        write_extxyz(args.output, out_frames)
     except OSError as exc:
         raise InputError(f"{args.output}: cannot write output ({exc.strerror or exc})") from None
     if not args.quiet:

@@ -3,13 +3,10 @@ uploads, URL parameters and the export files."""
 
 from __future__ import annotations
 
-import gzip
 import io
-import json
 from pathlib import Path
 
 import ase.io
-import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
@@ -132,33 +129,3 @@ def test_good_upload_becomes_the_dataset(tmp_path):
         ("mine.extxyz", buf.getvalue().encode(), "application/octet-stream")).run()
     _ok(at)
     assert "mine.extxyz" in " ".join(c.value for c in at.caption)
-
-
-def test_export_files_round_trip():
-    from lprviz import datasets, features, pipeline, selection
-    from lprviz.pages import export
-
-    ds = datasets.load("teaching-stoichiometry")
-    desc = features.compute_soap(ds.frames, features.SOAP_PRESETS["fast"], species=ds.species)
-    mask = selection.preset_mask("varied compositions", ds.groups, [a.numbers for a in ds.frames])
-    res = pipeline.evaluate(pipeline.prepare(ds, desc, mask, pipeline.ModelSpec()), 1e-4)
-
-    frames = ase.io.read(io.StringIO(export.extxyz_bytes(ds, res).decode()), index=":",
-                         format="extxyz")
-    lpr = np.concatenate([a.arrays["lpr"] for a in frames])
-    np.testing.assert_allclose(lpr, res.lpr, atol=1e-8)  # extxyz prints 8 decimals
-    log_lpr = np.concatenate([a.arrays["log10_lpr"] for a in frames])
-    np.testing.assert_allclose(10**log_lpr, res.lpr, rtol=1e-6)
-    np.testing.assert_allclose(np.concatenate([a.arrays["local_energy"] for a in frames]),
-                               res.local_energy, atol=1e-8)
-
-    import pandas as pd
-
-    table = pd.read_csv(io.BytesIO(export.csv_bytes(ds, res)))
-    assert len(table) == ds.n_atoms
-    np.testing.assert_allclose(table["lpr"], res.lpr, rtol=1e-9)
-
-    data = json.loads(gzip.decompress(export.chemiscope_bytes(ds, res)))
-    prop = data["properties"]["LPR"]
-    assert prop["target"] == "atom" and len(prop["values"]) == ds.n_atoms
-    assert len(data["structures"]) == len(ds.frames)

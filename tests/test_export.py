@@ -1,0 +1,61 @@
+"""lprviz.export: full-precision extxyz, per-atom CSV and chemiscope files round-trip."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+
+import ase.io
+import numpy as np
+import pandas as pd
+import pytest
+
+from lprviz import datasets, export, features, pipeline, selection
+
+
+@pytest.fixture(scope="module")
+def results():
+    ds = datasets.load("teaching-stoichiometry")
+    desc = features.compute_soap(ds.frames, features.SOAP_PRESETS["fast"], species=ds.species)
+    mask = selection.preset_mask("varied compositions", ds.groups, [a.numbers for a in ds.frames])
+    res = pipeline.evaluate(pipeline.prepare(ds, desc, mask, pipeline.ModelSpec()), 1e-4)
+    return ds, res
+
+
+def test_extxyz_round_trip_keeps_full_precision(results):
+    ds, res = results
+    frames = ase.io.read(io.StringIO(export.extxyz_bytes(ds, res).decode()), index=":",
+                         format="extxyz")
+    assert len(frames) == len(ds.frames)
+    lpr = np.concatenate([a.arrays["lpr"] for a in frames])
+    np.testing.assert_allclose(lpr, res.lpr, rtol=1e-14)  # ASE's own writer keeps 8 decimals
+    np.testing.assert_allclose(np.concatenate([a.arrays["local_energy"] for a in frames]),
+                               res.local_energy, rtol=1e-14)
+    log_lpr = np.concatenate([a.arrays["log10_lpr"] for a in frames])
+    np.testing.assert_allclose(10**log_lpr, res.lpr, rtol=1e-12)
+    # the reference energies survive as calculator results, as ASE writes them
+    np.testing.assert_allclose([a.get_potential_energy() for a in frames], ds.energies)
+    assert [bool(a.info["in_training"]) for a in frames] == list(res.train_mask)
+
+
+def test_write_extxyz_tiny_values_and_path(tmp_path):
+    atoms = ase.Atoms("Cu2", positions=[[0, 0, 0], [1.1, 0, 0]])
+    atoms.arrays["lpr"] = np.array([1.234567890123e-9, 3.0e-15])
+    path = tmp_path / "tiny.extxyz"
+    export.write_extxyz(path, [atoms])
+    back = ase.io.read(path)
+    np.testing.assert_allclose(back.arrays["lpr"], atoms.arrays["lpr"], rtol=1e-14)
+
+
+def test_csv_and_chemiscope(results):
+    ds, res = results
+    table = pd.read_csv(io.BytesIO(export.csv_bytes(ds, res)))
+    assert len(table) == ds.n_atoms
+    np.testing.assert_allclose(table["lpr"], res.lpr, rtol=1e-9)
+    np.testing.assert_allclose(table["true_local_energy"], ds.true_local_energies, rtol=1e-9)
+    data = json.loads(gzip.decompress(export.chemiscope_bytes(ds, res)))
+    prop = data["properties"]["LPR"]
+    assert prop["target"] == "atom" and len(prop["values"]) == ds.n_atoms
+    np.testing.assert_allclose(prop["values"], res.lpr, rtol=1e-12)
+    assert len(data["structures"]) == len(ds.frames)
