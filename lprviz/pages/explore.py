@@ -16,10 +16,17 @@ SWEEP_ALPHAS = np.logspace(-8, 2, 21)
 MAP_POINTS = 6000
 
 
+ORDERS = ("lowest LPR first (test structures)", "lowest LPR first (all)", "group", "name")
+
+
 def _structure_order(ds, res, how: str) -> list[int]:
     n = len(ds.frames)
-    if how == "lowest LPR first":
-        return [int(i) for i in selection.frames_by_lowest_value(res.lpr, ds.structure_index, n)]
+    if how.startswith("lowest LPR first"):
+        order = selection.frames_by_lowest_value(res.lpr, ds.structure_index, n)
+        if how.endswith("(test structures)"):
+            # The question a model's user asks first: which predictions are loose?
+            order = sorted(order, key=lambda i: bool(res.train_mask[i]))
+        return [int(i) for i in order]
     if how == "name":
         return sorted(range(n), key=lambda i: str(ds.names[i]))
     return sorted(range(n), key=lambda i: (str(ds.groups[i]), i))
@@ -68,14 +75,14 @@ def alpha_dependent(settings: common.Settings) -> None:
     und = np.asarray(res.undetermined, dtype=bool)
     if und.any():
         st.warning(f"{int(und.sum())} atoms are undetermined at this alpha (grey in the viewer):"
-                   " the training data do not pin their local energy; raise alpha or add data.")
+                   " with alpha this close to 0 neither the data nor the regulariser pin their"
+                   " local energy; raise alpha or add data.")
 
     vmin, vmax = _lpr_range(res.lpr)
     left, right = st.columns([3, 2])
     with left:
         c1, c2, c3 = st.columns(3)
-        how = c1.selectbox("Order structures by", ["lowest LPR first", "group", "name"],
-                           key="order")
+        how = c1.selectbox("Order structures by", ORDERS, key="order")
         groups = ["all", *dict.fromkeys(str(g) for g in ds.groups)]
         group = c2.selectbox("Group", groups, key="group_filter")
         color_by = c3.selectbox("Colour by", COLOR_BY, key="color_by")
@@ -97,7 +104,8 @@ def alpha_dependent(settings: common.Settings) -> None:
         log = o2.toggle("Log colours", value=True, key="log_colours")
         show_cell = o3.toggle("Unit cell", value=True, key="show_cell")
         grey = o4.toggle("Grey if undetermined", value=True, key="grey_undetermined",
-                         help="Atoms whose LPR is set by alpha rather than by the data.")
+                         help="Atoms whose LPR is below numerical resolution (alpha ~ 0 and a "
+                         "descriptor outside the span of the training data).")
         if not grey:
             res = _without_undetermined(res)
         _viewer(ds, res, settings, int(frame), color_by, style, log, show_cell, vmin, vmax,
