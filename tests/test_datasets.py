@@ -550,3 +550,18 @@ def test_bulk_only_training_gives_lower_lpr_on_surfaces_and_defects(emt):
         bulk_median = np.median(lpr[bulk])
         for group in ("surface", "cluster", "vacancy", "interstitial", "antisite"):
             assert np.median(lpr[atom_groups == group]) < 0.7 * bulk_median, (group, alpha)
+
+
+def test_compressed_extxyz_loads_like_the_plain_file(tmp_path):
+    import gzip
+
+    plain = datasets.shipped_dir() / "teaching-stoichiometry.extxyz"
+    packed = tmp_path / "teach.extxyz.gz"
+    packed.write_bytes(gzip.compress(plain.read_bytes()))
+    a, b = datasets.load(plain), datasets.load(packed)
+    assert len(a.frames) == len(b.frames)
+    np.testing.assert_array_equal(a.energies, b.energies)
+    np.testing.assert_array_equal(a.true_local_energies, b.true_local_energies)
+    # a tight atom limit bounds the expansion and names the user's file
+    with pytest.raises(InputError, match=r"teach\.extxyz\.gz: .*max_atoms"):
+        datasets.load(packed, max_atoms=100)

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import ast
 import re
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -195,3 +197,28 @@ def test_pinned_download_is_https_with_checksums():
         assert spec.base_url.startswith("https://")
         for f in spec.files:
             assert re.fullmatch(r"[0-9a-f]{64}", f.sha256) and f.size > 0
+
+
+def test_uploads_are_private_and_bounded(monkeypatch):
+    from lprviz.pages import common
+
+    monkeypatch.setattr(common, "UPLOAD_DIR", None)  # first use makes a fresh private dir
+    monkeypatch.setattr(common, "UPLOADS_KEPT", 3)
+    paths = [Path(common.save_upload(f"f{i}.xyz", f"1\n\nCu 0 0 {i}\n".encode()))
+             for i in range(5)]
+    folder = paths[0].parent
+    try:
+        assert folder.stat().st_mode & 0o077 == 0  # not readable by other users
+        assert folder != Path(tempfile.gettempdir()) / "lprviz-uploads"  # not predictable
+        assert sorted(p.name for p in folder.iterdir()) == sorted(p.name for p in paths[-3:])
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_user_text_in_error_messages_is_inert_markdown():
+    from lprviz.pages.common import plain_text
+
+    out = plain_text("x.xyz: frame 1 [click](javascript:alert(1)) <img src=x> $x$\nsecond")
+    assert "\n" not in out
+    for token in ("[", "]", "(", ")", "<", ">", "$"):
+        assert out.count(token) == out.count("\\" + token)  # every one escaped

@@ -14,7 +14,10 @@ never refeaturises. Settings that make sense in a link (dataset, alpha) live in 
 
 from __future__ import annotations
 
+import atexit
 import hashlib
+import re
+import shutil
 import tempfile
 import threading
 from collections import OrderedDict
@@ -30,7 +33,10 @@ from lprviz.errors import InputError
 DEFAULT_ALPHA_LOG10 = -4.0
 ALPHA_LOG10_RANGE = (-8.0, 2.0)
 DEFAULT_PRESET = "bulk only"
-UPLOAD_DIR = Path(tempfile.gettempdir()) / "lprviz-uploads"
+# Uploads live in a private (0700) directory of this server process, made on first use and
+# removed at exit; only the newest UPLOADS_KEPT files are kept. None until first use.
+UPLOAD_DIR: Path | None = None
+UPLOADS_KEPT = 32
 UPLOAD_TYPES = ["extxyz", "xyz", "json"]
 
 
@@ -158,16 +164,40 @@ def available_sources() -> dict[str, str]:
     return out
 
 
+def _upload_dir() -> Path:
+    global UPLOAD_DIR
+    if UPLOAD_DIR is None:
+        UPLOAD_DIR = Path(tempfile.mkdtemp(prefix="lprviz-uploads-"))
+        atexit.register(shutil.rmtree, UPLOAD_DIR, True)
+    UPLOAD_DIR.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return UPLOAD_DIR
+
+
+def plain_text(text: str) -> str:
+    """User text made safe for ``st.error``/``st.markdown``: one line, markdown escaped."""
+    text = " ".join(str(text).replace("\x00", " ").split())
+    # Links, images, HTML, code, LaTeX and emphasis markers; intraword "_" is left alone.
+    return re.sub(r"([\\`*\[\]()<>#!|~$])", r"\\\1", text)
+
+
 def save_upload(name: str, data: bytes) -> str:
-    """Store an uploaded file under a content-hash name; return its path (load source)."""
+    """Store an uploaded file under a content-hash name; return its path (load source).
+
+    The user's file name never becomes a path: only its suffix is used.
+    """
     suffix = Path(name).suffix.lower()
     if suffix.lstrip(".") not in UPLOAD_TYPES:
         raise InputError(f"{name}: expected an .extxyz, .xyz or mlearn .json file")
     digest = hashlib.sha256(data).hexdigest()[:16]
-    UPLOAD_DIR.mkdir(parents=True, exist_ok=True)
-    path = UPLOAD_DIR / f"{digest}{suffix}"
+    folder = _upload_dir()
+    path = folder / f"{digest}{suffix}"
     if not path.exists():
         path.write_bytes(data)
+    path.touch()
+    # Bounded disk use: drop the oldest uploads (their datasets may still be cached).
+    kept = sorted(folder.iterdir(), key=lambda p: p.stat().st_mtime, reverse=True)
+    for old in kept[UPLOADS_KEPT:]:
+        old.unlink(missing_ok=True)
     return str(path)
 
 
@@ -195,11 +225,14 @@ def sidebar() -> Settings:
                               key="upload")
         if up is not None and up.file_id != st.session_state.get("_upload_done"):
             st.session_state["_upload_done"] = up.file_id
+            path = ""
             try:
                 path = save_upload(up.name, up.getvalue())
                 dataset(path)  # validate now so a bad file fails here, in one line
             except InputError as exc:
-                st.error(str(exc))
+                # Messages name the stored (hash) file: show the user's own file name.
+                msg = str(exc).replace(Path(path).name, up.name) if path else str(exc)
+                st.error(plain_text(msg))
             else:
                 uploads[up.name] = path
                 st.session_state["dataset_label"] = up.name

@@ -36,7 +36,7 @@ def main() -> None:
     try:
         _body(settings)
     except InputError as exc:
-        st.error(str(exc))
+        st.error(common.plain_text(str(exc)))
 
 
 def _body(settings: common.Settings) -> None:

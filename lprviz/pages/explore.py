@@ -239,7 +239,7 @@ def main() -> None:
         common.dataset(settings.source)
         alpha_dependent(settings)
     except InputError as exc:
-        st.error(str(exc))
+        st.error(common.plain_text(str(exc)))
 
 
 if __name__ == "__main__":

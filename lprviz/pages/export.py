@@ -31,7 +31,7 @@ def main() -> None:
                                file_name=f"{stem}.chemiscope.json.gz",
                                mime="application/gzip", key="dl_chemiscope")
     except InputError as exc:
-        st.error(str(exc))
+        st.error(common.plain_text(str(exc)))
 
 
 if __name__ == "__main__":

@@ -113,7 +113,7 @@ def main() -> None:
         _experiment_composition()
         _experiment_small()
     except InputError as exc:
-        st.error(str(exc))
+        st.error(common.plain_text(str(exc)))
 
 
 if __name__ == "__main__":

@@ -128,7 +128,7 @@ def main() -> None:
         _editor(settings, ds)
         _summary(settings, ds, numbers)
     except InputError as exc:
-        st.error(str(exc))
+        st.error(common.plain_text(str(exc)))
 
 
 if __name__ == "__main__":
