@@ -342,6 +342,11 @@ def _cmd_app(args: argparse.Namespace) -> int:
         if not js.is_file():
             raise InputError(f"--3dmol-js {js}: expected an existing 3Dmol-min.js file")
         env["LPRVIZ_3DMOL_JS"] = str(js.resolve())
+    elif not env.get("LPRVIZ_3DMOL_JS"):
+        # The copy the test set-up fetched (bash .ci/run): the viewer then works offline.
+        local = app.parent / ".cache" / "3dmol" / "3Dmol-min.js"
+        if local.is_file():
+            env["LPRVIZ_3DMOL_JS"] = str(local)
     cmd = [sys.executable, "-m", "streamlit", "run", str(app),
            "--server.port", str(args.port), "--server.address", args.address]
     # streamlit reads .streamlit/config.toml from the working directory: run beside app.py;
