@@ -542,8 +542,8 @@ def _check_xyz_counts(path: Path, *, max_atoms: int) -> None:
                 return
             total += n
             if n < 0 or total > max_atoms:
-                raise InputError(f"{path.name}: frame {frame}: atom count {n} takes the file "
-                                 f"beyond {max_atoms} atoms in total (limit max_atoms)")
+                raise InputError(f"{path.name}: frame {frame}: more than {max_atoms} atoms in "
+                                 f"total (limit max_atoms; this frame claims {n})")
             for _ in range(n + 1):
                 if not fh.readline():
                     return  # truncated: ASE names the problem

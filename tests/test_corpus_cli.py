@@ -145,8 +145,10 @@ _CHILD = textwrap.dedent("""
     try:
         code = main(sys.argv[1:])
     finally:
-        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        open({rss_file!r}, "w").write(str(rss))
+        # VmHWM belongs to this process image (ru_maxrss survives exec, so it would report
+        # the forking pytest process's peak instead).
+        hwm = [l for l in open("/proc/self/status") if l.startswith("VmHWM:")][0]
+        open({rss_file!r}, "w").write(hwm.split()[1])
     sys.exit(code)
 """)
 
