@@ -52,6 +52,20 @@ def _colour_classes(rgb: np.ndarray) -> dict[int, int]:
     return counts
 
 
+def _settled_canvas(page, attempts: int = 10):
+    """(frame, pixels) of the viewer once a rerun has stopped replacing its iframe."""
+    from playwright.sync_api import Error as PlaywrightError
+
+    for _ in range(attempts):
+        frame = _viewer_frame(page)
+        page.wait_for_timeout(2000)  # let 3Dmol draw
+        try:
+            return frame, _canvas_pixels(frame)
+        except PlaywrightError:  # Streamlit swapped the component while rerunning
+            continue
+    raise AssertionError("the 3D viewer kept re-rendering; no stable canvas to read")
+
+
 def _caption_alpha(page) -> str:
     text = page.get_by_text("alpha =", exact=False).first.inner_text(timeout=30_000)
     return text.split("alpha =")[1].split(";")[0].strip()
@@ -63,9 +77,7 @@ def test_viewer_colours_and_alpha_slider(app_url, browser):
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
     page.goto(app_url, wait_until="domcontentloaded")
-    frame = _viewer_frame(page)
-    page.wait_for_timeout(2000)  # let 3Dmol draw
-    before = _canvas_pixels(frame)
+    frame, before = _settled_canvas(page)
     page.screenshot(path=str(ARTIFACTS / "explore.png"), full_page=False)
     frame.locator("div[id^='3dmolviewer'] canvas").first.screenshot(
         path=str(ARTIFACTS / "viewer-canvas.png"))
@@ -83,9 +95,7 @@ def test_viewer_colours_and_alpha_slider(app_url, browser):
         assert time.time() < deadline, "the page did not update after moving the alpha slider"
         page.wait_for_timeout(300)
     assert _caption_alpha(page) != alpha0
-    frame = _viewer_frame(page)
-    page.wait_for_timeout(2000)
-    after = _canvas_pixels(frame)
+    frame, after = _settled_canvas(page)
     page.screenshot(path=str(ARTIFACTS / "explore-alpha.png"), full_page=False)
     assert before.shape != after.shape or np.abs(before - after).sum() > 0, (
         "the viewer's pixels did not change with alpha"
