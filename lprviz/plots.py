@@ -235,14 +235,14 @@ def parity_figure(
     pred = np.asarray(energy_pred, dtype=float)
     is_train = np.asarray(is_train, dtype=bool)
     groups = np.asarray([str(g) for g in groups])
-    fig = go.Figure()
+    traces = []
     ok = np.isfinite(ref) & np.isfinite(pred)
     for gi, g in enumerate(dict.fromkeys(groups)):
         for split, mask_split, symbol in (("train", is_train, "circle"), ("test", ~is_train, "x")):
             sel = np.flatnonzero((groups == g) & mask_split & ok)
             if sel.size == 0:
                 continue
-            fig.add_trace(
+            traces.append(
                 go.Scatter(
                     x=ref[sel],
                     y=pred[sel],
@@ -258,12 +258,13 @@ def parity_figure(
         both = np.concatenate([ref[ok], pred[ok]])
         lo, hi = float(both.min()), float(both.max())
         pad = 0.05 * (hi - lo or 1.0)
-        fig.add_trace(
+        traces.append(
             go.Scatter(
                 x=[lo - pad, hi + pad], y=[lo - pad, hi + pad], mode="lines",
                 line={"color": "#888", "dash": "dash"}, showlegend=False, hoverinfo="skip",
             )
         )
+    fig = go.Figure(data=traces)
     parts = []
     for split, m in (("train", is_train), ("test", ~is_train)):
         if (m & ok).any():
@@ -294,14 +295,14 @@ def lpr_distribution_figure(
     """
     lpr = np.asarray(lpr, dtype=float)
     cats = np.asarray([str(c) for c in categories])
-    fig = go.Figure()
+    traces = []
     for i, c in enumerate(dict.fromkeys(cats)):
         v = lpr[(cats == c) & np.isfinite(lpr) & (lpr > 0)]
         if v.size == 0:
             continue
         # Box statistics in log space, sent as numbers: the figure stays small at 20k atoms.
         q1, med, q3 = 10 ** np.percentile(np.log10(v), [25, 50, 75])
-        fig.add_trace(
+        traces.append(
             go.Box(
                 x=[escape(c)], q1=[q1], median=[med], q3=[q3], lowerfence=[v.min()],
                 upperfence=[v.max()], name=escape(c), marker={"color": _group_color(i)},
@@ -309,6 +310,7 @@ def lpr_distribution_figure(
                               "</extra>",
             )
         )
+    fig = go.Figure(data=traces)
     fig.update_layout(
         title=escape(title), yaxis={"type": "log", "title": escape(label)}, showlegend=False,
         margin={"l": 60, "r": 10, "t": 40, "b": 40}, height=360,
@@ -335,14 +337,15 @@ def lpr_alpha_figure(
     """
     alphas = np.asarray(alphas, dtype=float)
     curves = np.asarray(curves, dtype=float).reshape(len(alphas), -1)
-    fig = go.Figure()
+    traces = []
     for j in range(curves.shape[1]):
-        fig.add_trace(
+        traces.append(
             go.Scatter(
                 x=alphas, y=curves[:, j], mode="lines", name=escape(labels[j]),
                 line={"color": _group_color(j)},
             )
         )
+    fig = go.Figure(data=traces)
     if current_alpha is not None:
         fig.add_vline(x=current_alpha, line={"color": "#444", "dash": "dot"})
     fig.update_layout(
@@ -436,7 +439,7 @@ def histogram_figure(
     series: dict[str, np.ndarray], *, log: bool = True, label: str = "LPR", nbins: int = 50
 ) -> go.Figure:
     """Overlaid histograms (e.g. LPR of training sets A and B) on a shared (log) axis."""
-    fig = go.Figure()
+    traces = []
     allv = np.concatenate([np.asarray(v, float) for v in series.values()]) if series else []
     allv = np.asarray(allv)
     allv = allv[np.isfinite(allv) & ((allv > 0) if log else True)]
@@ -448,13 +451,14 @@ def histogram_figure(
     for i, (name, v) in enumerate(series.items()):
         v = np.asarray(v, dtype=float)
         v = v[np.isfinite(v) & ((v > 0) if log else True)]
-        fig.add_trace(
+        traces.append(
             go.Histogram(
                 x=np.log10(v) if log else v, name=escape(name), opacity=0.6,
                 marker={"color": _group_color(i)},
                 xbins={"start": lo, "size": size},
             )
         )
+    fig = go.Figure(data=traces)
     fig.update_layout(
         barmode="overlay", xaxis_title=f"log10 {escape(label)}" if log else escape(label),
         yaxis_title="atoms", margin={"l": 50, "r": 10, "t": 30, "b": 40}, height=340,
