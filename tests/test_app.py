@@ -129,3 +129,14 @@ def test_good_upload_becomes_the_dataset(tmp_path):
         ("mine.extxyz", buf.getvalue().encode(), "application/octet-stream")).run()
     _ok(at)
     assert "mine.extxyz" in " ".join(c.value for c in at.caption)
+
+
+@pytest.mark.parametrize("page", ["explore", "learn"])
+def test_local_error_vs_lpr_shown_where_true_local_energies_exist(app, page):
+    """The sceptic's picture: on EMT data the lowest-LPR test atoms carry the large errors."""
+    app.switch_page(f"lprviz/pages/{page}.py").run()
+    _ok(app)
+    metrics = {m.label: m.value for m in app.metric}
+    low = float(metrics["Large errors among lowest-LPR 5%"].rstrip("%"))
+    rest = float(metrics["Large errors among the rest"].rstrip("%"))
+    assert low > 2 * rest

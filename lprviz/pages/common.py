@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import streamlit as st
 
-from lprviz import datasets, features, pipeline, selection
+from lprviz import datasets, features, insight_plots, pipeline, selection, validation
 from lprviz.errors import InputError
 
 DEFAULT_ALPHA_LOG10 = -4.0
@@ -319,3 +319,22 @@ def current_results(settings: Settings, alpha: float, train: tuple[int, ...] | N
 def per_frame(values: np.ndarray, structure_index: np.ndarray, frame: int) -> np.ndarray:
     """The slice of a per-atom array that belongs to ``frame``."""
     return np.asarray(values)[np.asarray(structure_index) == frame]
+
+
+def local_error_section(ds, res, *, key: str) -> None:
+    """|Local error| against LPR on test atoms, where the dataset has true local energies."""
+    if res.local_error is None:
+        st.info("This dataset has no reference local energies (the EMT datasets do).")
+        return
+    test_atoms = ~res.train_mask[ds.structure_index]
+    atoms = test_atoms if test_atoms.sum() >= 2 else np.ones_like(test_atoms)
+    check = validation.local_error_check(res.lpr[atoms], res.local_error[atoms])
+    st.plotly_chart(insight_plots.error_vs_lpr_figure(check.lpr, check.abs_error,
+                                                      check.low_lpr, threshold=check.threshold),
+                    key=key)
+    c1, c2, c3 = st.columns(3)
+    c1.metric("Large errors among lowest-LPR 5%", f"{check.frac_large_low:.0%}")
+    c2.metric("Large errors among the rest", f"{check.frac_large_rest:.0%}")
+    c3.metric("Rank correlation |error| vs 1/LPR", f"{check.spearman:.2f}")
+    st.caption(f"Large = above the 90th percentile of |local error| ({check.threshold:.3g} eV); "
+               "test atoms.")

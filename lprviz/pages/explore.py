@@ -122,7 +122,13 @@ def alpha_dependent(settings: common.Settings) -> None:
                      column_config={"median_LPR": st.column_config.NumberColumn(format="%.4g"),
                                     "min_LPR": st.column_config.NumberColumn(format="%.4g")})
 
-    tab1, tab2, tab3 = st.tabs(["LPR distributions", "LPR vs alpha", "Environment map"])
+    tab1, tab2, tab3, tab4 = st.tabs(["LPR distributions", "LPR vs alpha", "Environment map",
+                                      "Local error vs LPR"])
+    with tab4:
+        common.local_error_section(ds, res, key="explore_errors")
+        st.caption("Where the dataset knows each atom's true energy (EMT), the lowest-LPR test "
+                   "atoms are where the model's local predictions go wrong: the LPR warns "
+                   "without needing that truth.")
     groups_atom = np.asarray(ds.groups)[ds.structure_index].astype(str)
     with tab1:
         a, b = st.columns(2)

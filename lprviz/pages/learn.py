@@ -105,6 +105,20 @@ def _experiment_small() -> None:
             "alone in its structure has LPR >= 1). Atoms that resemble it elsewhere gain too.")
 
 
+def _experiment_errors() -> None:
+    st.header("4. Does a low LPR mean a wrong local prediction?")
+    settings = _settings(ALLOYS)
+    ds = common.dataset(ALLOYS)
+    st.markdown("EMT knows every atom's true energy, so here we can check what the LPR "
+                "promises. Train on bulk only (alpha = 1e-4) and compare each test atom's "
+                "local prediction with its true local energy.")
+    res = common.current_results(settings, 1e-4, _frames(ALLOYS, "bulk only"))
+    common.local_error_section(ds, res, key="learn_errors")
+    st.info("Notice: the large local errors crowd among the lowest-LPR atoms. In a real "
+            "dataset there is no true local energy to compare with, but the LPR is still "
+            "there: it is the warning you can compute.")
+
+
 def main() -> None:
     st.title("Learn: what the LPR tells you")
     try:
@@ -112,6 +126,7 @@ def main() -> None:
         _experiment_alpha()
         _experiment_composition()
         _experiment_small()
+        _experiment_errors()
     except InputError as exc:
         st.error(common.plain_text(str(exc)))
 

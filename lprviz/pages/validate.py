@@ -55,25 +55,6 @@ def _committee_section(settings, ds, train, alpha) -> None:
                f"(rank correlation {check.spearman:.2f} over {check.atoms.size} atoms).")
 
 
-def _error_section(ds, res) -> None:
-    st.subheader("|Local error| vs LPR")
-    if res.local_error is None:
-        st.info("This dataset has no reference local energies (the EMT datasets do).")
-        return
-    test_atoms = ~res.train_mask[ds.structure_index]
-    atoms = test_atoms if test_atoms.sum() >= 2 else np.ones_like(test_atoms)
-    check = validation.local_error_check(res.lpr[atoms], res.local_error[atoms])
-    st.plotly_chart(insight_plots.error_vs_lpr_figure(check.lpr, check.abs_error,
-                                                      check.low_lpr, threshold=check.threshold),
-                    key="val_errors")
-    c1, c2, c3 = st.columns(3)
-    c1.metric("Large errors among lowest-LPR 5%", f"{check.frac_large_low:.0%}")
-    c2.metric("Large errors among the rest", f"{check.frac_large_rest:.0%}")
-    c3.metric("Rank correlation |error| vs 1/LPR", f"{check.spearman:.2f}")
-    st.caption(f"Large = above the 90th percentile of |local error| ({check.threshold:.3g} eV); "
-               "test atoms.")
-
-
 def _tradeoff_section(settings, train, alpha) -> None:
     st.subheader("Accuracy-rigidity trade-off")
     try:
@@ -139,7 +120,8 @@ def _body(settings: common.Settings) -> None:
     res = common.current_results(settings, alpha)
     frame = _pr_section(settings, ds, res)
     _lcpr_section(settings, ds, res, train, alpha, frame)
-    _error_section(ds, res)
+    st.subheader("|Local error| vs LPR")
+    common.local_error_section(ds, res, key="val_errors")
     _tradeoff_section(settings, train, alpha)
     _committee_section(settings, ds, train, alpha)
 
