@@ -93,6 +93,26 @@ def _lpr_inputs(args: argparse.Namespace):
     return data, train
 
 
+def _lcpr_arrays(fit, desc, atoms_mask, alpha: float) -> dict:
+    """Per-atom LCPR of every descriptor block, as extxyz array names -> (n_atoms,) arrays
+    (NaN outside ``atoms_mask``, which are not written)."""
+    import re
+
+    import numpy as np
+
+    from lprviz.validation import fit_blocks
+
+    blocks = fit_blocks(fit, desc)
+    rows = np.flatnonzero(atoms_mask)
+    phi = fit.model_features(desc.values[rows], desc.atom_numbers[rows])
+    out = {}
+    for name, values in fit.solver.lcpr(phi, alpha, blocks).items():
+        full = np.full(len(atoms_mask), np.nan)
+        full[rows] = values
+        out["lcpr_" + re.sub(r"[^A-Za-z0-9_]+", "", name.replace("-", "_"))] = full
+    return out
+
+
 def _cmd_lpr(args: argparse.Namespace) -> int:
     import dataclasses
     import json
@@ -129,6 +149,7 @@ def _cmd_lpr(args: argparse.Namespace) -> int:
 
     test_frames = np.flatnonzero(~train)
     atom_index = np.arange(len(desc.structure_index))
+    lcpr = _lcpr_arrays(fit, desc, ~train[desc.structure_index], alphas[0]) if args.lcpr else {}
     meta = {
         "lpr_alpha": alphas[0],
         "lpr_alphas": json.dumps(alphas),
@@ -152,6 +173,8 @@ def _cmd_lpr(args: argparse.Namespace) -> int:
         atoms.arrays["lpr"] = results[0].lpr[rows]
         atoms.arrays["local_energy"] = results[0].local_energy[rows]
         atoms.arrays["lpr_undetermined"] = results[0].undetermined[rows]
+        for key, values in lcpr.items():
+            atoms.arrays[key] = values[rows]
         if len(alphas) > 1:
             for alpha, res in zip(alphas, results, strict=True):
                 atoms.arrays[f"lpr_alpha={alpha:g}"] = res.lpr[rows]
@@ -378,6 +401,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gaussian-width", type=float, help="SOAP Gaussian width in A")
     p.add_argument("--scale", type=float, default=None,
                    help="fixed feature scale (default: sfactor of the training atoms)")
+    p.add_argument("--lcpr", action="store_true",
+                   help="also write per-atom LCPR of each descriptor block (species pair, "
+                        "angular channel, baseline) as arrays lcpr_<block>; linear model only; a "
+                        "block absent from an atom's environment gets ~1e308 (unbounded)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
     p.add_argument("-o", "--output", required=True, help="output extxyz file")
     p.set_defaults(func=_cmd_lpr)

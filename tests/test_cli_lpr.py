@@ -175,3 +175,35 @@ def test_bad_input(files, tmp_path, capsys):
     assert "nope" in msg
     msg = _run_error(["lpr", "--train", str(train), "-o", out], capsys)
     assert "--test" in msg
+
+
+def test_lcpr_arrays_equal_the_masked_definition(files, tmp_path):
+    """``--lcpr``: LCPR_c = 1 / ((x * m_c)^T (X^T X + alpha I)^-1 (x * m_c)) per block, built
+    here from the SOAP vectors with explicit matrices (no baseline: pure SOAP columns)."""
+    train, test = files
+    out = tmp_path / "out.extxyz"
+    alpha = 1e-3
+    assert main(["lpr", "--train", str(train), "--test", str(test), "--alpha", str(alpha),
+                 "--no-baseline", "--lcpr", *SOAP_ARGS, "-q", "-o", str(out)]) == 0
+    frames = ase.io.read(out, index=":")
+    train_frames = ase.io.read(train, index=":")
+    species = (29, 79)
+    X_train = compute_soap(train_frames, HYPERS, species=species, cache=False)
+    X_test = compute_soap(ase.io.read(test, index=":"), HYPERS, species=species, cache=False)
+    s = float(frames[0].info["lpr_scale"])
+    rows = np.stack([X.mean(axis=0) for X in X_train.per_structure()]) / s
+    A = rows.T @ rows + alpha * np.eye(rows.shape[1])
+    x = X_test.values / s
+    names = {"lcpr_Cu_Cu": "Cu-Cu", "lcpr_Cu_Au": "Cu-Au", "lcpr_Au_Au": "Au-Au", "lcpr_l0": "l=0"}
+    for key, block in names.items():
+        xm = np.zeros_like(x)
+        cols = X_test.blocks[block]
+        xm[:, cols] = x[:, cols]
+        with np.errstate(divide="ignore"):
+            expected = 1.0 / np.einsum("ij,ji->i", xm, np.linalg.solve(A, xm.T))
+        got = np.concatenate([a.arrays[key] for a in frames])
+        absent = ~np.any(xm, axis=1)  # a block with no neighbours of that pair: inf exactly
+        assert np.all(np.isfinite(got)) and np.all(got[absent] > 1e300)
+        np.testing.assert_allclose(got[~absent], expected[~absent], rtol=1e-6)
+        assert (~absent).sum() > 5
+    assert "lcpr_baseline" not in frames[0].arrays
