@@ -140,3 +140,14 @@ def test_local_error_vs_lpr_shown_where_true_local_energies_exist(app, page):
     low = float(metrics["Large errors among lowest-LPR 5%"].rstrip("%"))
     rest = float(metrics["Large errors among the rest"].rstrip("%"))
     assert low > 2 * rest
+
+
+def test_colour_by_committee_spread(app):
+    app.switch_page("lprviz/pages/explore.py").run()
+    app.selectbox(key="color_by").set_value("committee spread").run()
+    _ok(app)
+    captions = " ".join(c.value for c in app.caption)
+    assert "rank correlation with 1/LPR" in captions
+    rho = float(captions.split("rank correlation with 1/LPR ")[1].split(")")[0])
+    assert rho > 0.3  # the committee disagrees where the LPR is low
+    app.selectbox(key="color_by").set_value("LPR").run()

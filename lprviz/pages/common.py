@@ -338,3 +338,16 @@ def local_error_section(ds, res, *, key: str) -> None:
     c3.metric("Rank correlation |error| vs 1/LPR", f"{check.spearman:.2f}")
     st.caption(f"Large = above the 90th percentile of |local error| ({check.threshold:.3g} eV); "
                "test atoms.")
+
+
+@st.cache_resource(max_entries=8, show_spinner="Training the committee...")
+def committee(source: str, preset: str, train: tuple[int, ...], spec, alpha: float,
+              n_models: int) -> validation.CommitteeCheck:
+    """Committee of ridge models on random 70 % subsets: spread of local predictions."""
+    ds = dataset(source)
+    desc = descriptors(source, preset)
+    model = fit(source, preset, train, spec, None)
+    return validation.committee_check(
+        model.model_features(desc.values, desc.atom_numbers), ds.structure_index, ds.energies,
+        model.train_mask, alpha, solver=model.solver, n_models=n_models, seed=0,
+    )

@@ -11,7 +11,9 @@ from lprviz.errors import InputError
 from lprviz.pages import common
 from lprviz.viewer import structure_html
 
-COLOR_BY = ("LPR", "local prediction", "local error vs true local energy")
+COLOR_BY = ("LPR", "local prediction", "local error vs true local energy",
+            "committee spread")
+COMMITTEE_MODELS = 4
 SWEEP_ALPHAS = np.logspace(-8, 2, 21)
 MAP_POINTS = 6000
 
@@ -199,6 +201,17 @@ def _viewer(ds, res, settings, frame, color_by, style, log, show_cell, vmin, vma
             all_err = np.abs(res.local_energy - np.asarray(ds.true_local_energies))
             lo, hi = _lpr_range(all_err) if log else _lin_range(all_err)
             info["|local error| (eV)"] = err
+    elif color_by == "committee spread":
+        train = common.training_frames(settings)
+        check = common.committee(settings.source, settings.preset, train, settings.spec,
+                                 res.alpha, COMMITTEE_MODELS)
+        spread = check.spread[sel]
+        label, values, cmap, lg = "committee spread (eV)", spread, "Inferno", log
+        lo, hi = _lpr_range(check.spread) if log else _lin_range(check.spread)
+        info["committee spread (eV)"] = spread
+        st.caption(f"Spread of the local prediction across {COMMITTEE_MODELS} models, each "
+                   "trained on a random 70 % of the training set: the empirical counterpart "
+                   f"of 1/LPR (rank correlation with 1/LPR {check.spearman:.2f}).")
     first = int(np.flatnonzero(sel)[0])
     highlight = [int(i) - first for i in linked if ds.structure_index[int(i)] == frame]
     html = structure_html(

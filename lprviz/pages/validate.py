@@ -14,25 +14,6 @@ from lprviz.viewer import structure_html
 TRADEOFF_ALPHAS = tuple(np.logspace(-8, 2, 11).tolist())
 
 
-def _features(settings: common.Settings, train: tuple[int, ...]) -> np.ndarray:
-    """Raw model features of every atom (SOAP, or Nystrom, plus baseline columns)."""
-    desc = common.descriptors(settings.source, settings.preset)
-    fit = common.fit(settings.source, settings.preset, train, settings.spec, None)
-    return fit.model_features(desc.values, desc.atom_numbers)
-
-
-@st.cache_resource(max_entries=8, show_spinner="Training the committee...")
-def _committee(source: str, preset: str, train: tuple[int, ...], spec, alpha: float,
-               n_models: int) -> validation.CommitteeCheck:
-    settings = common.Settings(source=source, label=source, preset=preset, spec=spec)
-    ds = common.dataset(source)
-    fit = common.fit(source, preset, train, spec, None)
-    return validation.committee_check(
-        _features(settings, train), ds.structure_index, ds.energies, fit.train_mask, alpha,
-        solver=fit.solver, n_models=n_models, seed=0,
-    )
-
-
 @st.cache_resource(max_entries=8, show_spinner="Sweeping alpha...")
 def _tradeoff(source: str, preset: str, train: tuple[int, ...], spec) -> validation.Tradeoff:
     fit = common.fit(source, preset, train, spec, None)
@@ -47,7 +28,8 @@ def _committee_section(settings, ds, train, alpha) -> None:
     if not c1.toggle("Train the committee", key="val_committee",
                      help="One ridge fit per member: seconds for wide descriptors."):
         return
-    check = _committee(settings.source, settings.preset, train, settings.spec, alpha, n_models)
+    check = common.committee(settings.source, settings.preset, train, settings.spec, alpha,
+                             n_models)
     labels = [f"{ds.groups[f]} / {ds.names[f]}" for f in ds.structure_index[check.atoms]]
     st.plotly_chart(insight_plots.spread_figure(1.0 / check.lpr, check.spread, check.spearman,
                                                 labels=labels), key="val_spread")
