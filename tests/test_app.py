@@ -151,3 +151,22 @@ def test_colour_by_committee_spread(app):
     rho = float(captions.split("rank correlation with 1/LPR ")[1].split(")")[0])
     assert rho > 0.3  # the committee disagrees where the LPR is low
     app.selectbox(key="color_by").set_value("LPR").run()
+
+
+def test_sessions_do_not_share_training_sets_or_alpha():
+    """Two sessions of one server process (shared caches): A's edits never show in B."""
+    a, b = _app(), _app()
+    a.switch_page("lprviz/pages/training_set.py").run()
+    a.selectbox(key="ts_preset").set_value("bulk + a few surface/defect structures").run()
+    a.button(key="ts_apply_preset").click().run()
+    a.switch_page("lprviz/pages/explore.py").run()
+    a.slider(key="_w_alpha").set_value(-2.0).run()
+    _ok(a)
+    b.run()
+    _ok(b)
+    caption_a = " ".join(c.value for c in a.caption)
+    caption_b = " ".join(c.value for c in b.caption)
+    assert "alpha = 0.01" in caption_a and "alpha = 0.0001" in caption_b
+    assert "training set 100 structures" in caption_b
+    assert "training set 100 structures" not in caption_a
+    assert _table(b).set_index("group").loc["surface", "training_atoms"] == 0
