@@ -351,3 +351,19 @@ def committee(source: str, preset: str, train: tuple[int, ...], spec, alpha: flo
         model.model_features(desc.values, desc.atom_numbers), ds.structure_index, ds.energies,
         model.train_mask, alpha, solver=model.solver, n_models=n_models, seed=0,
     )
+
+
+def run_page(title: str, body, *, intro: str | None = None) -> None:
+    """Title, optional intro, the shared sidebar, then ``body(settings)``.
+
+    A user-caused error (:class:`lprviz.InputError`) becomes a one-line ``st.error``; the
+    session and everything already loaded stay as they were.
+    """
+    st.title(title)
+    if intro:
+        st.markdown(intro)
+    settings = sidebar()
+    try:
+        body(settings)
+    except InputError as exc:
+        st.error(plain_text(str(exc)))

@@ -25,18 +25,15 @@ def _choose(settings: common.Settings, ds, numbers, side: str, default: str) -> 
 
 
 def main() -> None:
-    st.title("Compare two training sets")
-    st.markdown(
-        "The paper's central experiment: train on set A, then on set B, and see which atoms "
-        "became more (or less) rigid. Both fits use **A's feature scale**, so the ratio "
-        "reflects the data, not a changed regulariser. Blue: B pins the atom's local "
-        "prediction more firmly (ratio > 1); red: less."
+    common.run_page(
+        "Compare two training sets", _body,
+        intro=(
+            "The paper's central experiment: train on set A, then on set B, and see which "
+            "atoms became more (or less) rigid. Both fits use **A's feature scale**, so the"
+            " ratio reflects the data, not a changed regulariser. Blue: B pins the atom's "
+            "local prediction more firmly (ratio > 1); red: less."
+        ),
     )
-    settings = common.sidebar()
-    try:
-        _body(settings)
-    except InputError as exc:
-        st.error(common.plain_text(str(exc)))
 
 
 def _body(settings: common.Settings) -> None:

@@ -7,7 +7,6 @@ import pandas as pd
 import streamlit as st
 
 from lprviz import plots, selection
-from lprviz.errors import InputError
 from lprviz.pages import common
 from lprviz.viewer import structure_html
 
@@ -252,13 +251,7 @@ def _sweep(source: str, preset: str, train: tuple[int, ...], spec) -> pd.DataFra
 
 
 def main() -> None:
-    st.title("Explore local prediction rigidity")
-    settings = common.sidebar()
-    try:
-        common.dataset(settings.source)
-        alpha_dependent(settings)
-    except InputError as exc:
-        st.error(common.plain_text(str(exc)))
+    common.run_page("Explore local prediction rigidity", alpha_dependent)
 
 
 if __name__ == "__main__":

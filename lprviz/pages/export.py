@@ -5,33 +5,31 @@ from __future__ import annotations
 import numpy as np
 import streamlit as st
 
-from lprviz.errors import InputError
 from lprviz.export import chemiscope_bytes, csv_bytes, extxyz_bytes
 from lprviz.pages import common
 
 
+def _body(settings: common.Settings) -> None:
+    ds = common.dataset(settings.source)
+    alpha = common.alpha_slider()
+    res = common.current_results(settings, alpha)
+    st.markdown(f"Results of **{settings.label}** with the current training set "
+                f"({int(np.sum(res.train_mask))} structures) at alpha = {alpha:.3g}.")
+    stem = f"lprviz-{settings.label.rsplit('.', 1)[0]}"
+    st.download_button("extxyz (per-atom lpr, local_energy)", extxyz_bytes(ds, res),
+                       file_name=f"{stem}.extxyz", mime="chemical/x-extxyz",
+                       key="dl_extxyz")
+    st.download_button("CSV (one row per atom)", csv_bytes(ds, res),
+                       file_name=f"{stem}.csv", mime="text/csv", key="dl_csv")
+    if st.toggle("Prepare chemiscope file", key="want_chemiscope",
+                 help="Open it at chemiscope.org or with chemiscope.show_input()."):
+        st.download_button("chemiscope input (.json.gz)", chemiscope_bytes(ds, res),
+                           file_name=f"{stem}.chemiscope.json.gz",
+                           mime="application/gzip", key="dl_chemiscope")
+
+
 def main() -> None:
-    st.title("Export results")
-    settings = common.sidebar()
-    try:
-        ds = common.dataset(settings.source)
-        alpha = common.alpha_slider()
-        res = common.current_results(settings, alpha)
-        st.markdown(f"Results of **{settings.label}** with the current training set "
-                    f"({int(np.sum(res.train_mask))} structures) at alpha = {alpha:.3g}.")
-        stem = f"lprviz-{settings.label.rsplit('.', 1)[0]}"
-        st.download_button("extxyz (per-atom lpr, local_energy)", extxyz_bytes(ds, res),
-                           file_name=f"{stem}.extxyz", mime="chemical/x-extxyz",
-                           key="dl_extxyz")
-        st.download_button("CSV (one row per atom)", csv_bytes(ds, res),
-                           file_name=f"{stem}.csv", mime="text/csv", key="dl_csv")
-        if st.toggle("Prepare chemiscope file", key="want_chemiscope",
-                     help="Open it at chemiscope.org or with chemiscope.show_input()."):
-            st.download_button("chemiscope input (.json.gz)", chemiscope_bytes(ds, res),
-                               file_name=f"{stem}.chemiscope.json.gz",
-                               mime="application/gzip", key="dl_chemiscope")
-    except InputError as exc:
-        st.error(common.plain_text(str(exc)))
+    common.run_page("Export results", _body)
 
 
 if __name__ == "__main__":

@@ -105,15 +105,14 @@ def _body(settings: common.Settings) -> None:
 
 
 def main() -> None:
-    st.title("Suggest structures to add")
-    st.markdown("Pick a set of atoms whose local predictions are loose; the candidates are "
-                "ranked by how much adding each raises the target's mean log-LPR, chosen "
-                "greedily. *Add to training set* updates the training set used by every page.")
-    settings = common.sidebar()
-    try:
-        _body(settings)
-    except InputError as exc:
-        st.error(common.plain_text(str(exc)))
+    common.run_page(
+        "Suggest structures to add", _body,
+        intro=(
+            "Pick a set of atoms whose local predictions are loose; the candidates are "
+            "ranked by how much adding each raises the target's mean log-LPR, chosen "
+            "greedily. *Add to training set* updates the training set used by every page."
+        ),
+    )
 
 
 if __name__ == "__main__":

@@ -10,7 +10,6 @@ import streamlit as st
 from ase.data import chemical_symbols
 
 from lprviz import selection
-from lprviz.errors import InputError
 from lprviz.pages import common
 
 
@@ -114,21 +113,22 @@ def _summary(settings: common.Settings, ds, numbers) -> None:
                  column_config={"median_LPR": st.column_config.NumberColumn(format="%.4g")})
 
 
+def _body(settings: common.Settings) -> None:
+    ds = common.dataset(settings.source)
+    numbers = common.frame_numbers(settings.source)
+    _presets(settings, ds, numbers)
+    _rules(settings, ds, numbers)
+    _editor(settings, ds)
+    _summary(settings, ds, numbers)
+
+
 def main() -> None:
-    st.title("Training set")
-    st.markdown("Choose which structures the model is trained on. Everything not in training "
-                "is the test set. Adding structures never lowers an atom's LPR; small and "
-                "compositionally varied structures raise it most.")
-    settings = common.sidebar()
-    try:
-        ds = common.dataset(settings.source)
-        numbers = common.frame_numbers(settings.source)
-        _presets(settings, ds, numbers)
-        _rules(settings, ds, numbers)
-        _editor(settings, ds)
-        _summary(settings, ds, numbers)
-    except InputError as exc:
-        st.error(common.plain_text(str(exc)))
+    common.run_page(
+        "Training set", _body,
+        intro=("Choose which structures the model is trained on. Everything not in training "
+               "is the test set. Adding structures never lowers an atom's LPR; small and "
+               "compositionally varied structures raise it most."),
+    )
 
 
 if __name__ == "__main__":

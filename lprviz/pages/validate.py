@@ -109,15 +109,14 @@ def _body(settings: common.Settings) -> None:
 
 
 def main() -> None:
-    st.title("Validate the LPR")
-    st.markdown("Empirical checks of what the LPR promises: committees disagree and local "
-                "errors are large where the LPR is low; regularisation buys rigidity with "
-                "accuracy. Pick a structure in the table to see its atoms and their LCPR.")
-    settings = common.sidebar()
-    try:
-        _body(settings)
-    except InputError as exc:
-        st.error(common.plain_text(str(exc)))
+    common.run_page(
+        "Validate the LPR", _body,
+        intro=(
+            "Empirical checks of what the LPR promises: committees disagree and local "
+            "errors are large where the LPR is low; regularisation buys rigidity with "
+            "accuracy. Pick a structure in the table to see its atoms and their LCPR."
+        ),
+    )
 
 
 if __name__ == "__main__":
