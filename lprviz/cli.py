@@ -38,6 +38,22 @@ def _parse_alphas(text: str) -> list[float]:
     return alphas
 
 
+def _group_mask(data, text: str, option: str):
+    """Frames of ``data`` whose group is one of the comma-separated ``text`` (``option``
+    names the command-line option in the error)."""
+    import numpy as np
+
+    wanted = [g.strip() for g in text.split(",") if g.strip()]
+    available = sorted(set(data.groups.tolist()))
+    unknown = [g for g in wanted if g not in available]
+    if unknown:
+        raise InputError(
+            f"{option}: dataset '{data.name}' has no group {', '.join(unknown)}; "
+            f"groups are {', '.join(available)}"
+        )
+    return np.isin(data.groups, wanted)
+
+
 def _lpr_inputs(args: argparse.Namespace):
     """The combined dataset (training frames first) and its training mask."""
     import numpy as np
@@ -50,15 +66,7 @@ def _lpr_inputs(args: argparse.Namespace):
         if not args.train_groups:
             raise InputError("--dataset: also give --train-groups G1,G2 (test = the other groups)")
         data = datasets.load(args.dataset)
-        wanted = [g.strip() for g in args.train_groups.split(",") if g.strip()]
-        available = sorted(set(data.groups.tolist()))
-        unknown = [g for g in wanted if g not in available]
-        if unknown:
-            raise InputError(
-                f"dataset '{data.name}': no group {', '.join(unknown)}; "
-                f"groups are {', '.join(available)}"
-            )
-        train = np.isin(data.groups, wanted)
+        train = _group_mask(data, args.train_groups, "--train-groups")
         if train.all():
             raise InputError(f"dataset '{data.name}': --train-groups leave no test frame")
         return data, train
@@ -203,32 +211,21 @@ def _suggest_inputs(args: argparse.Namespace):
 
     from lprviz import datasets
 
-    def groups_of(data, text, option):
-        wanted = [g.strip() for g in text.split(",") if g.strip()]
-        available = sorted(set(data.groups.tolist()))
-        unknown = [g for g in wanted if g not in available]
-        if unknown:
-            raise InputError(
-                f"{option}: dataset '{data.name}' has no group {', '.join(unknown)}; "
-                f"groups are {', '.join(available)}"
-            )
-        return np.isin(data.groups, wanted)
-
     if args.dataset is not None:
         if args.train is not None or args.pool is not None or args.target is not None:
             raise InputError("give either --dataset with --train-groups, or --train and --pool")
         if not args.train_groups:
             raise InputError("--dataset: also give --train-groups G1,G2")
         data = datasets.load(args.dataset)
-        train = groups_of(data, args.train_groups, "--train-groups")
-        pool = (groups_of(data, args.pool_groups, "--pool-groups") if args.pool_groups
+        train = _group_mask(data, args.train_groups, "--train-groups")
+        pool = (_group_mask(data, args.pool_groups, "--pool-groups") if args.pool_groups
                 else ~train) & ~train
         if not pool.any():
             raise InputError(f"dataset '{data.name}': no pool structure outside training")
         target = None
         if args.target_groups:
             target = np.flatnonzero(
-                groups_of(data, args.target_groups, "--target-groups")[data.structure_index])
+                _group_mask(data, args.target_groups, "--target-groups")[data.structure_index])
         return data, train, np.flatnonzero(pool), target
     if args.train is None or args.pool is None:
         raise InputError("give --train TRAIN and --pool POOL (or --dataset NAME --train-groups)")
