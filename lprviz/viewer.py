@@ -77,6 +77,46 @@ def local_js_prelude() -> str:
     )
 
 
+def script_url_prelude(url: str) -> str:
+    """``<script>`` tags that load 3Dmol.js from ``url`` and stop py3Dmol's CDN load."""
+    return (
+        f'<script src="{escape(url)}"></script>\n'
+        "<script>var $3Dmolpromise = Promise.resolve();</script>\n"
+    )
+
+
+def publish_3dmol(static_dir: str | Path, *, route: str = "/app/static") -> str | None:
+    """Copy the local 3Dmol.js (``LPRVIZ_3DMOL_JS``) into a Streamlit static folder.
+
+    Inlining 0.5 MB of JavaScript into every viewer costs each rerun of each session that
+    much traffic and parsing; served as a static file, browsers fetch it once and cache it.
+
+    Parameters
+    ----------
+    static_dir : str or pathlib.Path
+        The app's ``static/`` folder (Streamlit serves it at ``/app/static`` when
+        ``server.enableStaticServing`` is on).
+    route : str
+        URL path of that folder.
+
+    Returns
+    -------
+    str or None
+        The script's URL, or None when no local 3Dmol.js is configured.
+    """
+    path = os.environ.get(JS_ENV, "").strip()
+    if not path or not Path(path).is_file():
+        return None
+    source = Path(path)
+    target = Path(static_dir) / "3Dmol-min.js"
+    if not target.is_file() or target.read_bytes() != source.read_bytes():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_suffix(".tmp")
+        shutil.copyfile(source, tmp)
+        os.replace(tmp, target)
+    return f"{route}/3Dmol-min.js"
+
+
 def _xyz(symbols: Sequence[str], positions: np.ndarray) -> str:
     lines = [str(len(symbols)), "lprviz"]
     lines += [f"{s} {x:.6f} {y:.6f} {z:.6f}" for s, (x, y, z) in zip(symbols, positions,
@@ -132,6 +172,7 @@ def structure_html(
     colorbar_label: str = "LPR",
     width: int | str = 640,
     height: int | str = 420,
+    script_url: str | None = None,
 ) -> str:
     """Self-contained HTML of a 3D structure with atoms coloured by ``values``.
 
@@ -163,6 +204,10 @@ def structure_html(
         Colour bar caption (escaped).
     width, height : int or str
         Viewer size in pixels (or a CSS length such as ``"100%"``).
+    script_url : str, optional
+        URL of a 3Dmol.js the browser can fetch and cache (the app serves its local copy,
+        see :func:`publish_3dmol`); default: inline ``LPRVIZ_3DMOL_JS`` if set, else
+        py3Dmol's CDN.
 
     Returns
     -------
@@ -224,7 +269,7 @@ def structure_html(
     _call(view, "rotate", 25, {"x": 0, "y": 1, "z": 0})
     _call(view, "zoomTo")
 
-    head = local_js_prelude()
+    head = script_url_prelude(script_url) if script_url else local_js_prelude()
     caption = (
         f'<div style="font:13px sans-serif;margin:2px 0;">{escape(title)}</div>' if title else ""
     )

@@ -119,6 +119,28 @@ def test_cdn_by_default_local_js_inlined_when_env_set(cell, tmp_path, monkeypatc
         viewer.structure_html(cell, np.ones(4), vmin=0.1, vmax=10.0)
 
 
+def test_published_script_is_referenced_not_inlined(cell, tmp_path, monkeypatch):
+    js = tmp_path / "3Dmol-min.js"
+    js.write_text("window.$3Dmol={marker:'LOCAL-3DMOL'};")
+    monkeypatch.delenv(viewer.JS_ENV, raising=False)
+    assert viewer.publish_3dmol(tmp_path / "static") is None  # nothing to publish
+    monkeypatch.setenv(viewer.JS_ENV, str(js))
+    url = viewer.publish_3dmol(tmp_path / "static")
+    assert url == "/app/static/3Dmol-min.js"
+    assert (tmp_path / "static" / "3Dmol-min.js").read_bytes() == js.read_bytes()
+    html = viewer.structure_html(cell, np.ones(4), vmin=0.1, vmax=10.0, script_url=url)
+    assert "LOCAL-3DMOL" not in html and "cdn.jsdelivr.net/npm/3dmol" not in html.split(
+        "if(typeof $3Dmolpromise === 'undefined')")[0]
+    i_src = html.index('<script src="/app/static/3Dmol-min.js"></script>')
+    assert i_src < html.index("var $3Dmolpromise = Promise.resolve();")
+    js.write_text("changed")  # a new local file replaces the published copy
+    viewer.publish_3dmol(tmp_path / "static")
+    assert (tmp_path / "static" / "3Dmol-min.js").read_text() == "changed"
+    odd = viewer.structure_html(cell, np.ones(4), vmin=0.1, vmax=10.0,
+                                script_url='/x"><script>alert(1)</script>')
+    assert "<script>alert(1)" not in odd
+
+
 def test_fetch_3dmol_is_a_noop_when_present(tmp_path):
     target = tmp_path / "3Dmol-min.js"
     target.write_bytes(b"x" * 200_000)

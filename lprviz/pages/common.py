@@ -43,6 +43,18 @@ UPLOAD_TYPES = ["extxyz", "xyz", "json"]
 # --------------------------------------------------------------------------- cached steps
 
 
+@st.cache_resource(show_spinner=False)
+def script_url() -> str | None:
+    """URL of the local 3Dmol.js served from the app's ``static/`` folder (None: inline or
+    CDN). Browsers then fetch the 0.5 MB script once instead of with every rerun."""
+    from lprviz.viewer import publish_3dmol
+
+    try:
+        return publish_3dmol(Path(__file__).resolve().parents[2] / "static")
+    except OSError:  # a read-only install: the viewer inlines the script instead
+        return None
+
+
 @st.cache_resource(max_entries=6, show_spinner="Loading dataset...")
 def dataset(source: str):
     """The dataset named (or at path) ``source``, loaded once per server."""

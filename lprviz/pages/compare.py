@@ -77,7 +77,7 @@ def _body(settings: common.Settings) -> None:
             atom_info={"LPR ratio B/A": ratio[sel], "LPR A": res_a.lpr[sel],
                        "LPR B": res_b.lpr[sel]},
             title=f"{ds.names[frame]} [{ds.groups[frame]}]", colorbar_label="LPR ratio B/A",
-            width="100%", height=420,
+            width="100%", height=420, script_url=common.script_url(),
         )
         st.iframe(html, height=520)
     with right:

@@ -218,7 +218,7 @@ def _viewer(ds, res, settings, frame, color_by, style, log, show_cell, vmin, vma
         highlight=highlight, style=style, show_cell=show_cell,
         undetermined=np.asarray(res.undetermined, bool)[sel] if label == "LPR" else None,
         title=f"{ds.names[frame]} [{ds.groups[frame]}]", colorbar_label=label,
-        width="100%", height=420,
+        width="100%", height=420, script_url=common.script_url(),
     )
     st.iframe(html, height=520)
 

@@ -90,7 +90,8 @@ def _pr_section(settings, ds, res) -> int:
     html = structure_html(ds.frames[frame], lpr, vmin=lo, vmax=max(hi, lo * 1.0001), log=True,
                           colormap=plots.LPR_COLORMAP, atom_info={"LPR": lpr},
                           undetermined=np.asarray(res.undetermined, bool)[sel],
-                          title=f"{ds.names[frame]} [{ds.groups[frame]}]", width=620, height=380)
+                          title=f"{ds.names[frame]} [{ds.groups[frame]}]", width=620,
+                          height=380, script_url=common.script_url())
     st.iframe(html, height=470)
     return frame
 

@@ -78,6 +78,8 @@ def test_viewer_colours_and_alpha_slider(app_url, browser):
     page.on("pageerror", lambda exc: errors.append(str(exc)))
     page.goto(app_url, wait_until="domcontentloaded")
     frame, before = _settled_canvas(page)
+    # the local 3Dmol.js is served once from the app's static folder, not inlined per rerun
+    assert frame.locator('script[src="/app/static/3Dmol-min.js"]').count() == 1
     page.screenshot(path=str(ARTIFACTS / "explore.png"), full_page=False)
     frame.locator("div[id^='3dmolviewer'] canvas").first.screenshot(
         path=str(ARTIFACTS / "viewer-canvas.png"))
