@@ -363,6 +363,21 @@ class RigiditySolver:
         e, _ = self._eig()
         return np.maximum(e + alpha, self._resolution(alpha))
 
+    def inverse_eigvals(self, alpha: float) -> np.ndarray:
+        """``1 / (e_j + alpha)`` with the numerical floor of the module docstring.
+
+        Parameters
+        ----------
+        alpha : float
+            Regulariser (``>= 0``).
+
+        Returns
+        -------
+        numpy.ndarray of shape (n_features,)
+            In the order of :attr:`eigvecs`; what every LPR of this solver is built from.
+        """
+        return 1.0 / self._effective(_check_alpha(alpha))
+
     def rank_diff(self, alpha: float) -> int:
         """scikit-matter's rank deficiency ``d - rank(X^T X + alpha I)``.
 

@@ -80,12 +80,7 @@ class Suggestion:
 
 def _inverse_eigvals(solver: RigiditySolver, alpha: float) -> np.ndarray:
     """``1 / (e_j + alpha)`` with the solver's documented floor (rigidity module docstring)."""
-    alpha = float(alpha)
-    if not np.isfinite(alpha) or alpha < 0:
-        raise InputError(f"alpha: expected a finite number >= 0, got {alpha}")
-    e = solver.eigvals
-    floor = max(solver.n_features * _EPS * ((e[-1] if e.size else 0.0) + alpha), _TINY)
-    return 1.0 / np.maximum(e + alpha, floor)
+    return solver.inverse_eigvals(alpha)
 
 
 def pool_rows(solver: RigiditySolver, pool_structures) -> np.ndarray:
