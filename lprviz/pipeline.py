@@ -185,6 +185,7 @@ def prepare(
     spec: ModelSpec | None = None,
     *,
     scale: float | None = None,
+    nystrom: NystromMap | None = None,
 ) -> Fit:
     """Build the alpha-independent part of a model and its LPR.
 
@@ -201,6 +202,11 @@ def prepare(
     scale : float, optional
         Fixed feature scale; default: sfactor of the training atoms' descriptor (or Nyström)
         columns. Hold it fixed to compare two training sets.
+    nystrom : NystromMap, optional
+        Sparse-kernel model only: reuse this feature map (active environments) instead of
+        choosing one from the training atoms. To compare two training sets, pass set A's
+        ``fit.nystrom`` and ``fit.scale`` when preparing set B: otherwise B lives in a
+        different feature space and its LPR is not comparable (it may even drop).
 
     Returns
     -------
@@ -240,10 +246,12 @@ def prepare(
         )
 
     atom_train = train_mask[structure_index]
-    nystrom = None
     if spec.kind == "sparse-kernel":
-        nystrom = fit_nystrom(values[atom_train], spec.n_sparse, zeta=spec.zeta)
+        if nystrom is None:
+            nystrom = fit_nystrom(values[atom_train], spec.n_sparse, zeta=spec.zeta)
         base = nystrom.transform(values)
+    elif nystrom is not None:
+        raise InputError("nystrom: a feature map only applies to the sparse-kernel model")
     else:
         base = values
     scale = sfactor(base[atom_train]) if scale is None else float(scale)

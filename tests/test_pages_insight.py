@@ -50,11 +50,12 @@ def test_improve_page_suggests_and_adds():
     assert last["predicted"] == pytest.approx(np.log(factor[-1]), rel=1e-9)
     ds = datasets.load(last["source"])
     desc = features.compute_soap(ds.frames, features.SOAP_PRESETS["fast"], species=ds.species)
-    lpr = []
+    lpr, scale = [], None
     for frames in (last["before"], last["after"]):
         mask = np.zeros(len(ds.frames), dtype=bool)
         mask[list(frames)] = True
-        fit = pipeline.prepare(ds, desc, mask, pipeline.ModelSpec(), scale=last["scale"])
+        fit = pipeline.prepare(ds, desc, mask, pipeline.ModelSpec(), scale=scale)
+        scale = fit.scale  # "after" at the previous training set's scale
         lpr.append(pipeline.evaluate(fit, last["alpha"]).lpr[last["target"]])
     gain = np.mean(np.log(lpr[1])) - np.mean(np.log(lpr[0]))
     assert gain == pytest.approx(last["predicted"], rel=1e-8)

@@ -202,3 +202,21 @@ def test_real_si_surface_atoms_have_far_lower_lpr():
     print(f"mlearn Si median LPR bulk/surface at alpha 1e-4: {ratio:.0f}x")
     assert ratio > 50
     assert np.median(res.lpr[surface]) < 0.1
+
+
+def test_sparse_kernel_comparison_in_a_fixed_feature_space(emt):
+    """Adding structures never lowers an LPR (LPR_NOTES §7.6) once B reuses A's feature map:
+    A's scale *and* A's active environments. A fresh FPS for B breaks it."""
+    data, desc, _ = emt
+    spec = ModelSpec(kind="sparse-kernel", n_sparse=40)
+    a_mask = np.arange(len(data.frames)) < 30
+    b_mask = np.arange(len(data.frames)) < 40
+    fit_a = prepare(data, desc, a_mask, spec)
+    fit_b = prepare(data, desc, b_mask, spec, scale=fit_a.scale, nystrom=fit_a.nystrom)
+    fresh = prepare(data, desc, b_mask, spec, scale=fit_a.scale)  # B's own active set
+    for alpha in (1e-4, 1e-2):
+        lpr_a = evaluate(fit_a, alpha).lpr
+        assert (evaluate(fit_b, alpha).lpr / lpr_a).min() > 1 - 1e-9
+        assert (evaluate(fresh, alpha).lpr / lpr_a).min() < 0.99  # why the map must be shared
+    with pytest.raises(InputError, match="sparse-kernel"):
+        prepare(data, desc, a_mask, ModelSpec(kind="linear"), nystrom=fit_a.nystrom)

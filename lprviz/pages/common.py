@@ -4,7 +4,7 @@ Expensive steps are cached by plain hashable keys:
 
 * ``dataset(source)`` - the loaded :class:`lprviz.datasets.Dataset` (name or file path);
 * ``descriptors(source, preset)`` - SOAP of every atom (progress bar on a miss);
-* ``fit(source, preset, train_frames, spec, scale)`` - everything that does not depend on alpha
+* ``fit(source, preset, train_frames, spec, reference)`` - everything that does not depend on alpha
   (one d x d factorisation);
 * ``results(..., alpha)`` - :func:`lprviz.pipeline.evaluate`, cheap.
 
@@ -97,22 +97,29 @@ def descriptors(source: str, preset: str):
 
 
 @st.cache_resource(max_entries=8, show_spinner="Factorising the training set...")
-def fit(source: str, preset: str, train_frames: tuple[int, ...], spec, scale: float | None):
+def fit(source: str, preset: str, train_frames: tuple[int, ...], spec,
+        reference: tuple[int, ...] | None = None):
     """Alpha-independent part of the model for a training set (tuple of frame indices)."""
     ds = dataset(source)
     desc = descriptors(source, preset)
     mask = np.zeros(len(ds.frames), dtype=bool)
     mask[list(train_frames)] = True
-    return pipeline.prepare(ds, desc, mask, spec, scale=scale)
+    if reference is None or tuple(reference) == tuple(train_frames):
+        return pipeline.prepare(ds, desc, mask, spec)
+    # Compare B with A honestly: B in A's feature space (scale and, for the sparse kernel,
+    # A's active environments).
+    ref = fit(source, preset, tuple(reference), spec, None)
+    return pipeline.prepare(ds, desc, mask, spec, scale=ref.scale, nystrom=ref.nystrom)
 
 
 @st.cache_resource(max_entries=32, show_spinner=False)
 def results(
-    source: str, preset: str, train_frames: tuple[int, ...], spec, scale: float | None,
+    source: str, preset: str, train_frames: tuple[int, ...], spec,
+    reference: tuple[int, ...] | None,
     alpha: float,
 ):
     """:func:`lprviz.pipeline.evaluate` of the cached fit at ``alpha``."""
-    return pipeline.evaluate(fit(source, preset, train_frames, spec, scale), alpha)
+    return pipeline.evaluate(fit(source, preset, train_frames, spec, reference), alpha)
 
 
 @st.cache_resource(max_entries=6, show_spinner=False)
@@ -319,13 +326,13 @@ def frame_numbers(source: str) -> list[np.ndarray]:
 
 
 def current_results(settings: Settings, alpha: float, train: tuple[int, ...] | None = None,
-                    scale: float | None = None):
+                    reference: tuple[int, ...] | None = None):
     """Results of the current (or given) training set at ``alpha``."""
     train = training_frames(settings) if train is None else train
     if not train:
         raise InputError("training set: empty; include at least one structure")
     descriptors(settings.source, settings.preset)  # progress bar on first use
-    return results(settings.source, settings.preset, train, settings.spec, scale, alpha)
+    return results(settings.source, settings.preset, train, settings.spec, reference, alpha)
 
 
 def per_frame(values: np.ndarray, structure_index: np.ndarray, frame: int) -> np.ndarray:

@@ -49,9 +49,10 @@ def _body(settings: common.Settings) -> None:
         raise InputError("training set A or B: empty; include at least one structure")
     common.descriptors(settings.source, settings.preset)
     scale = common.fit(settings.source, settings.preset, train_a, settings.spec, None).scale
-    res_a = common.results(settings.source, settings.preset, train_a, settings.spec, scale,
+    res_a = common.results(settings.source, settings.preset, train_a, settings.spec, None,
                            alpha)
-    res_b = common.results(settings.source, settings.preset, train_b, settings.spec, scale,
+    # B in A's feature space: A's scale (and A's active set for the sparse kernel)
+    res_b = common.results(settings.source, settings.preset, train_b, settings.spec, train_a,
                            alpha)
     ratio = res_b.lpr / res_a.lpr
     st.caption(f"A: {len(train_a)} structures, B: {len(train_b)} structures; alpha = "

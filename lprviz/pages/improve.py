@@ -31,9 +31,9 @@ def _last_addition(settings: common.Settings, alpha: float) -> None:
     if not last or last["source"] != settings.source or last["alpha"] != alpha:
         return
     before = common.results(settings.source, settings.preset, last["before"], settings.spec,
-                            last["scale"], alpha)
+                            None, alpha)
     after = common.results(settings.source, settings.preset, last["after"], settings.spec,
-                           last["scale"], alpha)
+                           last["before"], alpha)
     t = last["target"]
     realised = float(np.mean(np.log(after.lpr[t])) - np.mean(np.log(before.lpr[t])))
     st.success(
@@ -93,7 +93,7 @@ def _body(settings: common.Settings) -> None:
         after = tuple(sorted({*train, *(int(i) for i in chosen[:n_add])}))
         st.session_state["improve_last"] = {
             "source": settings.source, "alpha": alpha, "before": train, "after": after,
-            "scale": fit.scale, "target": target,
+            "target": target,
             "predicted": float(sug.curve[n_add] - sug.curve[0]),
         }
         common.set_training_frames(settings, after)

@@ -98,8 +98,7 @@ def _experiment_small() -> None:
     base = _frames(ALLOYS, "bulk only")
     train = _frames(ALLOYS, "bulk + small structures") if add else base
     common.descriptors(ALLOYS, settings.preset)
-    scale = common.fit(ALLOYS, settings.preset, base, settings.spec, None).scale
-    res = common.results(ALLOYS, settings.preset, train, settings.spec, scale, 1e-4)
+    res = common.results(ALLOYS, settings.preset, train, settings.spec, base, 1e-4)
     st.dataframe(_group_table(ds, res, with_error=False), hide_index=True, key="learn_t3")
     st.info("Notice: a lone environment in a small structure pins its local energy (an atom "
             "alone in its structure has LPR >= 1). Atoms that resemble it elsewhere gain too.")
