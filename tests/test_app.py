@@ -170,3 +170,40 @@ def test_sessions_do_not_share_training_sets_or_alpha():
     assert "training set 100 structures" in caption_b
     assert "training set 100 structures" not in caption_a
     assert _table(b).set_index("group").loc["surface", "training_atoms"] == 0
+
+
+def test_plot_selection_does_not_follow_a_dataset_switch():
+    """A point picked in the environment map of one dataset is not looked up in another."""
+    at = _app()
+    at.session_state["env_map"] = {"selection": {"points": [{"customdata": 7000}]}}
+    at.run()
+    _ok(at)
+    assert any("highlighted" in i.value for i in at.info)  # the pick is shown on its dataset
+    at.sidebar.selectbox(key="_w_dataset").set_value("teaching-stoichiometry").run()
+    _ok(at)  # 7000 > the 2560 atoms of this dataset: no IndexError, no stale highlight
+    assert not any("highlighted" in i.value for i in at.info)
+
+
+def test_unlabelled_frames_never_enter_the_training_set(tmp_path):
+    """An upload that mixes labelled structures with unlabelled candidates: the default
+    training set and the Improve page's candidates leave the unlabelled ones out."""
+    from ase.build import bulk
+    from ase.calculators.emt import EMT
+
+    frames = []
+    for i in range(8):
+        atoms = bulk("Cu", "fcc", a=3.6, cubic=True) * (2, 1, 1)
+        atoms.rattle(0.05, seed=i)
+        if i < 7:
+            atoms.calc = EMT()
+            atoms.get_potential_energy()
+        frames.append(atoms)
+    buf = io.StringIO()
+    ase.io.write(buf, frames, format="extxyz")
+    at = _app()
+    at.file_uploader(key="upload").set_value(
+        ("mixed.extxyz", buf.getvalue().encode(), "application/octet-stream")).run()
+    _ok(at)
+    train = at.session_state["train"]
+    (frames_in,) = [v for k, v in train.items() if k.endswith(".extxyz")]
+    assert 7 not in frames_in and len(frames_in) == 7

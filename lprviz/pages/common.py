@@ -304,16 +304,23 @@ def training_frames(settings: Settings, *, key: str = "train") -> tuple[int, ...
     store: dict = st.session_state.setdefault(key, {})
     if settings.source not in store:
         ds = dataset(settings.source)
-        mask = selection.preset_mask(DEFAULT_PRESET, ds.groups, _numbers(ds))
+        labelled = np.asarray(ds.has_energy, dtype=bool)
+        if not labelled.any():
+            raise InputError(f"{settings.label}: no structure has an energy, so nothing can be "
+                             "trained on; add energies (or pick another dataset)")
+        mask = selection.preset_mask(DEFAULT_PRESET, ds.groups, _numbers(ds)) & labelled
         if not mask.any():
-            mask[:] = True
+            mask = labelled
         store[settings.source] = tuple(int(i) for i in np.flatnonzero(mask))
     return store[settings.source]
 
 
 def set_training_frames(settings: Settings, frames, *, key: str = "train") -> None:
-    """Replace the current training set of the dataset."""
-    st.session_state.setdefault(key, {})[settings.source] = tuple(sorted(int(i) for i in frames))
+    """Replace the current training set of the dataset (frames without an energy, which
+    cannot be trained on, are left out)."""
+    labelled = np.asarray(dataset(settings.source).has_energy, dtype=bool)
+    st.session_state.setdefault(key, {})[settings.source] = tuple(
+        sorted(int(i) for i in frames if labelled[int(i)]))
 
 
 def _numbers(ds) -> list[np.ndarray]:

@@ -7,6 +7,7 @@ import pandas as pd
 import streamlit as st
 
 from lprviz import plots, selection
+from lprviz.errors import InputError
 from lprviz.pages import common
 from lprviz.viewer import structure_html
 
@@ -33,6 +34,15 @@ def _structure_order(ds, res, how: str) -> list[int]:
     return sorted(range(n), key=lambda i: (str(ds.groups[i]), i))
 
 
+def _forget_stale_selection(source: str) -> None:
+    """A plot selection belongs to the dataset it was made on: drop it after a switch (its
+    indices point into the other dataset)."""
+    if st.session_state.get("_selection_source", source) != source:
+        for key in ("env_map", "parity"):
+            st.session_state.pop(key, None)
+    st.session_state["_selection_source"] = source
+
+
 def _linked_atoms(ds) -> np.ndarray:
     """Atom indices picked in the environment map or parity plot (session state)."""
     picked: list[int] = []
@@ -40,12 +50,14 @@ def _linked_atoms(ds) -> np.ndarray:
     if state and state.get("selection", {}).get("points"):
         picked = [int(p["customdata"]) for p in state["selection"]["points"]
                   if "customdata" in p]
+    picked = [i for i in picked if 0 <= i < ds.n_atoms]
     if picked:
         return np.asarray(picked)
     state = st.session_state.get("parity")
     if state and state.get("selection", {}).get("points"):
         frames = [int(p["customdata"]) for p in state["selection"]["points"]
                   if "customdata" in p]
+        frames = [f for f in frames if 0 <= f < len(ds.frames)]
         if frames:
             return np.flatnonzero(ds.structure_index == frames[0])
     return np.zeros(0, dtype=int)
@@ -63,6 +75,15 @@ def _lpr_table(ds, res) -> pd.DataFrame:
 @st.fragment
 def alpha_dependent(settings: common.Settings) -> None:
     """Everything that depends on alpha: reruns alone when the slider moves."""
+    # A fragment's rerun does not pass through run_page: report user errors here.
+    try:
+        _alpha_dependent(settings)
+    except InputError as exc:
+        st.error(common.plain_text(str(exc)))
+
+
+def _alpha_dependent(settings: common.Settings) -> None:
+    _forget_stale_selection(settings.source)
     ds = common.dataset(settings.source)
     alpha = common.alpha_slider()
     train = common.training_frames(settings)

@@ -63,7 +63,9 @@ def _body(settings: common.Settings) -> None:
                                  key="improve_pool_groups")
     k = int(c3.number_input("Structures to pick", 1, 50, 5, key="improve_k"))
     target = _target_atoms(ds, res, train_atom, choice)
-    pool = np.flatnonzero(~train_mask & np.isin(ds.groups, pool_groups))
+    # Only labelled structures can join the training set.
+    pool = np.flatnonzero(~train_mask & np.isin(ds.groups, pool_groups)
+                          & np.asarray(ds.has_energy, dtype=bool))
     if pool.size == 0:
         st.info("No candidate structures: every structure of these groups is in training.")
         return
