@@ -93,13 +93,22 @@ def extxyz_bytes(ds, res) -> bytes:
     return buf.getvalue().encode()
 
 
+def _csv_text(value: object) -> str:
+    """User text for a CSV cell that a spreadsheet will not run as a formula."""
+    text = str(value)
+    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
+
+
 def csv_bytes(ds, res) -> bytes:
-    """One CSV row per atom: frame, name, group, species, position, LPR, local energy."""
+    """One CSV row per atom: frame, name, group, species, position, LPR, local energy.
+
+    Names and groups that start like a spreadsheet formula get a leading ``'``.
+    """
     sidx = ds.structure_index
     pos = np.concatenate([a.positions for a in ds.frames])
     df = pd.DataFrame({
-        "frame": sidx, "name": np.asarray([str(n) for n in ds.names])[sidx],
-        "group": np.asarray([str(g) for g in ds.groups])[sidx],
+        "frame": sidx, "name": np.asarray([_csv_text(n) for n in ds.names])[sidx],
+        "group": np.asarray([_csv_text(g) for g in ds.groups])[sidx],
         "atom": np.arange(len(sidx)) - np.searchsorted(sidx, sidx),
         "Z": ds.atom_numbers, "x": pos[:, 0], "y": pos[:, 1], "z": pos[:, 2],
         "lpr": res.lpr, "undetermined": np.asarray(res.undetermined, bool),

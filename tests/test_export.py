@@ -59,3 +59,18 @@ def test_csv_and_chemiscope(results):
     assert prop["target"] == "atom" and len(prop["values"]) == ds.n_atoms
     np.testing.assert_allclose(prop["values"], res.lpr, rtol=1e-12)
     assert len(data["structures"]) == len(ds.frames)
+
+
+def test_csv_cells_never_start_a_spreadsheet_formula(results):
+    ds, res = results
+    hostile = ds.subset(np.arange(2))
+    hostile.names[0] = "=HYPERLINK(\"http://x\")"
+    hostile.groups[1] = "@SUM(A1)"
+    sub = pipeline.evaluate(pipeline.prepare(
+        hostile, features.compute_soap(hostile.frames, features.SOAP_PRESETS["fast"],
+                                       species=hostile.species),
+        np.array([True, True]), pipeline.ModelSpec()), 1e-4)
+    table = pd.read_csv(io.BytesIO(export.csv_bytes(hostile, sub)))
+    for column in ("name", "group"):
+        assert not table[column].astype(str).str.match(r"^[=+\-@]").any()
+    assert table["name"].iloc[0] == "'=HYPERLINK(\"http://x\")"
