@@ -190,7 +190,12 @@ def _structure_hash(atoms: ase.Atoms) -> bytes:
 
 
 def _settings_hash(hypers: SoapHypers, species: tuple[int, ...]) -> bytes:
-    payload = json.dumps({"hypers": asdict(hypers), "species": list(species), "v": 1})
+    import featomic
+
+    # The featomic version is part of the key: a disk cache must not outlive an upgrade
+    # that changes values or column order (only the width is checked on load).
+    payload = json.dumps({"hypers": asdict(hypers), "species": list(species), "v": 1,
+                          "featomic": featomic.__version__})
     return hashlib.sha256(payload.encode()).digest()
 
 

@@ -127,6 +127,22 @@ def test_memory_and_disk_cache(monkeypatch, tmp_path):
         compute_soap(frames, SoapHypers(cutoff=4.5, max_radial=3, max_angular=2))
 
 
+def test_featomic_upgrade_is_a_new_cache_key(monkeypatch):
+    import featomic
+
+    frames = _mixed_frames()
+    compute_soap(frames, SMALL)
+    features.clear_memory_cache()
+    monkeypatch.setattr(featomic, "__version__", "999.0.0")
+
+    def boom(*args, **kwargs):
+        raise AssertionError("featurised again")
+
+    monkeypatch.setattr(features, "_featurise", boom)
+    with pytest.raises(AssertionError, match="featurised again"):
+        compute_soap(frames, SMALL)  # the old disk entry is not reused
+
+
 def test_moved_atom_is_a_new_cache_key():
     frames = _mixed_frames()
     before = compute_soap(frames, SMALL)
