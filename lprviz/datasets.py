@@ -797,8 +797,19 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _download(url: str, target: Path, sha256: str, *, timeout: float) -> None:
-    """Download ``url`` to ``target`` via a temp file in the same dir; verify; replace."""
+# Largest download accepted when the expected size is not pinned (checksum overrides).
+_MAX_DOWNLOAD_BYTES = 512 << 20
+
+
+def _download(
+    url: str, target: Path, sha256: str, *, timeout: float,
+    max_bytes: int = _MAX_DOWNLOAD_BYTES,
+) -> None:
+    """Download ``url`` to ``target`` via a temp file in the same dir; verify; replace.
+
+    A response longer than ``max_bytes`` is cut off and refused: a mirror cannot fill the
+    disk before the checksum is checked.
+    """
     _check_url(url)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
@@ -810,9 +821,12 @@ def _download(url: str, target: Path, sha256: str, *, timeout: float) -> None:
             with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as resp:
                 expected = resp.headers.get("Content-Length")
                 while chunk := resp.read(1 << 16):
+                    n_read += len(chunk)
+                    if n_read > max_bytes:
+                        raise InputError(f"download of {url} is larger than the expected "
+                                         f"{max_bytes} bytes; aborted and discarded")
                     out.write(chunk)
                     h.update(chunk)
-                    n_read += len(chunk)
             if expected is not None and n_read != int(expected):
                 raise InputError(f"download of {url} truncated: got {n_read} of "
                                  f"{expected} bytes")
@@ -885,7 +899,10 @@ def fetch(
         if target.is_file() and _sha256(target) == sha:
             paths.append(target)
             continue
-        _download(urllib.parse.urljoin(base, remote.path), target, sha, timeout=timeout)
+        # The pinned upstream file has a known size: read no byte beyond it.
+        limit = remote.size if sha == remote.sha256 else _MAX_DOWNLOAD_BYTES
+        _download(urllib.parse.urljoin(base, remote.path), target, sha, timeout=timeout,
+                  max_bytes=limit)
         paths.append(target)
     return paths
 

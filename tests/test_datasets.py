@@ -459,6 +459,16 @@ def test_fetch_pinned_checksums_reject_other_content(server):
     assert _leftovers(datasets.cache_dir() / "mlearn-Si") == []
 
 
+def test_download_larger_than_expected_is_cut_off(server, tmp_path):
+    body = b"x" * 300_000
+    server.routes["/mirror/big.json"] = (body, "ok")
+    target = tmp_path / "dl" / "big.json"
+    _one_line_error(datasets._download, server.url + "big.json", target,
+                    hashlib.sha256(body).hexdigest(), timeout=10, max_bytes=100_000,
+                    match="larger than the expected 100000 bytes")
+    assert _leftovers(tmp_path / "dl") == []
+
+
 def test_fetch_refuses_plain_http_and_unknown_names():
     _one_line_error(datasets.fetch, "mlearn-Si", base_url="http://example.com/x/",
                     match="not allowed")
