@@ -947,11 +947,12 @@ def import_file(path: str | os.PathLike, *, name: str | None = None) -> DatasetI
                          "choose another with --name")
     folder = _imported_dir()
     folder.mkdir(parents=True, exist_ok=True)
-    for old in folder.glob(f"{name}.*"):
-        if old.stem == name:
-            old.unlink()
     target = folder / f"{name}{src.suffix.lower()}"
     _copy_atomic(src, target)
+    # Only once the new copy is in place: drop an older import of that name in another format.
+    for old in folder.glob(f"{name}.*"):
+        if old.stem == name and old != target:
+            old.unlink()
     return next(r for r in list_available() if r.name == name)
 
 
