@@ -130,13 +130,15 @@ def chemiscope_bytes(ds, res) -> bytes:
                 "description": f"local prediction rigidity at alpha={res.alpha:.3g}"},
         "log10 LPR": {"target": "atom", "values": np.log10(res.lpr).tolist()},
         "local energy": {"target": "atom", "values": res.local_energy.tolist(), "units": "eV"},
-        "energy per atom": {"target": "structure",
-                            "values": (np.asarray(ds.energies) / ds.frame_sizes).tolist(),
-                            "units": "eV"},
         "in training": {"target": "structure",
                         "values": [str(bool(t)) for t in res.train_mask]},
         "group": {"target": "structure", "values": [str(g) for g in ds.groups]},
     }
+    per_atom = np.asarray(ds.energies, dtype=float) / ds.frame_sizes
+    # JSON has no NaN: with unlabelled structures the property would make an invalid file.
+    if np.all(np.isfinite(per_atom)):
+        properties["energy per atom"] = {"target": "structure", "values": per_atom.tolist(),
+                                         "units": "eV"}
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "lprviz.json.gz"
         chemiscope.write_input(

@@ -74,3 +74,22 @@ def test_csv_cells_never_start_a_spreadsheet_formula(results):
     for column in ("name", "group"):
         assert not table[column].astype(str).str.match(r"^[=+\-@]").any()
     assert table["name"].iloc[0] == "'=HYPERLINK(\"http://x\")"
+
+
+def test_chemiscope_file_is_strict_json_with_unlabelled_structures(results):
+    ds, res = results
+    part = ds.subset(np.arange(3))
+    part.energies[2] = np.nan
+    part.has_energy[2] = False
+    mask = np.array([True, True, False])
+    sub = pipeline.evaluate(pipeline.prepare(
+        part, features.compute_soap(part.frames, features.SOAP_PRESETS["fast"],
+                                    species=part.species), mask, pipeline.ModelSpec()), 1e-4)
+
+    def no_constants(name):
+        raise AssertionError(f"non-standard JSON constant {name}")
+
+    data = json.loads(gzip.decompress(export.chemiscope_bytes(part, sub)),
+                      parse_constant=no_constants)
+    assert "energy per atom" not in data["properties"]
+    assert len(data["properties"]["LPR"]["values"]) == part.n_atoms
