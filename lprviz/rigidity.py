@@ -426,7 +426,7 @@ class RigiditySolver:
         numpy.ndarray of shape (n,)
             Finite, positive LPR values.
         """
-        inv = 1.0 / self._effective(_check_alpha(alpha))
+        inv = self.inverse_eigvals(alpha)
         return _invert(_sq_dot(P, inv[:, None])[:, 0])
 
     def undetermined_from_projections(self, P: np.ndarray, alpha: float) -> np.ndarray:
@@ -502,7 +502,7 @@ class RigiditySolver:
         numpy.ndarray of shape (n_alphas, n)
         """
         X = self._check_features(X_atoms_raw)
-        inv = np.stack([1.0 / self._effective(_check_alpha(a)) for a in alphas], axis=1)
+        inv = np.stack([self.inverse_eigvals(a) for a in alphas], axis=1)
         V = self.eigvecs / self.scale
         # Project in chunks so the working memory stays at _CHUNK x d.
         u = np.empty((X.shape[0], inv.shape[1]))
@@ -570,7 +570,7 @@ class RigiditySolver:
         dict of str to numpy.ndarray of shape (n,)
         """
         X = self._check_features(X_atoms_raw)
-        inv = 1.0 / self._effective(_check_alpha(alpha))[:, None]
+        inv = self.inverse_eigvals(alpha)[:, None]
         V = self.eigvecs / self.scale
         out = {}
         for name, cols in blocks.items():

@@ -78,11 +78,6 @@ class Suggestion:
         return np.argsort(-self.first_gains, kind="stable")
 
 
-def _inverse_eigvals(solver: RigiditySolver, alpha: float) -> np.ndarray:
-    """``1 / (e_j + alpha)`` with the solver's documented floor (rigidity module docstring)."""
-    return solver.inverse_eigvals(alpha)
-
-
 def pool_rows(solver: RigiditySolver, pool_structures) -> np.ndarray:
     """Raw structure rows of candidate structures in the solver's convention.
 
@@ -131,7 +126,7 @@ class _State:
             raise InputError(f"target: expected a non-empty (n_atoms, {d}) array, got {P.shape}")
         if Q.ndim != 2 or Q.shape[1] != d or Q.shape[0] == 0:
             raise InputError(f"pool: expected a non-empty (n_pool, {d}) array, got {Q.shape}")
-        inv = _inverse_eigvals(solver, alpha)
+        inv = solver.inverse_eigvals(alpha)
         PD = P * inv
         QD = Q * inv
         self.u = np.einsum("ij,ij->i", PD, P)  # target 1/LPR
