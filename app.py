@@ -1,25 +1,8 @@
-"""lprviz app: ``streamlit run app.py``.
+"""lprviz app: ``streamlit run app.py`` (source checkout; ``lprviz app`` when installed).
 
-Navigation and the shared sidebar only; each page is a thin script in ``lprviz/pages/``.
+Thin entry: the app lives in :mod:`lprviz.app`.
 """
 
-from pathlib import Path
+from lprviz.app.entry import main
 
-import streamlit as st
-
-PAGES = Path(__file__).parent / "lprviz" / "pages"
-
-st.set_page_config(page_title="lprviz: local prediction rigidity", layout="wide")
-
-nav = st.navigation(
-    [
-        st.Page(PAGES / "explore.py", title="Explore", url_path="explore", default=True),
-        st.Page(PAGES / "training_set.py", title="Training set", url_path="training-set"),
-        st.Page(PAGES / "compare.py", title="Compare", url_path="compare"),
-        st.Page(PAGES / "improve.py", title="Improve", url_path="improve"),
-        st.Page(PAGES / "validate.py", title="Validate", url_path="validate"),
-        st.Page(PAGES / "learn.py", title="Learn", url_path="learn"),
-        st.Page(PAGES / "export.py", title="Export", url_path="export"),
-    ]
-)
-nav.run()
+main()

@@ -246,7 +246,9 @@ def write_dataset(frames: list[Atoms], path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent)
+    # The shipped files are package data of lprviz (read through importlib.resources).
+    parser.add_argument("--out", type=Path,
+                        default=Path(__file__).resolve().parent.parent / "lprviz" / "data")
     parser.add_argument("--only", choices=sorted(GENERATORS), default=None)
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)

@@ -49,7 +49,7 @@ def app() -> AppTest:
 
 @pytest.mark.parametrize("page", PAGES)
 def test_every_page_renders_on_the_default_dataset(app, page):
-    app.switch_page(f"lprviz/pages/{page}.py").run()
+    app.switch_page(f"lprviz/app/pages/{page}.py").run()
     _ok(app)
     assert app.title, "page has a title"
     if page in ("explore", "compare"):
@@ -89,7 +89,7 @@ def test_query_params_set_alpha():
 
 def test_adding_surface_structures_raises_surface_lpr():
     at = _app()
-    at.switch_page("lprviz/pages/training_set.py").run()
+    at.switch_page("lprviz/app/pages/training_set.py").run()
     _ok(at)
     before = _table(at)
     at.selectbox(key="ts_preset").set_value("bulk + a few surface/defect structures").run()
@@ -99,7 +99,7 @@ def test_adding_surface_structures_raises_surface_lpr():
     assert int(after.set_index("group").loc["surface", "training_structures"]) == 3
     assert _median(after, "surface") > 1.5 * _median(before, "surface")
     # the Explore page uses the edited training set too
-    at.switch_page("lprviz/pages/explore.py").run()
+    at.switch_page("lprviz/app/pages/explore.py").run()
     _ok(at)
     assert _table(at).set_index("group").loc["surface", "training_atoms"] > 0
 
@@ -134,7 +134,7 @@ def test_good_upload_becomes_the_dataset(tmp_path):
 @pytest.mark.parametrize("page", ["explore", "learn"])
 def test_local_error_vs_lpr_shown_where_true_local_energies_exist(app, page):
     """The sceptic's picture: on EMT data the lowest-LPR test atoms carry the large errors."""
-    app.switch_page(f"lprviz/pages/{page}.py").run()
+    app.switch_page(f"lprviz/app/pages/{page}.py").run()
     _ok(app)
     metrics = {m.label: m.value for m in app.metric}
     low = float(metrics["Large errors among lowest-LPR 5%"].rstrip("%"))
@@ -143,7 +143,7 @@ def test_local_error_vs_lpr_shown_where_true_local_energies_exist(app, page):
 
 
 def test_colour_by_committee_spread(app):
-    app.switch_page("lprviz/pages/explore.py").run()
+    app.switch_page("lprviz/app/pages/explore.py").run()
     app.selectbox(key="color_by").set_value("committee spread").run()
     _ok(app)
     captions = " ".join(c.value for c in app.caption)
@@ -156,10 +156,10 @@ def test_colour_by_committee_spread(app):
 def test_sessions_do_not_share_training_sets_or_alpha():
     """Two sessions of one server process (shared caches): A's edits never show in B."""
     a, b = _app(), _app()
-    a.switch_page("lprviz/pages/training_set.py").run()
+    a.switch_page("lprviz/app/pages/training_set.py").run()
     a.selectbox(key="ts_preset").set_value("bulk + a few surface/defect structures").run()
     a.button(key="ts_apply_preset").click().run()
-    a.switch_page("lprviz/pages/explore.py").run()
+    a.switch_page("lprviz/app/pages/explore.py").run()
     a.slider(key="_w_alpha").set_value(-2.0).run()
     _ok(a)
     b.run()

@@ -55,6 +55,6 @@ def test_explore_on_mlearn_si_shows_low_surface_lpr(app):
 
 @pytest.mark.parametrize("page", PAGES[1:])
 def test_every_page_renders_on_mlearn_si(app, page):
-    app.switch_page(f"lprviz/pages/{page}.py").run()
+    app.switch_page(f"lprviz/app/pages/{page}.py").run()
     _ok(app)
     assert app.title

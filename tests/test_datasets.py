@@ -61,7 +61,7 @@ def test_default_dataset_contents(emt):
     assert emt.true_local_energies is not None
     assert emt.true_local_energies.shape == (emt.n_atoms,)
     assert len(set(emt.names)) == len(emt.names)
-    assert (REPO / "datasets" / "emt-alloys.extxyz").stat().st_size < 3e6
+    assert (REPO / "lprviz" / "data" / "emt-alloys.extxyz").stat().st_size < 3e6
     # Local energies add up to the totals (file precision: 1e-8 eV per atom).
     sums = np.bincount(emt.structure_index, weights=emt.true_local_energies)
     np.testing.assert_allclose(sums, emt.energies, atol=1e-6)
@@ -82,7 +82,7 @@ def test_default_dataset_matches_independent_emt(emt):
 
 def test_extxyz_round_trip_with_plain_ase():
     """ASE reads energy/forces back into the calculator; our arrays survive as arrays."""
-    frames = ase.io.read(REPO / "datasets" / "emt-alloys.extxyz", index=":4")
+    frames = ase.io.read(REPO / "lprviz" / "data" / "emt-alloys.extxyz", index=":4")
     for atoms in frames:
         assert "energy" not in atoms.info  # the calculator-results trap
         assert atoms.calc is not None
@@ -127,7 +127,7 @@ def test_generator_reproduces_shipped_files(tmp_path):
     gen.main(["--out", str(tmp_path)])
     for name in ("emt-alloys", "teaching-stoichiometry"):
         new = (tmp_path / f"{name}.extxyz").read_bytes()
-        shipped = (REPO / "datasets" / f"{name}.extxyz").read_bytes()
+        shipped = (REPO / "lprviz" / "data" / f"{name}.extxyz").read_bytes()
         assert hashlib.sha256(new).hexdigest() == hashlib.sha256(shipped).hexdigest(), name
 
 
@@ -463,7 +463,7 @@ def test_download_larger_than_expected_is_cut_off(server, tmp_path):
     body = b"x" * 300_000
     server.routes["/mirror/big.json"] = (body, "ok")
     target = tmp_path / "dl" / "big.json"
-    _one_line_error(datasets._download, server.url + "big.json", target,
+    _one_line_error(datasets.download._download, server.url + "big.json", target,
                     hashlib.sha256(body).hexdigest(), timeout=10, max_bytes=100_000,
                     match="larger than the expected 100000 bytes")
     assert _leftovers(tmp_path / "dl") == []

@@ -11,7 +11,7 @@ from streamlit.testing.v1 import AppTest
 
 from lprviz import datasets, features, pipeline
 
-PAGES = Path(__file__).resolve().parent.parent / "lprviz" / "pages"
+PAGES = Path(__file__).resolve().parent.parent / "lprviz" / "app" / "pages"
 
 
 def _app(page: str) -> AppTest:

@@ -94,7 +94,7 @@ def test_no_pickle_eval_exec_or_shell_in_lprviz():
     "a/b/c.json", "nul\x00byte.xyz", "CON.xyz", ".hidden.XYZ", f"{XSS}.xyz", "x" * 300 + ".xyz",
 ])
 def test_upload_names_never_become_paths(name, tmp_path, monkeypatch):
-    from lprviz.pages import common
+    from lprviz.app import common
 
     monkeypatch.setattr(common, "UPLOAD_DIR", tmp_path / "uploads")
     data = b"1\n\nCu 0 0 0\n"
@@ -109,7 +109,7 @@ def test_upload_names_never_become_paths(name, tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("name", ["evil.py", "x.pkl", "a.npy", "b.xyz.gz", "noext", "t.html"])
 def test_upload_of_other_types_is_refused(name, tmp_path, monkeypatch):
-    from lprviz.pages import common
+    from lprviz.app import common
 
     monkeypatch.setattr(common, "UPLOAD_DIR", tmp_path / "uploads")
     with pytest.raises(InputError) as info:
@@ -193,14 +193,14 @@ def test_fetch_refuses_insecure_urls(url, tmp_path, monkeypatch):
 def test_pinned_download_is_https_with_checksums():
     from lprviz import datasets
 
-    for spec in datasets._FETCHABLE.values():
+    for spec in datasets.registry._FETCHABLE.values():
         assert spec.base_url.startswith("https://")
         for f in spec.files:
             assert re.fullmatch(r"[0-9a-f]{64}", f.sha256) and f.size > 0
 
 
 def test_uploads_are_private_and_bounded(monkeypatch):
-    from lprviz.pages import common
+    from lprviz.app import common
 
     monkeypatch.setattr(common, "UPLOAD_DIR", None)  # first use makes a fresh private dir
     monkeypatch.setattr(common, "UPLOADS_KEPT", 3)
@@ -216,7 +216,7 @@ def test_uploads_are_private_and_bounded(monkeypatch):
 
 
 def test_user_text_in_error_messages_is_inert_markdown():
-    from lprviz.pages.common import plain_text
+    from lprviz.app.common import plain_text
 
     out = plain_text("x.xyz: frame 1 [click](javascript:alert(1)) <img src=x> $x$\nsecond")
     assert "\n" not in out

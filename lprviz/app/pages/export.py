@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import streamlit as st
 
+from lprviz.app import common
 from lprviz.export import chemiscope_bytes, csv_bytes, extxyz_bytes
-from lprviz.pages import common
 
 
 def _body(settings: common.Settings) -> None:

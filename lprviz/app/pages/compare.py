@@ -7,8 +7,8 @@ import pandas as pd
 import streamlit as st
 
 from lprviz import plots, selection
+from lprviz.app import common
 from lprviz.errors import InputError
-from lprviz.pages import common
 from lprviz.viewer import structure_html
 
 CURRENT = "current training set"

@@ -7,8 +7,8 @@ import pandas as pd
 import streamlit as st
 
 from lprviz import insight_plots, suggest
+from lprviz.app import common
 from lprviz.errors import InputError
-from lprviz.pages import common
 
 LOWEST = "lowest-LPR 5% of test atoms"
 N_RANDOM = 5

@@ -7,8 +7,8 @@ import numpy as np
 import streamlit as st
 
 from lprviz import insight_plots, plots, validation
+from lprviz.app import common
 from lprviz.errors import InputError
-from lprviz.pages import common
 from lprviz.viewer import structure_html
 
 TRADEOFF_ALPHAS = tuple(np.logspace(-8, 2, 11).tolist())

@@ -10,7 +10,7 @@ import streamlit as st
 from ase.data import chemical_symbols
 
 from lprviz import selection
-from lprviz.pages import common
+from lprviz.app import common
 
 
 def _bump(settings: common.Settings) -> None:

@@ -1,0 +1,143 @@
+"""The :class:`Dataset` container and the :class:`DatasetInfo` row of the registry."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+from ase import Atoms
+
+from lprviz.errors import InputError
+
+
+@dataclass
+class Dataset:
+    """Structures with their energies, groups and (when known) true local energies.
+
+    Per-atom arrays are in *dataset atom order*: frames concatenated in order, atoms in
+    frame order.
+
+    Attributes
+    ----------
+    name : str
+        Dataset name (registry name, or the file name for a user file).
+    frames : list of ase.Atoms
+        The structures; energy and forces, when known, as a ``SinglePointCalculator``.
+    energies : numpy.ndarray of shape (n_frames,)
+        Total energies in eV; NaN exactly where ``has_energy`` is False.
+    has_energy : numpy.ndarray of shape (n_frames,), bool
+    groups : numpy.ndarray of shape (n_frames,), str
+        Group label per frame (``"ungrouped"`` when the source gives none).
+    names : list of str
+        One name per frame (``"<file>#<i>"`` when the source gives none).
+    splits : numpy.ndarray of shape (n_frames,), str
+        ``"train"``, ``"test"`` or ``""`` when the source gives no split.
+    true_local_energies : numpy.ndarray of shape (n_atoms,) or None
+        Exact per-atom energies (eV) when every frame has them (EMT sets), else None.
+    provenance : str
+        Where the data came from (generator, publication, file path).
+    licence : str
+    """
+
+    name: str
+    frames: list[Atoms]
+    energies: np.ndarray
+    has_energy: np.ndarray
+    groups: np.ndarray
+    names: list[str]
+    splits: np.ndarray
+    true_local_energies: np.ndarray | None = None
+    provenance: str = ""
+    licence: str = ""
+
+    @property
+    def species(self) -> tuple[int, ...]:
+        """Sorted atomic numbers present in the dataset."""
+        return tuple(int(z) for z in np.unique(self.atom_numbers))
+
+    @property
+    def frame_sizes(self) -> np.ndarray:
+        """Number of atoms per frame, shape (n_frames,)."""
+        return np.array([len(a) for a in self.frames], dtype=np.int64)
+
+    @property
+    def n_atoms(self) -> int:
+        """Total number of atoms."""
+        return int(self.frame_sizes.sum())
+
+    @property
+    def structure_index(self) -> np.ndarray:
+        """Frame index of every atom, shape (n_atoms,)."""
+        return np.repeat(np.arange(len(self.frames)), self.frame_sizes)
+
+    @property
+    def atom_numbers(self) -> np.ndarray:
+        """Atomic number of every atom, shape (n_atoms,)."""
+        if not self.frames:
+            return np.zeros(0, dtype=np.int64)
+        return np.concatenate([a.numbers for a in self.frames]).astype(np.int64)
+
+    def subset(self, frame_indices: Sequence[int] | np.ndarray) -> Dataset:
+        """The dataset restricted to some frames, in the given order.
+
+        Parameters
+        ----------
+        frame_indices : sequence of int, or boolean mask of shape (n_frames,)
+
+        Returns
+        -------
+        Dataset
+            Shares the ``Atoms`` objects with this dataset (no copies).
+        """
+        idx = np.asarray(frame_indices)
+        if idx.dtype == bool:
+            if idx.shape != (len(self.frames),):
+                raise InputError(
+                    f"dataset '{self.name}': frame mask has shape {idx.shape}, "
+                    f"expected ({len(self.frames)},)"
+                )
+            idx = np.flatnonzero(idx)
+        idx = idx.astype(np.int64).reshape(-1)
+        if idx.size and (idx.min() < -len(self.frames) or idx.max() >= len(self.frames)):
+            raise InputError(
+                f"dataset '{self.name}': frame index out of range 0..{len(self.frames) - 1}"
+            )
+        idx = idx % max(len(self.frames), 1)
+        local = None
+        if self.true_local_energies is not None:
+            starts = np.concatenate([[0], np.cumsum(self.frame_sizes)])
+            local = np.concatenate(
+                [self.true_local_energies[starts[i] : starts[i + 1]] for i in idx]
+                or [np.zeros(0)]
+            )
+        return replace(
+            self,
+            frames=[self.frames[i] for i in idx],
+            energies=self.energies[idx],
+            has_energy=self.has_energy[idx],
+            groups=self.groups[idx],
+            names=[self.names[i] for i in idx],
+            splits=self.splits[idx],
+            true_local_energies=local,
+        )
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """One row of :func:`list_available`.
+
+    ``kind`` is ``"shipped"``, ``"fetchable"`` or ``"imported"``; ``cached`` says whether
+    the data are on this machine (always True for shipped and imported sets); ``path`` is
+    the file or cache directory; ``size_bytes`` the size on disk (or to download).
+    """
+
+    name: str
+    kind: str
+    cached: bool
+    path: Path
+    size_bytes: int
+    licence: str
+    description: str
+    files: tuple[Path, ...] = field(default=(), repr=False)
+
