@@ -1,4 +1,7 @@
-"""Figures of the insight pages (Improve, Validate): arrays in, plotly figures out; no science."""
+"""Figures of the insight pages (Improve, Validate): arrays in, plotly figures out; no science.
+
+Every log axis is :func:`lprviz.plots.log_axis` (decade-labelled, one tick style).
+"""
 
 from __future__ import annotations
 
@@ -7,7 +10,7 @@ from collections.abc import Sequence
 import numpy as np
 import plotly.graph_objects as go
 
-from lprviz.plots import escape
+from lprviz.plots import escape, format_number, format_numbers, log10_ticks_axis, log_axis
 
 __all__ = [
     "addition_figure",
@@ -21,6 +24,7 @@ _GUIDED = "#1f77b4"
 _RANDOM = "#999999"
 _LOW = "#d62728"
 _MARGIN = {"l": 60, "r": 10, "t": 40, "b": 50}
+_KIND_COLORS = (_GUIDED, "#ff7f0e", "#7f7f7f")
 
 
 def addition_figure(guided: np.ndarray, random: np.ndarray) -> go.Figure:
@@ -47,7 +51,7 @@ def addition_figure(guided: np.ndarray, random: np.ndarray) -> go.Figure:
     fig.add_trace(go.Scatter(x=x, y=guided, mode="lines+markers", line={"color": _GUIDED},
                              name="guided (greedy)"))
     fig.update_layout(xaxis={"title": "structures added", "dtick": 1},
-                      yaxis={"type": "log", "title": "target geometric-mean LPR"},
+                      yaxis=log_axis(guided, random, title="target geometric-mean LPR"),
                       margin=_MARGIN, height=360)
     return fig
 
@@ -67,12 +71,14 @@ def spread_figure(inverse_lpr: np.ndarray, spread: np.ndarray, spearman: float,
     fig = go.Figure(go.Scattergl(
         x=np.asarray(inverse_lpr, float), y=np.asarray(spread, float), mode="markers",
         marker={"size": 4, "color": _GUIDED, "opacity": 0.5},
-        text=None if labels is None else [escape(t) for t in labels],
-        hovertemplate="1/LPR %{x:.3g}<br>spread %{y:.3g} eV<br>%{text}<extra></extra>",
+        text=[f"1/LPR {format_number(a)}<br>spread {format_number(b)} eV"
+              + ("" if labels is None else f"<br>{escape(labels[i])}")
+              for i, (a, b) in enumerate(zip(inverse_lpr, spread, strict=True))],
+        hovertemplate="%{text}<extra></extra>",
     ))
     fig.update_layout(title=f"Spearman rank correlation {spearman:.2f}",
-                      xaxis={"type": "log", "title": "1 / LPR"},
-                      yaxis={"type": "log", "title": "committee spread of local prediction (eV)"},
+                      xaxis=log_axis(inverse_lpr, title="1 / LPR"),
+                      yaxis=log_axis(spread, title="committee spread of local prediction (eV)"),
                       margin=_MARGIN, height=380)
     return fig
 
@@ -99,8 +105,8 @@ def error_vs_lpr_figure(lpr: np.ndarray, abs_error: np.ndarray, low: np.ndarray,
                                    marker={"size": 4, "color": color, "opacity": 0.6}))
     if threshold is not None and threshold > 0:
         fig.add_hline(y=threshold, line={"color": "#444", "dash": "dot"})
-    fig.update_layout(xaxis={"type": "log", "title": "LPR"},
-                      yaxis={"type": "log", "title": "|local error| (eV)"},
+    fig.update_layout(xaxis=log_axis(lpr, title="LPR"),
+                      yaxis=log_axis(err, threshold, title="|local error| (eV)"),
                       margin=_MARGIN, height=380)
     return fig
 
@@ -117,36 +123,59 @@ def tradeoff_figure(alphas: np.ndarray, median_lpr: np.ndarray, rmse: np.ndarray
     """
     alphas = np.asarray(alphas, float)
     med, rmse = np.asarray(median_lpr, float), np.asarray(rmse, float)
+    bar = log10_ticks_axis(float(alphas.min()), float(alphas.max()), title="alpha") \
+        if alphas.size and np.all(alphas > 0) else {"title": {"text": "log10 alpha"}}
     fig = go.Figure(go.Scatter(
         x=med, y=rmse, mode="lines+markers", marker={"color": np.log10(alphas),
-        "colorscale": "Viridis", "colorbar": {"title": "log10 alpha"}, "size": 8},
-        line={"color": "#bbb"}, text=[f"{a:.3g}" for a in alphas],
-        hovertemplate="alpha %{text}<br>median LPR %{x:.3g}<br>RMSE %{y:.3g}<extra></extra>",
+        "colorscale": "Viridis", "colorbar": bar, "size": 8},
+        line={"color": "#bbb"},
+        text=[f"alpha {a}<br>median LPR {m}<br>RMSE {r}" for a, m, r in
+              zip(format_numbers(alphas), format_numbers(med), format_numbers(rmse), strict=True)],
+        hovertemplate="%{text}<extra></extra>",
         name="alpha sweep",
     ))
     if current_alpha is not None and alphas.size:
         i = int(np.argmin(np.abs(np.log(alphas) - np.log(current_alpha))))
         fig.add_trace(go.Scatter(x=[med[i]], y=[rmse[i]], mode="markers", name="current alpha",
                                  marker={"symbol": "circle-open", "size": 16, "color": _LOW}))
-    fig.update_layout(xaxis={"type": "log", "title": "median test LPR"},
-                      yaxis={"type": "log", "title": "test RMSE of totals (eV/atom)"},
+    fig.update_layout(xaxis=log_axis(med, title="median test LPR"),
+                      yaxis=log_axis(rmse, title="test RMSE of totals (eV/atom)"),
                       margin=_MARGIN, height=380, showlegend=False)
     return fig
 
 
-def lcpr_figure(names: Sequence[str], lcpr: np.ndarray, lpr: float) -> go.Figure:
-    """LCPR per descriptor block (log bars) with the atom's LPR as a reference line.
+def lcpr_figure(names: Sequence[str], lcpr: np.ndarray, lpr: float,
+                *, kinds: Sequence[str] | None = None) -> go.Figure:
+    """LCPR per descriptor block (log bars), grouped by kind, with the atom's LPR as a line.
+
+    Bars of one kind (species pairs, angular channels, the composition baseline) sit
+    together under a heading and share a colour: blocks of *different* kinds overlap and
+    their LCPRs must not be combined (see :data:`lprviz.validation.LCPR_BLOCKS_EXPLANATION`).
 
     Parameters
     ----------
     names : sequence of str
     lcpr : numpy.ndarray of shape (n_blocks,)
     lpr : float
+    kinds : sequence of str, optional
+        Kind of each block; default :func:`lprviz.validation.block_kind` of its name.
     """
-    fig = go.Figure(go.Bar(x=[escape(n) for n in names], y=np.asarray(lcpr, float),
-                           marker={"color": _GUIDED}, name="LCPR"))
+    from lprviz.validation import block_kind
+
+    names = [str(n) for n in names]
+    lcpr = np.asarray(lcpr, float).reshape(-1)
+    kinds = [block_kind(n) for n in names] if kinds is None else [str(k) for k in kinds]
+    fig = go.Figure()
+    for j, kind in enumerate(dict.fromkeys(kinds)):
+        idx = [i for i, k in enumerate(kinds) if k == kind]
+        fig.add_trace(go.Bar(
+            x=[[escape(kind)] * len(idx), [escape(names[i]) for i in idx]], y=lcpr[idx],
+            name=escape(kind), marker={"color": _KIND_COLORS[j % len(_KIND_COLORS)]},
+            text=format_numbers(lcpr[idx]), hovertemplate="%{x}: LCPR %{text}<extra></extra>",
+            textposition="none",
+        ))
     fig.add_hline(y=lpr, line={"color": _LOW, "dash": "dot"},
-                  annotation_text=f"LPR {lpr:.3g}", annotation_position="top left")
-    fig.update_layout(yaxis={"type": "log", "title": "LCPR"}, xaxis={"title": "block"},
-                      margin=_MARGIN, height=360)
+                  annotation_text=f"LPR {format_number(lpr)}", annotation_position="top left")
+    fig.update_layout(yaxis=log_axis(lcpr, lpr, title="LCPR"), xaxis={"title": "block"},
+                      margin=_MARGIN, height=380, legend={"font": {"size": 10}})
     return fig

@@ -17,6 +17,7 @@ halved loss, features divided by the scale). All per-atom arrays are in dataset 
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,7 +25,7 @@ import numpy as np
 from lprviz.errors import InputError
 from lprviz.features import Descriptors
 from lprviz.models import NystromMap, append_baseline, fit_nystrom
-from lprviz.rigidity import RigiditySolver, sfactor, structure_features
+from lprviz.rigidity import RigiditySolver, data_share, sfactor, structure_features
 
 __all__ = ["MODEL_KINDS", "Fit", "ModelSpec", "Results", "coordination", "evaluate", "prepare"]
 
@@ -147,6 +148,9 @@ class Results:
         Reference total energies (NaN where unknown).
     true_local_energies : numpy.ndarray of shape (n_atoms,) or None
         Reference local energies when the dataset has them.
+    data_share : numpy.ndarray of shape (n_atoms,) or None
+        Share of each atom's LPR the training data provide, in [0, 1]
+        (:func:`lprviz.rigidity.data_share`); near 0 the regulariser sets the LPR.
     """
 
     alpha: float
@@ -159,6 +163,7 @@ class Results:
     rank_diff: int
     energies: np.ndarray
     true_local_energies: np.ndarray | None = None
+    data_share: np.ndarray | None = None
 
     @property
     def local_error(self) -> np.ndarray | None:
@@ -318,6 +323,7 @@ def evaluate(fit: Fit, alpha: float) -> Results:
         rank_diff=solver.rank_diff(alpha),
         energies=fit.energies,
         true_local_energies=fit.true_local_energies,
+        data_share=data_share(lpr, scaled_norm2(fit), alpha),
     )
 
 
@@ -344,3 +350,24 @@ def coordination(frames, cutoff: float) -> np.ndarray:
         first = neighbor_list("i", atoms, float(cutoff), self_interaction=False)
         out.append(np.bincount(first, minlength=len(atoms)))
     return np.concatenate(out).astype(np.int64) if out else np.zeros(0, dtype=np.int64)
+
+
+# Per-fit |x̂|^2 of every atom: alpha-independent, so computed once per Fit (held weakly).
+_NORM2: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def scaled_norm2(fit: Fit) -> np.ndarray:
+    """``|x̂_k|^2`` of every atom's scaled model features (n_atoms,), cached per ``fit``.
+
+    ``fit.projections`` are the scaled features in the solver's orthonormal eigenbasis, so
+    their row norms are those of the scaled features.
+    """
+    out = _NORM2.get(fit)
+    if out is None:
+        P = fit.projections
+        out = np.einsum("ij,ij->i", P, P)
+        _NORM2[fit] = out
+    return out
+
+
+__all__ += ["scaled_norm2"]

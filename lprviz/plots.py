@@ -10,7 +10,7 @@ with it and :func:`colorbar_html` draws its gradient with it, so the two always 
 from __future__ import annotations
 
 import html
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import plotly.colors as pcolors
@@ -24,6 +24,9 @@ LPR_COLORMAP = "Viridis"
 RATIO_COLORMAP = "RdBu"
 
 _GROUP_COLORS = pcolors.qualitative.Plotly + pcolors.qualitative.Dark24
+
+# The computation lives in lprviz.maps; the name stays here until every page imports it there.
+from lprviz.maps import pca_2d  # noqa: E402, F401
 
 
 def escape(text: object) -> str:
@@ -133,18 +136,251 @@ def colorscale(colormap: str = LPR_COLORMAP, n: int = 33) -> list[list]:
     return [[float(p), c] for p, c in zip(pos, colors_at(pos, colormap), strict=True)]
 
 
-def _ticks(vmin: float, vmax: float, log: bool, n: int = 5) -> list[float]:
+# --------------------------------------------------------------------------- numbers
+
+
+#: Shown for a missing (NaN) number in tables and labels.
+MISSING = "–"
+
+# Known per-atom/per-group column names -> human header (with unit). Anything else is
+# turned from snake_case into words by :func:`human_header`.
+COLUMN_LABELS: dict[str, str] = {
+    "lpr": "LPR",
+    "median_lpr": "median LPR",
+    "min_lpr": "min LPR",
+    "max_lpr": "max LPR",
+    "pr": "PR",
+    "lcpr": "LCPR",
+    "alpha": "alpha",
+    "data_share": "data share of LPR",
+    "local_energy": "local energy (eV)",
+    "local_error": "local error (eV)",
+    "abs_local_error": "|local error| (eV)",
+    "energy": "energy (eV)",
+    "energy_per_atom": "energy (eV/atom)",
+    "energy_error": "energy error (eV)",
+    "spread": "committee spread (eV)",
+    "rmse": "RMSE (eV/atom)",
+    "training_atoms": "training atoms",
+    "in_training": "in training",
+    "n_atoms": "atoms",
+    "z": "Z",
+}
+
+
+def format_number(x: object, digits: int = 3) -> str:
+    """The one number format of the app: ``digits`` significant digits.
+
+    Fixed point for ``1e-3 <= |x| < 1e4`` (``0.0138``, ``19.4``, ``1230``), scientific with a
+    short exponent otherwise (``1.5e-4``, ``4.77e-7``, ``2.1e5``); trailing zeros dropped.
+
+    Parameters
+    ----------
+    x : float-like
+    digits : int
+        Significant digits (``>= 1``).
+
+    Returns
+    -------
+    str
+        :data:`MISSING` for NaN or None, ``"∞"``/``"-∞"`` for infinities, ``"0"`` for zero.
+    """
+    if digits < 1:
+        raise ValueError(f"digits: expected an integer >= 1, got {digits!r}")
+    if x is None:
+        return MISSING
+    v = float(x)  # type: ignore[arg-type]
+    if np.isnan(v):
+        return MISSING
+    if np.isinf(v):
+        return "∞" if v > 0 else "-∞"
+    if v == 0:
+        return "0"
+    mant, exp = f"{v:.{digits - 1}e}".split("e")
+    e = int(exp)  # the decade after rounding to `digits` (9.996e-4 -> 1.00e-03)
+    if -3 <= e < 4:
+        rounded = float(f"{mant}e{e}")  # 1234.5 -> 1230 at 3 digits, not 1234
+        return _strip_zeros(f"{rounded:.{max(0, digits - 1 - e)}f}")
+    return f"{_strip_zeros(mant)}e{e}"
+
+
+def _strip_zeros(text: str) -> str:
+    return text.rstrip("0").rstrip(".") if "." in text else text
+
+
+def format_numbers(values: Sequence[object] | np.ndarray, digits: int = 3) -> list[str]:
+    """:func:`format_number` of every element (for hover text and tick labels)."""
+    return [format_number(v, digits) for v in np.asarray(values, dtype=float).reshape(-1)]
+
+
+def human_header(name: str) -> str:
+    """Human column header of ``name``: :data:`COLUMN_LABELS` or snake_case -> words.
+
+    ``"median_LPR"`` -> ``"median LPR"``, ``"training_atoms"`` -> ``"training atoms"``;
+    headers that are already human (contain a space, no underscore) are kept.
+    """
+    key = str(name)
+    if key.lower() in COLUMN_LABELS:
+        return COLUMN_LABELS[key.lower()]
+    return key.replace("_", " ")
+
+
+def format_table(df, *, digits: int = 3, labels: Mapping[str, str] | None = None):
+    """A table ready for ``st.dataframe``: human headers, one number format.
+
+    Float columns keep their numbers (so the table still sorts numerically) and are
+    *displayed* with :func:`format_number`; integer, boolean and text columns are unchanged.
+
+    Parameters
+    ----------
+    df : pandas.DataFrame
+    digits : int
+        Significant digits of float columns.
+    labels : mapping of str to str, optional
+        Headers that override :func:`human_header` for this table.
+
+    Returns
+    -------
+    pandas.io.formats.style.Styler
+        Pass it to ``st.dataframe`` as is (``hide_index=True``).
+    """
+    import pandas as pd
+
+    labels = dict(labels or {})
+    renamed = df.rename(columns=lambda c: labels.get(str(c), human_header(str(c))))
+    floats = [c for c in renamed.columns if pd.api.types.is_float_dtype(renamed[c])]
+    return renamed.style.format(lambda v: format_number(v, digits), subset=floats)
+
+
+# --------------------------------------------------------------------------- log axes
+
+# Mantissas of the ticks inside each decade, by how many decades the axis spans.
+_TICK_MANTISSAS = ((1.0, (1, 1.5, 2, 3, 4, 5, 6, 7, 8)), (2.6, (1, 2, 5)), (6.0, (1, 3)))
+
+
+def log_ticks(vmin: float, vmax: float, *, max_ticks: int = 8) -> tuple[list[float], list[str]]:
+    """Tick values and labels of a log axis from ``vmin`` to ``vmax``, one style everywhere.
+
+    Every label is a whole number in :func:`format_number`'s style (``1e-4``, ``3e-4``,
+    ``0.01``, ``10``), so each tick names its decade and no label is a bare mantissa or an
+    SI prefix. Decades are always ticked when they fall in the range; within a decade the
+    axis adds 1-2-5 (or finer) ticks when it spans few decades, and skips decades when it
+    spans many.
+
+    Parameters
+    ----------
+    vmin, vmax : float
+        Axis range, ``0 < vmin < vmax`` (equal values are widened by 10 % each way).
+    max_ticks : int
+        Upper bound on the number of decade ticks of a wide axis.
+
+    Returns
+    -------
+    (list of float, list of str)
+        Tick values (data units, ascending) and their labels.
+    """
+    if not (np.isfinite(vmin) and np.isfinite(vmax)) or vmin <= 0 or vmax <= 0:
+        raise ValueError(f"log axis: expected 0 < vmin <= vmax, got {vmin!r}, {vmax!r}")
+    vmin, vmax = (vmin / 1.1, vmax * 1.1) if vmax <= vmin else (vmin, vmax)
+    lo, hi = np.log10(vmin), np.log10(vmax)
+    span = hi - lo
+    d_lo, d_hi = int(np.floor(lo + 1e-9)), int(np.floor(hi + 1e-9))
+    mantissas: tuple[float, ...] = (1.0,)
+    for limit, mants in _TICK_MANTISSAS:
+        if span <= limit:
+            mantissas = mants
+            break
+    step = 1 if span <= 6.0 else int(np.ceil((d_hi - d_lo + 1) / max_ticks))
+    eps = 1e-9 * max(span, 1.0)
+    vals = [m * 10.0**d for d in range(d_lo, d_hi + 1) for m in mantissas
+            if (m != 1.0 or (d - d_lo) % step == 0) and lo - eps <= d + np.log10(m) <= hi + eps]
+    if span < 1.0 and len(vals) > max_ticks:  # keep the decade and 1-2-5 on a crowded axis
+        vals = [v for v in vals if _mantissa(v) in (1, 2, 5)] or vals
+    if len(vals) < 3 and span < 1.0:  # a narrow axis: evenly spaced round values
+        vals = _linear_ticks(vmin, vmax)
+    return vals, [format_number(v) for v in vals]
+
+
+def _linear_ticks(vmin: float, vmax: float, target: int = 4) -> list[float]:
+    """Round values ``k * step`` (step 1, 2 or 5 times a power of ten) inside the range."""
+    raw = (vmax - vmin) / target
+    base = 10.0 ** np.floor(np.log10(raw))
+    step = min((m * base for m in (1, 2, 5, 10)), key=lambda s: abs(np.log(s / raw)))
+    first = np.ceil(vmin / step - 1e-9) * step
+    vals = [float(v) for v in np.arange(first, vmax + 1e-9 * step, step) if v > 0]
+    return [float(f"{v:.6g}") for v in vals] or [vmin, vmax]
+
+
+def _mantissa(v: float) -> float:
+    return round(v / 10.0 ** np.floor(np.log10(v) + 1e-9), 6)
+
+
+def positive_range(*arrays: np.ndarray | Sequence[float] | float) -> tuple[float, float] | None:
+    """(min, max) of the finite positive values of ``arrays``, or None when there are none."""
+    vals = [np.asarray(a, dtype=float).reshape(-1) for a in arrays]
+    allv = np.concatenate(vals) if vals else np.zeros(0)
+    allv = allv[np.isfinite(allv) & (allv > 0)]
+    if allv.size == 0:
+        return None
+    return float(allv.min()), float(allv.max())
+
+
+def log_axis(*values: np.ndarray | Sequence[float] | float, title: str = "",
+             pad: float = 0.05) -> dict:
+    """Plotly layout of a decade-labelled log axis covering ``values`` (see :func:`log_ticks`).
+
+    Parameters
+    ----------
+    *values : array-like
+        Everything the axis must show (non-finite and non-positive values are ignored).
+    title : str
+        Axis title (escaped).
+    pad : float
+        Margin added each side, in decades.
+
+    Returns
+    -------
+    dict
+        For ``fig.update_layout(xaxis=...)`` / ``yaxis=...``: ``type="log"``, ``range``
+        (log10 units), ``tickvals`` and ``ticktext``; without positive data only the type
+        and title.
+    """
+    axis: dict = {"type": "log", "title": {"text": escape(title)}}
+    rng = positive_range(*values)
+    if rng is None:
+        return axis
+    lo, hi = rng
+    if hi <= lo:
+        lo, hi = lo / 1.1, hi * 1.1
+    lo, hi = lo * 10.0**-pad, hi * 10.0**pad
+    tickvals, ticktext = log_ticks(lo, hi)
+    axis.update(range=[np.log10(lo), np.log10(hi)], tickvals=tickvals, ticktext=ticktext)
+    return axis
+
+
+def log10_ticks_axis(vmin: float, vmax: float, *, title: str = "") -> dict:
+    """Axis (or colour bar) that shows ``log10`` of the data on a linear scale.
+
+    Tick positions are ``log10`` of :func:`log_ticks`' values and the labels are the values
+    themselves, so such an axis reads like :func:`log_axis` (histograms of log LPR,
+    colour bars of plotly markers).
+
+    Returns
+    -------
+    dict
+        ``title``, ``tickvals`` (log10 units) and ``ticktext``.
+    """
+    vals, text = log_ticks(vmin, vmax)
+    return {"title": {"text": escape(title)}, "tickvals": [float(np.log10(v)) for v in vals],
+            "ticktext": text}
+
+
+def _ticks(vmin: float, vmax: float, log: bool, n: int = 5) -> tuple[list[float], list[str]]:
+    """Ticks and labels of a colour axis (log: :func:`log_ticks`)."""
     if log:
-        lo, hi = int(np.ceil(np.log10(vmin) - 1e-9)), int(np.floor(np.log10(vmax) + 1e-9))
-        decades = list(range(lo, hi + 1))
-        step = max(1, int(np.ceil(len(decades) / n)))
-        ticks = [10.0**k for k in decades[::step]]
-        return ticks or [vmin, vmax]
-    return list(np.linspace(vmin, vmax, n))
-
-
-def _fmt(v: float) -> str:
-    return f"{v:.3g}"
+        return log_ticks(vmin, vmax)
+    vals = list(np.linspace(vmin, vmax, n))
+    return vals, format_numbers(vals)
 
 
 def colorbar_html(
@@ -156,12 +392,27 @@ def colorbar_html(
     label: str = "LPR",
     n_stops: int = 65,
     width: int | str = "100%",
+    show_undetermined: bool = False,
 ) -> str:
     """A horizontal colour bar (HTML/CSS gradient) drawn with :func:`map_colors`.
 
     Stop ``j`` of the gradient sits at fraction ``j / (n_stops - 1)`` and has the colour
     :func:`map_colors` gives the value at that fraction of the axis, so an atom and the bar
-    agree exactly at the stops.
+    agree exactly at the stops. Ticks and labels are those of :func:`log_ticks` (log) or
+    :func:`format_number` (linear), as on every plotly axis of the app.
+
+    Parameters
+    ----------
+    vmin, vmax, log, colormap : colour axis, see :func:`map_colors`.
+    label : str
+        Caption (escaped).
+    n_stops : int
+        Gradient stops.
+    width : int or str
+        Pixels or a CSS length.
+    show_undetermined : bool
+        Add the grey "undetermined" swatch: pass True only when some atom shown is (or can
+        be) drawn grey, e.g. ``undetermined.any()`` or a non-finite value.
     """
     pos = np.linspace(0.0, 1.0, n_stops)
     if log:
@@ -171,20 +422,23 @@ def colorbar_html(
     cols = map_colors(vals, vmin=vmin, vmax=vmax, log=log, colormap=colormap)
     stops = ", ".join(f"{c} {100 * p:.4f}%" for c, p in zip(cols, pos, strict=True))
     ticks = []
-    for v in _ticks(vmin, vmax, log):
+    for v, text in zip(*_ticks(vmin, vmax, log), strict=True):
         (t,) = normalize(np.array([v]), vmin=vmin, vmax=vmax, log=log)
         ticks.append(
             f'<span style="position:absolute;left:{100 * t:.3f}%;transform:translateX(-50%);">'
-            f"{escape(_fmt(v))}</span>"
+            f"{escape(text)}</span>"
         )
     w = f"{width}px" if isinstance(width, int) else width
+    swatch = (
+        '<span class="lprviz-undetermined" style="float:right;"><span style="display:'
+        f'inline-block;width:10px;height:10px;background:{UNDETERMINED_COLOR};"></span>'
+        " undetermined</span>" if show_undetermined else ""
+    )
     return (
         f'<div class="lprviz-colorbar" style="width:{w};font:12px sans-serif;color:#333;'
         'margin-top:4px;padding:0 16px;box-sizing:border-box;">'
         f'<div style="margin-bottom:2px;">{escape(label)}'
-        f'{" (log scale)" if log else ""}'
-        f'<span style="float:right;"><span style="display:inline-block;width:10px;height:10px;'
-        f'background:{UNDETERMINED_COLOR};"></span> undetermined</span></div>'
+        f'{" (log scale)" if log else ""}{swatch}</div>'
         f'<div class="lprviz-gradient" style="height:14px;'
         f'background:linear-gradient(to right, {stops});"></div>'
         f'<div style="position:relative;height:16px;">{"".join(ticks)}</div></div>'
@@ -251,7 +505,9 @@ def parity_figure(
                     marker={"color": _group_color(gi), "symbol": symbol, "size": 7},
                     customdata=sel,
                     hovertext=[escape(names[i]) for i in sel],
-                    hovertemplate="%{hovertext}<br>ref %{x:.4f}<br>pred %{y:.4f}<extra></extra>",
+                    text=[f"ref {format_number(ref[i], 4)}<br>pred {format_number(pred[i], 4)}"
+                          for i in sel],
+                    hovertemplate="%{hovertext}<br>%{text}<extra></extra>",
                 )
             )
     if ok.any():
@@ -296,23 +552,25 @@ def lpr_distribution_figure(
     lpr = np.asarray(lpr, dtype=float)
     cats = np.asarray([str(c) for c in categories])
     traces = []
+    shown = []
     for i, c in enumerate(dict.fromkeys(cats)):
         v = lpr[(cats == c) & np.isfinite(lpr) & (lpr > 0)]
         if v.size == 0:
             continue
         # Box statistics in log space, sent as numbers: the figure stays small at 20k atoms.
         q1, med, q3 = 10 ** np.percentile(np.log10(v), [25, 50, 75])
+        shown.append(v)
         traces.append(
             go.Box(
                 x=[escape(c)], q1=[q1], median=[med], q3=[q3], lowerfence=[v.min()],
                 upperfence=[v.max()], name=escape(c), marker={"color": _group_color(i)},
-                hovertemplate=f"{escape(c)}: median %{{median:.3g}}<extra>{v.size} atoms"
-                              "</extra>",
+                hovertemplate=f"{escape(c)}: median {format_number(med)}<extra>{v.size} "
+                              "atoms</extra>",
             )
         )
     fig = go.Figure(data=traces)
     fig.update_layout(
-        title=escape(title), yaxis={"type": "log", "title": escape(label)}, showlegend=False,
+        title=escape(title), yaxis=log_axis(*shown, title=label), showlegend=False,
         margin={"l": 60, "r": 10, "t": 40, "b": 40}, height=360,
     )
     return fig
@@ -349,31 +607,10 @@ def lpr_alpha_figure(
     if current_alpha is not None:
         fig.add_vline(x=current_alpha, line={"color": "#444", "dash": "dot"})
     fig.update_layout(
-        xaxis={"type": "log", "title": "alpha"}, yaxis={"type": "log", "title": "LPR"},
+        xaxis=log_axis(alphas, title="alpha"), yaxis=log_axis(curves, title="LPR"),
         margin={"l": 60, "r": 10, "t": 30, "b": 50}, height=360, legend={"font": {"size": 10}},
     )
     return fig
-
-
-def pca_2d(X: np.ndarray) -> np.ndarray:
-    """First two principal components of the rows of ``X`` (n, d) -> (n, 2), for display."""
-    X = np.asarray(X, dtype=float)
-    Xc = X - X.mean(axis=0)
-    if Xc.shape[0] < 2:
-        return np.zeros((Xc.shape[0], 2))
-    if min(Xc.shape) > 50:
-        # Two components only: a truncated (Lanczos) SVD costs a few passes over X instead
-        # of the O(n d^2) of a full one (seconds -> ~0.1 s at 8k atoms x 1.5k features).
-        from scipy.sparse.linalg import svds
-
-        _, sv, vt = svds(Xc, k=2, random_state=0)
-        vt = vt[np.argsort(sv)[::-1]]
-    else:
-        _, _, vt = np.linalg.svd(Xc, full_matrices=False)
-    out = Xc @ vt[:2].T
-    if out.shape[1] < 2:
-        out = np.pad(out, ((0, 0), (0, 2 - out.shape[1])))
-    return out
 
 
 def environment_map_figure(
@@ -409,11 +646,8 @@ def environment_map_figure(
     t = normalize(values, vmin=vmin, vmax=vmax, log=log)
     lo, hi = (np.log10(vmin), np.log10(vmax)) if log else (vmin, vmax)
     cval = lo + np.nan_to_num(t, nan=0.0) * (hi - lo)
-    if log:
-        tickvals = [np.log10(v) for v in _ticks(vmin, vmax, log)]
-        ticktext = [_fmt(10**v) for v in tickvals]
-    else:
-        tickvals = ticktext = None
+    ticks, ticktext = _ticks(vmin, vmax, log)
+    tickvals = [float(np.log10(v)) for v in ticks] if log else ticks
     fig = go.Figure(
         go.Scattergl(
             x=coords[:, 0], y=coords[:, 1], mode="markers",
@@ -459,8 +693,13 @@ def histogram_figure(
             )
         )
     fig = go.Figure(data=traces)
+    if log and allv.size:
+        xaxis = log10_ticks_axis(float(allv.min()), float(allv.max()),
+                                 title=f"{label} (log scale)")
+    else:
+        xaxis = {"title": {"text": escape(label)}}
     fig.update_layout(
-        barmode="overlay", xaxis_title=f"log10 {escape(label)}" if log else escape(label),
+        barmode="overlay", xaxis=xaxis,
         yaxis_title="atoms", margin={"l": 50, "r": 10, "t": 30, "b": 40}, height=340,
     )
     return fig

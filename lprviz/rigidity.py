@@ -817,3 +817,96 @@ def lpr_sweep(X_train: Sequence[np.ndarray], X_test, alphas: Sequence[float]) ->
     else:
         X, _ = _test_atoms(X_test, solver.n_features)
     return solver.lpr_sweep(X, alphas)
+
+
+# ---------------------------------------------------------------------- data or prior?
+def data_share(lpr, x_scaled_norm2, alpha: float) -> np.ndarray:
+    r"""Share of each atom's rigidity that the training data provide (LPR_NOTES §11).
+
+    .. math::
+        s_k = 1 - \frac{\alpha / |\hat{\mathbf{x}}_k|^2}{\mathrm{LPR}_k} \in [0, 1]
+
+    With no data ``LPR_k = alpha / |x̂_k|^2`` (x̂ the scaled model features), and data only
+    add curvature, so ``LPR_k >= alpha / |x̂_k|^2``. Near 0 the regulariser, not the
+    training set, sets the number; near 1 the data do.
+
+    Parameters
+    ----------
+    lpr : numpy.ndarray of shape (n,)
+        LPR at ``alpha`` (positive).
+    x_scaled_norm2 : numpy.ndarray of shape (n,)
+        ``|x̂_k|^2`` of the same atoms, scaled like the solver's features.
+    alpha : float
+        The regulariser the LPR was computed at (``>= 0``).
+
+    Returns
+    -------
+    numpy.ndarray of shape (n,)
+        In [0, 1] (clipped against round-off). 1 at ``alpha = 0``; 0 for an all-zero
+        descriptor (its prediction is 0 whatever the data).
+    """
+    alpha = _check_alpha(alpha)
+    lpr = np.asarray(lpr, dtype=np.float64).reshape(-1)
+    norm2 = np.asarray(x_scaled_norm2, dtype=np.float64).reshape(-1)
+    if lpr.shape != norm2.shape:
+        raise InputError(f"data share: lpr has {lpr.size} atoms, x_scaled_norm2 {norm2.size}")
+    share = np.zeros_like(lpr)
+    ok = norm2 > 0
+    with np.errstate(divide="ignore", over="ignore"):
+        prior = alpha / (norm2[ok] * np.maximum(lpr[ok], _TINY))
+    share[ok] = 1.0 - prior
+    return np.clip(np.nan_to_num(share, nan=0.0, neginf=0.0), 0.0, 1.0)
+
+
+def solver_data_share(solver: RigiditySolver, X_atoms_raw, alpha: float) -> np.ndarray:
+    """:func:`data_share` of raw model features ``X_atoms_raw`` (n, d) for ``solver``.
+
+    Parameters
+    ----------
+    solver : RigiditySolver
+    X_atoms_raw : numpy.ndarray of shape (n, n_features)
+        Raw (unscaled) model features, as for :meth:`RigiditySolver.lpr`.
+    alpha : float
+
+    Returns
+    -------
+    numpy.ndarray of shape (n,)
+    """
+    X = solver._check_features(X_atoms_raw) / solver.scale
+    norm2 = np.einsum("ij,ij->i", X, X)
+    return data_share(solver.lpr(X_atoms_raw, alpha), norm2, alpha)
+
+
+def regulariser_limited(
+    share, *, threshold: float = 0.5, majority: float = 0.5, what: str = "test atoms"
+) -> str | None:
+    """A warning when most atoms' rigidity comes from the regulariser, else None.
+
+    Parameters
+    ----------
+    share : numpy.ndarray of shape (n,)
+        :func:`data_share` of the atoms (e.g. the test atoms).
+    threshold : float
+        An atom is regulariser-limited when its data share is below this.
+    majority : float
+        Warn when more than this fraction of the atoms is regulariser-limited.
+    what : str
+        How the message names the atoms.
+
+    Returns
+    -------
+    str or None
+        One line for the UI/CLI, or None when the data set most of the rigidity.
+    """
+    share = np.asarray(share, dtype=np.float64).reshape(-1)
+    if share.size == 0:
+        return None
+    frac = float(np.mean(share < threshold))
+    if frac <= majority:
+        return None
+    return (f"{100 * frac:.0f}% of {what} have a data share below {threshold:g}: their LPR is "
+            "set mostly by the regulariser alpha, not by the training data (lower alpha, "
+            "or add structures like them)")
+
+
+__all__ += ["data_share", "regulariser_limited", "solver_data_share"]

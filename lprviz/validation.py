@@ -439,3 +439,39 @@ def pr_table(
     if train_mask is not None:
         table["train"] = np.asarray(train_mask, dtype=bool)[frames]
     return table.sort_values("PR", kind="stable").reset_index(drop=True)
+
+
+# ------------------------------------------------------------------ LCPR block kinds
+
+#: Kinds of descriptor block, in display order (see :func:`block_kind`).
+BLOCK_KINDS = ("species pair", "angular channel", "composition baseline")
+
+#: How the LCPR blocks relate; one paragraph a page can show under the LCPR bars.
+LCPR_BLOCKS_EXPLANATION = (
+    "Each bar is the LPR of this atom's descriptor with every column outside one block set "
+    "to zero. The SOAP columns are cut two ways: a species-pair block (e.g. Cu-Au) holds "
+    "every angular channel of that pair, an angular-channel block (e.g. l=2) holds that "
+    "channel of every species pair, so each (pair, l) piece lies in one block of each kind "
+    "and the two kinds overlap; the composition baseline is a third, separate block. "
+    "Blocks of one kind, with the baseline, partition the features (x = sum over c of x_c), "
+    "so 1/LPR = sum over c of 1/LCPR_c plus the cross terms x_c^T (X^T X + alpha I)^-1 x_c' "
+    "for c != c'. The inverse LCPRs add up to the inverse LPR only when those cross terms "
+    "vanish (blocks orthogonal in that metric); in general only "
+    "LPR^(-1/2) <= sum over c of LCPR_c^(-1/2) holds, and LCPRs of different kinds are never "
+    "combined. Read each group on its own: its lowest bar is the species pair, or the "
+    "angular channel, that the training data pin down least for this atom."
+)
+
+
+def block_kind(name: str) -> str:
+    """Kind of a descriptor block from its name (:attr:`Descriptors.blocks`, :func:`fit_blocks`).
+
+    ``"l=2"`` -> ``"angular channel"``; ``"baseline"`` -> ``"composition baseline"``;
+    anything else (``"Cu-Au"``) -> ``"species pair"``.
+    """
+    name = str(name)
+    if name.startswith("l="):
+        return BLOCK_KINDS[1]
+    if name == "baseline":
+        return BLOCK_KINDS[2]
+    return BLOCK_KINDS[0]

@@ -273,8 +273,11 @@ def structure_html(
     caption = (
         f'<div style="font:13px sans-serif;margin:2px 0;">{escape(title)}</div>' if title else ""
     )
+    # the grey swatch only when some atom here is grey (flagged, or a non-finite value)
+    grey = not np.all(np.isfinite(values)) or (log and bool(np.any(values <= 0))) or (
+        undetermined is not None and bool(np.any(undetermined)))
     bar = colorbar_html(vmin=vmin, vmax=vmax, log=log, colormap=colormap,
-                        label=colorbar_label, width=width)
+                        label=colorbar_label, width=width, show_undetermined=grey)
     return head + caption + view.write_html() + bar
 
 

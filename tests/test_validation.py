@@ -10,6 +10,9 @@ from lprviz.errors import InputError
 from lprviz.models import fit_ridge
 from lprviz.rigidity import structure_features
 from lprviz.validation import (
+    BLOCK_KINDS,
+    LCPR_BLOCKS_EXPLANATION,
+    block_kind,
     committee_check,
     component_rigidity,
     fit_blocks,
@@ -172,3 +175,59 @@ def test_pr_table(emt):
     assert row["min_LPR"] == pytest.approx(res.lpr[ds.structure_index == i].min())
     with pytest.raises(InputError, match="PR table"):
         pr_table(ds, res.pr[:-1])
+
+
+def test_block_kinds_partition_the_features_and_the_explanation_holds(emt):
+    ds, desc, fit, phi = emt
+    G, _ = _explicit_inverse(fit, phi, ALPHA)
+    blocks = fit_blocks(fit, desc)
+    kinds = {k: [n for n in blocks if block_kind(n) == k] for k in BLOCK_KINDS}
+    assert kinds["composition baseline"] == ["baseline"]
+    assert kinds["species pair"] and kinds["angular channel"]
+    d = fit.solver.n_features
+    for kind in ("species pair", "angular channel"):  # each kind (+ baseline) partitions
+        cols = np.concatenate([blocks[n] for n in [*kinds[kind], "baseline"]])
+        np.testing.assert_array_equal(np.sort(cols), np.arange(d))
+    # the two kinds cross: every pair block meets every angular block
+    for p in kinds["species pair"]:
+        for a in kinds["angular channel"]:
+            assert np.intersect1d(blocks[p], blocks[a]).size > 0
+    # the explanation's identity: 1/LPR = sum 1/LCPR_c + cross terms, exactly
+    atom = int(np.argmin(pipeline.evaluate(fit, ALPHA).lpr))
+    x = phi[atom] / fit.scale
+    for kind in ("species pair", "angular channel"):
+        names = [*kinds[kind], "baseline"]
+        comp = component_rigidity(fit.solver, phi[atom], ALPHA, {n: blocks[n] for n in names})
+        parts = []
+        for n in names:
+            xm = np.zeros_like(x)
+            xm[blocks[n]] = x[blocks[n]]
+            parts.append(xm)
+        cross = sum(parts[i] @ G @ parts[j] for i in range(len(parts))
+                    for j in range(len(parts)) if i != j)
+        inv_sum = np.sum(1 / comp.lcpr[comp.present])
+        assert 1 / comp.lpr == pytest.approx(inv_sum + cross, rel=1e-6)
+        # and here the cross terms matter: summing inverse LCPRs is not the inverse LPR
+        assert abs(cross) > 1e-3 * inv_sum
+        assert comp.lpr ** -0.5 <= np.sum(comp.lcpr[comp.present] ** -0.5) * (1 + 1e-12)
+    assert "orthogonal" in LCPR_BLOCKS_EXPLANATION and "never" in LCPR_BLOCKS_EXPLANATION
+
+
+def test_inverse_lcprs_add_up_when_blocks_are_orthogonal():
+    from lprviz.rigidity import RigiditySolver
+
+    rng = np.random.default_rng(0)
+    # two column blocks that no training row mixes: X^T X is block diagonal
+    X = np.zeros((12, 5))
+    X[:6, :2] = rng.normal(size=(6, 2))
+    X[6:, 2:] = rng.normal(size=(6, 3))
+    solver = RigiditySolver.from_atoms(X, np.arange(12), scale=1.0)
+    x = rng.normal(size=(1, 5))
+    comp = component_rigidity(solver, x, 1e-3, {"a": np.arange(2), "b": np.arange(2, 5)})
+    assert 1 / comp.lpr == pytest.approx(np.sum(1 / comp.lcpr), rel=1e-10)
+
+
+def test_block_kind_names():
+    assert block_kind("l=3") == "angular channel"
+    assert block_kind("Cu-Au") == "species pair"
+    assert block_kind("baseline") == "composition baseline"

@@ -146,3 +146,19 @@ def test_fetch_3dmol_is_a_noop_when_present(tmp_path):
     target.write_bytes(b"x" * 200_000)
     assert viewer.fetch_3dmol(tmp_path) == target
     assert viewer.main(["fetch-3dmol", "--dest", str(tmp_path)]) == 0
+
+
+def test_undetermined_swatch_only_when_an_atom_is_grey(cell, monkeypatch):
+    monkeypatch.delenv(viewer.JS_ENV, raising=False)
+    values = np.array([1e-3, 1e-2, 1e-1, 1.0])
+    swatch = 'class="lprviz-undetermined"'
+    assert swatch not in viewer.structure_html(cell, values, vmin=1e-3, vmax=1.0)
+    none = np.zeros(4, dtype=bool)
+    assert swatch not in viewer.structure_html(cell, values, vmin=1e-3, vmax=1.0,
+                                               undetermined=none)
+    one = none.copy()
+    one[1] = True
+    assert swatch in viewer.structure_html(cell, values, vmin=1e-3, vmax=1.0, undetermined=one)
+    with_nan = values.copy()
+    with_nan[0] = np.nan
+    assert swatch in viewer.structure_html(cell, with_nan, vmin=1e-3, vmax=1.0)
