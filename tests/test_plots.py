@@ -266,3 +266,20 @@ def test_lcpr_bars_grouped_by_kind():
     assert list(pairs.x[0]) == ["species pair"] * 2 and list(pairs.x[1]) == ["Cu-Cu", "Cu-Au"]
     np.testing.assert_allclose(pairs.y, [1.0, 3.0])
     assert len({tr.marker.color for tr in fig.data}) == 3
+
+
+def test_format_table_display_values_reach_streamlit():
+    from streamlit.testing.v1 import AppTest
+
+    def page():
+        import pandas as pd
+        import streamlit as st
+
+        from lprviz import plots
+
+        st.dataframe(plots.format_table(pd.DataFrame({"median_LPR": [1.5e-4, 1.1e-4]})))
+
+    at = AppTest.from_function(page).run()
+    assert not at.exception
+    shown = at.dataframe[0].proto.arrow_data.styler.display_values
+    assert b"1.5e-4" in shown and b"1.1e-4" in shown and b"0.0001" not in shown
