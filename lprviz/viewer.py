@@ -28,7 +28,7 @@ import numpy as np
 import py3Dmol
 
 from lprviz.errors import InputError
-from lprviz.plots import LPR_COLORMAP, colorbar_html, escape, map_colors
+from lprviz.plots import LPR_COLORMAP, colorbar_html, escape, format_number, map_colors
 
 #: The npm package version of 3Dmol.js fetched for offline use (py3Dmol's CDN default).
 THREEDMOL_VERSION = "2.5.5"
@@ -138,7 +138,7 @@ def _cell_edges(cell: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
 
 def _fmt_value(v: object) -> str:
     if isinstance(v, (float, np.floating)):
-        return "n/a" if not np.isfinite(v) else f"{float(v):.4g}"
+        return "n/a" if np.isnan(v) else format_number(v)  # the app's one number format
     return str(v)
 
 

@@ -81,6 +81,8 @@ def test_hover_labels_name_species_and_fields(cell, monkeypatch):
     labels = viewer.atom_labels(cell.get_chemical_symbols(), info)
     assert labels[1] == "#1 Au | LPR 2 | coordination 12"
     assert "LPR n/a" in labels[2]
+    small = viewer.atom_labels(["Si"], {"LPR": np.array([4.773e-7])})
+    assert small == ["#0 Si | LPR 4.77e-7"]  # plots.format_number, as in tables and axes
     html = viewer.structure_html(cell, np.ones(4), vmin=0.1, vmax=10.0,
                                  atom_info={"LPR": np.ones(4)})
     assert "setHoverable" in html
