@@ -298,7 +298,16 @@ def log_ticks(vmin: float, vmax: float, *, max_ticks: int = 8) -> tuple[list[flo
         vals = [v for v in vals if _mantissa(v) in (1, 2, 5)] or vals
     if len(vals) < 3 and span < 1.0:  # a narrow axis: evenly spaced round values
         vals = _linear_ticks(vmin, vmax)
-    return vals, [format_number(v) for v in vals]
+    return vals, _distinct_labels(vals)
+
+
+def _distinct_labels(vals: Sequence[float]) -> list[str]:
+    """:func:`format_number` labels, with more digits only if 3 would repeat a label."""
+    for digits in range(3, 11):
+        text = [format_number(v, digits) for v in vals]
+        if len(set(text)) == len(text):
+            break
+    return text
 
 
 def _linear_ticks(vmin: float, vmax: float, target: int = 4) -> list[float]:
@@ -380,7 +389,7 @@ def _ticks(vmin: float, vmax: float, log: bool, n: int = 5) -> tuple[list[float]
     if log:
         return log_ticks(vmin, vmax)
     vals = list(np.linspace(vmin, vmax, n))
-    return vals, format_numbers(vals)
+    return vals, _distinct_labels(vals)
 
 
 def colorbar_html(

@@ -283,3 +283,13 @@ def test_format_table_display_values_reach_streamlit():
     assert not at.exception
     shown = at.dataframe[0].proto.arrow_data.styler.display_values
     assert b"1.5e-4" in shown and b"1.1e-4" in shown and b"0.0001" not in shown
+
+
+def test_tick_labels_stay_distinct_on_a_very_narrow_axis():
+    for lo, hi in ((1.0001, 1.0003), (2.2e-4, 2.2001e-4), (5.0, 5.0)):
+        vals, text = plots.log_ticks(lo, hi)
+        assert len(vals) >= 2 and len(set(text)) == len(text)
+        for v, t in zip(vals, text, strict=True):
+            assert float(t) == pytest.approx(v, rel=1e-6)
+    with pytest.raises(ValueError, match="log axis"):
+        plots.log_ticks(0.0, 1.0)
