@@ -5,6 +5,10 @@ user (structure names, group labels) is HTML-escaped before it reaches a hover l
 
 The colour of a value is decided in one place, :func:`map_colors`; the 3D viewer colours atoms
 with it and :func:`colorbar_html` draws its gradient with it, so the two always agree.
+
+Numbers are written in one place too: :func:`format_number` (tables via :func:`format_table`,
+hover text, tick labels), and every log axis and colour bar takes its ticks from
+:func:`log_ticks` (decade-labelled, no SI prefixes).
 """
 
 from __future__ import annotations
@@ -317,7 +321,7 @@ def _linear_ticks(vmin: float, vmax: float, target: int = 4) -> list[float]:
     step = min((m * base for m in (1, 2, 5, 10)), key=lambda s: abs(np.log(s / raw)))
     first = np.ceil(vmin / step - 1e-9) * step
     vals = [float(v) for v in np.arange(first, vmax + 1e-9 * step, step) if v > 0]
-    return [float(f"{v:.6g}") for v in vals] or [vmin, vmax]
+    return [float(f"{v:.12g}") for v in vals] or [vmin, vmax]
 
 
 def _mantissa(v: float) -> float:
