@@ -111,20 +111,28 @@ def test_results_carry_the_data_share_of_every_atom():
     assert np.median(evaluate(fit, 1e-4).data_share) > np.median(evaluate(fit, 1e2).data_share)
 
 
-def test_real_si_surface_atoms_owe_more_to_the_regulariser():
-    """mlearn Si, trained on Elastic + AIMD-NVT: the data set almost all of every atom's
-    rigidity, but under-coordinated surface atoms owe the regulariser far more than bulk."""
+@pytest.fixture(scope="module")
+def si():
+    """mlearn Si as tests/test_pipeline.py finds it; missing data fails under CI."""
     import os
 
     from test_pipeline import _mlearn_si
 
+    data = _mlearn_si()
+    if data is not None:
+        return data
+    message = "mlearn Si data missing (CI expects ../shared/data beside the repository)"
+    if os.environ.get("CI") == "true":
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+def test_real_si_surface_atoms_owe_more_to_the_regulariser(si):
+    """mlearn Si, trained on Elastic + AIMD-NVT: the data set almost all of every atom's
+    rigidity, but under-coordinated surface atoms owe the regulariser far more than bulk."""
     from lprviz.pipeline import coordination
 
-    data = _mlearn_si()
-    if data is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("mlearn Si data missing: CI expects ../shared/data beside the repo")
-        pytest.skip("mlearn Si not available (run: lprviz datasets fetch mlearn-Si)")
+    data = si
     desc = compute_soap(data.frames, SoapHypers(cutoff=5.0, max_radial=6, max_angular=4))
     train = (data.splits == "train") & np.isin(data.groups, ["Elastic", "AIMD-NVT"])
     fit = prepare(data, desc, train)
