@@ -1,7 +1,8 @@
 """The ``lprviz`` command.
 
-Sub-commands: ``lpr`` (per-atom LPR of test structures), ``datasets list|fetch|import``,
-``app`` (start the Streamlit app). User errors print one line and exit with status 2.
+Sub-commands: ``lpr`` (per-atom LPR of test structures), ``suggest`` (what to add to
+training), ``datasets list|fetch|import``, ``app`` (start the Streamlit app) and
+``fetch-3dmol``. User errors print one line and exit with status 2. Also ``python -m lprviz``.
 """
 
 from __future__ import annotations
@@ -349,34 +350,32 @@ def _cmd_datasets_import(args: argparse.Namespace) -> int:
 
 
 def _cmd_app(args: argparse.Namespace) -> int:
-    import os
-    import subprocess
     from pathlib import Path
 
-    app = Path(__file__).resolve().parent.parent / "app.py"
-    if not app.is_file():
-        raise InputError(f"{app}: the app script is missing (install lprviz from its source tree)")
-    env = dict(os.environ)
-    if args.threedmol_js:
-        js = Path(args.threedmol_js)
-        if not js.is_file():
-            raise InputError(f"--3dmol-js {js}: expected an existing 3Dmol-min.js file")
-        env["LPRVIZ_3DMOL_JS"] = str(js.resolve())
-    elif not env.get("LPRVIZ_3DMOL_JS"):
-        # The copy the test set-up fetched (bash .ci/run): the viewer then works offline.
-        local = app.parent / ".cache" / "3dmol" / "3Dmol-min.js"
-        if local.is_file():
-            env["LPRVIZ_3DMOL_JS"] = str(local)
-    cmd = [sys.executable, "-m", "streamlit", "run", str(app),
-           "--server.port", str(args.port), "--server.address", args.address]
-    # streamlit reads .streamlit/config.toml from the working directory: run beside app.py;
-    # LPRVIZ_3DMOL_JS passes through the environment.
-    return subprocess.call(cmd, cwd=app.parent, env=env)
+    from lprviz.app.server import serve
+
+    if args.threedmol_js and not Path(args.threedmol_js).is_file():
+        raise InputError(f"--3dmol-js {args.threedmol_js}: expected an existing 3Dmol-min.js file")
+    if not 0 < args.port < 65536:
+        raise InputError(f"--port: expected 1..65535, got {args.port}")
+    return serve(address=args.address, port=args.port, threedmol_js=args.threedmol_js,
+                 fetch_3dmol=not args.no_fetch_3dmol)
+
+
+def _cmd_fetch_3dmol(args: argparse.Namespace) -> int:
+    from lprviz import threedmol
+
+    path = threedmol.fetch(args.dest)
+    print(f"{path}  (3dmol@{threedmol.VERSION}, integrity verified)")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
     """Build the argument parser of the ``lprviz`` command."""
+    from lprviz import __version__
+
     parser = argparse.ArgumentParser(prog="lprviz", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"lprviz {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("lpr", help="per-atom LPR of test structures")
@@ -443,12 +442,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", default=None, help="name to load it by (default: file stem)")
     p.set_defaults(func=_cmd_datasets_import)
 
-    p = sub.add_parser("app", help="start the Streamlit app")
+    p = sub.add_parser(
+        "app", help="start the Streamlit app",
+        description="Start the app (Ctrl-C or kill stops it). It listens on 127.0.0.1 only; "
+                    "--address 0.0.0.0 lets other machines connect (a classroom): anyone who "
+                    "can reach the port can then upload files and use the server's CPU, and "
+                    "the connection is plain HTTP, so do that only on a network you trust.")
     p.add_argument("--port", type=int, default=8501, help="port (default 8501)")
-    p.add_argument("--address", default="127.0.0.1", help="address (default 127.0.0.1)")
+    p.add_argument("--address", default="127.0.0.1",
+                   help="address to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--3dmol-js", dest="threedmol_js", default=None,
-                   help="local 3Dmol-min.js (else $LPRVIZ_3DMOL_JS, else the CDN)")
+                   help="local 3Dmol-min.js (else $LPRVIZ_3DMOL_JS, else the user cache, "
+                        "filled once from the npm package 3dmol)")
+    p.add_argument("--no-fetch-3dmol", action="store_true",
+                   help="do not fetch 3Dmol.js with npm when there is no local copy")
     p.set_defaults(func=_cmd_app)
+
+    p = sub.add_parser("fetch-3dmol", help="get 3Dmol.js (npm package 3dmol, integrity "
+                       "checked) for the offline 3D viewer")
+    p.add_argument("--dest", default=None,
+                   help="directory for 3Dmol-min.js (default: the user cache, where the app "
+                        "looks)")
+    p.set_defaults(func=_cmd_fetch_3dmol)
     return parser
 
 

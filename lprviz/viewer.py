@@ -5,35 +5,20 @@ snippet: a 3Dmol.js viewer whose atoms are coloured by :func:`lprviz.plots.map_c
 label per atom, the unit cell of periodic structures, and a colour bar drawn with the same
 mapping. No science here: values come in, HTML goes out.
 
-3Dmol.js is loaded from a CDN by py3Dmol unless the environment variable ``LPRVIZ_3DMOL_JS``
-names a local ``3Dmol-min.js``; then the file is inlined and the global ``$3Dmolpromise`` that
-py3Dmol's HTML checks is defined first, so nothing is fetched (the app works offline).
-``python -m lprviz.viewer fetch-3dmol --dest DIR`` obtains that file from the npm package.
+Where 3Dmol.js itself comes from (a served copy, an inlined local copy, or the CDN with a
+visible message when it fails) is :mod:`lprviz.threedmol`'s business.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
-import shutil
-import subprocess
-import sys
-import tarfile
-import tempfile
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 
 import numpy as np
 import py3Dmol
 
-from lprviz.errors import InputError
+from lprviz import threedmol
 from lprviz.plots import LPR_COLORMAP, colorbar_html, escape, format_number, map_colors
-
-#: The npm package version of 3Dmol.js fetched for offline use (py3Dmol's CDN default).
-THREEDMOL_VERSION = "2.5.5"
-#: Environment variable naming a local 3Dmol-min.js.
-JS_ENV = "LPRVIZ_3DMOL_JS"
 
 _HIGHLIGHT_COLOR = "#ff00ff"
 
@@ -53,68 +38,6 @@ def _call(view: py3Dmol.view, name: str, *args: object) -> None:
     # py3Dmol's own command builder json.dumps strings without escaping "</script>";
     # append the call ourselves so every user string goes through _js.
     view.startjs += f"\tviewer_UNIQUEID.{name}({','.join(parts)});\n"
-
-
-def local_js_prelude() -> str:
-    """``<script>`` tags that inline the local 3Dmol.js named by ``LPRVIZ_3DMOL_JS`` ('' if unset).
-
-    Raises
-    ------
-    InputError
-        The variable is set but the file does not exist.
-    """
-    path = os.environ.get(JS_ENV, "").strip()
-    if not path:
-        return ""
-    p = Path(path)
-    if not p.is_file():
-        raise InputError(f"{JS_ENV}={path}: expected an existing 3Dmol-min.js file")
-    code = p.read_text(encoding="utf-8", errors="replace").replace("</script", "<\\/script")
-    # py3Dmol only loads from its CDN when $3Dmolpromise is undefined.
-    return (
-        f"<script>{code}</script>\n"
-        "<script>var $3Dmolpromise = Promise.resolve();</script>\n"
-    )
-
-
-def script_url_prelude(url: str) -> str:
-    """``<script>`` tags that load 3Dmol.js from ``url`` and stop py3Dmol's CDN load."""
-    return (
-        f'<script src="{escape(url)}"></script>\n'
-        "<script>var $3Dmolpromise = Promise.resolve();</script>\n"
-    )
-
-
-def publish_3dmol(static_dir: str | Path, *, route: str = "/app/static") -> str | None:
-    """Copy the local 3Dmol.js (``LPRVIZ_3DMOL_JS``) into a Streamlit static folder.
-
-    Inlining 0.5 MB of JavaScript into every viewer costs each rerun of each session that
-    much traffic and parsing; served as a static file, browsers fetch it once and cache it.
-
-    Parameters
-    ----------
-    static_dir : str or pathlib.Path
-        The app's ``static/`` folder (Streamlit serves it at ``/app/static`` when
-        ``server.enableStaticServing`` is on).
-    route : str
-        URL path of that folder.
-
-    Returns
-    -------
-    str or None
-        The script's URL, or None when no local 3Dmol.js is configured.
-    """
-    path = os.environ.get(JS_ENV, "").strip()
-    if not path or not Path(path).is_file():
-        return None
-    source = Path(path)
-    target = Path(static_dir) / "3Dmol-min.js"
-    if not target.is_file() or target.read_bytes() != source.read_bytes():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_suffix(".tmp")
-        shutil.copyfile(source, tmp)
-        os.replace(tmp, target)
-    return f"{route}/3Dmol-min.js"
 
 
 def _xyz(symbols: Sequence[str], positions: np.ndarray) -> str:
@@ -206,8 +129,8 @@ def structure_html(
         Viewer size in pixels (or a CSS length such as ``"100%"``).
     script_url : str, optional
         URL of a 3Dmol.js the browser can fetch and cache (the app serves its local copy,
-        see :func:`publish_3dmol`); default: inline ``LPRVIZ_3DMOL_JS`` if set, else
-        py3Dmol's CDN.
+        see :func:`lprviz.threedmol.publish`); default: inline the local copy
+        (:func:`lprviz.threedmol.find_local`), else the CDN with a visible message if it fails.
 
     Returns
     -------
@@ -269,7 +192,11 @@ def structure_html(
     _call(view, "rotate", 25, {"x": 0, "y": 1, "z": 0})
     _call(view, "zoomTo")
 
-    head = script_url_prelude(script_url) if script_url else local_js_prelude()
+    if script_url is not None:
+        head = threedmol.script_prelude(url=script_url)
+    else:
+        local = threedmol.find_local()
+        head = threedmol.script_prelude(inline=local) if local else threedmol.script_prelude()
     caption = (
         f'<div style="font:13px sans-serif;margin:2px 0;">{escape(title)}</div>' if title else ""
     )
@@ -279,65 +206,3 @@ def structure_html(
     bar = colorbar_html(vmin=vmin, vmax=vmax, log=log, colormap=colormap,
                         label=colorbar_label, width=width, show_undetermined=grey)
     return head + caption + view.write_html() + bar
-
-
-# --------------------------------------------------------------------------- fetch 3Dmol.js
-
-
-def fetch_3dmol(dest: str | Path, *, version: str = THREEDMOL_VERSION) -> Path:
-    """Get ``3Dmol-min.js`` from the npm registry package ``3dmol`` into ``dest``.
-
-    Runs ``npm pack 3dmol@<version>`` in a temporary directory and extracts
-    ``package/build/3Dmol-min.js``. Does nothing if the file is already there.
-
-    Returns
-    -------
-    pathlib.Path
-        Path of the JavaScript file.
-    """
-    dest = Path(dest)
-    target = dest / "3Dmol-min.js"
-    if target.is_file() and target.stat().st_size > 100_000:
-        return target
-    npm = shutil.which("npm")
-    if npm is None:
-        raise InputError("npm: not found; install Node.js/npm to fetch 3Dmol.js")
-    dest.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory() as tmp:
-        proc = subprocess.run(
-            [npm, "pack", f"3dmol@{version}", "--silent"], cwd=tmp, capture_output=True,
-            text=True, check=False,
-        )
-        tgz = sorted(Path(tmp).glob("3dmol-*.tgz"))
-        if proc.returncode != 0 or not tgz:
-            raise InputError(f"npm pack 3dmol@{version}: failed ({proc.stderr.strip()[:200]})")
-        with tarfile.open(tgz[0]) as tar:
-            member = tar.getmember("package/build/3Dmol-min.js")
-            src = tar.extractfile(member)
-            if src is None:
-                raise InputError(f"3dmol@{version}: package/build/3Dmol-min.js missing")
-            tmp_target = target.with_suffix(".js.part")
-            tmp_target.write_bytes(src.read())
-            tmp_target.replace(target)
-    return target
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m lprviz.viewer fetch-3dmol --dest DIR``."""
-    parser = argparse.ArgumentParser(prog="python -m lprviz.viewer")
-    sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("fetch-3dmol", help="get 3Dmol-min.js from the npm package 3dmol")
-    p.add_argument("--dest", required=True, help="directory for 3Dmol-min.js")
-    p.add_argument("--version", default=THREEDMOL_VERSION)
-    args = parser.parse_args(argv)
-    try:
-        path = fetch_3dmol(args.dest, version=args.version)
-    except InputError as exc:
-        print(f"lprviz.viewer: error: {exc}", file=sys.stderr)
-        return 2
-    print(path)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

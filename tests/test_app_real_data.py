@@ -7,29 +7,25 @@ into a temporary cache exactly as ``lprviz datasets import`` would, so the app l
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
+from reference_data import mlearn_dir
 from streamlit.testing.v1 import AppTest
 
 from lprviz import datasets
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared" / "data" / "mlearn_zuo2020"
 PAGES = ["explore", "training_set", "compare", "improve", "validate", "learn", "export"]
 
 
 @pytest.fixture(scope="module")
 def app(tmp_path_factory):
-    if not (SHARED / "Si_training.json").is_file():
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{SHARED}: mlearn reference data missing (CI lays ../shared beside)")
-        pytest.skip("mlearn reference data not beside the repository")
+    folder = mlearn_dir()
     mp = pytest.MonkeyPatch()
     mp.setenv("LPRVIZ_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
     for split in ("training", "test"):
-        datasets.import_file(SHARED / f"Si_{split}.json")
+        datasets.import_file(folder / f"Si_{split}.json")
     info = {i.name: i for i in datasets.list_available()}
     assert info["mlearn-Si"].cached
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=600)

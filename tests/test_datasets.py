@@ -19,13 +19,13 @@ from ase import Atoms
 from ase.build import bulk
 from ase.calculators.emt import EMT
 from ase.calculators.singlepoint import SinglePointCalculator
+from reference_data import mlearn_dir
 
 from lprviz import datasets
 from lprviz.cli import main
 from lprviz.errors import InputError
 
 REPO = Path(__file__).resolve().parent.parent
-SHARED_MLEARN = REPO.parent / "shared" / "data" / "mlearn_zuo2020"
 EMT_GROUPS = {"bulk-pure", "bulk-alloy", "vacancy", "antisite", "interstitial", "surface",
               "cluster"}
 
@@ -353,9 +353,8 @@ def test_read_mlearn_json_small(tmp_path):
     _one_line_error(datasets.load, path, match=r"entry 0: missing 'structure'")
 
 
-@pytest.mark.skipif(not SHARED_MLEARN.is_dir(), reason="shared mlearn reference data absent")
 def test_read_real_mlearn_si_training():
-    path = SHARED_MLEARN / "Si_training.json"
+    path = mlearn_dir() / "Si_training.json"
     ds = datasets.load(path)
     # Reference numbers from the data's README (independent of this reader).
     assert len(ds.frames) == 214 and ds.n_atoms == 13_233
@@ -518,12 +517,11 @@ def test_import_user_file_then_load_by_name(tmp_path):
     assert not (datasets.cache_dir() / "imported" / "bad.xyz").exists()
 
 
-@pytest.mark.skipif(not SHARED_MLEARN.is_dir(), reason="shared mlearn reference data absent")
 def test_import_upstream_file_fills_fetch_cache():
-    datasets.import_file(SHARED_MLEARN / "Si_test.json")
+    datasets.import_file(mlearn_dir() / "Si_test.json")
     row = {r.name: r for r in datasets.list_available()}["mlearn-Si"]
     assert not row.cached  # training.json still missing
-    datasets.import_file(SHARED_MLEARN / "Si_training.json")
+    datasets.import_file(mlearn_dir() / "Si_training.json")
     row = {r.name: r for r in datasets.list_available()}["mlearn-Si"]
     assert row.cached
     ds = datasets.load("mlearn-Si")
@@ -539,11 +537,10 @@ def test_cli_list(capsys):
     assert "fetchable" in line and " no " in line and "BSD-3" in line
 
 
-@pytest.mark.skipif(not SHARED_MLEARN.is_dir(), reason="shared mlearn reference data absent")
 def test_cli_fetch_real_files_from_local_mirror(server, capsys, tmp_path):
     """The pinned checksums accept the upstream files served by a mirror."""
     for split in ("training", "test"):
-        body = (SHARED_MLEARN / f"Si_{split}.json").read_bytes()
+        body = (mlearn_dir() / f"Si_{split}.json").read_bytes()
         server.routes[f"/mirror/data/Si/{split}.json"] = (body, "ok")
     assert main(["datasets", "fetch", "mlearn-Si", "--base-url", server.url]) == 0
     assert "sha256 verified" in capsys.readouterr().out

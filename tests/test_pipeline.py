@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import numpy as np
 import pytest
 from ase.build import bulk, molecule
+from reference_data import mlearn_dir
 from skmatter.metrics import local_prediction_rigidity as skmatter_lpr
 
 from lprviz import datasets
@@ -157,15 +155,12 @@ def test_coordination():
     np.testing.assert_array_equal(coordination([water], 1.1), [2, 1, 1])
 
 
-def _mlearn_si() -> datasets.Dataset | None:
-    """mlearn Si (train + test splits): the fetched copy, or the reference files beside us."""
+def _mlearn_si() -> datasets.Dataset:
+    """mlearn Si (train + test splits): the fetched copy, or the reference files (else skip)."""
     info = {i.name: i for i in datasets.list_available()}
     if "mlearn-Si" in info and info["mlearn-Si"].cached:
         return datasets.load("mlearn-Si")
-    default = Path(__file__).resolve().parents[2] / "shared" / "data" / "mlearn_zuo2020"
-    folder = Path(os.environ.get("LPRVIZ_MLEARN_DIR", default))
-    if not (folder / "Si_training.json").is_file():
-        return None
+    folder = mlearn_dir()
     parts = [datasets.load(folder / f"Si_{split}.json") for split in ("training", "test")]
     frames = parts[0].frames + parts[1].frames
     return datasets.Dataset(
@@ -183,10 +178,6 @@ def test_real_si_surface_atoms_have_far_lower_lpr():
     """LPR_NOTES §10: trained on Elastic + AIMD-NVT, under-coordinated surface atoms have
     LPR two to three orders of magnitude below crystalline bulk test atoms (alpha 1e-4)."""
     data = _mlearn_si()
-    if data is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("mlearn Si data missing: CI expects ../shared/data beside the repo")
-        pytest.skip("mlearn Si not available (run: lprviz datasets fetch mlearn-Si)")
     desc = compute_soap(data.frames, SoapHypers(cutoff=5.0, max_radial=6, max_angular=4))
     train = (data.splits == "train") & np.isin(data.groups, ["Elastic", "AIMD-NVT"])
     assert train.sum() == 145

@@ -43,15 +43,25 @@ UPLOAD_TYPES = ["extxyz", "xyz", "json"]
 # --------------------------------------------------------------------------- cached steps
 
 
-@st.cache_resource(show_spinner=False)
+@st.cache_resource(show_spinner="Getting 3Dmol.js for the 3D viewer...")
 def script_url() -> str | None:
-    """URL of the local 3Dmol.js served from the app's ``static/`` folder (None: inline or
-    CDN). Browsers then fetch the 0.5 MB script once instead of with every rerun."""
-    from lprviz.viewer import publish_3dmol
+    """URL of the local 3Dmol.js served from the ``static/`` folder beside the main script
+    (None: the viewer inlines the local copy or, with none, tries the CDN).
 
+    Browsers then fetch the 0.5 MB script once instead of with every rerun. With no local
+    copy yet it is fetched once into the user cache (``lprviz app`` has done that already).
+    """
+    from streamlit.runtime.scriptrunner import get_script_run_ctx
+
+    from lprviz import threedmol
+
+    path, _ = threedmol.ensure()
+    ctx = get_script_run_ctx()
+    if path is None or ctx is None:
+        return None
     try:
-        return publish_3dmol(Path(__file__).resolve().parents[2] / "static")
-    except OSError:  # a read-only install: the viewer inlines the script instead
+        return threedmol.publish(path, Path(ctx.main_script_path).resolve().parent / "static")
+    except OSError:  # a read-only folder: the viewer inlines the script instead
         return None
 
 

@@ -6,6 +6,7 @@ skip. Outside CI they skip with the reason.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -42,43 +43,27 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _local_3dmol() -> str:
-    """Path of a local 3Dmol-min.js: $LPRVIZ_3DMOL_JS, or fetched via the viewer's command."""
-    env = os.environ.get("LPRVIZ_3DMOL_JS")
-    if env and Path(env).is_file():
-        return env
-    dest = ROOT / ".cache" / "3dmol"
-    proc = subprocess.run(
-        [sys.executable, "-m", "lprviz.viewer", "fetch-3dmol", "--dest", str(dest)],
-        capture_output=True, text=True, check=False, timeout=300,
-    )
-    path = dest / "3Dmol-min.js"
-    if proc.returncode != 0 or not path.is_file():
-        _missing(f"could not obtain 3Dmol-min.js: {proc.stderr.strip()[:300]}")
-    return str(path)
-
-
-@pytest.fixture(scope="session")
-def app_url():
-    """Start ``streamlit run app.py`` on 127.0.0.1:<free port>; always terminated."""
-    js = _local_3dmol()
+@contextlib.contextmanager
+def running_app(cmd: list[str], *, cache: Path, log_name: str, cwd: Path = ROOT):
+    """Run ``cmd ... app --port P`` on 127.0.0.1:<free port> with an empty lprviz cache and no
+    ``LPRVIZ_3DMOL_JS``: the app must fetch 3Dmol.js itself, as on a user's first start.
+    Yields the URL; the server is always stopped."""
+    if shutil.which("npm") is None:
+        _missing("npm not found: the app's first start fetches 3Dmol.js with it")
     port = _free_port()
-    env = dict(os.environ, LPRVIZ_3DMOL_JS=js, PYTHONUNBUFFERED="1")
+    env = {k: v for k, v in os.environ.items() if k != "LPRVIZ_3DMOL_JS"}
+    env.update(LPRVIZ_CACHE_DIR=str(cache), PYTHONUNBUFFERED="1")
     ARTIFACTS.mkdir(exist_ok=True)
-    log = open(ARTIFACTS / "streamlit-server.log", "w")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"),
-         "--server.address", "127.0.0.1", "--server.port", str(port),
-         "--server.headless", "true", "--browser.gatherUsageStats", "false"],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-    )
+    log_path = ARTIFACTS / log_name
+    log = open(log_path, "w")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen([*cmd, "app", "--port", str(port)], cwd=cwd, env=env, stdout=log,
+                            stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.time() + 90
+        deadline = time.time() + 180
         while True:
             if proc.poll() is not None:
-                pytest.fail(f"streamlit exited early (status {proc.returncode}); see "
-                            f"{ARTIFACTS / 'streamlit-server.log'}")
+                pytest.fail(f"lprviz app exited early (status {proc.returncode}); see {log_path}")
             try:
                 with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
                     if r.status == 200:
@@ -86,7 +71,7 @@ def app_url():
             except OSError:
                 pass
             if time.time() > deadline:
-                pytest.fail("streamlit server did not become healthy within 90 s")
+                pytest.fail("lprviz app did not become healthy within 180 s")
             time.sleep(0.5)
         yield url
     finally:
@@ -97,6 +82,14 @@ def app_url():
             proc.kill()
             proc.wait(timeout=15)
         log.close()
+
+
+@pytest.fixture(scope="session")
+def app_url(tmp_path_factory):
+    """``lprviz app`` (this checkout) on a free port, first start with an empty cache."""
+    with running_app([sys.executable, "-m", "lprviz"], cache=tmp_path_factory.mktemp("cache"),
+                     log_name="streamlit-server.log") as url:
+        yield url
 
 
 @pytest.fixture(scope="session")
