@@ -1,7 +1,7 @@
 """The app's entry script: page config and navigation.
 
-``lprviz app`` runs this file with Streamlit; the top-level ``app.py`` of a source checkout
-calls :func:`main` too, so both start the same app.
+``lprviz app`` (:mod:`lprviz.app.server`) runs a two-line script that calls :func:`main`;
+the top-level ``app.py`` of a source checkout calls it too, so both start the same app.
 """
 
 from pathlib import Path
