@@ -2,7 +2,7 @@
 
 All models are linear in some per-atom feature vector ``phi_i`` and predict a local
 contribution ``y~_i = phi_i . w / s`` per atom; totals are sums over a structure's atoms.
-Training follows the per-atom-mean convention of LPR_NOTES §3: one row per training
+Training follows the per-atom-mean convention of docs/science.md §3: one row per training
 structure (the mean of its atoms' features), target = energy per atom, halved loss
 
 .. math::
@@ -18,7 +18,7 @@ Sparse kernel ridge: with ``M`` active environments chosen by farthest point sam
 the kernel :math:`k(x, y) = (\\hat x \\cdot \\hat y)^\\zeta` of normalised descriptors, the
 Nyström features :math:`\\phi = K_{MM}^{-1/2} k_M(x)` turn the projected-process loss
 :math:`\\sum_A (y_A - K_{AM} b)^2 + \\lambda b^T K_{MM} b` into the linear one, so every
-LPR formula is shared (LPR_NOTES §4).
+LPR formula is shared (docs/science.md §4).
 
 Composition baseline: one-hot species columns appended to the features
 (:func:`append_baseline`); per-species offsets are then ordinary weights, regularised and

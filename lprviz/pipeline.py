@@ -169,7 +169,7 @@ class Results:
     def local_error(self) -> np.ndarray | None:
         """``local_energy - true_local_energies`` (n_atoms,), or None when unknown.
 
-        The split of a total into local terms is a model choice (LPR_NOTES §1): this error
+        The split of a total into local terms is a model choice (docs/science.md §1): this error
         is meaningful against an additive reference such as EMT, up to per-species offsets
         the model is free to shift.
         """

@@ -821,7 +821,7 @@ def lpr_sweep(X_train: Sequence[np.ndarray], X_test, alphas: Sequence[float]) ->
 
 # ---------------------------------------------------------------------- data or prior?
 def data_share(lpr, x_scaled_norm2, alpha: float) -> np.ndarray:
-    r"""Share of each atom's rigidity that the training data provide (LPR_NOTES §11).
+    r"""Share of each atom's rigidity that the training data provide (docs/science.md §11).
 
     .. math::
         s_k = 1 - \frac{\alpha / |\hat{\mathbf{x}}_k|^2}{\mathrm{LPR}_k} \in [0, 1]

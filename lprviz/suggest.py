@@ -20,7 +20,7 @@ them with the same rank-1 formula after each pick (cost :math:`O((n_t + n_p) n_p
 
 The objective is the target's mean natural-log LPR (a geometric mean: a gain ``g`` multiplies
 the geometric-mean LPR by ``exp(g)``). The descriptor scale is the solver's and stays fixed
-(LPR_NOTES §3), so predicted gains equal those of
+(docs/science.md §3), so predicted gains equal those of
 :meth:`lprviz.rigidity.RigiditySolver.with_structures`.
 """
 

@@ -2,7 +2,7 @@ r"""Empirical checks of the LPR: does a low LPR really mean a loose local predic
 
 * :func:`committee_check` - train a committee on random subsets of the training structures;
   the spread of each atom's local prediction should grow with :math:`1/\mathrm{LPR}` (the
-  Bayesian reading: :math:`\mathrm{Var}[\tilde y_k] = s^2/\mathrm{LPR}_k`, LPR_NOTES §2).
+  Bayesian reading: :math:`\mathrm{Var}[\tilde y_k] = s^2/\mathrm{LPR}_k`, docs/science.md §2).
 * :func:`local_error_check` - where reference local energies exist (EMT datasets), the
   absolute local error against the LPR, and how often large errors fall on the lowest-LPR
   atoms compared with the rest.

@@ -77,7 +77,7 @@ def test_alpha_raises_every_groups_lpr():
     after = _table(at)
     assert at.query_params["alpha"] == "0.01"
     for g in before["group"]:
-        # LPR grows monotonically with alpha (LPR_NOTES §7.5)
+        # LPR grows monotonically with alpha (docs/science.md §7.5)
         assert _median(after, g) > _median(before, g)
 
 

@@ -1,4 +1,4 @@
-"""Data share of the rigidity, 1 - (alpha / |x̂|^2) / LPR (LPR_NOTES §11)."""
+"""Data share of the rigidity, 1 - (alpha / |x̂|^2) / LPR (docs/science.md §11)."""
 
 from __future__ import annotations
 

@@ -153,7 +153,7 @@ def test_extreme_alpha_limits():
     solver = _solver(rows)
     lpr = solver.lpr(test, 1e6)
     _assert_finite(lpr)
-    # LPR -> alpha / |x|^2 as alpha -> inf (LPR_NOTES §7.5), first-order correction ~e/alpha
+    # LPR -> alpha / |x|^2 as alpha -> inf (docs/science.md §7.5), first-order correction ~e/alpha
     np.testing.assert_allclose(lpr * (test**2).sum(1) / 1e6, 1.0, rtol=1e-4)
     sweep = solver.lpr_sweep(test, ALPHAS)
     _assert_finite(sweep)

@@ -96,7 +96,7 @@ def test_new_alpha_does_not_refactorise(emt, monkeypatch):
         monkeypatch.setattr(np.linalg, name, forbidden)
     lprs = [evaluate(fit, a).lpr for a in (1e-6, 1e-4, 1e-3, 1e-1)]
     np.testing.assert_allclose(lprs[2], first.lpr, rtol=1e-12)
-    # LPR increases with alpha (LPR_NOTES §7.5)
+    # LPR increases with alpha (docs/science.md §7.5)
     assert all(np.all(hi >= lo * (1 - 1e-10)) for lo, hi in zip(lprs, lprs[1:], strict=False))
 
 
@@ -175,7 +175,7 @@ def _mlearn_si() -> datasets.Dataset:
 
 
 def test_real_si_surface_atoms_have_far_lower_lpr():
-    """LPR_NOTES §10: trained on Elastic + AIMD-NVT, under-coordinated surface atoms have
+    """docs/science.md §10: trained on Elastic + AIMD-NVT, under-coordinated surface atoms have
     LPR two to three orders of magnitude below crystalline bulk test atoms (alpha 1e-4)."""
     data = _mlearn_si()
     desc = compute_soap(data.frames, SoapHypers(cutoff=5.0, max_radial=6, max_angular=4))
@@ -196,7 +196,7 @@ def test_real_si_surface_atoms_have_far_lower_lpr():
 
 
 def test_sparse_kernel_comparison_in_a_fixed_feature_space(emt):
-    """Adding structures never lowers an LPR (LPR_NOTES §7.6) once B reuses A's feature map:
+    """Adding structures never lowers an LPR (docs/science.md §7.6) once B reuses A's feature map:
     A's scale *and* A's active environments. A fresh FPS for B breaks it."""
     data, desc, _ = emt
     spec = ModelSpec(kind="sparse-kernel", n_sparse=40)

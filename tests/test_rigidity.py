@@ -1,4 +1,4 @@
-"""Tests of lprviz.rigidity against independent references (LPR_NOTES §7 and §8)."""
+"""Tests of lprviz.rigidity against independent references (docs/science.md §7 and §8)."""
 
 from __future__ import annotations
 
