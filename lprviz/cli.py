@@ -55,7 +55,7 @@ class _Steps:
         try:
             yield progress
         except BaseException:
-            print("failed", file=sys.stderr, flush=True)  # the error then gets its own line
+            print(file=sys.stderr, flush=True)  # the error message gets a line of its own
             raise
         print(f"done in {time.perf_counter() - start:.1f} s", file=sys.stderr, flush=True)
 
