@@ -2,6 +2,8 @@
 
 Sub-commands: ``lpr`` (per-atom LPR of test structures), ``datasets list|fetch|import``,
 ``app`` (start the Streamlit app). User errors print one line and exit with status 2.
+Steps and their times go to stderr (``-q``: nothing); output files are replaced atomically
+(:func:`lprviz.export.atomic_output`) and never overwrite an input.
 """
 
 from __future__ import annotations

@@ -370,7 +370,10 @@ def chemiscope_bytes(ds, results, *, include_training: bool = True) -> bytes:
 
 
 def _new_file_mode() -> int:
-    """Permissions a plain ``open(path, "w")`` would give a new file (``0o666 & ~umask``)."""
+    """Permissions a plain ``open(path, "w")`` would give a new file (``0o666 & ~umask``).
+
+    Reading the umask means setting it for a moment (process-wide): fine for the CLI.
+    """
     umask = os.umask(0)
     os.umask(umask)
     return 0o666 & ~umask
