@@ -3,19 +3,28 @@
 Sub-commands: ``lpr`` (per-atom LPR of test structures), ``suggest`` (what to add to
 training), ``datasets list|fetch|import``, ``app`` (start the Streamlit app) and
 ``fetch-3dmol``. User errors print one line and exit with status 2. Also ``python -m lprviz``.
+Steps and their times go to stderr (``-q``: nothing); output files are replaced atomically
+(:func:`lprviz.export.atomic_output`) and never overwrite an input.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import sys
+import time
 from collections.abc import Sequence
+from pathlib import Path
 
 from lprviz.errors import InputError
 
 
 def _progress_bar(label: str, *, enabled: bool = True, width: int = 30):
-    """A tqdm-style text bar on stderr, as a ``progress(done, total)`` callback."""
+    """A tqdm-style text bar on stderr, as a ``progress(done, total)`` callback.
+
+    The line is left open: the :class:`_Steps` step around it ends it with its time.
+    """
 
     def update(done: int, total: int) -> None:
         if not enabled:
@@ -23,10 +32,72 @@ def _progress_bar(label: str, *, enabled: bool = True, width: int = 30):
         frac = done / total if total else 1.0
         filled = int(round(width * frac))
         bar = "#" * filled + "." * (width - filled)
-        end = "\n" if done >= total else ""
-        print(f"\r{label} [{bar}] {done}/{total} atoms", end=end, file=sys.stderr, flush=True)
+        print(f"\r{label} [{bar}] {done}/{total} atoms", end=" ", file=sys.stderr, flush=True)
 
     return update
+
+
+class _Steps:
+    """Progress of a command on stderr, one line per step: ``label... done in 1.2 s``.
+
+    ``with steps("SOAP", bar=True) as progress:`` also gives a text bar callback for
+    :func:`lprviz.features.compute_soap`. Disabled (``-q``), it prints nothing.
+    """
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+
+    @contextlib.contextmanager
+    def __call__(self, label: str, *, bar: bool = False):
+        progress = _progress_bar(label, enabled=self.enabled) if bar else None
+        if not self.enabled:
+            yield progress
+            return
+        print(f"{label}...", end=" ", file=sys.stderr, flush=True)
+        start = time.perf_counter()
+        try:
+            yield progress
+        except BaseException:
+            print(file=sys.stderr, flush=True)  # the error message gets a line of its own
+            raise
+        print(f"done in {time.perf_counter() - start:.1f} s", file=sys.stderr, flush=True)
+
+
+def _input_files(value: str | None) -> list[Path]:
+    """Files a ``--train``/``--dataset``... value reads: the path, or the dataset's files."""
+    if value is None:
+        return []
+    if Path(value).exists():
+        return [Path(value)]
+    from lprviz import datasets
+
+    return [f for info in datasets.list_available() if info.name == value
+            for f in (info.path, *info.files) if f.is_file()]
+
+
+def _refuse_input_as_output(output: str, option: str, inputs: dict[str, str | None]) -> None:
+    """InputError when ``output`` is one of the input files (symlinks, relative paths and
+    hard links included): writing it would destroy the data being read."""
+    out = Path(output)
+    if not out.exists():  # inputs exist, so a new file cannot be one of them
+        return
+    for input_option, value in inputs.items():
+        for path in _input_files(value):
+            if os.path.samefile(out, path):
+                raise InputError(f"{option} {output}: is the input file of {input_option} "
+                                 f"({value}); choose another output file")
+
+
+def _write_atomically(path: str, option: str, write, *, newline: str | None = None) -> None:
+    """``write(file_object)`` into ``path`` via :func:`lprviz.export.atomic_output`; an
+    ``OSError`` becomes a one-line InputError and leaves an existing file as it was."""
+    from lprviz.export import atomic_output
+
+    try:
+        with atomic_output(path, newline=newline) as fh:
+            write(fh)
+    except OSError as exc:
+        raise InputError(f"{option} {path}: cannot write ({exc.strerror or exc})") from None
 
 
 def _parse_alphas(text: str) -> list[float]:
@@ -122,19 +193,12 @@ def _lcpr_arrays(fit, desc, atoms_mask, alpha: float) -> dict:
     return out
 
 
-def _cmd_lpr(args: argparse.Namespace) -> int:
+def _soap_hypers(args: argparse.Namespace):
+    """The SOAP preset with the command line's overrides."""
     import dataclasses
-    import json
 
-    import numpy as np
-    from ase.calculators.singlepoint import SinglePointCalculator
+    from lprviz.features import SOAP_PRESETS
 
-    from lprviz import __version__
-    from lprviz.export import write_extxyz
-    from lprviz.features import SOAP_PRESETS, compute_soap
-    from lprviz.pipeline import ModelSpec, evaluate, prepare
-
-    alphas = _parse_alphas(args.alpha)
     if args.preset not in SOAP_PRESETS:
         raise InputError(
             f"--preset: expected one of {', '.join(SOAP_PRESETS)}, got {args.preset!r}"
@@ -145,60 +209,114 @@ def _cmd_lpr(args: argparse.Namespace) -> int:
         "max_angular": args.max_angular,
         "gaussian_width": args.gaussian_width,
     }
-    hypers = dataclasses.replace(
+    return dataclasses.replace(
         SOAP_PRESETS[args.preset], **{k: v for k, v in overrides.items() if v is not None}
     )
+
+
+def _reference_set(args: argparse.Namespace, data):
+    """The reference training set of ``--reference-train`` (a Dataset) or
+    ``--reference-train-groups`` (a frame mask of ``data``), or None.
+
+    A reference file fixes the SOAP species list, so it must contain every element of ``data``.
+    """
+    from lprviz import datasets
+
+    given = [o for o, v in (("--scale", args.scale), ("--reference-train", args.reference_train),
+                            ("--reference-train-groups", args.reference_train_groups))
+             if v is not None]
+    if len(given) > 1:
+        raise InputError(f"give one of {', '.join(given)}: each fixes the feature scale")
+    if args.reference_train_groups is not None:
+        if args.dataset is None:
+            raise InputError("--reference-train-groups: only with --dataset (else give "
+                             "--reference-train FILE)")
+        return _group_mask(data, args.reference_train_groups, "--reference-train-groups")
+    if args.reference_train is None:
+        return None
+    ref = datasets.load(args.reference_train)
+    if not ref.frames:
+        raise InputError(f"--reference-train {args.reference_train}: contains no structures")
+    missing = sorted(set(data.species) - set(ref.species))
+    if missing:
+        from ase.data import chemical_symbols
+
+        raise InputError(
+            f"--reference-train {args.reference_train}: has no "
+            f"{', '.join(chemical_symbols[z] for z in missing)} atoms but the input structures "
+            f"do; the reference must contain every element (it fixes the descriptor layout)"
+        )
+    return ref
+
+
+def _reference_space(args, reference, data, desc, spec, steps):
+    """Scale and active set fixed by the reference (``args.scale`` and None without one) and
+    their provenance entries."""
+    import numpy as np
+
+    from lprviz.export import group_summary
+    from lprviz.features import compute_soap
+    from lprviz.pipeline import reference_space
+
+    if reference is None:
+        origin = "training" if args.scale is None else "option"
+        return args.scale, None, {"scale_from": origin}
+    if isinstance(reference, np.ndarray):  # --reference-train-groups: frames of the dataset
+        groups, source = data.groups[reference], f"{data.name} groups"
+        ref_desc, atoms = desc, reference[data.structure_index]
+    else:
+        groups, source = reference.groups, args.reference_train
+        with steps("SOAP of the reference", bar=True) as progress:
+            ref_desc = compute_soap(reference.frames, desc.hypers, species=desc.species,
+                                    progress=progress)
+        atoms = np.ones(reference.n_atoms, dtype=bool)
+    with steps("reference feature space"):
+        scale, nystrom = reference_space(ref_desc, atoms, spec)
+    return scale, nystrom, {"scale_from": "reference", "reference": source,
+                            "reference_n_frames": len(groups),
+                            "reference_groups": group_summary(groups)}
+
+
+def _cmd_lpr(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from lprviz.export import annotated_frames, write_extxyz
+    from lprviz.features import compute_soap
+    from lprviz.pipeline import ModelSpec, evaluate, prepare
+
+    steps = _Steps(enabled=not args.quiet)
+    alphas = _parse_alphas(args.alpha)
+    hypers = _soap_hypers(args)
     spec = ModelSpec(kind=args.model, baseline=args.baseline, n_sparse=args.n_sparse)
-    data, train = _lpr_inputs(args)
-
-    progress = _progress_bar("SOAP", enabled=not args.quiet)
-    desc = compute_soap(data.frames, hypers, species=data.species, progress=progress)
-    fit = prepare(data, desc, train, spec, scale=args.scale)
-    results = [evaluate(fit, alpha) for alpha in alphas]
-
-    test_frames = np.flatnonzero(~train)
-    atom_index = np.arange(len(desc.structure_index))
-    lcpr = _lcpr_arrays(fit, desc, ~train[desc.structure_index], alphas[0]) if args.lcpr else {}
-    meta = {
-        "lpr_alpha": alphas[0],
-        "lpr_alphas": json.dumps(alphas),
-        "lpr_model": spec.kind,
-        "lpr_baseline": spec.baseline,
-        "lpr_soap": json.dumps(dataclasses.asdict(hypers)),
-        "lpr_scale": fit.scale,
-        "lpr_n_train_frames": int(train.sum()),
-        "lprviz_version": __version__,
-    }
-    if spec.kind == "sparse-kernel":
-        meta["lpr_n_sparse"] = len(fit.nystrom.active_index)
-    out_frames = []
-    for frame in test_frames:
-        original = data.frames[frame]
-        atoms = original.copy()
-        if original.calc is not None and getattr(original.calc, "results", None):
-            results_copy = {k: v for k, v in original.calc.results.items()}
-            atoms.calc = SinglePointCalculator(atoms, **results_copy)
-        rows = atom_index[desc.structure_index == frame]
-        atoms.arrays["lpr"] = results[0].lpr[rows]
-        atoms.arrays["local_energy"] = results[0].local_energy[rows]
-        atoms.arrays["lpr_undetermined"] = results[0].undetermined[rows]
-        for key, values in lcpr.items():
-            atoms.arrays[key] = values[rows]
-        if len(alphas) > 1:
-            for alpha, res in zip(alphas, results, strict=True):
-                atoms.arrays[f"lpr_alpha={alpha:g}"] = res.lpr[rows]
-        atoms.info.update(meta)
-        atoms.info["lpr_pr"] = float(results[0].pr[frame])
-        out_frames.append(atoms)
-    try:
-        write_extxyz(args.output, out_frames)
-    except OSError as exc:
-        raise InputError(f"{args.output}: cannot write output ({exc.strerror or exc})") from None
+    _refuse_input_as_output(args.output, "-o", {
+        "--train": args.train, "--test": args.test, "--dataset": args.dataset,
+        "--reference-train": args.reference_train})
+    with steps("loading structures"):
+        data, train = _lpr_inputs(args)
+        reference = _reference_set(args, data)
+    species = getattr(reference, "species", data.species)  # a reference file fixes them
+    with steps("SOAP", bar=True) as progress:
+        desc = compute_soap(data.frames, hypers, species=species, progress=progress)
+    scale, nystrom, provenance = _reference_space(args, reference, data, desc, spec, steps)
+    with steps(f"factorising the model of {int(train.sum())} training structures"):
+        fit = prepare(data, desc, train, spec, scale=scale, nystrom=nystrom)
+    results = []
+    for alpha in alphas:
+        with steps(f"LPR at alpha={alpha:g}"):
+            results.append(evaluate(fit, alpha))
+    test_atoms = ~train[desc.structure_index]
+    lcpr = {}
+    if args.lcpr:
+        with steps("LCPR per descriptor block"):
+            lcpr = _lcpr_arrays(fit, desc, test_atoms, alphas[0])
+    with steps(f"writing {args.output}"):
+        frames = annotated_frames(data, results, include_training=False, atom_arrays=lcpr,
+                                  extra_provenance=provenance)
+        _write_atomically(args.output, "-o", lambda fh: write_extxyz(fh, frames))
     if not args.quiet:
-        n_atoms = sum(len(a) for a in out_frames)
-        lpr = results[0].lpr[~train[desc.structure_index]]
+        lpr = results[0].lpr[test_atoms]
         print(
-            f"wrote {len(out_frames)} structures ({n_atoms} atoms) to {args.output}; "
+            f"wrote {len(frames)} structures ({lpr.size} atoms) to {args.output}; "
             f"LPR at alpha={alphas[0]:g}: median {np.median(lpr):.3g}, min {lpr.min():.3g}",
             file=sys.stderr,
         )
@@ -265,6 +383,7 @@ def _cmd_suggest(args: argparse.Namespace) -> int:
     from lprviz.pipeline import ModelSpec, evaluate, prepare
     from lprviz.suggest import lowest_lpr_atoms, random_additions, suggest_from_projections
 
+    steps = _Steps(enabled=not args.quiet)
     if args.preset not in SOAP_PRESETS:
         raise InputError(
             f"--preset: expected one of {', '.join(SOAP_PRESETS)}, got {args.preset!r}"
@@ -273,11 +392,20 @@ def _cmd_suggest(args: argparse.Namespace) -> int:
         alpha = float(args.alpha)
     except ValueError:
         raise InputError(f"--alpha: expected a number, got {args.alpha!r}") from None
-    data, train, pool, target = _suggest_inputs(args)
-    desc = compute_soap(data.frames, SOAP_PRESETS[args.preset], species=data.species)
-    fit = prepare(data, desc, train, ModelSpec(kind=args.model))
+    if args.csv:
+        _refuse_input_as_output(args.csv, "--csv", {
+            "--train": args.train, "--pool": args.pool, "--target": args.target,
+            "--dataset": args.dataset})
+    with steps("loading structures"):
+        data, train, pool, target = _suggest_inputs(args)
+    with steps("SOAP", bar=True) as progress:
+        desc = compute_soap(data.frames, SOAP_PRESETS[args.preset], species=data.species,
+                            progress=progress)
+    with steps(f"factorising the model of {int(train.sum())} training structures"):
+        fit = prepare(data, desc, train, ModelSpec(kind=args.model))
     if target is None:
-        res = evaluate(fit, alpha)
+        with steps(f"LPR at alpha={alpha:g}"):
+            res = evaluate(fit, alpha)
         rest = np.flatnonzero(~train[data.structure_index])
         target = rest[lowest_lpr_atoms(res.lpr[rest], args.target_fraction)]
         what = f"lowest-LPR {args.target_fraction:.0%} of non-training atoms"
@@ -286,7 +414,8 @@ def _cmd_suggest(args: argparse.Namespace) -> int:
     if target.size == 0:
         raise InputError("target: no atoms selected")
     P, Q = fit.projections[target], fit.structure_projections[pool]
-    sug = suggest_from_projections(fit.solver, P, Q, alpha, args.k)
+    with steps(f"ranking {pool.size} candidate structures"):
+        sug = suggest_from_projections(fit.solver, P, Q, alpha, args.k)
     frames = pool[sug.chosen]
     table = pd.DataFrame({
         "step": np.arange(1, len(frames) + 1),
@@ -304,16 +433,17 @@ def _cmd_suggest(args: argparse.Namespace) -> int:
     with pd.option_context("display.width", 200, "display.max_columns", 20):
         print(table.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     if args.random_seeds > 0:
-        rand = random_additions(fit.solver, P, Q, alpha, len(frames), n_seeds=args.random_seeds)
+        with steps(f"{args.random_seeds} random draws"):
+            rand = random_additions(fit.solver, P, Q, alpha, len(frames),
+                                    n_seeds=args.random_seeds)
         factor = np.exp(rand[:, -1] - rand[:, 0])
         print(f"random {len(frames)} additions ({args.random_seeds} draws): LPR factor "
               f"{factor.mean():.4g} (min {factor.min():.4g}, max {factor.max():.4g}); "
               f"guided: {table['lpr_factor'].iloc[-1]:.4g}")
     if args.csv:
-        try:
-            table.to_csv(args.csv, index=False)
-        except OSError as exc:
-            raise InputError(f"{args.csv}: cannot write ({exc.strerror or exc})") from None
+        with steps(f"writing {args.csv}"):
+            _write_atomically(args.csv, "--csv", lambda fh: table.to_csv(fh, index=False),
+                              newline="")
     return 0
 
 
@@ -397,12 +527,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gaussian-width", type=float, help="SOAP Gaussian width in A")
     p.add_argument("--scale", type=float, default=None,
                    help="fixed feature scale (default: sfactor of the training atoms)")
+    p.add_argument("--reference-train", metavar="FILE",
+                   help="reference training set (file or dataset name; no energies needed) "
+                        "that fixes the feature scale, the sparse-kernel active set and the "
+                        "element list. Use it whenever LPRs of several runs are compared (e.g. "
+                        "before and after adding training structures): without it each run "
+                        "picks its own from its training set, and the numbers are not "
+                        "comparable. With a fixed reference, adding training structures never "
+                        "lowers an LPR")
+    p.add_argument("--reference-train-groups", metavar="G1,G2",
+                   help="with --dataset: these groups are the reference training set (as "
+                        "--reference-train)")
     p.add_argument("--lcpr", action="store_true",
                    help="also write per-atom LCPR of each descriptor block (species pair, "
                         "angular channel, baseline) as arrays lcpr_<block>; linear model only; a "
                         "block absent from an atom's environment gets ~1e308 (unbounded)")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
-    p.add_argument("-o", "--output", required=True, help="output extxyz file")
+    p.add_argument("-q", "--quiet", action="store_true",
+                   help="no progress (steps and times on stderr) or summary")
+    p.add_argument("-o", "--output", required=True,
+                   help="output extxyz of the test structures (schema: docs/output_schema.md); "
+                        "replaced atomically, never one of the input files")
     p.set_defaults(func=_cmd_lpr)
 
     p = sub.add_parser("suggest", help="structures to add to training to raise a target's LPR")
@@ -423,7 +567,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", default="default", help="SOAP preset: fast, default, accurate")
     p.add_argument("--random-seeds", type=int, default=5,
                    help="random draws of k additions to compare with (default 5; 0: none)")
-    p.add_argument("--csv", help="also write the ranked table to this CSV file")
+    p.add_argument("--csv", help="also write the ranked table to this CSV file (replaced "
+                   "atomically, never one of the input files)")
+    p.add_argument("-q", "--quiet", action="store_true",
+                   help="no progress (steps and times on stderr)")
     p.set_defaults(func=_cmd_suggest)
 
     pd = sub.add_parser("datasets", help="list, fetch or import datasets")

@@ -1,25 +1,54 @@
-"""Results to files: extxyz at full precision, per-atom CSV, chemiscope input.
+"""Results to files: one output schema for extxyz, CSV and chemiscope (CLI and app).
 
-Used by the ``lprviz lpr`` command and the app's Export page; functions take a
-:class:`~lprviz.datasets.Dataset` and :class:`~lprviz.pipeline.Results` and return bytes.
+The ``lprviz lpr`` command and the app's Export page both call :func:`annotated_frames`
+(through :func:`extxyz_bytes` or :func:`write_extxyz`), so a file says the same thing under
+the same names whoever wrote it; :func:`csv_bytes` and :func:`chemiscope_bytes` draw their
+columns from the same table. ``docs/output_schema.md`` lists every name.
+
+Every name written is a plain identifier (``[A-Za-z_][A-Za-z0-9_]*``) and every info value a
+number, a ``T``/``F`` boolean or a plain string (no quotes, commas, ``=`` or backslashes,
+never empty): ASE's reader, the ``extxyz`` package's parsers and chemfiles all read such a
+header, while a name like ``lpr_alpha=0.0001`` or a bare ``a,b`` value breaks the last two.
+Several alphas give indexed arrays ``lpr_0, lpr_1, ...`` in the order of the ``alphas`` info
+entry; ``lpr`` is always the first alpha's.
+
+:func:`atomic_output` is how the CLI writes files: a temporary file beside the target,
+flushed and fsynced, then renamed over it, so a failure never leaves a half-written output.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
+import os
+import re
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO
 
 import numpy as np
 import pandas as pd
 from ase import Atoms
+from ase.calculators.singlepoint import SinglePointCalculator
 from ase.io.extxyz import output_column_format, save_calc_results
 from ase.stress import voigt_6_to_full_3x3_stress
 
-__all__ = ["annotated_frames", "chemiscope_bytes", "csv_bytes", "extxyz_bytes", "write_extxyz"]
+from lprviz.errors import InputError
+
+__all__ = [
+    "annotated_frames", "atomic_output", "chemiscope_bytes", "csv_bytes", "extxyz_bytes",
+    "group_summary", "plain_text", "provenance", "write_extxyz",
+]
+
+PROVENANCE_PREFIX = "lprviz_"
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+_NOT_PLAIN = re.compile(r"[^A-Za-z0-9_.+\-:/ ]")
+# Names this schema writes (also older lprviz names): removed from input frames first, so a
+# file written by an earlier run never keeps a stale ``lpr_2`` beside fresh ``lpr_0, lpr_1``.
+_STALE_ARRAYS = re.compile(r"(?:(?:lpr|lcpr|undetermined)(?:_.*)?|log10_lpr|local_energy)\Z")
+_STALE_INFO = re.compile(r"(?:lpr.*|alphas?|pr(?:_\d+)?|energy_pred|in_training)\Z")
 
 
 def write_extxyz(file: str | Path | IO[str], frames: Iterable[Atoms]) -> None:
@@ -62,34 +91,202 @@ def write_extxyz(file: str | Path | IO[str], frames: Iterable[Atoms]) -> None:
                 fh.write(fmt % tuple(row))
 
 
-def annotated_frames(ds, res) -> list:
-    """Copies of the frames with per-atom ``lpr``, ``log10_lpr``, ``local_energy``,
-    ``undetermined`` arrays.
+# --------------------------------------------------------------------------- the schema
 
-    ``log10_lpr`` is there for viewers that colour better on a log scale.
+
+def plain_text(value: object) -> str:
+    """``value`` as a string every extxyz reader takes as one header value.
+
+    Characters other than letters, digits, ``_ . + - : /`` and spaces become ``_``
+    (quotes, commas, ``=`` and backslashes break some parsers); an empty string becomes
+    ``none`` (ASE reads an empty value as the next key).
     """
-    out = []
-    sidx = ds.structure_index
-    for i, atoms in enumerate(ds.frames):
-        sel = sidx == i
-        a = atoms.copy()
-        a.calc = atoms.calc  # keep the reference energy (written as a calculator result)
-        a.arrays["lpr"] = res.lpr[sel]
-        a.arrays["log10_lpr"] = np.log10(res.lpr[sel])
-        a.arrays["local_energy"] = res.local_energy[sel]
-        a.arrays["undetermined"] = np.asarray(res.undetermined)[sel].astype(int)
-        a.info["energy_pred"] = float(res.energy_pred[i])
-        a.info["pr"] = float(res.pr[i])
-        a.info["in_training"] = bool(res.train_mask[i])
-        a.info["lpr_alpha"] = float(res.alpha)
-        out.append(a)
+    text = _NOT_PLAIN.sub("_", " ".join(str(value).split()))
+    return text or "none"
+
+
+def group_summary(groups: Sequence[str] | np.ndarray) -> str:
+    """``"name:count ..."`` of the groups of some frames (sorted by name), as a plain string."""
+    names, counts = np.unique(np.asarray(groups, dtype=str), return_counts=True)
+    return plain_text(" ".join(
+        f"{plain_text(n).replace(' ', '_')}:{c}" for n, c in zip(names, counts, strict=True)
+    ))
+
+
+def _results_list(results) -> list:
+    """One :class:`~lprviz.pipeline.Results` or a non-empty sequence of them (one per alpha)."""
+    out = list(results) if isinstance(results, Sequence) else [results]
+    if not out:
+        raise InputError("results: expected at least one alpha's results")
     return out
 
 
-def extxyz_bytes(ds, res) -> bytes:
-    """Extended XYZ of every frame with the per-atom results."""
+def provenance(ds, results, extra: Mapping[str, object] | None = None) -> dict[str, object]:
+    """How the numbers were made, as ``lprviz_*`` info entries.
+
+    Parameters
+    ----------
+    ds : lprviz.datasets.Dataset
+    results : lprviz.pipeline.Results or sequence of Results
+        One per alpha, all from the same fit.
+    extra : mapping, optional
+        More entries (names without the prefix, e.g. ``{"scale_from": "reference"}``); they
+        override the defaults.
+
+    Returns
+    -------
+    dict
+        Plain identifiers -> int, float, bool or plain string: the lprviz version, dataset,
+        model kind, baseline, active environments and zeta (sparse kernel), SOAP
+        hyper-parameters, feature scale and where it came from, and the training set's size
+        and groups.
+    """
+    from lprviz import __version__
+
+    first = _results_list(results)[0]
+    train = np.asarray(first.train_mask, dtype=bool)
+    out: dict[str, object] = {"version": __version__, "dataset": ds.name}
+    spec = getattr(first, "spec", None)
+    if spec is not None:
+        out["model"] = spec.kind
+        out["baseline"] = bool(spec.baseline)
+        if spec.kind == "sparse-kernel":
+            n_active = getattr(first, "n_active", None)
+            out["n_sparse"] = int(spec.n_sparse if n_active is None else n_active)
+            out["zeta"] = int(spec.zeta)
+    hypers = getattr(first, "hypers", None)
+    if hypers is not None:
+        for key, value in dataclasses.asdict(hypers).items():
+            out[f"soap_{key}"] = value
+    if getattr(first, "scale", None) is not None:
+        out["feature_scale"] = float(first.scale)
+        out["scale_from"] = "training"
+    out["n_train_frames"] = int(train.sum())
+    out["train_groups"] = group_summary(np.asarray(ds.groups)[train])
+    out.update(extra or {})
+    return {PROVENANCE_PREFIX + _identifier(k, "provenance"): _info_value(v)
+            for k, v in out.items()}
+
+
+def _identifier(name: str, what: str) -> str:
+    if not _IDENTIFIER.match(name):
+        raise InputError(
+            f"{what} name {name!r}: expected a plain identifier [A-Za-z_][A-Za-z0-9_]*")
+    return name
+
+
+def _info_value(value: object) -> object:
+    """A header value every reader parses: bool, int, float or a plain string."""
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        return float(value)
+    return plain_text(value)
+
+
+def _table(ds, results: list, frames: np.ndarray) -> tuple[dict, dict]:
+    """The schema's per-atom and per-frame columns for ``frames`` (indices, in order).
+
+    Returns ``(atom_columns, frame_columns)``: name -> array over the atoms of ``frames``
+    (dataset atom order) and name -> array over ``frames``.
+    """
+    first = results[0]
+    atoms = np.isin(ds.structure_index, frames)
+    atom_cols = {
+        "lpr": first.lpr[atoms],
+        "log10_lpr": np.log10(first.lpr[atoms]),
+        "undetermined": np.asarray(first.undetermined, dtype=bool)[atoms],
+        "local_energy": first.local_energy[atoms],
+    }
+    frame_cols = {
+        "energy_pred": np.asarray(first.energy_pred, dtype=float)[frames],
+        "pr": np.asarray(first.pr, dtype=float)[frames],
+        "in_training": np.asarray(first.train_mask, dtype=bool)[frames],
+    }
+    if len(results) > 1:
+        for i, res in enumerate(results):
+            atom_cols[f"lpr_{i}"] = res.lpr[atoms]
+            atom_cols[f"undetermined_{i}"] = np.asarray(res.undetermined, dtype=bool)[atoms]
+            frame_cols[f"pr_{i}"] = np.asarray(res.pr, dtype=float)[frames]
+    return atom_cols, frame_cols
+
+
+def _selected_frames(results: list, include_training: bool) -> np.ndarray:
+    train = np.asarray(results[0].train_mask, dtype=bool)
+    return np.flatnonzero(np.ones_like(train) if include_training else ~train)
+
+
+def annotated_frames(
+    ds,
+    results,
+    *,
+    include_training: bool = True,
+    atom_arrays: Mapping[str, np.ndarray] | None = None,
+    extra_provenance: Mapping[str, object] | None = None,
+) -> list[Atoms]:
+    """Copies of the frames carrying the results under the schema's names.
+
+    Per-atom arrays ``lpr``, ``log10_lpr``, ``undetermined`` (bool), ``local_energy``;
+    with several alphas also ``lpr_<i>`` and ``undetermined_<i>`` (``i`` indexes the
+    ``alphas`` info entry). Per-frame info ``alpha``, ``alphas``, ``pr`` (and ``pr_<i>``),
+    ``energy_pred`` (predicted total energy, eV), ``in_training`` and the ``lprviz_*``
+    provenance of :func:`provenance`. The reference energy, forces and the frame's own
+    arrays and info are kept (entries under this schema's names are replaced).
+
+    Parameters
+    ----------
+    ds : lprviz.datasets.Dataset
+    results : lprviz.pipeline.Results or sequence of Results
+        One per alpha, all from the same fit; the first is the one ``lpr``, ``pr``,
+        ``local_energy`` and ``energy_pred`` refer to.
+    include_training : bool
+        All frames (the app's export) or only the non-training ones (``lprviz lpr``).
+    atom_arrays : mapping, optional
+        More per-atom arrays in dataset atom order (e.g. ``lcpr_<block>``), plain names.
+    extra_provenance : mapping, optional
+        More ``lprviz_*`` entries, passed to :func:`provenance`.
+
+    Returns
+    -------
+    list of ase.Atoms
+    """
+    results = _results_list(results)
+    frames = _selected_frames(results, include_training)
+    atom_cols, frame_cols = _table(ds, results, frames)
+    selected = np.isin(ds.structure_index, frames)
+    for name, values in (atom_arrays or {}).items():
+        atom_cols[_identifier(name, "array")] = np.asarray(values)[selected]
+    info = {"alpha": float(results[0].alpha),
+            "alphas": np.array([float(r.alpha) for r in results]),
+            **provenance(ds, results, extra_provenance)}
+    sizes = np.asarray(ds.frame_sizes)[frames]
+    starts = np.concatenate([[0], np.cumsum(sizes)])
+    out = []
+    for j, frame in enumerate(frames):
+        original = ds.frames[frame]
+        atoms = original.copy()
+        for key in [k for k in atoms.arrays if _STALE_ARRAYS.match(k)]:
+            del atoms.arrays[key]
+        for key in [k for k in atoms.info if _STALE_INFO.match(k)]:
+            del atoms.info[key]
+        calc_results = getattr(original.calc, "results", None)
+        if calc_results:  # the reference energy/forces, written as calculator results
+            atoms.calc = SinglePointCalculator(atoms, **dict(calc_results))
+        rows = slice(starts[j], starts[j + 1])
+        for name, values in atom_cols.items():
+            atoms.arrays[name] = values[rows]
+        atoms.info.update(info)
+        atoms.info.update({k: v[j].item() for k, v in frame_cols.items()})
+        out.append(atoms)
+    return out
+
+
+def extxyz_bytes(ds, results, **kwargs) -> bytes:
+    """Extended XYZ of :func:`annotated_frames` (same keyword arguments), full precision."""
     buf = io.StringIO()
-    write_extxyz(buf, annotated_frames(ds, res))
+    write_extxyz(buf, annotated_frames(ds, results, **kwargs))
     return buf.getvalue().encode()
 
 
@@ -99,52 +296,119 @@ def _csv_text(value: object) -> str:
     return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
 
 
-def csv_bytes(ds, res) -> bytes:
-    """One CSV row per atom: frame, name, group, species, position, LPR, local energy.
+def csv_bytes(ds, results, *, include_training: bool = True) -> bytes:
+    """One CSV row per atom: where it is, then the schema's columns.
 
-    Names and groups that start like a spreadsheet formula get a leading ``'``.
+    ``frame, name, group, atom, Z, x, y, z``, the per-atom columns of
+    :func:`annotated_frames`, its per-frame columns repeated on each atom of the frame, and
+    ``true_local_energy`` when the dataset has it. Names and groups that start like a
+    spreadsheet formula get a leading ``'``.
     """
-    sidx = ds.structure_index
-    pos = np.concatenate([a.positions for a in ds.frames])
+    results = _results_list(results)
+    frames = _selected_frames(results, include_training)
+    atom_cols, frame_cols = _table(ds, results, frames)
+    selected = np.isin(ds.structure_index, frames)
+    sidx = ds.structure_index[selected]
+    pos = np.concatenate([ds.frames[i].positions for i in frames])
     df = pd.DataFrame({
         "frame": sidx, "name": np.asarray([_csv_text(n) for n in ds.names])[sidx],
         "group": np.asarray([_csv_text(g) for g in ds.groups])[sidx],
-        "atom": np.arange(len(sidx)) - np.searchsorted(sidx, sidx),
-        "Z": ds.atom_numbers, "x": pos[:, 0], "y": pos[:, 1], "z": pos[:, 2],
-        "lpr": res.lpr, "undetermined": np.asarray(res.undetermined, bool),
-        "local_energy": res.local_energy,
-        "in_training": np.asarray(res.train_mask, bool)[sidx],
+        "atom": np.concatenate([np.arange(n) for n in np.asarray(ds.frame_sizes)[frames]]),
+        "Z": ds.atom_numbers[selected], "x": pos[:, 0], "y": pos[:, 1], "z": pos[:, 2],
+        **atom_cols,
+        **{k: v[np.searchsorted(frames, sidx)] for k, v in frame_cols.items()},
     })
     if ds.true_local_energies is not None:
-        df["true_local_energy"] = ds.true_local_energies
+        df["true_local_energy"] = np.asarray(ds.true_local_energies)[selected]
     return df.to_csv(index=False).encode()
 
 
-def chemiscope_bytes(ds, res) -> bytes:
-    """A chemiscope input file (gzipped JSON) with LPR as an atom property."""
+def chemiscope_bytes(ds, results, *, include_training: bool = True) -> bytes:
+    """A chemiscope input file (gzipped JSON) with the schema's columns as properties.
+
+    Per-atom columns are atom properties, per-frame columns structure properties (booleans
+    as ``"True"``/``"False"`` categories), plus ``group`` and the reference ``energy`` when
+    every frame has one; the provenance is in the metadata description.
+    """
     import chemiscope
 
-    frames = [a.copy() for a in ds.frames]
-    properties = {
-        "LPR": {"target": "atom", "values": res.lpr.tolist(),
-                "description": f"local prediction rigidity at alpha={res.alpha:.3g}"},
-        "log10 LPR": {"target": "atom", "values": np.log10(res.lpr).tolist()},
-        "local energy": {"target": "atom", "values": res.local_energy.tolist(), "units": "eV"},
-        "in training": {"target": "structure",
-                        "values": [str(bool(t)) for t in res.train_mask]},
-        "group": {"target": "structure", "values": [str(g) for g in ds.groups]},
-    }
-    per_atom = np.asarray(ds.energies, dtype=float) / ds.frame_sizes
+    results = _results_list(results)
+    frames = _selected_frames(results, include_training)
+    atom_cols, frame_cols = _table(ds, results, frames)
+    structures = [ds.frames[i].copy() for i in frames]
+    properties = {}
+    for target, columns in (("atom", atom_cols), ("structure", frame_cols)):
+        for name, values in columns.items():
+            if values.dtype == bool:
+                values = values.astype(str)
+            properties[name] = {"target": target, "values": values.tolist()}
+    properties["lpr"]["description"] = (
+        f"local prediction rigidity at alpha={float(results[0].alpha):.6g}")
+    properties["local_energy"]["units"] = properties["energy_pred"]["units"] = "eV"
+    properties["group"] = {"target": "structure",
+                           "values": [str(ds.groups[i]) for i in frames]}
+    energies = np.asarray(ds.energies, dtype=float)[frames]
     # JSON has no NaN: with unlabelled structures the property would make an invalid file.
-    if np.all(np.isfinite(per_atom)):
-        properties["energy per atom"] = {"target": "structure", "values": per_atom.tolist(),
-                                         "units": "eV"}
+    if np.all(np.isfinite(energies)):
+        properties["energy"] = {"target": "structure", "values": energies.tolist(),
+                                "units": "eV", "description": "reference total energy"}
+    info = provenance(ds, results)
+    info["alphas"] = " ".join(f"{float(r.alpha):.17g}" for r in results)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "lprviz.json.gz"
         chemiscope.write_input(
-            str(path), structures=frames, properties=properties,
-            environments=chemiscope.all_atomic_environments(frames),
-            metadata={"name": f"lprviz: {ds.name}"},
-            settings={"structure": [{"color": {"property": "log10 LPR"}}]},
+            str(path), structures=structures, properties=properties,
+            environments=chemiscope.all_atomic_environments(structures),
+            metadata={"name": f"lprviz: {ds.name}",
+                      "description": "\n".join(f"{k}={v}" for k, v in info.items())},
+            settings={"structure": [{"color": {"property": "log10_lpr"}}]},
         )
         return path.read_bytes()
+
+
+# --------------------------------------------------------------------------- safe writing
+
+
+def _new_file_mode() -> int:
+    """Permissions a plain ``open(path, "w")`` would give a new file (``0o666 & ~umask``).
+
+    Reading the umask means setting it for a moment (process-wide): fine for the CLI.
+    """
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | Path, *, newline: str | None = None) -> Iterator[IO[str]]:
+    """Open ``path`` for writing text so it is replaced whole or not at all.
+
+    Writes go to a temporary file in the same directory (so the final rename stays on one
+    file system); on success it is flushed, fsynced and renamed over ``path`` with
+    :func:`os.replace`. On any exception the temporary file is removed and an existing
+    ``path`` is left untouched. A symbolic link is followed: its target is replaced.
+
+    Parameters
+    ----------
+    path : str or pathlib.Path
+    newline : str, optional
+        As for :func:`open` (``""`` for the csv module and pandas).
+
+    Yields
+    ------
+    text file object
+    """
+    target = Path(path).resolve()
+    mode = (target.stat().st_mode & 0o7777) if target.is_file() else _new_file_mode()
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline=newline) as fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise

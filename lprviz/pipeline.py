@@ -23,11 +23,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from lprviz.errors import InputError
-from lprviz.features import Descriptors
+from lprviz.features import Descriptors, SoapHypers
 from lprviz.models import NystromMap, append_baseline, fit_nystrom
 from lprviz.rigidity import RigiditySolver, data_share, sfactor, structure_features
 
-__all__ = ["MODEL_KINDS", "Fit", "ModelSpec", "Results", "coordination", "evaluate", "prepare"]
+__all__ = [
+    "MODEL_KINDS", "Fit", "ModelSpec", "Results", "coordination", "evaluate", "prepare",
+    "reference_space",
+]
 
 MODEL_KINDS = ("linear", "sparse-kernel")
 
@@ -92,6 +95,8 @@ class Fit:
         Reference total energies (NaN where unknown).
     true_local_energies : numpy.ndarray of shape (n_atoms,) or None
         Reference local energies when the dataset has them (EMT sets).
+    hypers : lprviz.features.SoapHypers or None
+        SOAP hyper-parameters of the descriptors (for provenance in exported files).
     """
 
     spec: ModelSpec
@@ -106,6 +111,7 @@ class Fit:
     xty: np.ndarray
     energies: np.ndarray
     true_local_energies: np.ndarray | None = None
+    hypers: SoapHypers | None = None
 
     @property
     def n_frames(self) -> int:
@@ -151,6 +157,11 @@ class Results:
     data_share : numpy.ndarray of shape (n_atoms,) or None
         Share of each atom's LPR the training data provide, in [0, 1]
         (:func:`lprviz.rigidity.data_share`); near 0 the regulariser sets the LPR.
+    spec, scale, hypers, n_active
+        The model of the :class:`Fit` these results come from (provenance for exported files;
+        small copies, so cached results do not keep the fit's projections alive): its
+        :class:`ModelSpec`, feature scale, SOAP hyper-parameters and, for the sparse kernel,
+        the number of active environments actually used.
     """
 
     alpha: float
@@ -164,6 +175,10 @@ class Results:
     energies: np.ndarray
     true_local_energies: np.ndarray | None = None
     data_share: np.ndarray | None = None
+    spec: ModelSpec | None = None
+    scale: float | None = None
+    hypers: SoapHypers | None = None
+    n_active: int | None = None
 
     @property
     def local_error(self) -> np.ndarray | None:
@@ -285,7 +300,43 @@ def prepare(
         xty=xty,
         energies=energies,
         true_local_energies=getattr(dataset, "true_local_energies", None),
+        hypers=getattr(descriptors, "hypers", None),
     )
+
+
+def reference_space(
+    descriptors: Descriptors, atom_mask: np.ndarray, spec: ModelSpec | None = None
+) -> tuple[float, NystromMap | None]:
+    """Feature scale and (sparse kernel) active environments chosen from reference atoms.
+
+    :func:`prepare` picks both from its own training atoms, so two training sets give two
+    feature spaces and their LPRs are not comparable. Pass the pair returned here as
+    ``prepare(..., scale=scale, nystrom=nystrom)`` for every training set to compare; then
+    adding structures to training never lowers an LPR. The reference atoms need no energies.
+
+    Parameters
+    ----------
+    descriptors : Descriptors
+    atom_mask : numpy.ndarray of shape (n_atoms,), bool
+        Reference atoms (e.g. those of a reference training set).
+    spec : ModelSpec, optional
+        Model (default ``ModelSpec()``); the active set is chosen for the sparse kernel only.
+
+    Returns
+    -------
+    scale : float
+        sfactor of the reference atoms' descriptor (or Nyström) columns.
+    nystrom : NystromMap or None
+        Feature map on environments chosen among the reference atoms (sparse kernel), else None.
+    """
+    spec = ModelSpec() if spec is None else spec
+    chosen = np.asarray(descriptors.values, dtype=np.float64)[np.asarray(atom_mask, dtype=bool)]
+    if chosen.shape[0] == 0:
+        raise InputError("reference training set: no atoms selected")
+    if spec.kind != "sparse-kernel":
+        return float(sfactor(chosen)), None
+    nystrom = fit_nystrom(chosen, spec.n_sparse, zeta=spec.zeta)
+    return float(sfactor(nystrom.transform(chosen))), nystrom
 
 
 def evaluate(fit: Fit, alpha: float) -> Results:
@@ -324,6 +375,10 @@ def evaluate(fit: Fit, alpha: float) -> Results:
         energies=fit.energies,
         true_local_energies=fit.true_local_energies,
         data_share=data_share(lpr, scaled_norm2(fit), alpha),
+        spec=fit.spec,
+        scale=fit.scale,
+        hypers=fit.hypers,
+        n_active=None if fit.nystrom is None else len(fit.nystrom.active_index),
     )
 
 

@@ -62,19 +62,20 @@ def test_round_trip_equals_scikit_matter(files, tmp_path, capsys):
     species = (29, 79)
     x_train = compute_soap(train_frames, HYPERS, species=species, cache=False).per_structure()
     x_test = compute_soap(test_frames, HYPERS, species=species, cache=False).per_structure()
-    for alpha in (1e-4, 1e-2):
+    for i, alpha in enumerate(frames[0].info["alphas"]):
         ref, _ = skmatter_lpr(x_train, x_test, alpha=alpha)
-        got = np.concatenate([a.arrays[f"lpr_alpha={alpha:g}"] for a in frames])
+        got = np.concatenate([a.arrays[f"lpr_{i}"] for a in frames])
         np.testing.assert_allclose(got, np.concatenate(ref), rtol=1e-6)
+    np.testing.assert_allclose(frames[0].info["alphas"], [1e-4, 1e-2], rtol=1e-12)
     lpr = np.concatenate([a.arrays["lpr"] for a in frames])
-    np.testing.assert_array_equal(
-        lpr, np.concatenate([a.arrays["lpr_alpha=0.0001"] for a in frames])
-    )
+    np.testing.assert_allclose(lpr, np.concatenate([a.arrays["lpr_0"] for a in frames]),
+                               rtol=1e-12)
     assert np.all(np.isfinite(lpr)) and np.all(lpr > 0)
     info = frames[0].info
-    assert info["lpr_alpha"] == pytest.approx(1e-4)
-    assert info["lpr_model"] == "linear" and info["lpr_baseline"] is False
-    assert '"cutoff": 4.0' in info["lpr_soap"]
+    assert info["alpha"] == pytest.approx(1e-4)
+    assert info["lprviz_model"] == "linear" and info["lprviz_baseline"] is False
+    assert info["lprviz_soap_cutoff"] == pytest.approx(4.0)
+    assert info["lprviz_n_train_frames"] == 30 and info["in_training"] is False
     assert info["lprviz_version"]
     np.testing.assert_allclose([a.positions for a in frames], [a.positions for a in test_frames])
 
@@ -111,7 +112,8 @@ def test_round_trip_local_energy_equals_library(files, tmp_path):
     emt = np.array([a.get_potential_energy() for a in _emt_frames(6, 2)])
     pred = np.array([a.arrays["local_energy"].sum() for a in frames])
     assert np.sqrt(np.mean(((pred - emt) / 8) ** 2)) < 0.1
-    assert frames[0].info["lpr_model"] == "sparse-kernel"
+    assert frames[0].info["lprviz_model"] == "sparse-kernel"
+    assert frames[0].info["lprviz_n_sparse"] == 40
 
 
 def test_dataset_with_train_groups(tmp_path):
@@ -137,7 +139,7 @@ def test_dataset_with_train_groups(tmp_path):
         rtol=1e-12,
     )
     np.testing.assert_allclose(frames[0].get_forces(), test_set.frames[0].get_forces())
-    assert frames[0].arrays["lpr_undetermined"].dtype == bool
+    assert frames[0].arrays["undetermined"].dtype == bool
 
 
 def _run_error(argv, capsys):
@@ -190,7 +192,7 @@ def test_lcpr_arrays_equal_the_masked_definition(files, tmp_path):
     species = (29, 79)
     X_train = compute_soap(train_frames, HYPERS, species=species, cache=False)
     X_test = compute_soap(ase.io.read(test, index=":"), HYPERS, species=species, cache=False)
-    s = float(frames[0].info["lpr_scale"])
+    s = float(frames[0].info["lprviz_feature_scale"])
     rows = np.stack([X.mean(axis=0) for X in X_train.per_structure()]) / s
     A = rows.T @ rows + alpha * np.eye(rows.shape[1])
     x = X_test.values / s

@@ -55,7 +55,7 @@ def test_csv_and_chemiscope(results):
     np.testing.assert_allclose(table["lpr"], res.lpr, rtol=1e-9)
     np.testing.assert_allclose(table["true_local_energy"], ds.true_local_energies, rtol=1e-9)
     data = json.loads(gzip.decompress(export.chemiscope_bytes(ds, res)))
-    prop = data["properties"]["LPR"]
+    prop = data["properties"]["lpr"]
     assert prop["target"] == "atom" and len(prop["values"]) == ds.n_atoms
     np.testing.assert_allclose(prop["values"], res.lpr, rtol=1e-12)
     assert len(data["structures"]) == len(ds.frames)
@@ -91,5 +91,5 @@ def test_chemiscope_file_is_strict_json_with_unlabelled_structures(results):
 
     data = json.loads(gzip.decompress(export.chemiscope_bytes(part, sub)),
                       parse_constant=no_constants)
-    assert "energy per atom" not in data["properties"]
-    assert len(data["properties"]["LPR"]["values"]) == part.n_atoms
+    assert "energy" not in data["properties"]
+    assert len(data["properties"]["lpr"]["values"]) == part.n_atoms

@@ -1,0 +1,150 @@
+"""CLI progress on stderr (silenced by ``-q``) and safe output files (``-o``, ``--csv``)."""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lprviz import export, features
+from lprviz.cli import main
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from corpus import write_valid  # noqa: E402
+
+SOAP = ["--cutoff", "3.5", "--max-radial", "2", "--max-angular", "1"]
+OLD = "old output, must survive\n"
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("LPRVIZ_CACHE_DIR", str(tmp_path / "cache"))
+    features.clear_memory_cache()
+
+
+@pytest.fixture
+def files(tmp_path):
+    return (write_valid(tmp_path / "train.extxyz", 8, 1),
+            write_valid(tmp_path / "test.extxyz", 3, 2, energies=False))
+
+
+def _one_error_line(err: str) -> str:
+    lines = [line for line in err.splitlines() if line.startswith("lprviz: error:")]
+    assert len(lines) == 1 and "Traceback" not in err
+    return lines[0]
+
+
+def test_every_step_is_reported_and_quiet_silences_them(files, tmp_path, capsys):
+    train, test = files
+    out = tmp_path / "out.extxyz"
+    argv = ["lpr", "--train", str(train), "--test", str(test), "--alpha", "1e-4,1e-2",
+            "--lcpr", "--reference-train", str(train), *SOAP, "-o", str(out)]
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    for step in ("loading structures", "SOAP", "SOAP of the reference", "reference feature space",
+                 "factorising the model of 8 training structures", "LPR at alpha=0.0001",
+                 "LPR at alpha=0.01", "LCPR per descriptor block", f"writing {out}"):
+        assert f"{step}... " in err, step
+    assert err.count(" done in ") == 9
+    assert "SOAP [" in err and "wrote 3 structures" in err
+    assert main([*argv, "-q"]) == 0
+    assert capsys.readouterr().err == ""
+
+
+def test_suggest_reports_steps_unless_quiet(files, tmp_path, capsys):
+    train, pool = files
+    argv = ["suggest", "--train", str(train), "--pool", str(pool), "-k", "2",
+            "--random-seeds", "2", "--csv", str(tmp_path / "s.csv")]
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    for step in ("loading structures", "SOAP", "factorising", "ranking 3 candidate structures",
+                 "2 random draws", "writing"):
+        assert f"{step}" in err and " done in " in err, step
+    assert main([*argv, "-q"]) == 0
+    assert capsys.readouterr().err == ""
+
+
+def test_output_that_is_an_input_is_refused(files, tmp_path, capsys, monkeypatch):
+    train, test = files
+    before = train.read_bytes(), test.read_bytes()
+    link = tmp_path / "link.extxyz"
+    link.symlink_to(test)
+    monkeypatch.chdir(tmp_path)
+    for output, option in (("train.extxyz", "--train"), (str(link), "--test"),
+                           (f"../{tmp_path.name}/test.extxyz", "--test")):
+        assert main(["lpr", "--train", str(train), "--test", "test.extxyz", *SOAP, "-q",
+                     "-o", output]) == 2
+        msg = _one_error_line(capsys.readouterr().err)
+        assert output in msg and option in msg
+    assert main(["suggest", "--train", str(train), "--pool", str(test), "-q",
+                 "--csv", str(link)]) == 2
+    msg = _one_error_line(capsys.readouterr().err)
+    assert "--csv" in msg and "--pool" in msg
+    assert (train.read_bytes(), test.read_bytes()) == before
+
+
+def test_failed_write_keeps_the_old_output_and_leaves_no_temporary(files, tmp_path, capsys,
+                                                                    monkeypatch):
+    train, test = files
+    (tmp_path / "results").mkdir()
+    out = tmp_path / "results" / "out.extxyz"
+    out.write_text(OLD)
+
+    def disk_full(fh, frames):
+        fh.write("3\nhalf a frame")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(export, "write_extxyz", disk_full)
+    assert main(["lpr", "--train", str(train), "--test", str(test), *SOAP, "-q",
+                 "-o", str(out)]) == 2
+    msg = _one_error_line(capsys.readouterr().err)
+    assert str(out) in msg and os.strerror(errno.ENOSPC) in msg
+    assert out.read_text() == OLD
+    assert os.listdir(out.parent) == ["out.extxyz"]
+
+
+def test_failed_csv_sync_keeps_the_old_table(files, tmp_path, capsys, monkeypatch):
+    train, pool = files
+    (tmp_path / "results").mkdir()
+    table = tmp_path / "results" / "table.csv"
+    table.write_text(OLD)
+
+    def failing_fsync(fd):
+        raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+    monkeypatch.setattr(export.os, "fsync", failing_fsync)
+    assert main(["suggest", "--train", str(train), "--pool", str(pool), "-k", "1", "-q",
+                 "--random-seeds", "0", "--csv", str(table)]) == 2
+    assert "--csv" in _one_error_line(capsys.readouterr().err)
+    assert table.read_text() == OLD
+    assert os.listdir(table.parent) == ["table.csv"]
+
+
+def test_atomic_output_replaces_whole_files_and_follows_links(tmp_path):
+    target = tmp_path / "data.txt"
+    target.write_text(OLD)
+    target.chmod(0o640)
+    link = tmp_path / "link.txt"
+    link.symlink_to(target)
+    with export.atomic_output(link) as fh:
+        fh.write("new\n")
+        assert target.read_text() == OLD  # nothing visible before the rename
+    assert link.is_symlink() and target.read_text() == "new\n"
+    assert stat.S_IMODE(target.stat().st_mode) == 0o640
+    with pytest.raises(RuntimeError), export.atomic_output(target) as fh:
+        fh.write("partial")
+        raise RuntimeError("interrupted")
+    assert target.read_text() == "new\n"
+    assert sorted(os.listdir(tmp_path)) == ["data.txt", "link.txt"]
+    fresh = tmp_path / "fresh.txt"
+    with export.atomic_output(fresh) as fh:
+        fh.write("x")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(fresh.stat().st_mode) == 0o666 & ~umask
+    assert np.array_equal(np.frombuffer(fresh.read_bytes(), np.uint8), [ord("x")])
