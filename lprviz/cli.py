@@ -29,13 +29,38 @@ def _progress_bar(label: str, *, enabled: bool = True, width: int = 30):
 
 
 def _parse_alphas(text: str) -> list[float]:
+    from lprviz.pipeline import ALPHA_RANGE
+
     try:
         alphas = [float(v) for v in text.split(",") if v.strip()]
     except ValueError:
         alphas = []
-    if not alphas or not all(a >= 0 and a < float("inf") for a in alphas):
-        raise InputError(f"--alpha: expected comma-separated non-negative numbers, got {text!r}")
+    if not alphas or not all(ALPHA_RANGE[0] <= a <= ALPHA_RANGE[1] for a in alphas):
+        raise InputError(f"--alpha: expected comma-separated numbers in [{ALPHA_RANGE[0]:g}, "
+                         f"{ALPHA_RANGE[1]:g}], got {text!r}")
     return alphas
+
+
+def _check_numbers(args: argparse.Namespace) -> None:
+    """Range-check numeric options before any work, naming the option (the library checks
+    the same ranges again, naming its own fields)."""
+    from lprviz.features import SoapHypers
+    from lprviz.limits import check_number
+    from lprviz.pipeline import SCALE_RANGE, ModelSpec
+
+    for field, (low, high) in SoapHypers.RANGES.items():
+        value = getattr(args, field, None)
+        if value is not None:
+            check_number("--" + field.replace("_", "-"), value, low, high,
+                         integer=field.startswith("max_"))
+    if getattr(args, "n_sparse", None) is not None:
+        check_number("--n-sparse", args.n_sparse, *ModelSpec.RANGES["n_sparse"], integer=True)
+    if getattr(args, "scale", None) is not None:
+        check_number("--scale", args.scale, *SCALE_RANGE)
+    if hasattr(args, "k"):  # suggest
+        check_number("-k", args.k, 1, 10_000, integer=True)
+        check_number("--target-fraction", args.target_fraction, 1e-6, 1.0)
+        check_number("--random-seeds", args.random_seeds, 0, 1000, integer=True)
 
 
 def _group_mask(data, text: str, option: str):
@@ -134,6 +159,7 @@ def _cmd_lpr(args: argparse.Namespace) -> int:
     from lprviz.pipeline import ModelSpec, evaluate, prepare
 
     alphas = _parse_alphas(args.alpha)
+    _check_numbers(args)
     if args.preset not in SOAP_PRESETS:
         raise InputError(
             f"--preset: expected one of {', '.join(SOAP_PRESETS)}, got {args.preset!r}"
@@ -151,7 +177,8 @@ def _cmd_lpr(args: argparse.Namespace) -> int:
     data, train = _lpr_inputs(args)
 
     progress = _progress_bar("SOAP", enabled=not args.quiet)
-    desc = compute_soap(data.frames, hypers, species=data.species, progress=progress)
+    desc = compute_soap(data.frames, hypers, species=data.species, progress=progress,
+                        names=data.names)
     fit = prepare(data, desc, train, spec, scale=args.scale)
     results = [evaluate(fit, alpha) for alpha in alphas]
 
@@ -268,12 +295,14 @@ def _cmd_suggest(args: argparse.Namespace) -> int:
         raise InputError(
             f"--preset: expected one of {', '.join(SOAP_PRESETS)}, got {args.preset!r}"
         )
-    try:
-        alpha = float(args.alpha)
-    except ValueError:
-        raise InputError(f"--alpha: expected a number, got {args.alpha!r}") from None
+    alphas = _parse_alphas(args.alpha)
+    if len(alphas) != 1:
+        raise InputError(f"--alpha: expected one number, got {args.alpha!r}")
+    alpha = alphas[0]
+    _check_numbers(args)
     data, train, pool, target = _suggest_inputs(args)
-    desc = compute_soap(data.frames, SOAP_PRESETS[args.preset], species=data.species)
+    desc = compute_soap(data.frames, SOAP_PRESETS[args.preset], species=data.species,
+                        names=data.names)
     fit = prepare(data, desc, train, ModelSpec(kind=args.model))
     if target is None:
         res = evaluate(fit, alpha)

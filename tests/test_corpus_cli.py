@@ -65,7 +65,8 @@ def _case_ids():
     with tempfile.TemporaryDirectory() as tmp:
         small = [c.name for c in build_corpus(tmp, big=False) if c.in_process]
     # the big cases that are safe in process (the 100k-atom frame has its own test)
-    return [*small, "huge_comment_line", "huge_comment_garbage"]
+    return [*small, "huge_comment_line", "huge_comment_garbage", "clump_in_huge_cell",
+            "molecule_20k_atoms"]
 
 
 CASE_IDS = _case_ids()
