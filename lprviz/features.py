@@ -275,14 +275,16 @@ def _featomic_ready(atoms: ase.Atoms, cutoff: float) -> ase.Atoms:
     return out
 
 
-def _check_search(ready: Sequence[ase.Atoms], cutoff: float, labels: Sequence[str]) -> None:
+def _check_search(frames: Sequence[ase.Atoms], cutoff: float, labels: Sequence[str]) -> None:
     """Refuse a frame whose neighbour search would exceed ``Limits.max_search_pairs``.
 
-    Runs on the fully periodic copies featomic receives, before featomic: its search cannot
-    be interrupted, and when an allocation fails it aborts the whole process.
+    Estimated on the fully periodic copies featomic receives, for every frame before the
+    first featomic call: its search cannot be interrupted, and when an allocation fails it
+    aborts the whole process.
     """
     limit = get_limits().max_search_pairs
-    for atoms, label in zip(ready, labels, strict=True):
+    for frame, label in zip(frames, labels, strict=True):
+        atoms = _featomic_ready(frame, cutoff)
         pairs = search_pairs(atoms.positions, atoms.cell.array, cutoff)
         if not pairs <= limit:
             heights = ", ".join(f"{h:.3g}" for h in cell_heights(atoms.cell.array, atoms.pbc))
@@ -298,18 +300,12 @@ def _featurise(
     hypers: SoapHypers,
     offsets: dict[tuple[int, int], int],
     l_of_prop: np.ndarray,
-    labels: Sequence[str],
 ) -> list[np.ndarray]:
-    """Dense ``(n_atoms, d)`` SOAP of each frame (one featomic call for all frames).
-
-    ``labels`` name the frames in errors (:func:`_check_search` runs first).
-    """
+    """Dense ``(n_atoms, d)`` SOAP of each frame (one featomic call for all frames)."""
     import featomic
 
-    ready = [_featomic_ready(a, hypers.cutoff) for a in frames]
-    _check_search(ready, hypers.cutoff, labels)
     calculator = featomic.SoapPowerSpectrum(**hypers.featomic_hypers())
-    tensor = calculator.compute(ready)
+    tensor = calculator.compute([_featomic_ready(a, hypers.cutoff) for a in frames])
     width = len(l_of_prop)
     d = width * len(offsets)
     sizes = np.array([len(a) for a in frames])
@@ -415,6 +411,7 @@ def compute_soap(
     else:
         per_frame: list[np.ndarray | None] = [_MEMORY.get(k) if cache else None for k in keys]
         todo = [i for i, v in enumerate(per_frame) if v is None]
+        _check_search([frames[i] for i in todo], hypers.cutoff, [labels[i] for i in todo])
         done = total - int(sizes[todo].sum())
         if progress is not None:
             progress(done, total)
@@ -422,8 +419,7 @@ def compute_soap(
         for pos, i in enumerate(todo):
             chunk.append(i)
             if sizes[chunk].sum() >= chunk_atoms or pos == len(todo) - 1:
-                dense = _featurise([frames[j] for j in chunk], hypers, offsets, l_of_prop,
-                                   [labels[j] for j in chunk])
+                dense = _featurise([frames[j] for j in chunk], hypers, offsets, l_of_prop)
                 for j, arr in zip(chunk, dense, strict=True):
                     per_frame[j] = arr
                     if cache:

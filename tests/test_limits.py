@@ -300,3 +300,13 @@ def test_app_coordination_cutoff_never_forms_all_pair_distances(monkeypatch):
 
     monkeypatch.setattr(ase.Atoms, "get_all_distances", tripwire)
     assert common.coordination_cutoff("big.xyz") == pytest.approx(1.2 * 3.6 / np.sqrt(2))
+
+
+def test_a_costly_frame_late_in_the_list_stops_featomic_before_any_call(monkeypatch):
+    frames = [bulk("Cu", "fcc", a=3.6, cubic=True) for _ in range(5)]
+    frames.append(ase.Atoms("Cu4", cell=[[1, 0, 0], [1e4, 1, 0], [0, 0, 1]], pbc=True,
+                            positions=[[0, 0, 0], [0.3, 0.3, 0], [0.3, 0, 0.3], [0, 0.3, 0.3]]))
+    _tripwire(monkeypatch)
+    with pytest.raises(InputError, match="^late.xyz#5: a neighbour search"):
+        compute_soap(frames, SoapHypers(), cache=False, chunk_atoms=4,
+                     names=[f"late.xyz#{i}" for i in range(6)])
