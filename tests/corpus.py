@@ -291,8 +291,12 @@ def build_corpus(directory: str | os.PathLike, *, big: bool = True) -> list[Case
     if big:
         # A single frame of 100k atoms: at the default limit (200k) it is accepted by the
         # loader; the CLI tests use it with a lowered limit (see the test).
+        # Atoms on a jittered 47^3 grid (4.26 A apart): uniform random positions would put
+        # pairs 0.06 A apart, which the loader rightly refuses (min_distance).
         n = 100_000
-        pos = np.random.default_rng(1).uniform(0, 200, (n, 3))
+        g = np.arange(47) * (200 / 47)
+        pos = np.stack(np.meshgrid(g, g, g, indexing="ij"), -1).reshape(-1, 3)[:n]
+        pos = pos + np.random.default_rng(1).uniform(-0.5, 0.5, pos.shape)
         lines = [str(n), 'Lattice="200 0 0 0 200 0 0 0 200" pbc="T T T" '
                  f"{_PROPS} energy=-1.0"]
         lines += [f"Cu {x:.4f} {y:.4f} {z:.4f}" for x, y, z in pos]

@@ -297,3 +297,21 @@ def test_app_upload_of_corpus_files_shows_one_line_errors_and_keeps_working(corp
     caption = " ".join(c.value for c in at.caption)
     assert "emt-alloys" in caption and "alpha = 0.01" in caption
     assert not problems, "\n".join(problems)
+
+
+@pytest.mark.slow
+def test_app_refuses_a_model_too_wide_in_one_line(corpus):
+    """24 elements load fine (valid structures) but their linear model would be 73524
+    features wide: the page shows one line naming the limit instead of building a 41 GB
+    matrix, and no exception."""
+    from streamlit.testing.v1 import AppTest
+
+    _, cases = corpus
+    case = cases["many_species"]
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=600).run()
+    at.file_uploader(key="upload").set_value(
+        (case.path.name, case.path.read_bytes(), "application/octet-stream")).run()
+    assert not at.exception
+    errors = [e.value for e in at.error]
+    assert len(errors) == 1 and "\n" not in errors[0], errors
+    assert "LPRVIZ_MAX_FEATURES" in errors[0]
