@@ -50,6 +50,9 @@ class Limits:
     max_file_bytes : int
         Largest structure file read (after decompression), 256 MiB: about a million atoms of
         extxyz; JSON is parsed in memory at ~7x its size.
+    max_columns : int
+        Most columns an extxyz ``Properties`` may declare per atom line (1000; real files have
+        fewer than 50): ASE builds a record type of every declared column before reading.
     max_length : float
         Largest absolute Cartesian coordinate or cell-matrix entry, in Angstrom (1e5, i.e.
         10 micrometres): larger values are wrong units or corruption, and at 1e300 cell
@@ -75,6 +78,7 @@ class Limits:
     """
 
     max_file_bytes: int = 256 << 20
+    max_columns: int = 1000
     max_length: float = 1e5
     max_energy_per_atom: float = 1e7
     min_distance: float = 0.4

@@ -339,6 +339,8 @@ def _limit_cases(text, *, big: bool) -> None:
          note="old Mac line ends: one line for a bytes reader, many for ASE")
     symbols = list(MANY_SPECIES)
     grid = [(1.6 * (i % 3), 1.6 * (i // 3 % 3), 1.6 * (i // 9)) for i in range(len(symbols))]
+    case("work", "properties_1e8_columns", _good().replace(_PROPS, _PROPS + ":x:R:100000000"),
+         "frame 0", "columns", note="60 bytes: ASE would build a 1e8-field record type")
     case("work", "many_species", _good(symbols=symbols, positions=grid, cell='pbc="F F F"'),
          "features", "limit",
          note=f"{len(symbols)} elements: the linear model would be >4096 features wide")

@@ -153,8 +153,8 @@ def _check_xyz_counts(path: Path, *, max_atoms: int) -> None:
     parsing: the file opened as text the way ``ase.io.read`` opens it (universal newlines),
     counts read by ``int(str)`` (which takes Arabic-Indic or fullwidth digits, "_" and
     no-break spaces), stop at the first blank line, ``VEC`` lines skipped. It also refuses a
-    ``Properties`` without positions (ASE then puts every atom at the origin). Lines that
-    are not counts, and undecodable text, are left for ASE to report.
+    ``Properties`` without positions or with too many columns (:func:`_check_properties`).
+    Lines that are not counts, and undecodable text, are left for ASE to report.
     """
     total, frame = 0, 0
     try:
@@ -170,9 +170,8 @@ def _check_xyz_counts(path: Path, *, max_atoms: int) -> None:
                     raise InputError(f"{path.name}: frame {frame}: more than {max_atoms} atoms "
                                      f"in total (limit max_atoms; this frame claims {n})")
                 comment = fh.readline()
-                if n and not _has_positions(comment):
-                    raise InputError(f"{path.name}: frame {frame}: Properties has no 'pos' "
-                                     "column, so every atom would sit at the origin")
+                if n:
+                    _check_properties(comment, f"{path.name}: frame {frame}")
                 for _ in range(n):
                     if not fh.readline():
                         return  # truncated: ASE names the problem
@@ -187,13 +186,25 @@ def _check_xyz_counts(path: Path, *, max_atoms: int) -> None:
 _PROPERTIES = re.compile(r"""(?:^|\s)Properties=(?:"([^"]*)"|'([^']*)'|(\S*))""")
 
 
-def _has_positions(comment: str) -> bool:
-    """Whether an extxyz comment line gives positions (no ``Properties``: ASE's default)."""
+def _check_properties(comment: str, where: str) -> None:
+    """Refuse an extxyz ``Properties`` without positions (ASE then puts every atom at the
+    origin) or with more than ``Limits.max_columns`` columns (ASE builds a record type of
+    every column first: 60 bytes declaring 1e8 columns would take minutes and GBs)."""
     found = _PROPERTIES.findall(comment)
     if not found:
-        return True
-    names = "".join(found[-1]).split(":")[::3]  # the last one wins, as in ASE
-    return any(REV_PROPERTY_NAME_MAP.get(n, n) == "positions" for n in names)
+        return  # ASE's default: species and pos
+    fields = "".join(found[-1]).split(":")  # the last one wins, as in ASE
+    try:
+        columns = sum(int(x) for x in fields[2::3])  # int(str), as ASE reads them
+    except ValueError:
+        return  # ASE reports it
+    limit = get_limits().max_columns
+    if columns > limit:
+        raise InputError(f"{where}: Properties declares {columns} columns per atom (limit "
+                         f"{limit}, LPRVIZ_MAX_COLUMNS)")
+    if not any(REV_PROPERTY_NAME_MAP.get(n, n) == "positions" for n in fields[::3]):
+        raise InputError(f"{where}: Properties has no 'pos' column, so every atom would sit "
+                         "at the origin")
 
 
 def _groups_from_info(frames: list[Atoms], group_key: str | None, *, source: str) -> list[str]:
