@@ -101,13 +101,38 @@ def _write_atomically(path: str, option: str, write, *, newline: str | None = No
 
 
 def _parse_alphas(text: str) -> list[float]:
+    from lprviz.pipeline import ALPHA_RANGE
+
     try:
         alphas = [float(v) for v in text.split(",") if v.strip()]
     except ValueError:
         alphas = []
-    if not alphas or not all(a >= 0 and a < float("inf") for a in alphas):
-        raise InputError(f"--alpha: expected comma-separated non-negative numbers, got {text!r}")
+    if not alphas or not all(ALPHA_RANGE[0] <= a <= ALPHA_RANGE[1] for a in alphas):
+        raise InputError(f"--alpha: expected comma-separated numbers in [{ALPHA_RANGE[0]:g}, "
+                         f"{ALPHA_RANGE[1]:g}], got {text!r}")
     return alphas
+
+
+def _check_numbers(args: argparse.Namespace) -> None:
+    """Range-check numeric options before any work, naming the option (the library checks
+    the same ranges again, naming its own fields)."""
+    from lprviz.features import SoapHypers
+    from lprviz.limits import check_number
+    from lprviz.pipeline import SCALE_RANGE, ModelSpec
+
+    for field, (low, high) in SoapHypers.RANGES.items():
+        value = getattr(args, field, None)
+        if value is not None:
+            check_number("--" + field.replace("_", "-"), value, low, high,
+                         integer=field.startswith("max_"))
+    if getattr(args, "n_sparse", None) is not None:
+        check_number("--n-sparse", args.n_sparse, *ModelSpec.RANGES["n_sparse"], integer=True)
+    if getattr(args, "scale", None) is not None:
+        check_number("--scale", args.scale, *SCALE_RANGE)
+    if hasattr(args, "k"):  # suggest
+        check_number("-k", args.k, 1, 10_000, integer=True)
+        check_number("--target-fraction", args.target_fraction, 1e-6, 1.0)
+        check_number("--random-seeds", args.random_seeds, 0, 1000, integer=True)
 
 
 def _group_mask(data, text: str, option: str):
@@ -286,6 +311,7 @@ def _cmd_lpr(args: argparse.Namespace) -> int:
 
     steps = _Steps(enabled=not args.quiet)
     alphas = _parse_alphas(args.alpha)
+    _check_numbers(args)
     hypers = _soap_hypers(args)
     spec = ModelSpec(kind=args.model, baseline=args.baseline, n_sparse=args.n_sparse)
     _refuse_input_as_output(args.output, "-o", {
@@ -296,7 +322,8 @@ def _cmd_lpr(args: argparse.Namespace) -> int:
         reference = _reference_set(args, data)
     species = getattr(reference, "species", data.species)  # a reference file fixes them
     with steps("SOAP", bar=True) as progress:
-        desc = compute_soap(data.frames, hypers, species=species, progress=progress)
+        desc = compute_soap(data.frames, hypers, species=species, progress=progress,
+                            names=data.names)
     scale, nystrom, provenance = _reference_space(args, reference, data, desc, spec, steps)
     with steps(f"factorising the model of {int(train.sum())} training structures"):
         fit = prepare(data, desc, train, spec, scale=scale, nystrom=nystrom)
@@ -388,10 +415,11 @@ def _cmd_suggest(args: argparse.Namespace) -> int:
         raise InputError(
             f"--preset: expected one of {', '.join(SOAP_PRESETS)}, got {args.preset!r}"
         )
-    try:
-        alpha = float(args.alpha)
-    except ValueError:
-        raise InputError(f"--alpha: expected a number, got {args.alpha!r}") from None
+    alphas = _parse_alphas(args.alpha)
+    if len(alphas) != 1:
+        raise InputError(f"--alpha: expected one number, got {args.alpha!r}")
+    alpha = alphas[0]
+    _check_numbers(args)
     if args.csv:
         _refuse_input_as_output(args.csv, "--csv", {
             "--train": args.train, "--pool": args.pool, "--target": args.target,
@@ -400,7 +428,7 @@ def _cmd_suggest(args: argparse.Namespace) -> int:
         data, train, pool, target = _suggest_inputs(args)
     with steps("SOAP", bar=True) as progress:
         desc = compute_soap(data.frames, SOAP_PRESETS[args.preset], species=data.species,
-                            progress=progress)
+                            progress=progress, names=data.names)
     with steps(f"factorising the model of {int(train.sum())} training structures"):
         fit = prepare(data, desc, train, ModelSpec(kind=args.model))
     if target is None:

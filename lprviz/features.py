@@ -20,12 +20,14 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import ase
 import numpy as np
 from ase.data import chemical_symbols
 
 from lprviz.errors import InputError
+from lprviz.limits import cell_heights, check_number, get_limits, search_pairs
 
 __all__ = [
     "SOAP_PRESETS",
@@ -58,6 +60,11 @@ class SoapHypers:
     cutoff_smoothing : float
         Width of the shifted-cosine switching function before the cutoff, in Angstrom.
 
+    Raises
+    ------
+    InputError
+        A value outside :attr:`RANGES` (or not a number), or ``cutoff_smoothing >= cutoff``.
+
     Notes
     -----
     The width per species pair is ``(max_radial + 1)**2 * (max_angular + 1)`` (245 for the
@@ -70,14 +77,24 @@ class SoapHypers:
     gaussian_width: float = 0.5
     cutoff_smoothing: float = 0.5
 
+    #: Accepted range of each field (inclusive; A for lengths). Wide enough for any
+    #: published SOAP model; outside it featomic fails inside its own code or the work
+    #: explodes (``max_radial=10000``).
+    RANGES: ClassVar[dict[str, tuple[float, float]]] = {
+        "cutoff": (1.0, 20.0),
+        "max_radial": (0, 20),
+        "max_angular": (0, 16),
+        "gaussian_width": (0.05, 5.0),
+        "cutoff_smoothing": (0.0, 20.0),
+    }
+
     def __post_init__(self) -> None:
-        if not self.cutoff > 0:
-            raise InputError(f"SOAP cutoff: expected a positive radius, got {self.cutoff}")
-        if self.max_radial < 0 or self.max_angular < 0:
-            raise InputError("SOAP max_radial/max_angular: expected non-negative integers")
-        if not 0 < self.gaussian_width:
-            raise InputError(f"SOAP gaussian_width: expected > 0, got {self.gaussian_width}")
-        if not 0 <= self.cutoff_smoothing < self.cutoff:
+        for name, (low, high) in self.RANGES.items():
+            integer = name.startswith("max_")
+            value = check_number(f"SOAP {name}", getattr(self, name), low, high,
+                                 integer=integer, unit="" if integer else "A")
+            object.__setattr__(self, name, value)  # plain int/float (hashing, JSON)
+        if not self.cutoff_smoothing < self.cutoff:
             raise InputError(
                 f"SOAP cutoff_smoothing: expected 0 <= width < cutoff, got {self.cutoff_smoothing}"
             )
@@ -219,19 +236,25 @@ def _layout(
 
 
 def _featomic_ready(atoms: ase.Atoms, cutoff: float) -> ase.Atoms:
-    """A copy featomic accepts: it needs all-or-nothing periodicity.
+    """A fully periodic copy featomic searches efficiently (descriptor unchanged).
 
     Mixed periodicity (slabs, wires) becomes fully periodic with each non-periodic cell
     vector replaced by an orthogonal one longer than the structure's extent plus twice the
-    cutoff, so no periodic image enters any environment (the descriptor is unchanged).
+    cutoff, so no periodic image enters any environment; a structure without periodicity
+    gets such a box along x, y and z.
     """
     pbc = np.asarray(atoms.pbc, dtype=bool)
     out = atoms.copy()
     out.calc = None
-    if not pbc.any():
-        out.set_cell(np.zeros((3, 3)))  # featomic warns about (and ignores) a cell here
-        return out
     if pbc.all():
+        return out
+    if not pbc.any():
+        # featomic searches a cell-less structure by comparing every pair of atoms (memory
+        # ~32 bytes x n^2 / 2: a 20k-atom molecule aborts the process); boxed, it uses its
+        # sub-cell search like any crystal.
+        extent = np.ptp(atoms.positions, axis=0) + 2 * cutoff + 1.0
+        out.set_cell(np.diag(extent))
+        out.set_pbc(True)
         return out
     cell = atoms.cell.array.copy()
     periodic = [cell[i] for i in range(3) if pbc[i]]
@@ -250,6 +273,26 @@ def _featomic_ready(atoms: ase.Atoms, cutoff: float) -> ase.Atoms:
     out.set_cell(cell)
     out.set_pbc(True)
     return out
+
+
+def _check_search(frames: Sequence[ase.Atoms], cutoff: float, labels: Sequence[str]) -> None:
+    """Refuse a frame whose neighbour search would exceed ``Limits.max_search_pairs``.
+
+    Estimated on the fully periodic copies featomic receives, for every frame before the
+    first featomic call: its search cannot be interrupted, and when an allocation fails it
+    aborts the whole process.
+    """
+    limit = get_limits().max_search_pairs
+    for frame, label in zip(frames, labels, strict=True):
+        atoms = _featomic_ready(frame, cutoff)
+        pairs = search_pairs(atoms.positions, atoms.cell.array, cutoff)
+        if not pairs <= limit:
+            heights = ", ".join(f"{h:.3g}" for h in cell_heights(atoms.cell.array, atoms.pbc))
+            raise InputError(
+                f"{label}: a neighbour search at the SOAP cutoff {cutoff:g} A would examine "
+                f"~{pairs:.2g} atom pairs (limit {limit:.2g}, LPRVIZ_MAX_SEARCH_PAIRS); cell "
+                f"heights {heights} A, {len(atoms)} atoms"
+            )
 
 
 def _featurise(
@@ -288,6 +331,7 @@ def compute_soap(
     progress: Callable[[int, int], None] | None = None,
     cache: bool = True,
     chunk_atoms: int = 4000,
+    names: Sequence[str] | None = None,
 ) -> Descriptors:
     """SOAP power spectrum of every atom, densified over all species pairs.
 
@@ -306,6 +350,8 @@ def compute_soap(
         Use (and fill) the memory and disk caches.
     chunk_atoms : int
         Approximate number of atoms per featomic call.
+    names : sequence of str, optional
+        One name per frame for error messages (e.g. ``Dataset.names``: ``"<file>#<i>"``).
 
     Returns
     -------
@@ -316,7 +362,9 @@ def compute_soap(
     Raises
     ------
     InputError
-        If a frame contains a species outside ``species`` or ``frames`` is empty.
+        If a frame contains a species outside ``species`` or ``frames`` is empty; if the
+        descriptor array would exceed ``Limits.max_array_bytes`` or a frame's neighbour
+        search ``Limits.max_search_pairs`` (:mod:`lprviz.limits`; checked before featomic).
     """
     hypers = SoapHypers() if hypers is None else hypers
     frames = list(frames)
@@ -332,6 +380,17 @@ def compute_soap(
     offsets, l_of_prop, blocks = _layout(hypers, species_t)
     sizes = np.array([len(a) for a in frames], dtype=np.int64)
     total = int(sizes.sum())
+    width = len(l_of_prop) * len(offsets)
+    limit = get_limits().max_array_bytes
+    if total * width * 8 > limit:
+        raise InputError(
+            f"SOAP of {total} atoms x {width} features ({len(species_t)} species) would take "
+            f"{total * width * 8 / 2**30:.2g} GiB (limit {limit / 2**30:.2g} GiB, "
+            "LPRVIZ_MAX_ARRAY_BYTES); use fewer atoms or species, or a smaller preset"
+        )
+    labels = list(names) if names is not None else [f"structure {i}" for i in range(len(frames))]
+    if len(labels) != len(frames):
+        raise InputError(f"compute_soap: {len(labels)} names for {len(frames)} structures")
     settings = _settings_hash(hypers, species_t)
     keys = [hashlib.sha256(settings + _structure_hash(a)).hexdigest() for a in frames]
     call_key = hashlib.sha256("".join(keys).encode()).hexdigest()
@@ -352,6 +411,7 @@ def compute_soap(
     else:
         per_frame: list[np.ndarray | None] = [_MEMORY.get(k) if cache else None for k in keys]
         todo = [i for i, v in enumerate(per_frame) if v is None]
+        _check_search([frames[i] for i in todo], hypers.cutoff, [labels[i] for i in todo])
         done = total - int(sizes[todo].sum())
         if progress is not None:
             progress(done, total)

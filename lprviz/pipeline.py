@@ -19,20 +19,29 @@ from __future__ import annotations
 
 import weakref
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 
 from lprviz.errors import InputError
 from lprviz.features import Descriptors, SoapHypers
+from lprviz.limits import check_number, get_limits
 from lprviz.models import NystromMap, append_baseline, fit_nystrom
 from lprviz.rigidity import RigiditySolver, data_share, sfactor, structure_features
 
 __all__ = [
-    "MODEL_KINDS", "Fit", "ModelSpec", "Results", "coordination", "evaluate", "prepare",
-    "reference_space",
+    "ALPHA_RANGE", "MODEL_KINDS", "SCALE_RANGE", "Fit", "ModelSpec", "Results", "coordination",
+    "evaluate", "prepare", "reference_space",
 ]
 
 MODEL_KINDS = ("linear", "sparse-kernel")
+
+#: Accepted regulariser values (features are scaled to |x|^2 ~ 1, so alpha >> 1 already
+#: means the data no longer matter; far larger values overflow the LPR).
+ALPHA_RANGE = (0.0, 1e12)
+
+#: Accepted fixed feature scales (their squares must stay finite floats).
+SCALE_RANGE = (1e-100, 1e100)
 
 
 @dataclass(frozen=True)
@@ -58,13 +67,16 @@ class ModelSpec:
     n_sparse: int = 500
     zeta: int = 2
 
+    #: Accepted ranges (inclusive). The model width ``d`` has its own limit, checked by
+    #: :func:`prepare` (``Limits.max_features``).
+    RANGES: ClassVar[dict[str, tuple[int, int]]] = {"n_sparse": (1, 1_000_000), "zeta": (1, 10)}
+
     def __post_init__(self) -> None:
         if self.kind not in MODEL_KINDS:
             raise InputError(f"model: expected one of {', '.join(MODEL_KINDS)}, got {self.kind!r}")
-        if self.n_sparse < 1:
-            raise InputError(f"n_sparse: expected a positive integer, got {self.n_sparse}")
-        if self.zeta < 1:
-            raise InputError(f"zeta: expected a positive integer, got {self.zeta}")
+        for name, (low, high) in self.RANGES.items():
+            object.__setattr__(self, name, check_number(name, getattr(self, name), low, high,
+                                                        integer=True))
 
 
 @dataclass(eq=False)
@@ -235,9 +247,14 @@ def prepare(
     Raises
     ------
     InputError
-        Mismatched shapes, no training frame, or a training frame without energy.
+        Mismatched shapes, no training frame, a training frame without energy, ``scale``
+        outside :data:`SCALE_RANGE`, or a model wider than ``Limits.max_features`` (or whose
+        ``n_atoms x d`` features exceed ``Limits.max_array_bytes``), refused before the
+        ``d x d`` matrix is built.
     """
     spec = ModelSpec() if spec is None else spec
+    if scale is not None:
+        scale = check_number("scale", scale, *SCALE_RANGE)
     n_frames = len(dataset.frames)
     train_mask = np.asarray(train_mask)
     if train_mask.dtype != bool or train_mask.shape != (n_frames,):
@@ -266,6 +283,7 @@ def prepare(
         )
 
     atom_train = train_mask[structure_index]
+    _check_model_size(dataset, descriptors, spec, int(atom_train.sum()), nystrom)
     if spec.kind == "sparse-kernel":
         if nystrom is None:
             nystrom = fit_nystrom(values[atom_train], spec.n_sparse, zeta=spec.zeta)
@@ -339,6 +357,35 @@ def reference_space(
     return float(sfactor(nystrom.transform(chosen))), nystrom
 
 
+def _check_model_size(dataset, descriptors: Descriptors, spec: ModelSpec, n_train_atoms: int,
+                      nystrom: NystromMap | None) -> None:
+    """Refuse a model whose width ``d`` or ``n_atoms x d`` features exceed the limits."""
+    n_species = len(descriptors.species)
+    if spec.kind == "sparse-kernel":
+        base = nystrom.n_features if nystrom is not None else min(spec.n_sparse, n_train_atoms)
+        what = f"{base} active environments"
+    else:
+        base = int(np.shape(descriptors.values)[1])
+        what = f"{base} SOAP features ({n_species} species)"
+    d = base + (n_species if spec.baseline else 0)
+    limits = get_limits()
+    if d > limits.max_features:
+        raise InputError(
+            f"dataset '{dataset.name}': the {spec.kind} model would have {d} features ({what}"
+            f"{' + baseline' if spec.baseline else ''}), its {d} x {d} matrix "
+            f"{d * d * 8 / 2**20:.0f} MiB and a slow eigendecomposition (limit "
+            f"{limits.max_features}, LPRVIZ_MAX_FEATURES); use fewer species, a smaller "
+            "SOAP preset or the sparse-kernel model"
+        )
+    n_atoms = len(dataset.structure_index)
+    if n_atoms * d * 8 > limits.max_array_bytes:
+        raise InputError(
+            f"dataset '{dataset.name}': {n_atoms} atoms x {d} model features would take "
+            f"{n_atoms * d * 8 / 2**30:.2g} GiB (limit {limits.max_array_bytes / 2**30:.2g} "
+            "GiB, LPRVIZ_MAX_ARRAY_BYTES); use fewer atoms or a smaller model"
+        )
+
+
 def evaluate(fit: Fit, alpha: float) -> Results:
     """LPR, undetermined flags, local energies, totals and PR at one ``alpha``.
 
@@ -355,8 +402,13 @@ def evaluate(fit: Fit, alpha: float) -> Results:
     Returns
     -------
     Results
+
+    Raises
+    ------
+    InputError
+        ``alpha`` outside :data:`ALPHA_RANGE` or not a number.
     """
-    alpha = float(alpha)
+    alpha = check_number("alpha", alpha, *ALPHA_RANGE)
     solver = fit.solver
     P = fit.projections
     weights = solver.solve(fit.xty, alpha)

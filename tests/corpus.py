@@ -25,6 +25,11 @@ import numpy as np
 
 __all__ = ["MARKER_NAME", "XSS", "Case", "build_corpus", "valid_frames", "write_valid"]
 
+#: Elements of the many-species case: enough that the linear model's width exceeds the
+#: default ``LPRVIZ_MAX_FEATURES`` even at the tests' small SOAP basis (18 per pair).
+MANY_SPECIES = ("H", "Li", "Be", "B", "C", "N", "O", "F", "Na", "Mg", "Al", "Si", "P", "S",
+                "Cl", "K", "Ca", "Ti", "Fe", "Ni", "Cu", "Zn", "Ag", "Au")
+
 #: A structure name / label that would run script if it reached HTML unescaped.
 XSS = "<img src=x onerror=alert(1)>"
 MARKER_NAME = "UNPICKLED_MARKER"
@@ -47,6 +52,10 @@ class Case:
         Lower-case words the error message must contain besides the file name.
     in_process : bool
         False for cases only safe in a memory-limited subprocess (the gzip bomb).
+    limit_class : str
+        Issue 11 class the case belongs to ("work", "json", "numeric", "silent"; "" for the
+        older cases): work that explodes after validation, malformed JSON, numeric extremes,
+        silently wrong structures.
     """
 
     name: str
@@ -56,6 +65,7 @@ class Case:
     needles: tuple[str, ...] = ()
     in_process: bool = True
     note: str = field(default="", compare=False)
+    limit_class: str = ""
 
 
 class _Marker:
@@ -277,11 +287,16 @@ def build_corpus(directory: str | os.PathLike, *, big: bool = True) -> list[Case
     html_group = _mlearn_entry()
     html_group["group"] = XSS
     js("mlearn_html_group", [html_group, _mlearn_entry(-10.5)], "ok", "ok")
+    _limit_cases(text, big=big)
     if big:
         # A single frame of 100k atoms: at the default limit (200k) it is accepted by the
         # loader; the CLI tests use it with a lowered limit (see the test).
+        # Atoms on a jittered 47^3 grid (4.26 A apart): uniform random positions would put
+        # pairs 0.06 A apart, which the loader rightly refuses (min_distance).
         n = 100_000
-        pos = np.random.default_rng(1).uniform(0, 200, (n, 3))
+        g = np.arange(47) * (200 / 47)
+        pos = np.stack(np.meshgrid(g, g, g, indexing="ij"), -1).reshape(-1, 3)[:n]
+        pos = pos + np.random.default_rng(1).uniform(-0.5, 0.5, pos.shape)
         lines = [str(n), 'Lattice="200 0 0 0 200 0 0 0 200" pbc="T T T" '
                  f"{_PROPS} energy=-1.0"]
         lines += [f"Cu {x:.4f} {y:.4f} {z:.4f}" for x, y, z in pos]
@@ -296,3 +311,106 @@ def build_corpus(directory: str | os.PathLike, *, big: bool = True) -> list[Case
         cases.append(Case("gzip_bomb", path, "error", "error", (), in_process=False,
                           note=f"{BOMB_BYTES >> 30} GiB of '0' without a newline"))
     return cases
+
+
+def _limit_cases(text, *, big: bool) -> None:
+    """Issue 11: files whose cost explodes after a naive validation, malformed JSON, numeric
+    extremes and silently wrong structures. Each must be refused before the expensive step."""
+    def case(cls, name, content, *needles, ext=".xyz", train="error", test="error", **kw):
+        text(name, content, train, test, *needles, ext=ext, limit_class=cls, **kw)
+
+    pos4 = "Properties=species:S:1:pos:R:3"
+    # --- 1. work that explodes after validation
+    case("work", "thin_cell_issue",
+         f'1\nLattice="1 0 0 1e6 1 0 0 0 1" {pos4} energy=-1\nCu 0 0 0\n',
+         "frame 0", note="the 75-byte file of the issue: featomic allocated 4 GiB and aborted")
+    case("work", "thin_skewed_cell",
+         _good(cell='Lattice="3.7 0 0 3700 3.7 0 0 0 3.7" pbc="T T T"'), "frame 0", "thick",
+         note="a cubic lattice in a basis 1e-3 A thick: 1e4 periodic images to search")
+    case("work", "tiny_cell", _good(cell='Lattice="0.01 0 0 0 0.01 0 0 0 0.01" pbc="T T T"'),
+         "frame 0")
+    for name, count in (("count_arabic_indic", "\u0669" * 11), ("count_fullwidth", "\uff19" * 11),
+                        ("count_trailing_nbsp", "99999999999\u00a0")):
+        # ASE's int(str) reads these as 99999999999; bytes-level checks did not.
+        case("work", name, _good(-1.0) + count + "\n" + _good(-1.1).split("\n", 1)[1],
+             "frame 1", in_process=False)
+    case("work", "count_cr_newlines", (_good(-1.0) + "99999999999\n" + _good().split("\n", 1)[1])
+         .replace("\n", "\r"), "frame 1", in_process=False,
+         note="old Mac line ends: one line for a bytes reader, many for ASE")
+    symbols = list(MANY_SPECIES)
+    grid = [(1.6 * (i % 3), 1.6 * (i // 3 % 3), 1.6 * (i // 9)) for i in range(len(symbols))]
+    case("work", "properties_1e8_columns", _good().replace(_PROPS, _PROPS + ":x:R:100000000"),
+         "frame 0", "columns", note="60 bytes: ASE would build a 1e8-field record type")
+    case("work", "many_species", _good(symbols=symbols, positions=grid, cell='pbc="F F F"'),
+         "features", "limit",
+         note=f"{len(symbols)} elements: the linear model would be >4096 features wide")
+    if big:
+        # 27k atoms 1 A apart crowded into one corner of a 1e4 A cell: every atom lands in
+        # the same search sub-cell (3.6e8 candidate pairs, ~12 GB in featomic).
+        g = np.arange(30, dtype=float)
+        clump = np.stack(np.meshgrid(g, g, g, indexing="ij"), -1).reshape(-1, 3)
+        case("work", "clump_in_huge_cell",
+             _frame_text(["Cu"] * len(clump), clump.tolist(),
+                         comment=f'Lattice="1e4 0 0 0 1e4 0 0 0 1e4" {pos4} energy=-1.0'),
+             "neighbour", "limit")
+        # A 20k-atom molecule without a cell: featomic compares all n^2/2 pairs of a
+        # cell-less structure (~6 GB); lprviz boxes it first, so it must be accepted.
+        rng = np.random.default_rng(3)
+        side = 27
+        g = np.arange(side, dtype=float) * 2.2
+        mol = np.stack(np.meshgrid(g, g, g, indexing="ij"), -1).reshape(-1, 3)[:20_000]
+        mol = mol + rng.uniform(-0.2, 0.2, mol.shape)
+        case("work", "molecule_20k_atoms",
+             _frame_text(["Cu"] * len(mol), mol.tolist(), comment=f"{pos4} energy=-1.0"),
+             train="ok", test="ok")
+    # --- 2. malformed JSON (mlearn format)
+    case("json", "mlearn_deep_nesting", "[" * 100_000 + "]" * 100_000, "nested", ext=".json")
+    for name, change, needles in (
+        ("mlearn_outputs_list", ("outputs", [1.0, 2.0]), ("entry 0", "outputs")),
+        ("mlearn_outputs_string", ("outputs", "energy=-1"), ("entry 0", "outputs")),
+        ("mlearn_forces_strings", ("forces", [["0", "0", "0"]] * 4), ("entry 0", "forces")),
+        ("mlearn_forces_ragged", ("forces", [[0, 0], [0, 0, 0], [0, 0, 0], [0, 0, 0]]),
+         ("entry 0", "forces[0]")),
+        ("mlearn_site_4_coords", ("xyz", [0.0, 0.0, 0.0, 1.0]), ("entry 0", "xyz")),
+        ("mlearn_sites_object", ("sites", {"0": 1}), ("entry 0", "sites")),
+        ("mlearn_lattice_strings", ("matrix", [["3.7", "0", "0"]] * 3), ("entry 0", "lattice")),
+        ("mlearn_energy_bool", ("energy", True), ("entry 0", "energy")),
+        ("mlearn_energy_400_digits", ("energy", 10**400), ("entry 0", "energy")),
+        ("mlearn_group_object", ("group", {"a": [1]}), ("entry 0", "group")),
+    ):
+        entry = _mlearn_entry()
+        key, value = change
+        if key in ("forces", "energy"):
+            entry["outputs"][key] = value
+        elif key == "xyz":
+            entry["structure"]["sites"][1]["xyz"] = value
+        elif key == "matrix":
+            entry["structure"]["lattice"]["matrix"] = value
+        elif key == "sites":
+            entry["structure"]["sites"] = value
+        else:
+            entry[key] = value
+        case("json", name, json.dumps([entry]), *needles, ext=".json")
+    huge_int = json.dumps([_mlearn_entry()]).replace('"energy": -10.0', '"energy": ' + "7" * 5000)
+    case("json", "mlearn_5000_digit_integer", huge_int, ext=".json",
+         note="Python refuses to parse integers over 4300 digits (ValueError)")
+    # --- 3. numeric extremes
+    case("numeric", "huge_lattice", _good(cell='Lattice="1e300 0 0 0 1e300 0 0 0 1e300" '
+                                               'pbc="T T T"'), "frame 0", "cell")
+    case("numeric", "huge_position", _good(positions=[(0, 0, 0), (1e300, 0, 0), (1.85, 0, 1.85),
+                                                      (0, 1.85, 1.85)]), "frame 0", "positions")
+    case("numeric", "huge_energy", _good(-1.0) + _good(float("1e300")), "frame 1", "energy")
+    # --- 4. silently wrong structures
+    case("silent", "no_pos_column", _good().replace(_PROPS, "Properties=species:S:1:p:R:3"),
+         "frame 0", "pos")
+    twin = [(0, 0, 0), (1.85, 1.85, 0), (0, 0, 0), (0, 1.85, 1.85)]
+    case("silent", "coincident_atoms", _good(-1.0) + _good(positions=twin),
+         "frame 1", "atoms 0 and 2")
+    case("silent", "close_across_boundary", _good(positions=[(0.05, 0, 0), (1.85, 1.85, 0),
+                                                             (3.6, 0, 0), (0, 1.85, 1.85)]),
+         "frame 0", "atoms 0 and 2", note="0.15 A apart through the periodic boundary")
+    case("silent", "nanometre_units", _good(positions=[(0, 0, 0), (0.185, 0.185, 0),
+                                                       (0.185, 0, 0.185), (0, 0.185, 0.185)],
+                                            cell='pbc="F F F"'), "frame 0", "atoms")
+    case("silent", "slab_with_vacuum", _good(cell='Lattice="3.7 0 0 0 3.7 0 0 0 40" pbc="T T T"'),
+         train="ok", test="ok", note="realistic: 36 A of vacuum")

@@ -59,16 +59,20 @@ def test_corpus_is_large_and_varied(corpus):
     assert all(c.path.is_file() and c.path.parent == d for c in cases.values())
 
 
-def _case_ids():
+def _small_cases():
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
-        small = [c.name for c in build_corpus(tmp, big=False) if c.in_process]
-    # the big cases that are safe in process (the 100k-atom frame has its own test)
-    return [*small, "huge_comment_line", "huge_comment_garbage"]
+        return build_corpus(tmp, big=False)
 
 
-CASE_IDS = _case_ids()
+_SMALL = _small_cases()
+# the big cases of issue 11 (crowded atoms in a huge cell, a 20k-atom molecule)
+_BIG_LIMIT_IDS = ["clump_in_huge_cell", "molecule_20k_atoms"]
+# the big cases that are safe in process (the 100k-atom frame has its own test)
+CASE_IDS = [*(c.name for c in _SMALL if c.in_process), "huge_comment_line",
+            "huge_comment_garbage", *_BIG_LIMIT_IDS]
+LIMIT_IDS = [*(c.name for c in _SMALL if c.limit_class), *_BIG_LIMIT_IDS]
 
 
 def _assert_one_line_error(err: str, case) -> None:
@@ -198,8 +202,71 @@ def test_cli_resource_exhaustion_is_refused_quickly(corpus, valid, tmp_path, nam
     assert rss is not None and rss < 1 << 30, f"peak RSS {rss / 2**20:.0f} MiB"
 
 
+@pytest.mark.parametrize("argv", [
+    ["--cutoff", "inf"], ["--gaussian-width", "1e-300"], ["--max-radial", "10000"],
+    ["--max-angular", "-1"], ["--n-sparse", "-5"], ["--scale", "nan"], ["--alpha", "1e400"],
+    ["--alpha", "1e-4,-1"],
+])
+def test_cli_numbers_out_of_range_name_the_option(valid, tmp_path, capsys, monkeypatch, argv):
+    """Numeric extremes are refused before any file is read or featurised, in one line
+    that names the option and the accepted range."""
+    def tripwire(*args, **kwargs):
+        raise AssertionError("work started")
+
+    monkeypatch.setattr(datasets, "load", tripwire)
+    code, err = _run(["lpr", "--train", str(valid[0]), "--test", str(valid[1]), *argv,
+                      "-q", "-o", str(tmp_path / "o.extxyz")], capsys)
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"lprviz: error: {argv[0]}: expected ")
+    assert "[" in lines[0]  # the range
+
+
+def _limit_address_space():
+    """preexec_fn: the child may map at most 4 GiB (a real server has more, but an unbounded
+    allocation must fail inside lprviz's limits, never reach this)."""
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", LIMIT_IDS)
+def test_limit_case_in_memory_limited_subprocess(corpus, valid, tmp_path, name):
+    """Issue 11 through ``python -m lprviz.cli`` under a 4 GiB address-space limit: within
+    60 s, exit 2 with at most three stderr lines naming the file and no traceback (exit 0 for
+    the realistic cases); the input file is never modified."""
+    import hashlib
+
+    _, cases = corpus
+    case = cases[name]
+    digest = hashlib.sha256(case.path.read_bytes()).hexdigest()
+    out = tmp_path / "o.extxyz"
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "lprviz.cli", "lpr", "--train", str(case.path), "--test",
+             str(valid[1]), *SOAP_ARGS, "-q", "-o", str(out)],
+            capture_output=True, text=True, timeout=60, cwd=tmp_path,
+            env=dict(os.environ, PYTHONWARNINGS="ignore"), preexec_fn=_limit_address_space,
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"{name}: not refused within 60 s")
+    assert hashlib.sha256(case.path.read_bytes()).hexdigest() == digest, "input modified"
+    assert "Traceback" not in proc.stderr and "MemoryError" not in proc.stderr, proc.stderr
+    if case.train == "ok":
+        assert proc.returncode == 0, proc.stderr[-500:]
+        return
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2, f"exit {proc.returncode}: {proc.stderr[-500:]}"
+    assert 1 <= len(lines) <= 3 and case.path.name in proc.stderr, proc.stderr
+    assert not out.exists()
+
+
 APP_CASES = ["empty", "truncated_frame", "nan_position", "energy_not_numeric", "random_bytes",
-             "pickle_proto0_renamed", "mlearn_missing_lattice", "zero_atoms"]
+             "pickle_proto0_renamed", "mlearn_missing_lattice", "zero_atoms",
+             # issue 11: refused at upload, before featurisation
+             "thin_skewed_cell", "count_arabic_indic", "mlearn_forces_ragged", "no_pos_column",
+             "coincident_atoms", "huge_lattice"]
 
 
 @pytest.mark.slow
@@ -230,3 +297,21 @@ def test_app_upload_of_corpus_files_shows_one_line_errors_and_keeps_working(corp
     caption = " ".join(c.value for c in at.caption)
     assert "emt-alloys" in caption and "alpha = 0.01" in caption
     assert not problems, "\n".join(problems)
+
+
+@pytest.mark.slow
+def test_app_refuses_a_model_too_wide_in_one_line(corpus):
+    """24 elements load fine (valid structures) but their linear model would be 73524
+    features wide: the page shows one line naming the limit instead of building a 41 GB
+    matrix, and no exception."""
+    from streamlit.testing.v1 import AppTest
+
+    _, cases = corpus
+    case = cases["many_species"]
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=600).run()
+    at.file_uploader(key="upload").set_value(
+        (case.path.name, case.path.read_bytes(), "application/octet-stream")).run()
+    assert not at.exception
+    errors = [e.value for e in at.error]
+    assert len(errors) == 1 and "\n" not in errors[0], errors
+    assert "LPRVIZ_MAX_FEATURES" in errors[0]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
@@ -14,8 +15,10 @@ import numpy as np
 from ase import Atoms
 from ase.calculators.singlepoint import SinglePointCalculator
 from ase.data import chemical_symbols
+from ase.io.extxyz import REV_PROPERTY_NAME_MAP
 
 from lprviz.errors import InputError
+from lprviz.limits import cell_heights, closest_pair, get_limits
 
 #: Largest total number of atoms :func:`load` accepts unless told otherwise.
 DEFAULT_MAX_ATOMS = 200_000
@@ -51,12 +54,25 @@ def _is_text(head: bytes) -> bool:
     return True
 
 
+def _check_size(path: Path) -> None:
+    """Refuse a file larger than ``Limits.max_file_bytes`` before reading it."""
+    limit = get_limits().max_file_bytes
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        raise InputError(f"{path.name}: cannot read file ({exc.strerror})") from None
+    if size > limit:
+        raise InputError(f"{path.name}: {size / 2**20:.0f} MiB, larger than the limit of "
+                         f"{limit / 2**20:.0f} MiB (LPRVIZ_MAX_FILE_BYTES)")
+
+
 def _read_file(
     path: Path, *, group_key: str | None, max_atoms: int = DEFAULT_MAX_ATOMS
 ) -> tuple[list[Atoms], dict[str, list]]:
     """Frames and per-frame metadata (groups, names, splits) of one file."""
     if path.suffix.lower() in _DECOMPRESSORS:
         return _read_compressed(path, group_key=group_key, max_atoms=max_atoms)
+    _check_size(path)
     head = _sniff(path)
     if not head:
         raise InputError(f"{path.name}: file is empty, expected structures (extxyz or JSON)")
@@ -110,7 +126,7 @@ def _read_compressed(
     import importlib
 
     module = importlib.import_module(_DECOMPRESSORS[path.suffix.lower()])
-    limit = max(_BYTES_PER_ATOM * max_atoms, 1 << 20)
+    limit = min(max(_BYTES_PER_ATOM * max_atoms, 1 << 20), get_limits().max_file_bytes)
     try:
         with module.open(path, "rb") as fh:
             data = fh.read(limit + 1)
@@ -130,29 +146,65 @@ def _read_compressed(
 
 
 def _check_xyz_counts(path: Path, *, max_atoms: int) -> None:
-    """Walk the atom-count lines of an (ext)xyz file before ASE does.
+    """Walk the frames of an (ext)xyz file exactly as ASE's reader will, before it does.
 
     ASE reads one line per atom a frame claims, even past the end of the file, so a 12-byte
-    file that claims 1e11 atoms would keep it busy for hours. Lines that are not counts are
-    left for ASE to report.
+    file that claims 1e11 atoms would keep it busy for hours. The walk uses ASE's own
+    parsing: the file opened as text the way ``ase.io.read`` opens it (universal newlines),
+    counts read by ``int(str)`` (which takes Arabic-Indic or fullwidth digits, "_" and
+    no-break spaces), stop at the first blank line, ``VEC`` lines skipped. It also refuses a
+    ``Properties`` without positions or with too many columns (:func:`_check_properties`).
+    Lines that are not counts, and undecodable text, are left for ASE to report.
     """
     total, frame = 0, 0
-    with open(path, "rb") as fh:
-        while line := fh.readline():
-            if not line.strip():
-                continue
-            try:
-                n = int(line)
-            except ValueError:
-                return
-            total += n
-            if n < 0 or total > max_atoms:
-                raise InputError(f"{path.name}: frame {frame}: more than {max_atoms} atoms in "
-                                 f"total (limit max_atoms; this frame claims {n})")
-            for _ in range(n + 1):
-                if not fh.readline():
-                    return  # truncated: ASE names the problem
-            frame += 1
+    try:
+        with open(path) as fh:  # default encoding and newlines: what ase.io.read uses
+            line = fh.readline()
+            while line.strip():
+                try:
+                    n = int(line)
+                except ValueError:
+                    return
+                total += n
+                if n < 0 or total > max_atoms:
+                    raise InputError(f"{path.name}: frame {frame}: more than {max_atoms} atoms "
+                                     f"in total (limit max_atoms; this frame claims {n})")
+                comment = fh.readline()
+                if n:
+                    _check_properties(comment, f"{path.name}: frame {frame}")
+                for _ in range(n):
+                    if not fh.readline():
+                        return  # truncated: ASE names the problem
+                line = fh.readline()
+                while line.lstrip().startswith("VEC"):
+                    line = fh.readline()
+                frame += 1
+    except UnicodeDecodeError:
+        return
+
+
+_PROPERTIES = re.compile(r"""(?:^|\s)Properties=(?:"([^"]*)"|'([^']*)'|(\S*))""")
+
+
+def _check_properties(comment: str, where: str) -> None:
+    """Refuse an extxyz ``Properties`` without positions (ASE then puts every atom at the
+    origin) or with more than ``Limits.max_columns`` columns (ASE builds a record type of
+    every column first: 60 bytes declaring 1e8 columns would take minutes and GBs)."""
+    found = _PROPERTIES.findall(comment)
+    if not found:
+        return  # ASE's default: species and pos
+    fields = "".join(found[-1]).split(":")  # the last one wins, as in ASE
+    try:
+        columns = sum(int(x) for x in fields[2::3])  # int(str), as ASE reads them
+    except ValueError:
+        return  # ASE reports it
+    limit = get_limits().max_columns
+    if columns > limit:
+        raise InputError(f"{where}: Properties declares {columns} columns per atom (limit "
+                         f"{limit}, LPRVIZ_MAX_COLUMNS)")
+    if not any(REV_PROPERTY_NAME_MAP.get(n, n) == "positions" for n in fields[::3]):
+        raise InputError(f"{where}: Properties has no 'pos' column, so every atom would sit "
+                         "at the origin")
 
 
 def _groups_from_info(frames: list[Atoms], group_key: str | None, *, source: str) -> list[str]:
@@ -220,12 +272,22 @@ def read_mlearn_json(path: str | os.PathLike) -> tuple[list[Atoms], dict[str, li
     and ``outputs.forces`` (eV/A) are optional, ``group`` gives the group. Structures are
     periodic in all directions. No pymatgen needed.
 
+    Every field is checked for its JSON type and shape before use (see
+    :func:`_mlearn_entry`); parsing errors, nesting too deep for Python's parser and
+    integers too long for it become one-line errors too.
+
     Returns
     -------
     frames : list of ase.Atoms
     meta : dict with lists ``groups``, ``names``, ``splits`` (one entry per frame)
+
+    Raises
+    ------
+    InputError
+        One line naming the file, the entry and the field.
     """
     path = Path(path)
+    _check_size(path)
     try:
         with open(path, encoding="utf-8") as fh:
             data = json.load(fh)
@@ -234,53 +296,137 @@ def read_mlearn_json(path: str | os.PathLike) -> tuple[list[Atoms], dict[str, li
     except json.JSONDecodeError as exc:
         raise InputError(f"{path.name}: invalid JSON at line {exc.lineno} ({exc.msg}); "
                          "truncated file?") from None
+    except RecursionError:
+        raise InputError(f"{path.name}: JSON nested too deeply to parse; expected mlearn "
+                         "entries (a list of objects)") from None
+    except ValueError as exc:  # e.g. an integer longer than Python's int_max_str_digits
+        msg = str(exc).split(";")[0]
+        raise InputError(f"{path.name}: invalid JSON ({msg})") from None
     except OSError as exc:
         raise InputError(f"{path.name}: cannot read file ({exc.strerror})") from None
     if isinstance(data, dict) and "structure" in data:
         data = [data]
     if not isinstance(data, list):
-        raise InputError(f"{path.name}: expected a JSON list of entries with a 'structure'")
+        raise InputError(f"{path.name}: expected a JSON list of entries with a 'structure', "
+                         f"got {_json_kind(data)}")
     frames, groups, names, splits = [], [], [], []
     for i, entry in enumerate(data):
-        where = f"{path.name}: entry {i}"
-        if not isinstance(entry, dict) or not isinstance(entry.get("structure"), dict):
-            raise InputError(f"{where}: missing 'structure' (a pymatgen Structure dict)")
-        s = entry["structure"]
-        try:
-            cell = np.asarray(s["lattice"]["matrix"], dtype=float)
-            sites = s["sites"]
-            positions = np.asarray([site["xyz"] for site in sites], dtype=float).reshape(-1, 3)
-            symbols = [str(site["species"][0]["element"]) for site in sites]
-        except (KeyError, IndexError, TypeError, ValueError) as exc:
-            raise InputError(f"{where}: malformed structure (field {exc}); expected "
-                             "lattice.matrix, sites[*].xyz, sites[*].species[0].element") from None
-        if cell.shape != (3, 3):
-            raise InputError(f"{where}: lattice.matrix has shape {cell.shape}, expected (3, 3)")
-        unknown = [x for x in symbols if x not in chemical_symbols or x == "X"]
-        if unknown:
-            raise InputError(f"{where}: unknown element '{unknown[0]}'")
-        atoms = Atoms(symbols=symbols, positions=positions, cell=cell, pbc=True)
-        outputs = entry.get("outputs") or {}
-        results = {}
-        if outputs.get("energy") is not None:
-            try:
-                results["energy"] = float(outputs["energy"])
-            except (TypeError, ValueError):
-                raise InputError(f"{where}: outputs.energy is not a number") from None
-        if outputs.get("forces") is not None:
-            forces = np.asarray(outputs["forces"], dtype=float)
-            if forces.shape != (len(atoms), 3):
-                raise InputError(f"{where}: outputs.forces has shape {forces.shape}, "
-                                 f"expected ({len(atoms)}, 3)")
-            results["forces"] = forces
-        if results:
-            atoms.calc = SinglePointCalculator(atoms, **results)
+        atoms, group, tag = _mlearn_entry(entry, f"{path.name}: entry {i}")
         frames.append(atoms)
-        groups.append(str(entry.get("group") or UNGROUPED))
+        groups.append(group)
         names.append(f"{path.name}#{i}")
-        tag = str(entry.get("tag", "")).lower()
         splits.append({"train": "train", "training": "train", "test": "test"}.get(tag, ""))
     return frames, {"groups": groups, "names": names, "splits": splits}
+
+
+def _json_kind(value) -> str:
+    """How a JSON value reads in an error message."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return f"a list of {len(value)}"
+    return "an object"
+
+
+def _json_field(obj: dict, key: str, kind: type, where: str, name: str, *, optional=False):
+    """``obj[key]`` if it is a ``kind`` (None when optional and absent or null)."""
+    value = obj.get(key)
+    if value is None and optional:
+        return None
+    if not isinstance(value, kind) or isinstance(value, bool):
+        what = {dict: "an object", list: "a list", str: "a string"}[kind]
+        got = "missing" if key not in obj else _json_kind(value)
+        raise InputError(f"{where}: {name}: expected {what}, got {got}")
+    return value
+
+
+def _json_row(row, where: str, name: str) -> None:
+    """Check that ``row`` is a JSON list of 3 numbers."""
+    if not isinstance(row, list) or len(row) != 3:
+        raise InputError(f"{where}: {name}: expected 3 numbers, got {_json_kind(row)}")
+    for x in row:
+        if isinstance(x, bool) or not isinstance(x, (int, float)):
+            raise InputError(f"{where}: {name}: expected 3 numbers, got {_json_kind(x)} inside")
+
+
+def _json_vectors(value, n: int | None, where: str, name: str) -> np.ndarray:
+    """A JSON list of ``n`` (any number if None) lists of 3 finite numbers, as (n, 3)."""
+    if not isinstance(value, list) or (n is not None and len(value) != n):
+        want = f"{n} rows of 3 numbers" if n is not None else "rows of 3 numbers"
+        raise InputError(f"{where}: {name}: expected {want}, got {_json_kind(value)}")
+    for k, row in enumerate(value):
+        _json_row(row, where, name.replace("[*]", f"[{k}]") if "[*]" in name else f"{name}[{k}]")
+    try:
+        out = np.array(value, dtype=float).reshape(-1, 3)
+    except OverflowError:  # an integer beyond the float range
+        raise InputError(f"{where}: {name}: a number is too large") from None
+    if not np.all(np.isfinite(out)):
+        raise InputError(f"{where}: {name}: contains NaN or inf")
+    return out
+
+
+def _mlearn_entry(entry, where: str) -> tuple[Atoms, str, str]:
+    """One mlearn entry as ``(atoms, group, tag)``, every field checked before use.
+
+    Schema: ``{"structure": {"lattice": {"matrix": 3x3 numbers}, "sites": [{"xyz": 3
+    numbers, "species": [{"element": str}, ...]}, ...]}, "outputs": {"energy": number|null,
+    "forces": n x 3 numbers|null}|null, "group": str|number|null, "tag": str|null}``; other
+    keys are ignored.
+    """
+    if not isinstance(entry, dict) or not isinstance(entry.get("structure"), dict):
+        got = _json_kind(entry.get("structure")) if isinstance(entry, dict) else \
+            _json_kind(entry) + " as the entry"
+        raise InputError(f"{where}: missing 'structure' (a pymatgen Structure dict), got {got}")
+    s = entry["structure"]
+    lattice = _json_field(s, "lattice", dict, where, "structure.lattice")
+    if "matrix" not in lattice:
+        raise InputError(f"{where}: structure.lattice.matrix: missing (3 rows of 3 numbers)")
+    cell = _json_vectors(lattice["matrix"], 3, where, "structure.lattice.matrix")
+    sites = _json_field(s, "sites", list, where, "structure.sites")
+    if not sites:
+        raise InputError(f"{where}: structure.sites: empty, expected at least one site")
+    symbols = []
+    for k, site in enumerate(sites):
+        name = f"structure.sites[{k}]"
+        if not isinstance(site, dict):
+            raise InputError(f"{where}: {name}: expected an object, got {_json_kind(site)}")
+        species = _json_field(site, "species", list, where, f"{name}.species")
+        first = species[0] if species else None
+        if not isinstance(first, dict) or not isinstance(first.get("element"), str):
+            raise InputError(f"{where}: {name}.species: expected a non-empty list of "
+                             "{\"element\": symbol} objects")
+        symbols.append(first["element"])
+    positions = _json_vectors([site.get("xyz") for site in sites], len(sites), where,
+                              "structure.sites[*].xyz")  # rows named sites[k].xyz
+    unknown = [x for x in symbols if x not in chemical_symbols or x == "X"]
+    if unknown:
+        raise InputError(f"{where}: unknown element '{unknown[0][:20]}'")
+    atoms = Atoms(symbols=symbols, positions=positions, cell=cell, pbc=True)
+    outputs = _json_field(entry, "outputs", dict, where, "outputs", optional=True) or {}
+    results = {}
+    energy = outputs.get("energy")
+    if energy is not None:
+        if isinstance(energy, bool) or not isinstance(energy, (int, float)):
+            raise InputError(f"{where}: outputs.energy is not a number ({_json_kind(energy)})")
+        try:
+            results["energy"] = float(energy)
+        except OverflowError:
+            raise InputError(f"{where}: outputs.energy is not a number (too large)") from None
+    if outputs.get("forces") is not None:
+        results["forces"] = _json_vectors(outputs["forces"], len(atoms), where, "outputs.forces")
+    if results:
+        atoms.calc = SinglePointCalculator(atoms, **results)
+    group = entry.get("group")
+    if group is not None and (isinstance(group, bool) or not isinstance(group, (str, int, float))):
+        raise InputError(f"{where}: group: expected a string, got {_json_kind(group)}")
+    tag = _json_field(entry, "tag", str, where, "tag", optional=True) or ""
+    return atoms, str(group or UNGROUPED), tag.lower()
 
 
 def validate_frames(
@@ -293,9 +439,12 @@ def validate_frames(
     """Check frames for what the rest of lprviz assumes; raise on the first problem.
 
     Checks: at least one frame; no zero-atom frames; known elements; finite positions and
-    cells; a non-degenerate cell along periodic directions; finite energies where present
-    (and present in every frame if ``require_energy``); finite forces and per-atom
-    ``true_local_energy`` of the right shape where present; total atoms <= ``max_atoms``.
+    cells within ``Limits.max_length``; a non-degenerate cell along periodic directions,
+    with every height (lattice-plane spacing) at least ``Limits.min_distance``; no two
+    atoms (periodic images included) closer than ``Limits.min_distance``; finite energies
+    where present (and present in every frame if ``require_energy``); finite forces and
+    per-atom ``true_local_energy`` of the right shape where present; total atoms <=
+    ``max_atoms``. Limits: :mod:`lprviz.limits` (``LPRVIZ_*`` environment variables).
 
     Parameters
     ----------
@@ -315,6 +464,7 @@ def validate_frames(
     frames = list(frames)
     if not frames:
         raise InputError(f"{source}: no structures found")
+    limits = get_limits()
     total = 0
     for i, atoms in enumerate(frames):
         where = f"{source}: frame {i}"
@@ -334,17 +484,27 @@ def validate_frames(
         cell = np.asarray(atoms.cell)
         if not np.all(np.isfinite(cell)):
             raise InputError(f"{where}: cell contains NaN or inf")
+        for field, values in (("positions", atoms.positions), ("cell entries", cell)):
+            largest = float(np.abs(values).max())
+            if largest > limits.max_length:
+                raise InputError(f"{where}: {field} reach {largest:.3g} A, beyond the limit "
+                                 f"of {limits.max_length:g} A (LPRVIZ_MAX_LENGTH); wrong units?")
         pbc = np.asarray(atoms.pbc, dtype=bool)
         if pbc.any():
             lengths = np.linalg.norm(cell, axis=1)
             if np.any(lengths[pbc] < 1e-6) or (pbc.all() and abs(np.linalg.det(cell)) < 1e-6):
                 raise InputError(f"{where}: periodic cell is degenerate (pbc={pbc.tolist()})")
+        _check_geometry(atoms, where, limits)
         energy = _frame_energy(atoms)
         if energy is None:
             if require_energy:
                 raise InputError(f"{where}: missing total energy (required for training)")
         elif not math.isfinite(energy):
             raise InputError(f"{where}: energy is not a finite number")
+        elif abs(energy) > limits.max_energy_per_atom * n:
+            raise InputError(f"{where}: energy {energy:.3g} eV is beyond "
+                             f"{limits.max_energy_per_atom:g} eV per atom (limit "
+                             "LPRVIZ_MAX_ENERGY_PER_ATOM); wrong units?")
         calc_results = getattr(atoms.calc, "results", {}) if atoms.calc is not None else {}
         forces = calc_results.get("forces", atoms.arrays.get("forces"))
         if forces is not None:
@@ -356,3 +516,26 @@ def validate_frames(
             if local.shape != (n,) or not np.all(np.isfinite(local)):
                 raise InputError(f"{where}: true_local_energy must be finite, one per atom")
 
+
+def _check_geometry(atoms: Atoms, where: str, limits) -> None:
+    """Cell heights and the closest pair of atoms against ``limits.min_distance``.
+
+    A periodic cell thinner than that is either crowded with its own images or written in a
+    needlessly skewed basis that makes every neighbour search visit millions of images; two
+    atoms closer than that are duplicated lines, a lost position column, or the wrong units.
+    """
+    floor = limits.min_distance
+    pbc = np.asarray(atoms.pbc, dtype=bool)
+    heights = cell_heights(atoms.cell.array, pbc)
+    if np.any(heights < floor):
+        axis = int(np.argmin(heights))
+        raise InputError(
+            f"{where}: periodic cell is only {heights[axis]:.3g} A thick along cell vector "
+            f"{axis + 1} (limit min_distance {floor:g} A, LPRVIZ_MIN_DISTANCE): too small "
+            "for its atoms, or a skewed basis to reduce (ase.geometry.minkowski_reduce)")
+    pair = closest_pair(atoms.positions, atoms.cell.array, pbc, floor)
+    if pair is not None:
+        i, j, dist = pair
+        raise InputError(f"{where}: atoms {i} and {j} are {dist:.3g} A apart, closer than "
+                         f"{floor:g} A (limit min_distance, LPRVIZ_MIN_DISTANCE); duplicated "
+                         "atoms or wrong units?")
