@@ -12,6 +12,9 @@ from collections.abc import Sequence
 
 from lprviz.errors import InputError
 
+# True while a progress bar's line is unfinished (a message must start on a new line).
+_open_line = [False]
+
 
 def _progress_bar(label: str, *, enabled: bool = True, width: int = 30):
     """A tqdm-style text bar on stderr, as a ``progress(done, total)`` callback."""
@@ -24,6 +27,7 @@ def _progress_bar(label: str, *, enabled: bool = True, width: int = 30):
         bar = "#" * filled + "." * (width - filled)
         end = "\n" if done >= total else ""
         print(f"\r{label} [{bar}] {done}/{total} atoms", end=end, file=sys.stderr, flush=True)
+        _open_line[0] = not end
 
     return update
 
@@ -461,6 +465,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except InputError as exc:
         print(f"lprviz: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        # Ctrl-C: one line, the shell's 128 + SIGINT status; every file writer (caches,
+        # output) removes its temporary file in a finally block, so nothing partial is left.
+        print("\n" * _open_line[0] + "lprviz: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

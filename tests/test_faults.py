@@ -5,6 +5,9 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -160,3 +163,37 @@ def test_stale_part_files_of_an_interrupted_fetch_are_cleaned(tmp_path):
     assert [p.name for p in paths] == ["training.json", "test.json"]
     assert not stale.exists()
     assert fresh.exists()
+
+
+def test_ctrl_c_mid_run_prints_one_line_exits_130_and_leaves_no_partial_file(tmp_path):
+    cache, out_dir = tmp_path / "cache", tmp_path / "out"
+    out_dir.mkdir()
+    env = dict(os.environ, LPRVIZ_CACHE_DIR=str(cache), PYTHONUNBUFFERED="1",
+               PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "lprviz.cli", "lpr", "--dataset", "emt-alloys",
+         "--train-groups", "bulk-pure,bulk-alloy", "-o", str(out_dir / "out.extxyz")],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+    )
+    try:
+        # The first progress line means the run is featurising: interrupt it there.
+        seen = b""
+        while b"SOAP [" not in seen:
+            chunk = os.read(proc.stderr.fileno(), 256)
+            assert chunk, f"lprviz exited before featurising: {seen.decode(errors='replace')}"
+            seen += chunk
+        proc.send_signal(signal.SIGINT)
+        _, rest = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    stderr = (seen + rest).decode()
+    assert proc.returncode == 130, stderr
+    assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr
+    # Everything after the progress bar is the one line.
+    messages = [line for line in stderr.splitlines() if line and "SOAP [" not in line]
+    assert messages == ["lprviz: interrupted"]
+    left = [p.name for p in tmp_path.rglob("*") if p.is_file()]
+    assert not [n for n in left if n.endswith((".part", ".tmp", ".tmp.npz")) or "tmp" in n]
+    assert not (out_dir / "out.extxyz").exists()
