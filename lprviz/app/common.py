@@ -228,7 +228,13 @@ def sidebar() -> Settings:
     labels = list(sources) + list(uploads)
     if "dataset_label" not in st.session_state:
         wanted = qp.get("dataset", datasets.DEFAULT_DATASET)
-        st.session_state["dataset_label"] = wanted if wanted in labels else labels[0]
+        fallback = (datasets.DEFAULT_DATASET if datasets.DEFAULT_DATASET in labels
+                    else labels[0])
+        st.session_state["dataset_label"] = wanted if wanted in labels else fallback
+        if wanted not in labels:
+            st.info(plain_text(f"The link's dataset={wanted[:60]} is not available here; "
+                               f"showing {fallback}."))
+    _alpha_from_link()
     if st.session_state["dataset_label"] not in labels:
         st.session_state["dataset_label"] = datasets.DEFAULT_DATASET
     _init("soap_preset", "default" if "default" in features.SOAP_PRESETS else
@@ -281,14 +287,47 @@ def _copy(key: str) -> None:
     st.session_state[key] = st.session_state[widget]
 
 
+def link_alpha_log10(raw: str | None) -> tuple[float, str | None]:
+    """log10 alpha from the link's ``alpha`` value, and a notice when it was not usable.
+
+    Not a number, NaN, infinite, zero or negative: the default alpha. Outside the slider's
+    range: the nearest end of the range. The notice is plain text (pass it to
+    :func:`plain_text`).
+    """
+    if raw is None:
+        return DEFAULT_ALPHA_LOG10, None
+    lo, hi = ALPHA_LOG10_RANGE
+    default = f"{10**DEFAULT_ALPHA_LOG10:.3g}"
+    try:
+        alpha = float(raw)
+    except (TypeError, ValueError):
+        alpha = float("nan")
+    if not (np.isfinite(alpha) and alpha > 0):
+        return DEFAULT_ALPHA_LOG10, (f"The link's alpha={str(raw)[:40]} is not a finite "
+                                     f"positive number; using the default alpha = {default}.")
+    log10 = float(np.log10(alpha))
+    if lo <= log10 <= hi:
+        return log10, None
+    log10 = float(np.clip(log10, lo, hi))
+    return log10, (f"The link's alpha={str(raw)[:40]} is outside {10**lo:.0e} to "
+                   f"{10**hi:.0e}; using alpha = {10**log10:.3g}.")
+
+
+def _alpha_from_link() -> None:
+    """First run of a session: alpha from the URL (or the default, with a notice), and the
+    URL rewritten to the value in use so a shared link never carries a bad one."""
+    if "alpha_log10" not in st.session_state:
+        log10, notice = link_alpha_log10(st.query_params.get("alpha"))
+        st.session_state["alpha_log10"] = log10
+        if notice:
+            st.info(plain_text(notice))
+    if "alpha" in st.query_params:
+        st.query_params["alpha"] = f"{10 ** st.session_state['alpha_log10']:.3g}"
+
+
 def alpha_slider(*, label: str = "Regularisation alpha (log10)") -> float:
     """Log-scale alpha slider shared by pages and mirrored in the URL; returns alpha."""
-    if "alpha_log10" not in st.session_state:
-        try:
-            a = float(st.query_params.get("alpha", 10**DEFAULT_ALPHA_LOG10))
-            st.session_state["alpha_log10"] = float(np.clip(np.log10(a), *ALPHA_LOG10_RANGE))
-        except (TypeError, ValueError):
-            st.session_state["alpha_log10"] = DEFAULT_ALPHA_LOG10
+    _alpha_from_link()
     st.session_state["_w_alpha"] = st.session_state["alpha_log10"]
     lo, hi = ALPHA_LOG10_RANGE
     st.slider(label, lo, hi, step=0.25, key="_w_alpha", on_change=_copy,
