@@ -65,3 +65,115 @@ def test_link_alpha_accepts_values_in_range(raw):
     log10, notice = common.link_alpha_log10(raw)
     assert notice is None
     assert common.ALPHA_LOG10_RANGE[0] <= log10 <= common.ALPHA_LOG10_RANGE[1]
+
+
+# --------------------------------------------------------------------------- Markdown injection
+
+PAYLOAD_URL = "http://127.0.0.1:9/t.png"
+HOSTILE_FILE = f"![x]({PAYLOAD_URL}).xyz"
+PAYLOADS = (f"![n]({PAYLOAD_URL})", f'<img src="{PAYLOAD_URL}">', f"[link]({PAYLOAD_URL})")
+PAGES = ["explore", "training_set", "compare", "improve", "validate", "export"]
+# Fields of element protos that Streamlit renders as Markdown.
+MARKDOWN_FIELDS = {"body", "label", "help", "caption", "placeholder"}
+
+
+def hostile_extxyz(n_frames: int = 10) -> bytes:
+    """Frames of the default dataset renamed and regrouped with Markdown/HTML payloads."""
+    import io
+
+    import ase.io
+
+    from lprviz import datasets
+
+    ds = datasets.load(datasets.DEFAULT_DATASET)
+    bulk = [i for i, g in enumerate(ds.groups) if str(g).startswith("bulk")][:n_frames // 2]
+    other = [i for i, g in enumerate(ds.groups) if not str(g).startswith("bulk")]
+    frames = []
+    for k, i in enumerate(bulk + other[: n_frames - len(bulk)]):
+        atoms = ds.frames[i].copy()
+        atoms.calc = ds.frames[i].calc
+        atoms.info["name"] = f"{PAYLOADS[k % 3]}#{k}"
+        atoms.info["group"] = "bulk-pure" if i in bulk else PAYLOADS[k % 2]
+        frames.append(atoms)
+    buf = io.StringIO()
+    ase.io.write(buf, frames, format="extxyz")
+    return buf.getvalue().encode()
+
+
+def _nodes(node):
+    yield node
+    for child in getattr(node, "children", {}).values():
+        yield from _nodes(child)
+
+
+def _markdown_strings(at: AppTest) -> list[str]:
+    """Every string of the page that Streamlit renders as Markdown."""
+    from google.protobuf.json_format import MessageToDict
+
+    def collect(obj, out, key=None):
+        if isinstance(obj, dict):
+            for k, v in obj.items():
+                collect(v, out, k)
+        elif isinstance(obj, list):
+            for v in obj:
+                collect(v, out, key)
+        elif isinstance(obj, str) and key in MARKDOWN_FIELDS:
+            out.append(obj)
+
+    out: list[str] = []
+    for root in (at.main, at.sidebar):
+        for node in _nodes(root):
+            proto = getattr(node, "proto", None)
+            if proto is None or node.type in ("plotly_chart", "arrow_data_frame", "iframe"):
+                continue
+            collect(MessageToDict(proto), out)
+            if node.type == "radio":  # radio options are Markdown too
+                out.extend(node.options)
+    return out
+
+
+def unescaped_markup(text: str) -> list[str]:
+    """Markdown image/link or HTML tag openings left unescaped in ``text``."""
+    import re
+
+    bare = re.sub(r"\\.", "", text)  # drop escaped characters
+    return [m for m in ("![", "](", "<img", "<a ") if m in bare]
+
+
+@pytest.fixture(scope="module")
+def hostile_app() -> AppTest:
+    at = _app()
+    at.file_uploader(key="upload").set_value(
+        (HOSTILE_FILE, hostile_extxyz(), "application/octet-stream")).run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_markdown_payloads_in_names_are_escaped_on_every_page(hostile_app, page):
+    at = hostile_app
+    at.switch_page(f"lprviz/app/pages/{page}.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert at.session_state["dataset_label"] == HOSTILE_FILE
+    texts = _markdown_strings(at)
+    assert texts, "the page rendered no Markdown at all"
+    bad = {t: unescaped_markup(t) for t in texts if unescaped_markup(t)}
+    assert not bad
+    if page in ("explore", "export"):
+        # The file name is shown, escaped, where the dataset is named.
+        assert any("t.png" in t for t in texts)
+
+
+def test_escaping_check_sees_raw_payloads():
+    """The check above would catch each payload left raw (guards against a vacuous test)."""
+    assert all(unescaped_markup(p) for p in (*PAYLOADS, HOSTILE_FILE))
+    assert not any(unescaped_markup(common.plain_text(p)) for p in (*PAYLOADS, HOSTILE_FILE))
+
+
+@pytest.mark.parametrize("label", [HOSTILE_FILE, "../../etc/passwd", "a b/c\\d:e", "", "..."])
+def test_download_file_stem_keeps_only_safe_characters(label):
+    import re
+
+    stem = common.file_stem(f"lprviz-{label}")
+    assert re.fullmatch(r"[A-Za-z0-9._-]{1,80}", stem)
+    assert not stem.startswith(".")

@@ -192,11 +192,23 @@ def _upload_dir() -> Path:
     return UPLOAD_DIR
 
 
-def plain_text(text: str) -> str:
-    """User text made safe for ``st.error``/``st.markdown``: one line, markdown escaped."""
+def plain_text(text: object) -> str:
+    """User text made safe wherever Streamlit renders Markdown: one line, markdown escaped.
+
+    The one escaping helper for Markdown: every user-provided string (file, dataset,
+    structure and group names, error messages that quote them) passes through it before
+    ``st.error``/``st.info``/``st.warning``, ``st.markdown``/``st.caption`` and widget
+    labels or help. HTML contexts (plotly hovers, the viewer) use :func:`lprviz.plots.escape`.
+    """
     text = " ".join(str(text).replace("\x00", " ").split())
     # Links, images, HTML, code, LaTeX and emphasis markers; intraword "_" is left alone.
     return re.sub(r"([\\`*\[\]()<>#!|~$])", r"\\\1", text)
+
+
+def file_stem(text: str, *, max_len: int = 80) -> str:
+    """A download file name stem from user text: letters, digits, ``.-_`` only."""
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._")[:max_len]
+    return stem or "lprviz"
 
 
 def save_upload(name: str, data: bytes) -> str:
