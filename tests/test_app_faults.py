@@ -177,3 +177,111 @@ def test_download_file_stem_keeps_only_safe_characters(label):
     stem = common.file_stem(f"lprviz-{label}")
     assert re.fullmatch(r"[A-Za-z0-9._-]{1,80}", stem)
     assert not stem.startswith(".")
+
+
+# --------------------------------------------------------------------------- sessions
+
+
+def _xyz(i: int) -> bytes:
+    header = f"Properties=species:S:1:pos:R:3 energy={-1.0 - i}"
+    return f"2\n{header}\nCu 0 0 0\nCu 0 0 {2.5 + i}\n".encode()
+
+
+@pytest.fixture()
+def uploads(tmp_path, monkeypatch):
+    """A fresh upload root; every session alive unless listed in the returned set."""
+    monkeypatch.setattr(common, "UPLOAD_DIR", tmp_path / "uploads")
+    monkeypatch.setattr(common, "UPLOADS_PER_SESSION", 3)
+    closed: set[str] = set()
+    monkeypatch.setattr(common, "session_alive", lambda sid: sid not in closed)
+    return closed
+
+
+def test_a_live_sessions_uploads_are_never_evicted_by_another(uploads):
+    a = [Path(common.save_upload(f"a{i}.xyz", _xyz(i), session="A")) for i in range(2)]
+    b = [Path(common.save_upload(f"b{i}.xyz", _xyz(10 + i), session="B")) for i in range(6)]
+    assert all(p.exists() for p in a)  # B filled its own share many times over
+    assert [p.exists() for p in b] == [False] * 3 + [True] * 3  # B's own oldest went first
+
+
+def test_a_session_is_bounded_in_bytes(uploads, monkeypatch):
+    monkeypatch.setattr(common, "UPLOAD_SESSION_BYTES", 2 * len(_xyz(0)) + 2)
+    first, second, third = (Path(common.save_upload(f"f{i}.xyz", _xyz(i), session="A"))
+                            for i in range(3))
+    assert not first.exists() and second.exists() and third.exists()
+    with pytest.raises(common.InputError, match="more than") as info:
+        common.save_upload("big.xyz", b"x" * 10_000, session="A")
+    assert "\n" not in str(info.value)
+
+
+def test_full_upload_space_refuses_without_touching_live_sessions(uploads, monkeypatch):
+    monkeypatch.setattr(common, "UPLOAD_TOTAL_BYTES", 3 * len(_xyz(0)))
+    a = [Path(common.save_upload(f"a{i}.xyz", _xyz(i), session="A")) for i in range(3)]
+    with pytest.raises(common.InputError, match="upload space") as info:
+        common.save_upload("b.xyz", _xyz(5), session="B")
+    assert "\n" not in str(info.value) and str(common.UPLOAD_DIR) not in str(info.value)
+    assert all(p.exists() for p in a)
+    # Once A's session has closed, its files make room.
+    uploads.add("A")
+    assert Path(common.save_upload("b.xyz", _xyz(5), session="B")).exists()
+    assert not (common.UPLOAD_DIR / "A").exists()
+
+
+def test_closed_sessions_uploads_and_cached_datasets_are_released(uploads, monkeypatch):
+    loads: list[str] = []
+    real_load = common.datasets.load
+
+    def counting_load(source, **kwargs):
+        loads.append(source)
+        return real_load(source, **kwargs)
+
+    monkeypatch.setattr(common.datasets, "load", counting_load)
+    path_a = common.save_upload("mine.xyz", _xyz(1), session="A")
+    path_b = common.save_upload("yours.xyz", _xyz(2), session="B")
+    for path in (path_a, path_b):
+        assert len(common.dataset(path).frames) == 1
+    common.dataset(path_a)
+    assert loads == [path_a, path_b]  # cached
+    assert path_a in common._UPLOAD_ENTRIES
+
+    uploads.add("A")
+    freed = common.prune_uploads()
+    assert freed == len(_xyz(1))
+    assert not (common.UPLOAD_DIR / "A").exists() and Path(path_b).exists()
+    assert path_a not in common._UPLOAD_ENTRIES
+    # A's dataset left the server cache (loading it again reads the disk: now gone); B's
+    # is still cached.
+    with pytest.raises(common.InputError):
+        common.dataset(path_a)
+    common.dataset(path_b)
+    assert loads == [path_a, path_b, path_a]
+
+
+def test_lost_upload_error_names_the_users_file_not_the_server_path():
+    at = _app()
+    at.file_uploader(key="upload").set_value(("my data.xyz", _xyz(3), "text/plain")).run()
+    assert not at.exception and not at.error
+    stored = at.session_state["uploads"]["my data.xyz"]
+    # The file disappears behind the session's back (an operator cleaning /tmp).
+    Path(stored).unlink()
+    common.release_upload(stored)
+    at.run()
+    assert not at.exception and not at.error
+    text = " ".join(_notices(at))
+    assert "my data.xyz" in text and "upload it again" in text
+    assert str(Path(stored).parent) not in text and Path(stored).name not in text
+    # The session goes on with a dataset that exists.
+    assert at.session_state["dataset_label"] == common.datasets.DEFAULT_DATASET
+    assert "emt-alloys" in " ".join(c.value for c in at.caption)
+
+
+def test_reader_errors_about_an_upload_name_the_users_file():
+    at = _app()
+    at.file_uploader(key="upload").set_value(
+        ("broken![x](http://a/b.png).xyz", b"3\n\nCu 0 0 nan\n", "text/plain")).run()
+    assert not at.exception
+    (error,) = [e.value for e in at.error]
+    assert error.startswith("broken") and "b.png" in error and not unescaped_markup(error)
+    assert common.UPLOAD_DIR is not None and str(common.UPLOAD_DIR) not in error
+    assert not [p for p in common.UPLOAD_DIR.rglob("*") if p.is_file()
+                and p.read_bytes().startswith(b"3\n\nCu 0 0 nan")]  # the bad file is gone

@@ -20,6 +20,7 @@ import re
 import shutil
 import tempfile
 import threading
+import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,9 +35,16 @@ DEFAULT_ALPHA_LOG10 = -4.0
 ALPHA_LOG10_RANGE = (-8.0, 2.0)
 DEFAULT_PRESET = "bulk only"
 # Uploads live in a private (0700) directory of this server process, made on first use and
-# removed at exit; only the newest UPLOADS_KEPT files are kept. None until first use.
+# removed at exit, one subdirectory per Streamlit session. A session keeps at most
+# UPLOADS_PER_SESSION files and UPLOAD_SESSION_BYTES (its own oldest go first); all sessions
+# together at most UPLOAD_TOTAL_BYTES. Files of closed sessions are deleted (and their cached
+# datasets released) on the next upload or page run after PRUNE_SECONDS; a live session's
+# files are never deleted by another session. None until first use.
 UPLOAD_DIR: Path | None = None
-UPLOADS_KEPT = 32
+UPLOADS_PER_SESSION = 8
+UPLOAD_SESSION_BYTES = 100 << 20
+UPLOAD_TOTAL_BYTES = 1 << 30
+PRUNE_SECONDS = 60.0
 UPLOAD_TYPES = ["extxyz", "xyz", "json"]
 
 
@@ -58,6 +66,7 @@ def script_url() -> str | None:
 @st.cache_resource(max_entries=6, show_spinner="Loading dataset...")
 def dataset(source: str):
     """The dataset named (or at path) ``source``, loaded once per server."""
+    _note_use(source, dataset, (source,))
     return datasets.load(source)
 
 
@@ -100,6 +109,7 @@ def descriptors(source: str, preset: str):
 def fit(source: str, preset: str, train_frames: tuple[int, ...], spec,
         reference: tuple[int, ...] | None = None):
     """Alpha-independent part of the model for a training set (tuple of frame indices)."""
+    _note_use(source, fit, (source, preset, train_frames, spec, reference))
     ds = dataset(source)
     desc = descriptors(source, preset)
     mask = np.zeros(len(ds.frames), dtype=bool)
@@ -119,12 +129,14 @@ def results(
     alpha: float,
 ):
     """:func:`lprviz.pipeline.evaluate` of the cached fit at ``alpha``."""
+    _note_use(source, results, (source, preset, train_frames, spec, reference, alpha))
     return pipeline.evaluate(fit(source, preset, train_frames, spec, reference), alpha)
 
 
 @st.cache_resource(max_entries=6, show_spinner=False)
 def coordination(source: str) -> np.ndarray:
     """Coordination number of every atom (for hover labels); the dataset's own if it has one."""
+    _note_use(source, coordination, (source,))
     ds = dataset(source)
     if all("coordination" in a.arrays for a in ds.frames):
         return np.concatenate([a.arrays["coordination"] for a in ds.frames]).astype(int)
@@ -148,6 +160,7 @@ def environment_map(source: str, preset: str) -> np.ndarray:
     """2D PCA coordinates of every atom's descriptor (for the environment map)."""
     from lprviz.plots import pca_2d
 
+    _note_use(source, environment_map, (source, preset))
     return pca_2d(descriptors(source, preset).values)
 
 
@@ -211,32 +224,178 @@ def file_stem(text: str, *, max_len: int = 80) -> str:
     return stem or "lprviz"
 
 
-def save_upload(name: str, data: bytes) -> str:
-    """Store an uploaded file under a content-hash name; return its path (load source).
+# Cache entries computed for uploaded files, so a closed session's can be released:
+# upload path -> {(cached function, args)}. Shipped datasets are never released.
+_UPLOAD_ENTRIES: dict[str, set[tuple[object, tuple]]] = {}
+_UPLOAD_LOCK = threading.RLock()
+_last_prune = [0.0]
 
-    The user's file name never becomes a path: only its suffix is used.
+
+def _note_use(source: str, func, args: tuple) -> None:
+    """Remember that ``func(*args)`` was cached for the upload ``source``."""
+    if UPLOAD_DIR is not None and source.startswith(str(UPLOAD_DIR)):
+        with _UPLOAD_LOCK:
+            _UPLOAD_ENTRIES.setdefault(source, set()).add((func, args))
+
+
+def release_upload(source: str) -> None:
+    """Drop every cached object computed from the uploaded file ``source``."""
+    with _UPLOAD_LOCK:
+        entries = _UPLOAD_ENTRIES.pop(source, set())
+    for func, args in entries:
+        func.clear(*args)
+    with _DESCRIPTORS_LOCK:
+        for key in [k for k in _DESCRIPTORS if k[0] == source]:
+            del _DESCRIPTORS[key]
+
+
+def session_id() -> str:
+    """Id of the Streamlit session running this script ("bare" outside a session)."""
+    from streamlit.runtime.scriptrunner import get_script_run_ctx
+
+    ctx = get_script_run_ctx(suppress_warning=True)
+    return ctx.session_id if ctx is not None else "bare"
+
+
+def session_alive(sid: str) -> bool:
+    """True while the session ``sid`` is connected (always True without a server runtime,
+    e.g. under AppTest, where no session is ever known to be closed)."""
+    from streamlit.runtime import Runtime
+
+    if not Runtime.exists():
+        return True
+    return Runtime.instance().is_active_session(sid)
+
+
+def _files(folder: Path) -> list[Path]:
+    """Files of ``folder``, oldest first."""
+    try:
+        return sorted((p for p in folder.iterdir() if p.is_file()),
+                      key=lambda p: p.stat().st_mtime)
+    except FileNotFoundError:
+        return []
+
+
+def _discard(path: Path) -> None:
+    path.unlink(missing_ok=True)
+    release_upload(str(path))
+
+
+def prune_uploads() -> int:
+    """Delete the upload folders of closed sessions and release their cached datasets.
+
+    Returns
+    -------
+    int
+        Bytes freed on disk.
+    """
+    if UPLOAD_DIR is None or not UPLOAD_DIR.is_dir():
+        return 0
+    freed = 0
+    with _UPLOAD_LOCK:
+        _last_prune[0] = time.monotonic()
+        for folder in UPLOAD_DIR.iterdir():
+            if not folder.is_dir() or session_alive(folder.name):
+                continue
+            for path in _files(folder):
+                freed += path.stat().st_size
+                _discard(path)
+            shutil.rmtree(folder, ignore_errors=True)
+    return freed
+
+
+def save_upload(name: str, data: bytes, *, session: str | None = None) -> str:
+    """Store an uploaded file under a content-hash name in the session's own folder.
+
+    The user's file name never becomes a path: only its suffix is used. Closed sessions'
+    files are pruned first; then the session's own oldest files make room (at most
+    :data:`UPLOADS_PER_SESSION` files and :data:`UPLOAD_SESSION_BYTES`). Other live
+    sessions' files are never touched: when they fill :data:`UPLOAD_TOTAL_BYTES`, the upload
+    is refused.
+
+    Parameters
+    ----------
+    name : str
+        The user's file name (only its suffix is used).
+    data : bytes
+        File content.
+    session : str, optional
+        Owner session id (default: the running session's).
+
+    Returns
+    -------
+    str
+        Path of the stored file (the dataset source).
+
+    Raises
+    ------
+    InputError
+        Wrong file type, file larger than a session's share, or no room left.
     """
     suffix = Path(name).suffix.lower()
     if suffix.lstrip(".") not in UPLOAD_TYPES:
         raise InputError(f"{name}: expected an .extxyz, .xyz or mlearn .json file")
+    if len(data) > UPLOAD_SESSION_BYTES:
+        raise InputError(f"{name}: {len(data) >> 20} MB is more than the "
+                         f"{UPLOAD_SESSION_BYTES >> 20} MB an upload may use")
+    sid = re.sub(r"[^A-Za-z0-9_-]", "_", session or session_id())
     digest = hashlib.sha256(data).hexdigest()[:16]
-    folder = _upload_dir()
-    path = folder / f"{digest}{suffix}"
-    if not path.exists():
-        path.write_bytes(data)
-    path.touch()
-    # Bounded disk use: drop the oldest uploads (their datasets may still be cached).
-    kept = sorted(folder.iterdir(), key=lambda p: p.stat().st_mtime, reverse=True)
-    for old in kept[UPLOADS_KEPT:]:
-        old.unlink(missing_ok=True)
+    root = _upload_dir()
+    prune_uploads()
+    with _UPLOAD_LOCK:
+        folder = root / sid
+        folder.mkdir(mode=0o700, exist_ok=True)
+        path = folder / f"{digest}{suffix}"
+        if path.exists():
+            path.touch()  # now the session's newest
+            return str(path)
+        own = _files(folder)
+        while own and (len(own) + 1 > UPLOADS_PER_SESSION
+                       or sum(p.stat().st_size for p in own) + len(data) > UPLOAD_SESSION_BYTES):
+            _discard(own.pop(0))
+        used = sum(p.stat().st_size for d in root.iterdir() if d.is_dir() for p in _files(d))
+        if used + len(data) > UPLOAD_TOTAL_BYTES:
+            raise InputError(f"{name}: the server's upload space ({UPLOAD_TOTAL_BYTES >> 20} MB)"
+                             " is full with other open sessions' files; try again later")
+        tmp = path.with_name(f".{path.name}.part")
+        try:
+            tmp.write_bytes(data)
+            tmp.replace(path)
+        finally:
+            tmp.unlink(missing_ok=True)  # a full disk or Ctrl-C leaves no partial upload
     return str(path)
+
+
+def user_message(text: str) -> str:
+    """``text`` with the session's stored upload paths replaced by the user's file names.
+
+    Readers name the file they read; for an upload that is a private server path, which
+    must not reach the page. Any other path inside the upload folder becomes "upload".
+    """
+    uploads: dict[str, str] = st.session_state.get("uploads", {})
+    for label, path in uploads.items():
+        text = text.replace(path, label).replace(Path(path).name, label)
+    if UPLOAD_DIR is not None:
+        text = re.sub(re.escape(str(UPLOAD_DIR)) + r"[^\s:'\"]*", "upload", text)
+    return text
+
+
+def show_error(exc: Exception) -> None:
+    """A user-caused error as one escaped line, naming uploads by the user's file name."""
+    st.error(plain_text(user_message(str(exc))))
 
 
 def sidebar() -> Settings:
     """Dataset and model controls (sidebar); returns the current :class:`Settings`."""
+    if time.monotonic() - _last_prune[0] > PRUNE_SECONDS:
+        prune_uploads()  # closed sessions' uploads, even when nobody uploads any more
     qp = st.query_params
     sources = available_sources()
     uploads: dict[str, str] = st.session_state.setdefault("uploads", {})
+    for gone in [k for k, path in uploads.items() if not Path(path).exists()]:
+        del uploads[gone]
+        st.warning(plain_text(f"{gone}: the uploaded file is no longer on the server "
+                              "(the server restarted or cleaned up); upload it again."))
     labels = list(sources) + list(uploads)
     if "dataset_label" not in st.session_state:
         wanted = qp.get("dataset", datasets.DEFAULT_DATASET)
@@ -262,18 +421,25 @@ def sidebar() -> Settings:
                               key="upload")
         if up is not None and up.file_id != st.session_state.get("_upload_done"):
             st.session_state["_upload_done"] = up.file_id
-            path = ""
+            previous, path = uploads.get(up.name), ""
             try:
                 path = save_upload(up.name, up.getvalue())
+                uploads[up.name] = path  # before loading: errors then name the user's file
                 dataset(path)  # validate now so a bad file fails here, in one line
             except InputError as exc:
-                # Messages name the stored (hash) file: show the user's own file name.
-                msg = str(exc).replace(Path(path).name, up.name) if path else str(exc)
-                st.error(plain_text(msg))
+                show_error(exc)
+                if path and path != previous:
+                    _discard(Path(path))
+                uploads.pop(up.name, None)
+                if previous:
+                    uploads[up.name] = previous
             else:
-                uploads[up.name] = path
                 st.session_state["dataset_label"] = up.name
                 st.rerun()
+            finally:
+                # Files this session gave up to make room are no longer offered.
+                for label in [k for k, p in uploads.items() if not Path(p).exists()]:
+                    del uploads[label]
         st.session_state["_w_preset"] = st.session_state["soap_preset"]
         st.selectbox("SOAP preset", list(features.SOAP_PRESETS), key="_w_preset",
                      on_change=_copy, args=("soap_preset",),
@@ -421,6 +587,7 @@ def local_error_section(ds, res, *, key: str) -> None:
 def committee(source: str, preset: str, train: tuple[int, ...], spec, alpha: float,
               n_models: int) -> validation.CommitteeCheck:
     """Committee of ridge models on random 70 % subsets: spread of local predictions."""
+    _note_use(source, committee, (source, preset, train, spec, alpha, n_models))
     ds = dataset(source)
     desc = descriptors(source, preset)
     model = fit(source, preset, train, spec, None)
@@ -443,4 +610,4 @@ def run_page(title: str, body, *, intro: str | None = None) -> None:
     try:
         body(settings)
     except InputError as exc:
-        st.error(plain_text(str(exc)))
+        show_error(exc)

@@ -79,7 +79,7 @@ def alpha_dependent(settings: common.Settings) -> None:
     try:
         _alpha_dependent(settings)
     except InputError as exc:
-        st.error(common.plain_text(str(exc)))
+        common.show_error(exc)
 
 
 def _alpha_dependent(settings: common.Settings) -> None:
