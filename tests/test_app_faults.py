@@ -71,14 +71,22 @@ def test_link_alpha_accepts_values_in_range(raw):
 
 PAYLOAD_URL = "http://127.0.0.1:9/t.png"
 HOSTILE_FILE = f"![x]({PAYLOAD_URL}).xyz"
-PAYLOADS = (f"![n]({PAYLOAD_URL})", f'<img src="{PAYLOAD_URL}">', f"[link]({PAYLOAD_URL})")
+
+
+def payloads(url: str = PAYLOAD_URL) -> tuple[str, str, str]:
+    """A Markdown image, an HTML image and a Markdown link, all pointing at ``url``."""
+    return f"![n]({url})", f'<img src="{url}">', f"[link]({url})"
+
+
+PAYLOADS = payloads()
 PAGES = ["explore", "training_set", "compare", "improve", "validate", "export"]
 # Fields of element protos that Streamlit renders as Markdown.
 MARKDOWN_FIELDS = {"body", "label", "help", "caption", "placeholder"}
 
 
-def hostile_extxyz(n_frames: int = 10) -> bytes:
-    """Frames of the default dataset renamed and regrouped with Markdown/HTML payloads."""
+def hostile_extxyz(n_frames: int = 10, url: str = PAYLOAD_URL) -> bytes:
+    """Frames of the default dataset renamed and regrouped with Markdown/HTML payloads
+    pointing at ``url``."""
     import io
 
     import ase.io
@@ -92,8 +100,8 @@ def hostile_extxyz(n_frames: int = 10) -> bytes:
     for k, i in enumerate(bulk + other[: n_frames - len(bulk)]):
         atoms = ds.frames[i].copy()
         atoms.calc = ds.frames[i].calc
-        atoms.info["name"] = f"{PAYLOADS[k % 3]}#{k}"
-        atoms.info["group"] = "bulk-pure" if i in bulk else PAYLOADS[k % 2]
+        atoms.info["name"] = f"{payloads(url)[k % 3]}#{k}"
+        atoms.info["group"] = "bulk-pure" if i in bulk else payloads(url)[k % 2]
         frames.append(atoms)
     buf = io.StringIO()
     ase.io.write(buf, frames, format="extxyz")
