@@ -7,7 +7,8 @@ after the app's prune interval one new session opens the default dataset, which 
 closed sessions' uploads and releases their cached datasets, descriptors and fits. Prints
 server RSS and upload-folder bytes at each stage.
 
-Usage: ``PYTHONPATH=. python benchmarks/sessions_memory.py --sessions 4``
+Usage: ``LPRVIZ_3DMOL_JS=.cache/3dmol/3Dmol-min.js PYTHONPATH=. python
+benchmarks/sessions_memory.py --sessions 4`` (the viewer needs a local 3Dmol.js offline).
 """
 
 from __future__ import annotations

@@ -3,6 +3,8 @@ sessions uploading at once (AppTest)."""
 
 from __future__ import annotations
 
+import os
+import time
 from pathlib import Path
 
 import pytest
@@ -200,9 +202,18 @@ def uploads(tmp_path, monkeypatch):
     """A fresh upload root; every session alive unless listed in the returned set."""
     monkeypatch.setattr(common, "UPLOAD_DIR", tmp_path / "uploads")
     monkeypatch.setattr(common, "UPLOADS_PER_SESSION", 3)
+    monkeypatch.setenv("LPRVIZ_CACHE_DIR", str(tmp_path / "cache"))
     closed: set[str] = set()
     monkeypatch.setattr(common, "session_alive", lambda sid: sid not in closed)
     return closed
+
+
+def _close(closed: set[str], sid: str) -> None:
+    """Session ``sid`` disconnected longer ago than the reconnection grace period."""
+    closed.add(sid)
+    old = time.time() - 2 * common.PRUNE_SECONDS
+    for path in (common.UPLOAD_DIR / sid, *(common.UPLOAD_DIR / sid).iterdir()):
+        os.utime(path, (old, old))
 
 
 def test_a_live_sessions_uploads_are_never_evicted_by_another(uploads):
@@ -230,12 +241,14 @@ def test_full_upload_space_refuses_without_touching_live_sessions(uploads, monke
     assert "\n" not in str(info.value) and str(common.UPLOAD_DIR) not in str(info.value)
     assert all(p.exists() for p in a)
     # Once A's session has closed, its files make room.
-    uploads.add("A")
+    _close(uploads, "A")
     assert Path(common.save_upload("b.xyz", _xyz(5), session="B")).exists()
     assert not (common.UPLOAD_DIR / "A").exists()
 
 
-def test_closed_sessions_uploads_and_cached_datasets_are_released(uploads, monkeypatch):
+def test_closed_sessions_uploads_and_cached_results_are_released(uploads, monkeypatch):
+    from lprviz.pipeline import ModelSpec
+
     loads: list[str] = []
     real_load = common.datasets.load
 
@@ -246,23 +259,29 @@ def test_closed_sessions_uploads_and_cached_datasets_are_released(uploads, monke
     monkeypatch.setattr(common.datasets, "load", counting_load)
     path_a = common.save_upload("mine.xyz", _xyz(1), session="A")
     path_b = common.save_upload("yours.xyz", _xyz(2), session="B")
+    args = ("fast", (0,), ModelSpec(kind="linear"), None, 1e-4)
     for path in (path_a, path_b):
-        assert len(common.dataset(path).frames) == 1
-    common.dataset(path_a)
+        assert common.results(path, *args).lpr.shape == (2,)
+    common.results(path_a, *args)
     assert loads == [path_a, path_b]  # cached
     assert path_a in common._UPLOAD_ENTRIES
 
     uploads.add("A")
-    freed = common.prune_uploads()
-    assert freed == len(_xyz(1))
+    assert common.prune_uploads() == 0  # just disconnected: may still reconnect
+    assert Path(path_a).exists()
+    _close(uploads, "A")
+    assert common.prune_uploads() == len(_xyz(1))
     assert not (common.UPLOAD_DIR / "A").exists() and Path(path_b).exists()
     assert path_a not in common._UPLOAD_ENTRIES
-    # A's dataset left the server cache (loading it again reads the disk: now gone); B's
-    # is still cached.
+    assert not [k for k in common._DESCRIPTORS if k[0] == path_a]
+    # Nothing of A is cached any more: its results need its (deleted) file again. B's are
+    # still cached.
     with pytest.raises(common.InputError):
-        common.dataset(path_a)
-    common.dataset(path_b)
+        common.results(path_a, *args)
+    common.results(path_b, *args)
     assert loads == [path_a, path_b, path_a]
+    # Uploads stay out of the shared descriptor caches (they would outlive the session).
+    assert not list(common.features.cache_dir().glob("*.npz"))
 
 
 def test_lost_upload_error_names_the_users_file_not_the_server_path():

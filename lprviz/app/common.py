@@ -93,8 +93,11 @@ def descriptors(source: str, preset: str):
         bar.progress(min(1.0, done / max(total, 1)), text=f"Featurising: {done}/{total} atoms")
 
     try:
+        # An upload's descriptors stay out of the shared memory and disk caches: they would
+        # outlive the session (only this LRU holds them, released with the upload).
         desc = features.compute_soap(
-            ds.frames, features.SOAP_PRESETS[preset], species=ds.species, progress=progress
+            ds.frames, features.SOAP_PRESETS[preset], species=ds.species, progress=progress,
+            cache=not is_upload(source),
         )
     finally:
         bar.empty()
@@ -231,9 +234,14 @@ _UPLOAD_LOCK = threading.RLock()
 _last_prune = [0.0]
 
 
+def is_upload(source: str) -> bool:
+    """True if ``source`` is a file stored by :func:`save_upload`."""
+    return UPLOAD_DIR is not None and source.startswith(str(UPLOAD_DIR))
+
+
 def _note_use(source: str, func, args: tuple) -> None:
     """Remember that ``func(*args)`` was cached for the upload ``source``."""
-    if UPLOAD_DIR is not None and source.startswith(str(UPLOAD_DIR)):
+    if is_upload(source):
         with _UPLOAD_LOCK:
             _UPLOAD_ENTRIES.setdefault(source, set()).add((func, args))
 
@@ -284,6 +292,9 @@ def _discard(path: Path) -> None:
 def prune_uploads() -> int:
     """Delete the upload folders of closed sessions and release their cached datasets.
 
+    A folder changed within the last :data:`PRUNE_SECONDS` is kept: a browser that lost its
+    connection for a moment reconnects to the same session and still finds its files.
+
     Returns
     -------
     int
@@ -294,8 +305,12 @@ def prune_uploads() -> int:
     freed = 0
     with _UPLOAD_LOCK:
         _last_prune[0] = time.monotonic()
+        now = time.time()
         for folder in UPLOAD_DIR.iterdir():
             if not folder.is_dir() or session_alive(folder.name):
+                continue
+            changed = max([folder.stat().st_mtime, *(f.stat().st_mtime for f in _files(folder))])
+            if now - changed < PRUNE_SECONDS:
                 continue
             for path in _files(folder):
                 freed += path.stat().st_size
