@@ -16,17 +16,8 @@ import pytest
 from ase.build import bulk, molecule
 
 from lprviz import datasets, features
-from lprviz.features import SoapHypers, compute_soap
-
-SMALL = SoapHypers(cutoff=4.0, max_radial=3, max_angular=2)
-
-
-@pytest.fixture(autouse=True)
-def _isolated_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("LPRVIZ_CACHE_DIR", str(tmp_path / "cache"))
-    features.clear_memory_cache()
-    yield
-    features.clear_memory_cache()
+from lprviz.features import compute_soap
+from tests.test_features import SMALL, _isolated_cache  # noqa: F401 - autouse fixture
 
 
 def _frames():

@@ -3,8 +3,6 @@ group names) makes the browser fetch nothing, and other sessions keep working.""
 
 from __future__ import annotations
 
-import http.server
-import threading
 import time
 import urllib.request
 
@@ -12,37 +10,9 @@ import pytest
 
 from tests.browser.test_app_browser import _colour_classes, _settled_canvas
 from tests.test_app_faults import hostile_extxyz
+from tests.test_datasets import _Server
 
 pytestmark = pytest.mark.browser
-
-
-class _Recorder:
-    """A tiny HTTP server on 127.0.0.1 recording every request (the payloads' target)."""
-
-    def __init__(self) -> None:
-        self.requests: list[str] = []
-        recorder = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self):  # noqa: N802 - http.server's name
-                recorder.requests.append(self.path)
-                self.send_response(404)
-                self.end_headers()
-
-            def log_message(self, *args):
-                pass
-
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.httpd.shutdown()
-        self.httpd.server_close()
 
 
 def _wait_text(page, text: str, timeout: float = 240.0) -> None:
@@ -53,14 +23,15 @@ def _wait_text(page, text: str, timeout: float = 240.0) -> None:
 
 
 def test_hostile_upload_fetches_nothing_and_other_sessions_keep_working(app_url, browser):
-    with _Recorder() as target:
-        name = f"![x]({target.url}/t.png).xyz"
+    # A local server with no routes: it records every request (the payloads' target).
+    with _Server() as target:
+        name = f"![x]({target.url}t.png).xyz"
         first = browser.new_context(viewport={"width": 1400, "height": 1000})
         page = first.new_page()
         page.goto(app_url, wait_until="domcontentloaded")
         page.locator("input[type=file]").first.set_input_files(files=[{
             "name": name, "mimeType": "text/plain",
-            "buffer": hostile_extxyz(url=f"{target.url}/n.png")}])
+            "buffer": hostile_extxyz(url=f"{target.url}n.png")}])
         _wait_text(page, "t.png).xyz")  # the caption names the upload, as text
         _settled_canvas(page)  # the hostile dataset is featurised and drawn
         for path in ("export", "validate", "compare"):
