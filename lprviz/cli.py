@@ -26,8 +26,8 @@ def _progress_bar(label: str, *, enabled: bool = True, width: int = 30):
         filled = int(round(width * frac))
         bar = "#" * filled + "." * (width - filled)
         end = "\n" if done >= total else ""
+        _open_line[0] = not end  # before printing: Ctrl-C may land right after the print
         print(f"\r{label} [{bar}] {done}/{total} atoms", end=end, file=sys.stderr, flush=True)
-        _open_line[0] = not end
 
     return update
 
@@ -469,6 +469,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Ctrl-C: one line, the shell's 128 + SIGINT status; every file writer (caches,
         # output) removes its temporary file in a finally block, so nothing partial is left.
         print("\n" * _open_line[0] + "lprviz: interrupted", file=sys.stderr)
+        # Objects the interrupt left half-built are freed after this block; featomic's
+        # calculator __del__ then raises (and would print a traceback). We are exiting.
+        sys.unraisablehook = lambda unraisable: None
         return 130
 
 
