@@ -3,8 +3,6 @@ sessions uploading at once (AppTest)."""
 
 from __future__ import annotations
 
-import os
-import time
 from pathlib import Path
 
 import pytest
@@ -203,17 +201,17 @@ def uploads(tmp_path, monkeypatch):
     monkeypatch.setattr(common, "UPLOAD_DIR", tmp_path / "uploads")
     monkeypatch.setattr(common, "UPLOADS_PER_SESSION", 3)
     monkeypatch.setenv("LPRVIZ_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(common, "_dead_since", {})
     closed: set[str] = set()
     monkeypatch.setattr(common, "session_alive", lambda sid: sid not in closed)
     return closed
 
 
-def _close(closed: set[str], sid: str) -> None:
-    """Session ``sid`` disconnected longer ago than the reconnection grace period."""
+def _close(closed: set[str], sid: str, monkeypatch) -> None:
+    """Session ``sid`` disconnected longer ago than the reconnection window."""
     closed.add(sid)
-    old = time.time() - 2 * common.PRUNE_SECONDS
-    for path in (common.UPLOAD_DIR / sid, *(common.UPLOAD_DIR / sid).iterdir()):
-        os.utime(path, (old, old))
+    common.prune_uploads()  # first seen disconnected
+    monkeypatch.setattr(common, "reconnect_grace", lambda: 0.0)
 
 
 def test_a_live_sessions_uploads_are_never_evicted_by_another(uploads):
@@ -241,7 +239,7 @@ def test_full_upload_space_refuses_without_touching_live_sessions(uploads, monke
     assert "\n" not in str(info.value) and str(common.UPLOAD_DIR) not in str(info.value)
     assert all(p.exists() for p in a)
     # Once A's session has closed, its files make room.
-    _close(uploads, "A")
+    _close(uploads, "A", monkeypatch)
     assert Path(common.save_upload("b.xyz", _xyz(5), session="B")).exists()
     assert not (common.UPLOAD_DIR / "A").exists()
 
@@ -269,7 +267,7 @@ def test_closed_sessions_uploads_and_cached_results_are_released(uploads, monkey
     uploads.add("A")
     assert common.prune_uploads() == 0  # just disconnected: may still reconnect
     assert Path(path_a).exists()
-    _close(uploads, "A")
+    _close(uploads, "A", monkeypatch)
     assert common.prune_uploads() == len(_xyz(1))
     assert not (common.UPLOAD_DIR / "A").exists() and Path(path_b).exists()
     assert path_a not in common._UPLOAD_ENTRIES

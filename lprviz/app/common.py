@@ -37,9 +37,11 @@ DEFAULT_PRESET = "bulk only"
 # Uploads live in a private (0700) directory of this server process, made on first use and
 # removed at exit, one subdirectory per Streamlit session. A session keeps at most
 # UPLOADS_PER_SESSION files and UPLOAD_SESSION_BYTES (its own oldest go first); all sessions
-# together at most UPLOAD_TOTAL_BYTES. Files of closed sessions are deleted (and their cached
-# datasets released) on the next upload or page run after PRUNE_SECONDS; a live session's
-# files are never deleted by another session. None until first use.
+# together at most UPLOAD_TOTAL_BYTES. Files of sessions disconnected for longer than
+# Streamlit's reconnection window (server.disconnectedSessionTTL, 120 s by default) are
+# deleted, and their cached datasets released, on the next upload or on a page run at most
+# every PRUNE_SECONDS; a live session's files are never deleted by another session.
+# None until first use.
 UPLOAD_DIR: Path | None = None
 UPLOADS_PER_SESSION = 8
 UPLOAD_SESSION_BYTES = 100 << 20
@@ -232,6 +234,7 @@ def file_stem(text: str, *, max_len: int = 80) -> str:
 _UPLOAD_ENTRIES: dict[str, set[tuple[object, tuple]]] = {}
 _UPLOAD_LOCK = threading.RLock()
 _last_prune = [0.0]
+_dead_since: dict[str, float] = {}  # session id -> when first seen disconnected (monotonic)
 
 
 def is_upload(source: str) -> bool:
@@ -275,6 +278,14 @@ def session_alive(sid: str) -> bool:
     return Runtime.instance().is_active_session(sid)
 
 
+def reconnect_grace() -> float:
+    """Seconds a disconnected session may come back (Streamlit keeps its state that long)."""
+    try:
+        return float(st.get_option("server.disconnectedSessionTTL"))
+    except Exception:  # an older Streamlit without the option: its fixed 2 minutes
+        return 120.0
+
+
 def _files(folder: Path) -> list[Path]:
     """Files of ``folder``, oldest first."""
     try:
@@ -292,8 +303,8 @@ def _discard(path: Path) -> None:
 def prune_uploads() -> int:
     """Delete the upload folders of closed sessions and release their cached datasets.
 
-    A folder changed within the last :data:`PRUNE_SECONDS` is kept: a browser that lost its
-    connection for a moment reconnects to the same session and still finds its files.
+    A session is closed once disconnected for longer than :func:`reconnect_grace`: a browser
+    that lost its connection for a moment comes back to the same session and its files.
 
     Returns
     -------
@@ -305,13 +316,16 @@ def prune_uploads() -> int:
     freed = 0
     with _UPLOAD_LOCK:
         _last_prune[0] = time.monotonic()
-        now = time.time()
+        now, grace = time.monotonic(), reconnect_grace()
         for folder in UPLOAD_DIR.iterdir():
-            if not folder.is_dir() or session_alive(folder.name):
+            if not folder.is_dir():
                 continue
-            changed = max([folder.stat().st_mtime, *(f.stat().st_mtime for f in _files(folder))])
-            if now - changed < PRUNE_SECONDS:
+            if session_alive(folder.name):
+                _dead_since.pop(folder.name, None)
                 continue
+            if now - _dead_since.setdefault(folder.name, now) < grace:
+                continue
+            del _dead_since[folder.name]
             for path in _files(folder):
                 freed += path.stat().st_size
                 _discard(path)
