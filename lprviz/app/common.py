@@ -39,8 +39,8 @@ DEFAULT_PRESET = "bulk only"
 # UPLOADS_PER_SESSION files and UPLOAD_SESSION_BYTES (its own oldest go first); all sessions
 # together at most UPLOAD_TOTAL_BYTES. Files of sessions disconnected for longer than
 # Streamlit's reconnection window (server.disconnectedSessionTTL, 120 s by default) are
-# deleted, and their cached datasets released, on the next upload or on a page run at most
-# every PRUNE_SECONDS; a live session's files are never deleted by another session.
+# deleted, and their cached datasets released, by a background check every PRUNE_SECONDS
+# (and on each upload); a live session's files are never deleted by another session.
 # None until first use.
 UPLOAD_DIR: Path | None = None
 UPLOADS_PER_SESSION = 8
@@ -206,6 +206,7 @@ def _upload_dir() -> Path:
     if UPLOAD_DIR is None:
         UPLOAD_DIR = Path(tempfile.mkdtemp(prefix="lprviz-uploads-"))
         atexit.register(shutil.rmtree, UPLOAD_DIR, True)
+        _start_pruner()
     UPLOAD_DIR.mkdir(mode=0o700, parents=True, exist_ok=True)
     return UPLOAD_DIR
 
@@ -233,7 +234,6 @@ def file_stem(text: str, *, max_len: int = 80) -> str:
 # upload path -> {(cached function, args)}. Shipped datasets are never released.
 _UPLOAD_ENTRIES: dict[str, set[tuple[object, tuple]]] = {}
 _UPLOAD_LOCK = threading.RLock()
-_last_prune = [0.0]
 _dead_since: dict[str, float] = {}  # session id -> when first seen disconnected (monotonic)
 
 
@@ -269,13 +269,13 @@ def session_id() -> str:
 
 
 def session_alive(sid: str) -> bool:
-    """True while the session ``sid`` is connected (always True without a server runtime,
-    e.g. under AppTest, where no session is ever known to be closed)."""
+    """True while the session ``sid`` is connected (always True without a server runtime;
+    AppTest's mock runtime calls every session active)."""
     from streamlit.runtime import Runtime
 
     if not Runtime.exists():
         return True
-    return Runtime.instance().is_active_session(sid)
+    return bool(Runtime.instance().is_active_session(sid))
 
 
 def reconnect_grace() -> float:
@@ -293,6 +293,24 @@ def _files(folder: Path) -> list[Path]:
                       key=lambda p: p.stat().st_mtime)
     except FileNotFoundError:
         return []
+
+
+def _start_pruner() -> None:
+    """Prune every PRUNE_SECONDS in a daemon thread, in a real server only (closed sessions
+    must be noticed even when nobody uploads or opens a page)."""
+    from streamlit.runtime import Runtime
+
+    def loop() -> None:
+        while True:
+            time.sleep(PRUNE_SECONDS)
+            try:
+                prune_uploads()
+            except Exception:  # noqa: BLE001 - housekeeping must never stop the server
+                pass
+
+    # AppTest installs a mock runtime: no background thread racing the tests there.
+    if Runtime.exists() and type(Runtime.instance()) is Runtime:
+        threading.Thread(target=loop, name="lprviz-upload-pruner", daemon=True).start()
 
 
 def _discard(path: Path) -> None:
@@ -315,7 +333,6 @@ def prune_uploads() -> int:
         return 0
     freed = 0
     with _UPLOAD_LOCK:
-        _last_prune[0] = time.monotonic()
         now, grace = time.monotonic(), reconnect_grace()
         for folder in UPLOAD_DIR.iterdir():
             if not folder.is_dir():
@@ -416,8 +433,6 @@ def show_error(exc: Exception) -> None:
 
 def sidebar() -> Settings:
     """Dataset and model controls (sidebar); returns the current :class:`Settings`."""
-    if time.monotonic() - _last_prune[0] > PRUNE_SECONDS:
-        prune_uploads()  # closed sessions' uploads, even when nobody uploads any more
     qp = st.query_params
     sources = available_sources()
     uploads: dict[str, str] = st.session_state.setdefault("uploads", {})
