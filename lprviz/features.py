@@ -205,7 +205,7 @@ _TEMP_SUFFIX = ".tmp.npz"
 def _checksum(key: str, values: np.ndarray) -> str:
     """SHA-256 of an entry's key, dtype, shape and array bytes."""
     h = hashlib.sha256(f"{key}|{values.dtype.str}|{values.shape}".encode())
-    h.update(np.ascontiguousarray(values).tobytes())
+    h.update(np.ascontiguousarray(values).data)  # a view: no copy of the array
     return h.hexdigest()
 
 
@@ -226,7 +226,10 @@ def _read_entry(path: Path, key: str, shape: tuple[int, int]) -> np.ndarray | No
             return values
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
         pass  # unreadable: discarded below
-    path.unlink(missing_ok=True)
+    try:
+        path.unlink(missing_ok=True)
+    except OSError:
+        pass  # a read-only cache: recompute every time rather than fail
     return None
 
 
@@ -258,7 +261,7 @@ def _settings_hash(hypers: SoapHypers, species: tuple[int, ...]) -> bytes:
     import featomic
 
     # The featomic version is part of the key: a disk cache must not outlive an upgrade
-    # that changes values or column order (only the width is checked on load).
+    # that changes values or column order (the entry checksum only proves it is intact).
     payload = json.dumps({"hypers": asdict(hypers), "species": list(species), "v": 1,
                           "featomic": featomic.__version__})
     return hashlib.sha256(payload.encode()).digest()

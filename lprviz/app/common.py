@@ -347,7 +347,22 @@ def prune_uploads() -> int:
                 freed += path.stat().st_size
                 _discard(path)
             shutil.rmtree(folder, ignore_errors=True)
+    if freed:
+        _return_memory()
     return freed
+
+
+def _return_memory() -> None:
+    """Hand memory freed by released datasets back to the OS: glibc keeps freed small
+    blocks (ASE atoms, small arrays) in its heap unless asked to trim it."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: the allocator keeps its own policy
+        pass
 
 
 def save_upload(name: str, data: bytes, *, session: str | None = None) -> str:
