@@ -651,6 +651,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except InputError as exc:
         print(f"lprviz: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        # Ctrl-C: one line, the shell's 128 + SIGINT status; every file writer (caches,
+        # output) removes its temporary file in a finally block, so nothing partial is left.
+        print("lprviz: interrupted", file=sys.stderr)  # a step already ended its line
+        # Objects the interrupt left half-built are freed after this block; featomic's
+        # calculator __del__ then raises (and would print a traceback). We are exiting.
+        sys.unraisablehook = lambda unraisable: None
+        return 130
 
 
 if __name__ == "__main__":

@@ -9,6 +9,13 @@ Cache: a structure featurised once with given hyper-parameters and species is ne
 featurised again in this process (memory cache, per structure), and a whole call is stored on
 disk under the user cache directory (``platformdirs.user_cache_dir("lprviz")/soap``, or
 ``$LPRVIZ_CACHE_DIR/soap``) as ``.npz`` files read with ``allow_pickle=False``.
+
+A disk entry stores its own key and a SHA-256 of its array (dtype, shape, bytes). An entry
+that cannot be read, or whose key or checksum does not match, is deleted and recomputed, so a
+truncated or bit-flipped file costs one recomputation, never an error on every later run.
+Entries are written to a temporary file that is moved into place only when complete and
+removed on any failure (a full disk, Ctrl-C); temporary files older than an hour (left by a
+killed process) are removed on the next write.
 """
 
 from __future__ import annotations
@@ -16,6 +23,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import tempfile
+import zipfile
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -26,6 +35,7 @@ import ase
 import numpy as np
 from ase.data import chemical_symbols
 
+from lprviz.cachefiles import remove_stale
 from lprviz.errors import InputError
 from lprviz.limits import cell_heights, check_number, get_limits, search_pairs
 
@@ -206,11 +216,69 @@ def _structure_hash(atoms: ase.Atoms) -> bytes:
     return h.digest()
 
 
+_TEMP_SUFFIX = ".tmp.npz"
+
+
+def _checksum(key: str, values: np.ndarray) -> str:
+    """SHA-256 of an entry's key, dtype, shape and array bytes."""
+    h = hashlib.sha256(f"{key}|{values.dtype.str}|{values.shape}".encode())
+    h.update(np.ascontiguousarray(values).data)  # a view: no copy of the array
+    return h.hexdigest()
+
+
+def _read_entry(path: Path, key: str, shape: tuple[int, int]) -> np.ndarray | None:
+    """The cached array at ``path`` if it is intact and belongs to ``key``, else None.
+
+    A damaged or foreign entry is deleted, so the caller's recomputation replaces it.
+    """
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            values = np.asarray(data["values"])
+            stored_key = str(data["key"])
+            stored_sum = str(data["sha256"])
+        if (values.dtype == np.float64 and values.shape == shape and stored_key == key
+                and stored_sum == _checksum(key, values)):
+            return values
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+        pass  # unreadable: discarded below
+    try:
+        path.unlink(missing_ok=True)
+    except OSError:
+        pass  # a read-only cache: recompute every time rather than fail
+    return None
+
+
+def _write_entry(path: Path, key: str, values: np.ndarray) -> None:
+    """Store ``values`` under ``path`` atomically; a failure leaves no file behind.
+
+    OSError (a read-only or full disk) is swallowed: the cache must not break
+    featurisation. The temporary file goes on any exit, including KeyboardInterrupt.
+    """
+    tmp: Path | None = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale(path.parent, f"*{_TEMP_SUFFIX}")
+        fd, name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=_TEMP_SUFFIX,
+                                    dir=path.parent)
+        tmp = Path(name)
+        with os.fdopen(fd, "wb") as fh:
+            np.savez(fh, values=values, key=np.str_(key), sha256=np.str_(_checksum(key, values)))
+        os.replace(tmp, path)
+        tmp = None
+    except OSError:
+        pass
+    finally:
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
+
+
 def _settings_hash(hypers: SoapHypers, species: tuple[int, ...]) -> bytes:
     import featomic
 
     # The featomic version is part of the key: a disk cache must not outlive an upgrade
-    # that changes values or column order (only the width is checked on load).
+    # that changes values or column order (the entry checksum only proves it is intact).
     payload = json.dumps({"hypers": asdict(hypers), "species": list(species), "v": 1,
                           "featomic": featomic.__version__})
     return hashlib.sha256(payload.encode()).digest()
@@ -395,16 +463,9 @@ def compute_soap(
     keys = [hashlib.sha256(settings + _structure_hash(a)).hexdigest() for a in frames]
     call_key = hashlib.sha256("".join(keys).encode()).hexdigest()
 
-    values: np.ndarray | None = None
+    width = len(l_of_prop) * len(offsets)
     disk_path = cache_dir() / f"{call_key}.npz" if cache else None
-    if disk_path is not None and disk_path.is_file():
-        try:
-            with np.load(disk_path, allow_pickle=False) as data:
-                loaded = np.asarray(data["values"], dtype=np.float64)
-            if loaded.shape == (total, len(l_of_prop) * len(offsets)):
-                values = loaded
-        except (OSError, ValueError, KeyError):
-            values = None  # corrupt cache file: recompute and overwrite
+    values = _read_entry(disk_path, call_key, (total, width)) if disk_path else None
     if values is not None:
         if progress is not None:
             progress(total, total)
@@ -430,13 +491,7 @@ def compute_soap(
                     progress(done, total)
         values = np.concatenate(per_frame, axis=0)
         if disk_path is not None:
-            try:
-                disk_path.parent.mkdir(parents=True, exist_ok=True)
-                tmp = disk_path.with_suffix(f".{os.getpid()}.tmp.npz")
-                np.savez(tmp, values=values)
-                os.replace(tmp, disk_path)
-            except OSError:
-                pass  # a read-only cache dir must not break featurisation
+            _write_entry(disk_path, call_key, values)
 
     numbers = np.concatenate([a.numbers for a in frames]).astype(np.int64)
     return Descriptors(

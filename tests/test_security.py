@@ -98,8 +98,8 @@ def test_upload_names_never_become_paths(name, tmp_path, monkeypatch):
 
     monkeypatch.setattr(common, "UPLOAD_DIR", tmp_path / "uploads")
     data = b"1\n\nCu 0 0 0\n"
-    path = Path(common.save_upload(name, data))
-    assert path.parent == tmp_path / "uploads"
+    path = Path(common.save_upload(name, data, session="s1"))
+    assert path.parent == tmp_path / "uploads" / "s1"
     stem = path.name.split(".")[0]
     assert re.fullmatch(r"[0-9a-f]{16}", stem), path.name  # content hash, not the user's name
     assert path.suffix in (".xyz", ".extxyz", ".json")
@@ -203,16 +203,17 @@ def test_uploads_are_private_and_bounded(monkeypatch):
     from lprviz.app import common
 
     monkeypatch.setattr(common, "UPLOAD_DIR", None)  # first use makes a fresh private dir
-    monkeypatch.setattr(common, "UPLOADS_KEPT", 3)
-    paths = [Path(common.save_upload(f"f{i}.xyz", f"1\n\nCu 0 0 {i}\n".encode()))
+    monkeypatch.setattr(common, "UPLOADS_PER_SESSION", 3)
+    paths = [Path(common.save_upload(f"f{i}.xyz", f"1\n\nCu 0 0 {i}\n".encode(), session="s"))
              for i in range(5)]
     folder = paths[0].parent
     try:
-        assert folder.stat().st_mode & 0o077 == 0  # not readable by other users
-        assert folder != Path(tempfile.gettempdir()) / "lprviz-uploads"  # not predictable
+        for d in (folder, folder.parent):
+            assert d.stat().st_mode & 0o077 == 0  # not readable by other users
+        assert folder.parent != Path(tempfile.gettempdir()) / "lprviz-uploads"  # not predictable
         assert sorted(p.name for p in folder.iterdir()) == sorted(p.name for p in paths[-3:])
     finally:
-        shutil.rmtree(folder, ignore_errors=True)
+        shutil.rmtree(folder.parent, ignore_errors=True)
 
 
 def test_user_text_in_error_messages_is_inert_markdown():

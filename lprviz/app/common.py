@@ -20,6 +20,7 @@ import re
 import shutil
 import tempfile
 import threading
+import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,9 +35,18 @@ DEFAULT_ALPHA_LOG10 = -4.0
 ALPHA_LOG10_RANGE = (-8.0, 2.0)
 DEFAULT_PRESET = "bulk only"
 # Uploads live in a private (0700) directory of this server process, made on first use and
-# removed at exit; only the newest UPLOADS_KEPT files are kept. None until first use.
+# removed at exit, one subdirectory per Streamlit session. A session keeps at most
+# UPLOADS_PER_SESSION files and UPLOAD_SESSION_BYTES (its own oldest go first); all sessions
+# together at most UPLOAD_TOTAL_BYTES. Files of sessions disconnected for longer than
+# Streamlit's reconnection window (server.disconnectedSessionTTL, 120 s by default) are
+# deleted, and their cached datasets released, by a background check every PRUNE_SECONDS
+# (and on each upload); a live session's files are never deleted by another session.
+# None until first use.
 UPLOAD_DIR: Path | None = None
-UPLOADS_KEPT = 32
+UPLOADS_PER_SESSION = 8
+UPLOAD_SESSION_BYTES = 100 << 20
+UPLOAD_TOTAL_BYTES = 1 << 30
+PRUNE_SECONDS = 60.0
 UPLOAD_TYPES = ["extxyz", "xyz", "json"]
 
 
@@ -68,6 +78,7 @@ def script_url() -> str | None:
 @st.cache_resource(max_entries=6, show_spinner="Loading dataset...")
 def dataset(source: str):
     """The dataset named (or at path) ``source``, loaded once per server."""
+    _note_use(source, dataset, (source,))
     return datasets.load(source)
 
 
@@ -94,8 +105,11 @@ def descriptors(source: str, preset: str):
         bar.progress(min(1.0, done / max(total, 1)), text=f"Featurising: {done}/{total} atoms")
 
     try:
+        # An upload's descriptors stay out of the shared memory and disk caches: they would
+        # outlive the session (only this LRU holds them, released with the upload).
         desc = features.compute_soap(
-            ds.frames, features.SOAP_PRESETS[preset], species=ds.species, progress=progress
+            ds.frames, features.SOAP_PRESETS[preset], species=ds.species, progress=progress,
+            cache=not is_upload(source),
         )
     finally:
         bar.empty()
@@ -110,6 +124,7 @@ def descriptors(source: str, preset: str):
 def fit(source: str, preset: str, train_frames: tuple[int, ...], spec,
         reference: tuple[int, ...] | None = None):
     """Alpha-independent part of the model for a training set (tuple of frame indices)."""
+    _note_use(source, fit, (source, preset, train_frames, spec, reference))
     ds = dataset(source)
     desc = descriptors(source, preset)
     mask = np.zeros(len(ds.frames), dtype=bool)
@@ -129,12 +144,14 @@ def results(
     alpha: float,
 ):
     """:func:`lprviz.pipeline.evaluate` of the cached fit at ``alpha``."""
+    _note_use(source, results, (source, preset, train_frames, spec, reference, alpha))
     return pipeline.evaluate(fit(source, preset, train_frames, spec, reference), alpha)
 
 
 @st.cache_resource(max_entries=6, show_spinner=False)
 def coordination(source: str) -> np.ndarray:
     """Coordination number of every atom (for hover labels); the dataset's own if it has one."""
+    _note_use(source, coordination, (source,))
     ds = dataset(source)
     if all("coordination" in a.arrays for a in ds.frames):
         return np.concatenate([a.arrays["coordination"] for a in ds.frames]).astype(int)
@@ -166,6 +183,7 @@ def environment_map(source: str, preset: str) -> np.ndarray:
     """2D PCA coordinates of every atom's descriptor (for the environment map)."""
     from lprviz.plots import pca_2d
 
+    _note_use(source, environment_map, (source, preset))
     return pca_2d(descriptors(source, preset).values)
 
 
@@ -206,36 +224,244 @@ def _upload_dir() -> Path:
     if UPLOAD_DIR is None:
         UPLOAD_DIR = Path(tempfile.mkdtemp(prefix="lprviz-uploads-"))
         atexit.register(shutil.rmtree, UPLOAD_DIR, True)
+        _start_pruner()
     UPLOAD_DIR.mkdir(mode=0o700, parents=True, exist_ok=True)
     return UPLOAD_DIR
 
 
-def plain_text(text: str) -> str:
-    """User text made safe for ``st.error``/``st.markdown``: one line, markdown escaped."""
+def plain_text(text: object) -> str:
+    """User text made safe wherever Streamlit renders Markdown: one line, markdown escaped.
+
+    The one escaping helper for Markdown: every user-provided string (file, dataset,
+    structure and group names, error messages that quote them) passes through it before
+    ``st.error``/``st.info``/``st.warning``, ``st.markdown``/``st.caption`` and widget
+    labels or help. HTML contexts (plotly hovers, the viewer) use :func:`lprviz.plots.escape`.
+    """
     text = " ".join(str(text).replace("\x00", " ").split())
     # Links, images, HTML, code, LaTeX and emphasis markers; intraword "_" is left alone.
     return re.sub(r"([\\`*\[\]()<>#!|~$])", r"\\\1", text)
 
 
-def save_upload(name: str, data: bytes) -> str:
-    """Store an uploaded file under a content-hash name; return its path (load source).
+def file_stem(text: str, *, max_len: int = 80) -> str:
+    """A download file name stem from user text: letters, digits, ``.-_`` only."""
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._")[:max_len]
+    return stem or "lprviz"
 
-    The user's file name never becomes a path: only its suffix is used.
+
+# Cache entries computed for uploaded files, so a closed session's can be released:
+# upload path -> {(cached function, args)}. Shipped datasets are never released.
+_UPLOAD_ENTRIES: dict[str, set[tuple[object, tuple]]] = {}
+_UPLOAD_LOCK = threading.RLock()
+_dead_since: dict[str, float] = {}  # session id -> when first seen disconnected (monotonic)
+
+
+def is_upload(source: str) -> bool:
+    """True if ``source`` is a file stored by :func:`save_upload`."""
+    return UPLOAD_DIR is not None and source.startswith(str(UPLOAD_DIR))
+
+
+def _note_use(source: str, func, args: tuple) -> None:
+    """Remember that ``func(*args)`` was cached for the upload ``source``."""
+    if is_upload(source):
+        with _UPLOAD_LOCK:
+            _UPLOAD_ENTRIES.setdefault(source, set()).add((func, args))
+
+
+def release_upload(source: str) -> None:
+    """Drop every cached object computed from the uploaded file ``source``."""
+    with _UPLOAD_LOCK:
+        entries = _UPLOAD_ENTRIES.pop(source, set())
+    for func, args in entries:
+        func.clear(*args)
+    with _DESCRIPTORS_LOCK:
+        for key in [k for k in _DESCRIPTORS if k[0] == source]:
+            del _DESCRIPTORS[key]
+
+
+def session_id() -> str:
+    """Id of the Streamlit session running this script ("bare" outside a session)."""
+    from streamlit.runtime.scriptrunner import get_script_run_ctx
+
+    ctx = get_script_run_ctx(suppress_warning=True)
+    return ctx.session_id if ctx is not None else "bare"
+
+
+def session_alive(sid: str) -> bool:
+    """True while the session ``sid`` is connected (always True without a server runtime;
+    AppTest's mock runtime calls every session active)."""
+    from streamlit.runtime import Runtime
+
+    if not Runtime.exists():
+        return True
+    return bool(Runtime.instance().is_active_session(sid))
+
+
+def reconnect_grace() -> float:
+    """Seconds a disconnected session may come back (Streamlit keeps its state that long)."""
+    try:
+        return float(st.get_option("server.disconnectedSessionTTL"))
+    except Exception:  # an older Streamlit without the option: its fixed 2 minutes
+        return 120.0
+
+
+def _files(folder: Path) -> list[Path]:
+    """Files of ``folder``, oldest first."""
+    try:
+        return sorted((p for p in folder.iterdir() if p.is_file()),
+                      key=lambda p: p.stat().st_mtime)
+    except FileNotFoundError:
+        return []
+
+
+def _start_pruner() -> None:
+    """Prune every PRUNE_SECONDS in a daemon thread, in a real server only (closed sessions
+    must be noticed even when nobody uploads or opens a page)."""
+    from streamlit.runtime import Runtime
+
+    def loop() -> None:
+        while True:
+            time.sleep(PRUNE_SECONDS)
+            try:
+                prune_uploads()
+            except Exception:  # noqa: BLE001 - housekeeping must never stop the server
+                pass
+
+    # AppTest installs a mock runtime: no background thread racing the tests there.
+    if Runtime.exists() and type(Runtime.instance()) is Runtime:
+        threading.Thread(target=loop, name="lprviz-upload-pruner", daemon=True).start()
+
+
+def _discard(path: Path) -> None:
+    path.unlink(missing_ok=True)
+    release_upload(str(path))
+
+
+def prune_uploads() -> int:
+    """Delete the upload folders of closed sessions and release their cached datasets.
+
+    A session is closed once disconnected for longer than :func:`reconnect_grace`: a browser
+    that lost its connection for a moment comes back to the same session and its files.
+
+    Returns
+    -------
+    int
+        Bytes freed on disk.
+    """
+    if UPLOAD_DIR is None or not UPLOAD_DIR.is_dir():
+        return 0
+    freed = 0
+    with _UPLOAD_LOCK:
+        now, grace = time.monotonic(), reconnect_grace()
+        for folder in UPLOAD_DIR.iterdir():
+            if not folder.is_dir():
+                continue
+            if session_alive(folder.name):
+                _dead_since.pop(folder.name, None)
+                continue
+            if now - _dead_since.setdefault(folder.name, now) < grace:
+                continue
+            del _dead_since[folder.name]
+            for path in _files(folder):
+                freed += path.stat().st_size
+                _discard(path)
+            shutil.rmtree(folder, ignore_errors=True)
+    if freed:
+        _return_memory()
+    return freed
+
+
+def _return_memory() -> None:
+    """Hand memory freed by released datasets back to the OS: glibc keeps freed small
+    blocks (ASE atoms, small arrays) in its heap unless asked to trim it."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: the allocator keeps its own policy
+        pass
+
+
+def save_upload(name: str, data: bytes, *, session: str | None = None) -> str:
+    """Store an uploaded file under a content-hash name in the session's own folder.
+
+    The user's file name never becomes a path: only its suffix is used. Closed sessions'
+    files are pruned first; then the session's own oldest files make room (at most
+    :data:`UPLOADS_PER_SESSION` files and :data:`UPLOAD_SESSION_BYTES`). Other live
+    sessions' files are never touched: when they fill :data:`UPLOAD_TOTAL_BYTES`, the upload
+    is refused.
+
+    Parameters
+    ----------
+    name : str
+        The user's file name (only its suffix is used).
+    data : bytes
+        File content.
+    session : str, optional
+        Owner session id (default: the running session's).
+
+    Returns
+    -------
+    str
+        Path of the stored file (the dataset source).
+
+    Raises
+    ------
+    InputError
+        Wrong file type, file larger than a session's share, or no room left.
     """
     suffix = Path(name).suffix.lower()
     if suffix.lstrip(".") not in UPLOAD_TYPES:
         raise InputError(f"{name}: expected an .extxyz, .xyz or mlearn .json file")
+    if len(data) > UPLOAD_SESSION_BYTES:
+        raise InputError(f"{name}: {len(data) >> 20} MB is more than the "
+                         f"{UPLOAD_SESSION_BYTES >> 20} MB an upload may use")
+    sid = re.sub(r"[^A-Za-z0-9_-]", "_", session or session_id())
     digest = hashlib.sha256(data).hexdigest()[:16]
-    folder = _upload_dir()
-    path = folder / f"{digest}{suffix}"
-    if not path.exists():
-        path.write_bytes(data)
-    path.touch()
-    # Bounded disk use: drop the oldest uploads (their datasets may still be cached).
-    kept = sorted(folder.iterdir(), key=lambda p: p.stat().st_mtime, reverse=True)
-    for old in kept[UPLOADS_KEPT:]:
-        old.unlink(missing_ok=True)
+    root = _upload_dir()
+    prune_uploads()
+    with _UPLOAD_LOCK:
+        folder = root / sid
+        folder.mkdir(mode=0o700, exist_ok=True)
+        path = folder / f"{digest}{suffix}"
+        if path.exists():
+            path.touch()  # now the session's newest
+            return str(path)
+        own = _files(folder)
+        while own and (len(own) + 1 > UPLOADS_PER_SESSION
+                       or sum(p.stat().st_size for p in own) + len(data) > UPLOAD_SESSION_BYTES):
+            _discard(own.pop(0))
+        used = sum(p.stat().st_size for d in root.iterdir() if d.is_dir() for p in _files(d))
+        if used + len(data) > UPLOAD_TOTAL_BYTES:
+            raise InputError(f"{name}: the server's upload space ({UPLOAD_TOTAL_BYTES >> 20} MB)"
+                             " is full with other open sessions' files; try again later")
+        tmp = path.with_name(f".{path.name}.part")
+        try:
+            tmp.write_bytes(data)
+            tmp.replace(path)
+        finally:
+            tmp.unlink(missing_ok=True)  # a full disk or Ctrl-C leaves no partial upload
     return str(path)
+
+
+def user_message(text: str) -> str:
+    """``text`` with the session's stored upload paths replaced by the user's file names.
+
+    Readers name the file they read; for an upload that is a private server path, which
+    must not reach the page. Any other path inside the upload folder becomes "upload".
+    """
+    uploads: dict[str, str] = st.session_state.get("uploads", {})
+    for label, path in uploads.items():
+        text = text.replace(path, label).replace(Path(path).name, label)
+    if UPLOAD_DIR is not None:
+        text = re.sub(re.escape(str(UPLOAD_DIR)) + r"[^\s:'\"]*", "upload", text)
+    return text
+
+
+def show_error(exc: Exception) -> None:
+    """A user-caused error as one escaped line, naming uploads by the user's file name."""
+    st.error(plain_text(user_message(str(exc))))
 
 
 def sidebar() -> Settings:
@@ -243,10 +469,20 @@ def sidebar() -> Settings:
     qp = st.query_params
     sources = available_sources()
     uploads: dict[str, str] = st.session_state.setdefault("uploads", {})
+    for gone in [k for k, path in uploads.items() if not Path(path).exists()]:
+        del uploads[gone]
+        st.warning(plain_text(f"{gone}: the uploaded file is no longer on the server "
+                              "(the server restarted or cleaned up); upload it again."))
     labels = list(sources) + list(uploads)
     if "dataset_label" not in st.session_state:
         wanted = qp.get("dataset", datasets.DEFAULT_DATASET)
-        st.session_state["dataset_label"] = wanted if wanted in labels else labels[0]
+        fallback = (datasets.DEFAULT_DATASET if datasets.DEFAULT_DATASET in labels
+                    else labels[0])
+        st.session_state["dataset_label"] = wanted if wanted in labels else fallback
+        if wanted not in labels:
+            st.info(plain_text(f"The link's dataset={wanted[:60]} is not available here; "
+                               f"showing {fallback}."))
+    _alpha_from_link()
     if st.session_state["dataset_label"] not in labels:
         st.session_state["dataset_label"] = datasets.DEFAULT_DATASET
     _init("soap_preset", "default" if "default" in features.SOAP_PRESETS else
@@ -262,18 +498,25 @@ def sidebar() -> Settings:
                               key="upload")
         if up is not None and up.file_id != st.session_state.get("_upload_done"):
             st.session_state["_upload_done"] = up.file_id
-            path = ""
+            previous, path = uploads.get(up.name), ""
             try:
                 path = save_upload(up.name, up.getvalue())
+                uploads[up.name] = path  # before loading: errors then name the user's file
                 dataset(path)  # validate now so a bad file fails here, in one line
             except InputError as exc:
-                # Messages name the stored (hash) file: show the user's own file name.
-                msg = str(exc).replace(Path(path).name, up.name) if path else str(exc)
-                st.error(plain_text(msg))
+                show_error(exc)
+                if path and path != previous:
+                    _discard(Path(path))
+                uploads.pop(up.name, None)
+                if previous:
+                    uploads[up.name] = previous
             else:
-                uploads[up.name] = path
                 st.session_state["dataset_label"] = up.name
                 st.rerun()
+            finally:
+                # Files this session gave up to make room are no longer offered.
+                for label in [k for k, p in uploads.items() if not Path(p).exists()]:
+                    del uploads[label]
         st.session_state["_w_preset"] = st.session_state["soap_preset"]
         st.selectbox("SOAP preset", list(features.SOAP_PRESETS), key="_w_preset",
                      on_change=_copy, args=("soap_preset",),
@@ -299,14 +542,47 @@ def _copy(key: str) -> None:
     st.session_state[key] = st.session_state[widget]
 
 
+def link_alpha_log10(raw: str | None) -> tuple[float, str | None]:
+    """log10 alpha from the link's ``alpha`` value, and a notice when it was not usable.
+
+    Not a number, NaN, infinite, zero or negative: the default alpha. Outside the slider's
+    range: the nearest end of the range. The notice is plain text (pass it to
+    :func:`plain_text`).
+    """
+    if raw is None:
+        return DEFAULT_ALPHA_LOG10, None
+    lo, hi = ALPHA_LOG10_RANGE
+    default = f"{10**DEFAULT_ALPHA_LOG10:.3g}"
+    try:
+        alpha = float(raw)
+    except (TypeError, ValueError):
+        alpha = float("nan")
+    if not (np.isfinite(alpha) and alpha > 0):
+        return DEFAULT_ALPHA_LOG10, (f"The link's alpha={str(raw)[:40]} is not a finite "
+                                     f"positive number; using the default alpha = {default}.")
+    log10 = float(np.log10(alpha))
+    if lo <= log10 <= hi:
+        return log10, None
+    log10 = float(np.clip(log10, lo, hi))
+    return log10, (f"The link's alpha={str(raw)[:40]} is outside {10**lo:.0e} to "
+                   f"{10**hi:.0e}; using alpha = {10**log10:.3g}.")
+
+
+def _alpha_from_link() -> None:
+    """First run of a session: alpha from the URL (or the default, with a notice), and the
+    URL rewritten to the value in use so a shared link never carries a bad one."""
+    if "alpha_log10" not in st.session_state:
+        log10, notice = link_alpha_log10(st.query_params.get("alpha"))
+        st.session_state["alpha_log10"] = log10
+        if notice:
+            st.info(plain_text(notice))
+    if "alpha" in st.query_params:
+        st.query_params["alpha"] = f"{10 ** st.session_state['alpha_log10']:.3g}"
+
+
 def alpha_slider(*, label: str = "Regularisation alpha (log10)") -> float:
     """Log-scale alpha slider shared by pages and mirrored in the URL; returns alpha."""
-    if "alpha_log10" not in st.session_state:
-        try:
-            a = float(st.query_params.get("alpha", 10**DEFAULT_ALPHA_LOG10))
-            st.session_state["alpha_log10"] = float(np.clip(np.log10(a), *ALPHA_LOG10_RANGE))
-        except (TypeError, ValueError):
-            st.session_state["alpha_log10"] = DEFAULT_ALPHA_LOG10
+    _alpha_from_link()
     st.session_state["_w_alpha"] = st.session_state["alpha_log10"]
     lo, hi = ALPHA_LOG10_RANGE
     st.slider(label, lo, hi, step=0.25, key="_w_alpha", on_change=_copy,
@@ -388,6 +664,7 @@ def local_error_section(ds, res, *, key: str) -> None:
 def committee(source: str, preset: str, train: tuple[int, ...], spec, alpha: float,
               n_models: int) -> validation.CommitteeCheck:
     """Committee of ridge models on random 70 % subsets: spread of local predictions."""
+    _note_use(source, committee, (source, preset, train, spec, alpha, n_models))
     ds = dataset(source)
     desc = descriptors(source, preset)
     model = fit(source, preset, train, spec, None)
@@ -410,4 +687,4 @@ def run_page(title: str, body, *, intro: str | None = None) -> None:
     try:
         body(settings)
     except InputError as exc:
-        st.error(plain_text(str(exc)))
+        show_error(exc)

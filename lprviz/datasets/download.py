@@ -11,6 +11,7 @@ import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
 
+from lprviz.cachefiles import remove_stale
 from lprviz.datasets.registry import _FETCHABLE, _fetch_dir
 from lprviz.errors import InputError
 
@@ -96,7 +97,8 @@ def fetch(
 
     A file already present with the right checksum is never downloaded again. Each file
     is written to a temp file in the target directory and moved into place only once its
-    checksum matches, so a failed download leaves nothing behind.
+    checksum matches, so a failed or interrupted download leaves nothing behind; ``.part``
+    files older than an hour (from a killed process) are removed.
 
     Parameters
     ----------
@@ -127,6 +129,9 @@ def fetch(
         base += "/"
     _check_url(base)
     folder = _fetch_dir(name, dest)
+    # A fetch killed mid-download (kill -9, power loss) never ran its cleanup: its .part
+    # files are removed here once old enough not to belong to a fetch still running.
+    remove_stale(folder, ".*.part")
     paths = []
     for remote in spec.files:
         sha = (checksums or {}).get(remote.path, remote.sha256)

@@ -79,7 +79,7 @@ def alpha_dependent(settings: common.Settings) -> None:
     try:
         _alpha_dependent(settings)
     except InputError as exc:
-        st.error(common.plain_text(str(exc)))
+        common.show_error(exc)
 
 
 def _alpha_dependent(settings: common.Settings) -> None:
@@ -90,7 +90,8 @@ def _alpha_dependent(settings: common.Settings) -> None:
     res = common.current_results(settings, alpha)
     n_train = len(train)
     st.caption(
-        f"**{settings.label}**: {len(ds.frames)} structures, {ds.n_atoms} atoms; training set "
+        f"**{common.plain_text(settings.label)}**: {len(ds.frames)} structures, "
+        f"{ds.n_atoms} atoms; training set "
         f"{n_train} structures (edit on the *Training set* page); alpha = {alpha:.3g}; "
         f"model {settings.spec.kind}, SOAP '{settings.preset}'."
     )

@@ -13,9 +13,9 @@ def _body(settings: common.Settings) -> None:
     ds = common.dataset(settings.source)
     alpha = common.alpha_slider()
     res = common.current_results(settings, alpha)
-    st.markdown(f"Results of **{settings.label}** with the current training set "
+    st.markdown(f"Results of **{common.plain_text(settings.label)}** with the current training set "
                 f"({int(np.sum(res.train_mask))} structures) at alpha = {alpha:.3g}.")
-    stem = f"lprviz-{settings.label.rsplit('.', 1)[0]}"
+    stem = common.file_stem(f"lprviz-{settings.label.rsplit('.', 1)[0]}")
     st.download_button("extxyz (per-atom lpr, local_energy)", extxyz_bytes(ds, res),
                        file_name=f"{stem}.extxyz", mime="chemical/x-extxyz",
                        key="dl_extxyz")

@@ -127,7 +127,7 @@ def main() -> None:
         _experiment_small()
         _experiment_errors()
     except InputError as exc:
-        st.error(common.plain_text(str(exc)))
+        common.show_error(exc)
 
 
 if __name__ == "__main__":

@@ -42,7 +42,7 @@ def _tradeoff_section(settings, train, alpha) -> None:
     try:
         tr = _tradeoff(settings.source, settings.preset, train, settings.spec)
     except InputError as exc:
-        st.info(str(exc))
+        st.info(common.plain_text(str(exc)))
         return
     st.plotly_chart(insight_plots.tradeoff_figure(tr.alphas, tr.median_lpr, tr.rmse_per_atom,
                                                   current_alpha=alpha), key="val_tradeoff")
@@ -57,12 +57,13 @@ def _lcpr_section(settings, ds, res, train, alpha, frame: int) -> None:
     try:
         blocks = validation.fit_blocks(fit, desc)
     except InputError as exc:
-        st.info(str(exc))
+        st.info(common.plain_text(str(exc)))
         return
     atoms = np.flatnonzero(ds.structure_index == frame)
     lowest = int(np.argmin(res.lpr[atoms]))
-    i = int(st.number_input(f"Atom of {ds.names[frame]} (0-{atoms.size - 1}; default: lowest "
-                            "LPR)", 0, atoms.size - 1, lowest, key=f"val_atom_{frame}"))
+    label = (f"Atom of {common.plain_text(ds.names[frame])} (0-{atoms.size - 1}; default: "
+             "lowest LPR)")
+    i = int(st.number_input(label, 0, atoms.size - 1, lowest, key=f"val_atom_{frame}"))
     atom = int(atoms[i])
     x = fit.model_features(desc.values[atom:atom + 1], desc.atom_numbers[atom:atom + 1])
     comp = validation.component_rigidity(fit.solver, x, alpha, blocks)
