@@ -64,7 +64,7 @@ def bench(source: str | None, label: str, repeat: int) -> None:
     src = source or datasets.DEFAULT_DATASET
     ds = datasets.load(src)
     alphas = [-3.0, -2.0, -5.0, -4.0, -1.0, -6.0][: 2 * repeat]
-    t_alpha = [_timed(at.slider(key="_w_alpha").set_value(a).run) for a in alphas]
+    t_alpha = [_timed(at.slider(key="alpha_log10").set_value(a).run) for a in alphas]
 
     numbers = [a.numbers for a in ds.frames]
     masks = [selection.preset_mask("bulk + a few surface/defect structures", ds.groups,

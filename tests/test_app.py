@@ -28,8 +28,8 @@ def _ok(at: AppTest) -> None:
     assert not at.error, [e.value for e in at.error]
 
 
-def _table(at: AppTest, column: str = "median_LPR"):
-    """The page's per-group LPR table (the dataframe with a ``median_LPR`` column)."""
+def _table(at: AppTest, column: str = "median LPR"):
+    """The page's per-group LPR table (the dataframe with a ``median LPR`` column)."""
     for df in at.dataframe:
         if column in df.value.columns:
             return df.value
@@ -37,7 +37,7 @@ def _table(at: AppTest, column: str = "median_LPR"):
 
 
 def _median(table, group: str) -> float:
-    return float(table.set_index("group").loc[group, "median_LPR"])
+    return float(table.set_index("group").loc[group, "median LPR"])
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +63,7 @@ def test_explore_opens_on_default_dataset_bulk_only_alpha_1e4():
     caption = " ".join(c.value for c in at.caption)
     assert "emt-alloys" in caption and "alpha = 0.0001" in caption
     table = _table(at)
-    trained = table.set_index("group")["training_atoms"]
+    trained = table.set_index("group")["training atoms"]
     # bulk only: every bulk atom trains, no surface/defect atom does
     assert trained.loc["surface"] == 0 and trained.loc["vacancy"] == 0
     assert trained.loc["bulk-pure"] > 0
@@ -72,7 +72,7 @@ def test_explore_opens_on_default_dataset_bulk_only_alpha_1e4():
 def test_alpha_raises_every_groups_lpr():
     at = _app()
     before = _table(at)
-    at.slider(key="_w_alpha").set_value(-2.0).run()
+    at.slider(key="alpha_log10").set_value(-2.0).run()
     _ok(at)
     after = _table(at)
     assert at.query_params["alpha"] == "0.01"
@@ -96,12 +96,12 @@ def test_adding_surface_structures_raises_surface_lpr():
     at.button(key="ts_apply_preset").click().run()
     _ok(at)
     after = _table(at)
-    assert int(after.set_index("group").loc["surface", "training_structures"]) == 3
+    assert int(after.set_index("group").loc["surface", "training structures"]) == 3
     assert _median(after, "surface") > 1.5 * _median(before, "surface")
     # the Explore page uses the edited training set too
     at.switch_page("lprviz/app/pages/explore.py").run()
     _ok(at)
-    assert _table(at).set_index("group").loc["surface", "training_atoms"] > 0
+    assert _table(at).set_index("group").loc["surface", "training atoms"] > 0
 
 
 def test_bad_upload_shows_one_line_error_and_page_keeps_working():
@@ -113,7 +113,7 @@ def test_bad_upload_shows_one_line_error_and_page_keeps_working():
     assert len(at.error) == 1 and "\n" not in at.error[0].value
     assert "broken.extxyz" in at.error[0].value or "extxyz" in at.error[0].value
     # still usable: alpha moves, the default dataset's table is shown
-    at.slider(key="_w_alpha").set_value(-3.0).run()
+    at.slider(key="alpha_log10").set_value(-3.0).run()
     assert not at.exception
     assert "emt-alloys" in " ".join(c.value for c in at.caption)
 
@@ -160,7 +160,7 @@ def test_sessions_do_not_share_training_sets_or_alpha():
     a.selectbox(key="ts_preset").set_value("bulk + a few surface/defect structures").run()
     a.button(key="ts_apply_preset").click().run()
     a.switch_page("lprviz/app/pages/explore.py").run()
-    a.slider(key="_w_alpha").set_value(-2.0).run()
+    a.slider(key="alpha_log10").set_value(-2.0).run()
     _ok(a)
     b.run()
     _ok(b)
@@ -169,19 +169,32 @@ def test_sessions_do_not_share_training_sets_or_alpha():
     assert "alpha = 0.01" in caption_a and "alpha = 0.0001" in caption_b
     assert "training set 100 structures" in caption_b
     assert "training set 100 structures" not in caption_a
-    assert _table(b).set_index("group").loc["surface", "training_atoms"] == 0
+    assert _table(b).set_index("group").loc["surface", "training atoms"] == 0
 
 
 def test_plot_selection_does_not_follow_a_dataset_switch():
     """A point picked in the environment map of one dataset is not looked up in another."""
     at = _app()
-    at.session_state["env_map"] = {"selection": {"points": [{"customdata": 7000}]}}
+    at.session_state["env_map_0"] = {"selection": {"points": [{"customdata": 7000}]}}
     at.run()
     _ok(at)
     assert any("highlighted" in i.value for i in at.info)  # the pick is shown on its dataset
-    at.sidebar.selectbox(key="_w_dataset").set_value("teaching-stoichiometry").run()
+    at.sidebar.selectbox(key="dataset_label").set_value("teaching-stoichiometry").run()
     _ok(at)  # 7000 > the 2560 atoms of this dataset: no IndexError, no stale highlight
     assert not any("highlighted" in i.value for i in at.info)
+
+
+def test_clear_selection_brings_back_the_structure_picker():
+    at = _app()
+    at.session_state["env_map_0"] = {"selection": {"points": [{"customdata": 12}]}}
+    at.run()
+    _ok(at)
+    assert any("highlighted" in i.value for i in at.info)
+    assert not [s for s in at.selectbox if s.key == "structure"]
+    at.button(key="clear_selection").click().run()
+    _ok(at)
+    assert not any("highlighted" in i.value for i in at.info)
+    assert [s for s in at.selectbox if s.key == "structure"]
 
 
 def test_unlabelled_frames_never_enter_the_training_set(tmp_path):

@@ -8,7 +8,10 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from lprviz.app import common
+from lprviz import datasets, features
+from lprviz.app import caches, common, state
+from lprviz.app import uploads as upload_store
+from lprviz.errors import InputError
 
 ROOT = Path(__file__).resolve().parents[1]
 APP = str(ROOT / "app.py")
@@ -20,6 +23,11 @@ def _app(**query) -> AppTest:
     for k, v in query.items():
         at.query_params[k] = v
     return at.run()
+
+
+def _cached_from(source: str) -> list:
+    """Keys of every app cache entry computed from ``source``."""
+    return [k for c in caches.ALL for k in c._entries if k[0] == source]
 
 
 def _notices(at: AppTest) -> list[str]:
@@ -34,7 +42,7 @@ def test_bad_alpha_in_link_falls_back_to_default_with_one_notice(bad):
     assert len(notices) == 1 and "\n" not in notices[0]
     assert "alpha = 0.0001" in " ".join(c.value for c in at.caption)
     assert at.query_params["alpha"] == "0.0001"  # the link now carries the value in use
-    at.slider(key="_w_alpha").set_value(-2.0).run()  # the page still works
+    at.slider(key="alpha_log10").set_value(-2.0).run()  # the page still works
     assert not at.exception and at.query_params["alpha"] == "0.01"
 
 
@@ -57,14 +65,14 @@ def test_unknown_dataset_in_link_falls_back_with_escaped_notice():
     (notice,) = [n for n in _notices(at) if "dataset=" in n]
     assert "![" not in notice and "](" not in notice
     assert "emt-alloys" in " ".join(c.value for c in at.caption)
-    assert at.query_params["dataset"] == common.datasets.DEFAULT_DATASET
+    assert at.query_params["dataset"] == datasets.DEFAULT_DATASET
 
 
 @pytest.mark.parametrize("raw", [None, "1e-4", "100", "1e-8"])
 def test_link_alpha_accepts_values_in_range(raw):
-    log10, notice = common.link_alpha_log10(raw)
+    log10, notice = state.link_alpha_log10(raw)
     assert notice is None
-    assert common.ALPHA_LOG10_RANGE[0] <= log10 <= common.ALPHA_LOG10_RANGE[1]
+    assert state.ALPHA_LOG10_RANGE[0] <= log10 <= state.ALPHA_LOG10_RANGE[1]
 
 
 # --------------------------------------------------------------------------- Markdown injection
@@ -198,88 +206,87 @@ def _xyz(i: int) -> bytes:
 @pytest.fixture()
 def uploads(tmp_path, monkeypatch):
     """A fresh upload root; every session alive unless listed in the returned set."""
-    monkeypatch.setattr(common, "UPLOAD_DIR", tmp_path / "uploads")
-    monkeypatch.setattr(common, "UPLOADS_PER_SESSION", 3)
+    monkeypatch.setattr(upload_store, "UPLOAD_DIR", tmp_path / "uploads")
+    monkeypatch.setattr(upload_store, "UPLOADS_PER_SESSION", 3)
     monkeypatch.setenv("LPRVIZ_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setattr(common, "_dead_since", {})
+    monkeypatch.setattr(upload_store, "_dead_since", {})
     closed: set[str] = set()
-    monkeypatch.setattr(common, "session_alive", lambda sid: sid not in closed)
+    monkeypatch.setattr(upload_store, "session_alive", lambda sid: sid not in closed)
     return closed
 
 
 def _close(closed: set[str], sid: str, monkeypatch) -> None:
     """Session ``sid`` disconnected longer ago than the reconnection window."""
     closed.add(sid)
-    common.prune_uploads()  # first seen disconnected
-    monkeypatch.setattr(common, "reconnect_grace", lambda: 0.0)
+    upload_store.prune_uploads()  # first seen disconnected
+    monkeypatch.setattr(upload_store, "reconnect_grace", lambda: 0.0)
 
 
 def test_a_live_sessions_uploads_are_never_evicted_by_another(uploads):
-    a = [Path(common.save_upload(f"a{i}.xyz", _xyz(i), session="A")) for i in range(2)]
-    b = [Path(common.save_upload(f"b{i}.xyz", _xyz(10 + i), session="B")) for i in range(6)]
+    a = [Path(upload_store.save_upload(f"a{i}.xyz", _xyz(i), session="A")) for i in range(2)]
+    b = [Path(upload_store.save_upload(f"b{i}.xyz", _xyz(10 + i), session="B")) for i in range(6)]
     assert all(p.exists() for p in a)  # B filled its own share many times over
     assert [p.exists() for p in b] == [False] * 3 + [True] * 3  # B's own oldest went first
 
 
 def test_a_session_is_bounded_in_bytes(uploads, monkeypatch):
-    monkeypatch.setattr(common, "UPLOAD_SESSION_BYTES", 2 * len(_xyz(0)) + 2)
-    first, second, third = (Path(common.save_upload(f"f{i}.xyz", _xyz(i), session="A"))
+    monkeypatch.setattr(upload_store, "UPLOAD_SESSION_BYTES", 2 * len(_xyz(0)) + 2)
+    first, second, third = (Path(upload_store.save_upload(f"f{i}.xyz", _xyz(i), session="A"))
                             for i in range(3))
     assert not first.exists() and second.exists() and third.exists()
-    with pytest.raises(common.InputError, match="more than") as info:
-        common.save_upload("big.xyz", b"x" * 10_000, session="A")
+    with pytest.raises(InputError, match="more than") as info:
+        upload_store.save_upload("big.xyz", b"x" * 10_000, session="A")
     assert "\n" not in str(info.value)
 
 
 def test_full_upload_space_refuses_without_touching_live_sessions(uploads, monkeypatch):
-    monkeypatch.setattr(common, "UPLOAD_TOTAL_BYTES", 3 * len(_xyz(0)))
-    a = [Path(common.save_upload(f"a{i}.xyz", _xyz(i), session="A")) for i in range(3)]
-    with pytest.raises(common.InputError, match="upload space") as info:
-        common.save_upload("b.xyz", _xyz(5), session="B")
-    assert "\n" not in str(info.value) and str(common.UPLOAD_DIR) not in str(info.value)
+    monkeypatch.setattr(upload_store, "UPLOAD_TOTAL_BYTES", 3 * len(_xyz(0)))
+    a = [Path(upload_store.save_upload(f"a{i}.xyz", _xyz(i), session="A")) for i in range(3)]
+    with pytest.raises(InputError, match="upload space") as info:
+        upload_store.save_upload("b.xyz", _xyz(5), session="B")
+    assert "\n" not in str(info.value) and str(upload_store.UPLOAD_DIR) not in str(info.value)
     assert all(p.exists() for p in a)
     # Once A's session has closed, its files make room.
     _close(uploads, "A", monkeypatch)
-    assert Path(common.save_upload("b.xyz", _xyz(5), session="B")).exists()
-    assert not (common.UPLOAD_DIR / "A").exists()
+    assert Path(upload_store.save_upload("b.xyz", _xyz(5), session="B")).exists()
+    assert not (upload_store.UPLOAD_DIR / "A").exists()
 
 
 def test_closed_sessions_uploads_and_cached_results_are_released(uploads, monkeypatch):
     from lprviz.pipeline import ModelSpec
 
     loads: list[str] = []
-    real_load = common.datasets.load
+    real_load = datasets.load
 
     def counting_load(source, **kwargs):
         loads.append(source)
         return real_load(source, **kwargs)
 
-    monkeypatch.setattr(common.datasets, "load", counting_load)
-    path_a = common.save_upload("mine.xyz", _xyz(1), session="A")
-    path_b = common.save_upload("yours.xyz", _xyz(2), session="B")
+    monkeypatch.setattr(datasets, "load", counting_load)
+    path_a = upload_store.save_upload("mine.xyz", _xyz(1), session="A")
+    path_b = upload_store.save_upload("yours.xyz", _xyz(2), session="B")
     args = ("fast", (0,), ModelSpec(kind="linear"), None, 1e-4)
     for path in (path_a, path_b):
-        assert common.results(path, *args).lpr.shape == (2,)
-    common.results(path_a, *args)
+        assert caches.results(path, *args).lpr.shape == (2,)
+    caches.results(path_a, *args)
     assert loads == [path_a, path_b]  # cached
-    assert path_a in common._UPLOAD_ENTRIES
+    assert _cached_from(path_a)
 
     uploads.add("A")
-    assert common.prune_uploads() == 0  # just disconnected: may still reconnect
+    assert upload_store.prune_uploads() == 0  # just disconnected: may still reconnect
     assert Path(path_a).exists()
     _close(uploads, "A", monkeypatch)
-    assert common.prune_uploads() == len(_xyz(1))
-    assert not (common.UPLOAD_DIR / "A").exists() and Path(path_b).exists()
-    assert path_a not in common._UPLOAD_ENTRIES
-    assert not [k for k in common._DESCRIPTORS if k[0] == path_a]
+    assert upload_store.prune_uploads() == len(_xyz(1))
+    assert not (upload_store.UPLOAD_DIR / "A").exists() and Path(path_b).exists()
+    assert not _cached_from(path_a)
     # Nothing of A is cached any more: its results need its (deleted) file again. B's are
     # still cached.
-    with pytest.raises(common.InputError):
-        common.results(path_a, *args)
-    common.results(path_b, *args)
+    with pytest.raises(InputError):
+        caches.results(path_a, *args)
+    caches.results(path_b, *args)
     assert loads == [path_a, path_b, path_a]
     # Uploads stay out of the shared descriptor caches (they would outlive the session).
-    assert not list(common.features.cache_dir().glob("*.npz"))
+    assert not list(features.cache_dir().glob("*.npz"))
 
 
 def test_lost_upload_error_names_the_users_file_not_the_server_path():
@@ -289,14 +296,14 @@ def test_lost_upload_error_names_the_users_file_not_the_server_path():
     stored = at.session_state["uploads"]["my data.xyz"]
     # The file disappears behind the session's back (an operator cleaning /tmp).
     Path(stored).unlink()
-    common.release_upload(stored)
+    upload_store.release_upload(stored)
     at.run()
     assert not at.exception and not at.error
     text = " ".join(_notices(at))
     assert "my data.xyz" in text and "upload it again" in text
     assert str(Path(stored).parent) not in text and Path(stored).name not in text
     # The session goes on with a dataset that exists.
-    assert at.session_state["dataset_label"] == common.datasets.DEFAULT_DATASET
+    assert at.session_state["dataset_label"] == datasets.DEFAULT_DATASET
     assert "emt-alloys" in " ".join(c.value for c in at.caption)
 
 
@@ -307,6 +314,6 @@ def test_reader_errors_about_an_upload_name_the_users_file():
     assert not at.exception
     (error,) = [e.value for e in at.error]
     assert error.startswith("broken") and "b.png" in error and not unescaped_markup(error)
-    assert common.UPLOAD_DIR is not None and str(common.UPLOAD_DIR) not in error
-    assert not [p for p in common.UPLOAD_DIR.rglob("*") if p.is_file()
+    assert upload_store.UPLOAD_DIR is not None and str(upload_store.UPLOAD_DIR) not in error
+    assert not [p for p in upload_store.UPLOAD_DIR.rglob("*") if p.is_file()
                 and p.read_bytes().startswith(b"3\n\nCu 0 0 nan")]  # the bad file is gone

@@ -43,8 +43,8 @@ def _ok(at: AppTest) -> None:
 def test_explore_on_mlearn_si_shows_low_surface_lpr(app):
     _ok(app)
     assert "mlearn-Si" in " ".join(c.value for c in app.caption)
-    table = next(df.value for df in app.dataframe if "median_LPR" in df.value.columns)
-    med = table.set_index("group")["median_LPR"]
+    table = next(df.value for df in app.dataframe if "median LPR" in df.value.columns)
+    med = table.set_index("group")["median LPR"]
     # bulk-only training (Elastic + AIMD-NVT): surface atoms far less rigid than bulk ones
     assert med["Surface"] < 0.1 * med["Elastic"]
 

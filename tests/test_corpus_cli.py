@@ -292,7 +292,7 @@ def test_app_upload_of_corpus_files_shows_one_line_errors_and_keeps_working(corp
             problems.append(f"{name}: errors {errors}")
     assert not (ROOT / MARKER_NAME).exists()
     at.file_uploader(key="upload").set_value(None).run()
-    at.slider(key="_w_alpha").set_value(-2.0).run()
+    at.slider(key="alpha_log10").set_value(-2.0).run()
     assert not at.exception and not at.error, [e.value for e in at.error]
     caption = " ".join(c.value for c in at.caption)
     assert "emt-alloys" in caption and "alpha = 0.01" in caption

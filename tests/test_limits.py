@@ -290,16 +290,16 @@ def test_scale_and_alpha_are_range_checked():
 def test_app_coordination_cutoff_never_forms_all_pair_distances(monkeypatch):
     """The app's hover coordination looks at pairs within 5 A, not all n^2 distances (a
     30k-atom upload would have needed 20 GB)."""
-    from lprviz.app import common
+    from lprviz.app import caches
 
     big = bulk("Cu", "fcc", a=3.6, cubic=True).repeat((10, 10, 10))
-    monkeypatch.setattr(common, "dataset", lambda source: _dataset([big]))
+    monkeypatch.setattr(caches, "dataset", lambda source: _dataset([big]))
 
     def tripwire(*args, **kwargs):
         raise AssertionError("all pair distances formed")
 
     monkeypatch.setattr(ase.Atoms, "get_all_distances", tripwire)
-    assert common.coordination_cutoff("big.xyz") == pytest.approx(1.2 * 3.6 / np.sqrt(2))
+    assert caches.coordination_cutoff("big.xyz") == pytest.approx(1.2 * 3.6 / np.sqrt(2))
 
 
 def test_a_costly_frame_late_in_the_list_stops_featomic_before_any_call(monkeypatch):

@@ -94,11 +94,11 @@ def test_no_pickle_eval_exec_or_shell_in_lprviz():
     "a/b/c.json", "nul\x00byte.xyz", "CON.xyz", ".hidden.XYZ", f"{XSS}.xyz", "x" * 300 + ".xyz",
 ])
 def test_upload_names_never_become_paths(name, tmp_path, monkeypatch):
-    from lprviz.app import common
+    from lprviz.app import uploads
 
-    monkeypatch.setattr(common, "UPLOAD_DIR", tmp_path / "uploads")
+    monkeypatch.setattr(uploads, "UPLOAD_DIR", tmp_path / "uploads")
     data = b"1\n\nCu 0 0 0\n"
-    path = Path(common.save_upload(name, data, session="s1"))
+    path = Path(uploads.save_upload(name, data, session="s1"))
     assert path.parent == tmp_path / "uploads" / "s1"
     stem = path.name.split(".")[0]
     assert re.fullmatch(r"[0-9a-f]{16}", stem), path.name  # content hash, not the user's name
@@ -109,11 +109,11 @@ def test_upload_names_never_become_paths(name, tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("name", ["evil.py", "x.pkl", "a.npy", "b.xyz.gz", "noext", "t.html"])
 def test_upload_of_other_types_is_refused(name, tmp_path, monkeypatch):
-    from lprviz.app import common
+    from lprviz.app import uploads
 
-    monkeypatch.setattr(common, "UPLOAD_DIR", tmp_path / "uploads")
+    monkeypatch.setattr(uploads, "UPLOAD_DIR", tmp_path / "uploads")
     with pytest.raises(InputError) as info:
-        common.save_upload(name, b"data")
+        uploads.save_upload(name, b"data")
     assert "\n" not in str(info.value)
     assert not any((tmp_path / "uploads").glob("*")) if (tmp_path / "uploads").exists() else True
 
@@ -200,11 +200,11 @@ def test_pinned_download_is_https_with_checksums():
 
 
 def test_uploads_are_private_and_bounded(monkeypatch):
-    from lprviz.app import common
+    from lprviz.app import uploads
 
-    monkeypatch.setattr(common, "UPLOAD_DIR", None)  # first use makes a fresh private dir
-    monkeypatch.setattr(common, "UPLOADS_PER_SESSION", 3)
-    paths = [Path(common.save_upload(f"f{i}.xyz", f"1\n\nCu 0 0 {i}\n".encode(), session="s"))
+    monkeypatch.setattr(uploads, "UPLOAD_DIR", None)  # first use makes a fresh private dir
+    monkeypatch.setattr(uploads, "UPLOADS_PER_SESSION", 3)
+    paths = [Path(uploads.save_upload(f"f{i}.xyz", f"1\n\nCu 0 0 {i}\n".encode(), session="s"))
              for i in range(5)]
     folder = paths[0].parent
     try:

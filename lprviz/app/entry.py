@@ -1,19 +1,24 @@
-"""The app's entry script: page config and navigation.
+"""The app's entry script: page config, the shared sidebar, navigation.
 
 ``lprviz app`` (:mod:`lprviz.app.server`) runs a two-line script that calls :func:`main`;
 the top-level ``app.py`` of a source checkout calls it too, so both start the same app.
+Streamlit's entrypoint pattern: this runs on every rerun of every page, draws the sidebar
+(:func:`lprviz.app.state.sidebar`) and then the selected page, which reads the settings.
 """
 
 from pathlib import Path
 
 import streamlit as st
 
+from lprviz.app import common, state
+
 PAGES = Path(__file__).resolve().parent / "pages"
 
 
 def main() -> None:
-    """Configure the page and run the selected page script."""
+    """Configure the page, draw the sidebar, run the selected page."""
     st.set_page_config(page_title="lprviz: local prediction rigidity", layout="wide")
+    state.keep_across_pages()
     nav = st.navigation(
         [
             st.Page(PAGES / "explore.py", title="Explore", url_path="explore", default=True),
@@ -25,6 +30,8 @@ def main() -> None:
             st.Page(PAGES / "export.py", title="Export", url_path="export"),
         ]
     )
+    with common.guarded():
+        state.sidebar()
     nav.run()
 
 

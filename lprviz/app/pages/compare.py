@@ -7,19 +7,19 @@ import pandas as pd
 import streamlit as st
 
 from lprviz import plots, selection
-from lprviz.app import common
+from lprviz.app import caches, common, state
 from lprviz.errors import InputError
 from lprviz.viewer import structure_html
 
 CURRENT = "current training set"
 
 
-def _choose(settings: common.Settings, ds, numbers, side: str, default: str) -> tuple[int, ...]:
+def _choose(settings: state.Settings, ds, numbers, side: str, default: str) -> tuple[int, ...]:
     options = [CURRENT, *selection.PRESETS]
     choice = st.selectbox(f"Training set {side}", options, index=options.index(default),
                           key=f"cmp_{side}")
     if choice == CURRENT:
-        return common.training_frames(settings)
+        return state.training_frames(settings)
     mask = selection.preset_mask(choice, ds.groups, numbers, seed=0)
     return tuple(int(i) for i in np.flatnonzero(mask))
 
@@ -36,23 +36,35 @@ def main() -> None:
     )
 
 
-def _body(settings: common.Settings) -> None:
-    ds = common.dataset(settings.source)
-    numbers = common.frame_numbers(settings.source)
+def _body(settings: state.Settings) -> None:
+    ds = caches.dataset(settings.source)
+    numbers = state.frame_numbers(settings.source)
     c1, c2 = st.columns(2)
     with c1:
         train_a = _choose(settings, ds, numbers, "A", "bulk only")
     with c2:
         train_b = _choose(settings, ds, numbers, "B", "bulk + a few surface/defect structures")
-    alpha = common.alpha_slider()
+    _compare(settings, ds, train_a, train_b)
+
+
+@st.fragment
+def _compare(settings: state.Settings, ds, train_a: tuple[int, ...],
+             train_b: tuple[int, ...]) -> None:
+    """Everything that depends on alpha: a fragment, so moving it reruns this part only."""
+    with common.guarded():
+        _compare_at_alpha(settings, ds, train_a, train_b)
+
+
+def _compare_at_alpha(settings: state.Settings, ds, train_a: tuple[int, ...],
+                      train_b: tuple[int, ...]) -> None:
+    alpha = state.alpha_slider()
     if not train_a or not train_b:
         raise InputError("training set A or B: empty; include at least one structure")
-    common.descriptors(settings.source, settings.preset)
-    scale = common.fit(settings.source, settings.preset, train_a, settings.spec, None).scale
-    res_a = common.results(settings.source, settings.preset, train_a, settings.spec, None,
+    scale = caches.fit(settings.source, settings.preset, train_a, settings.spec, None).scale
+    res_a = caches.results(settings.source, settings.preset, train_a, settings.spec, None,
                            alpha)
     # B in A's feature space: A's scale (and A's active set for the sparse kernel)
-    res_b = common.results(settings.source, settings.preset, train_b, settings.spec, train_a,
+    res_b = caches.results(settings.source, settings.preset, train_b, settings.spec, train_a,
                            alpha)
     ratio = res_b.lpr / res_a.lpr
     st.caption(f"A: {len(train_a)} structures, B: {len(train_b)} structures; alpha = "

@@ -7,14 +7,13 @@ import pandas as pd
 import streamlit as st
 
 from lprviz import plots, selection
-from lprviz.app import common
-from lprviz.errors import InputError
+from lprviz.app import caches, common, state
 from lprviz.viewer import structure_html
 
 COLOR_BY = ("LPR", "local prediction", "local error vs true local energy",
             "committee spread")
 COMMITTEE_MODELS = 4
-SWEEP_ALPHAS = np.logspace(-8, 2, 21)
+SWEEP_ALPHAS = tuple(np.logspace(-8, 2, 21).tolist())
 MAP_POINTS = 6000
 
 
@@ -34,26 +33,37 @@ def _structure_order(ds, res, how: str) -> list[int]:
     return sorted(range(n), key=lambda i: (str(ds.groups[i]), i))
 
 
+SELECTION_KEYS = ("env_map", "parity")
+
+
+def _clear_selection() -> None:
+    # plotly selections are widget state: a new key generation draws the charts afresh
+    st.session_state["_selection_gen"] = st.session_state.get("_selection_gen", 0) + 1
+
+
+def _chart_key(name: str) -> str:
+    return f"{name}_{st.session_state.get('_selection_gen', 0)}"
+
+
 def _forget_stale_selection(source: str) -> None:
     """A plot selection belongs to the dataset it was made on: drop it after a switch (its
     indices point into the other dataset)."""
     if st.session_state.get("_selection_source", source) != source:
-        for key in ("env_map", "parity"):
-            st.session_state.pop(key, None)
+        _clear_selection()
     st.session_state["_selection_source"] = source
 
 
 def _linked_atoms(ds) -> np.ndarray:
     """Atom indices picked in the environment map or parity plot (session state)."""
     picked: list[int] = []
-    state = st.session_state.get("env_map")
+    state = st.session_state.get(_chart_key("env_map"))
     if state and state.get("selection", {}).get("points"):
         picked = [int(p["customdata"]) for p in state["selection"]["points"]
                   if "customdata" in p]
     picked = [i for i in picked if 0 <= i < ds.n_atoms]
     if picked:
         return np.asarray(picked)
-    state = st.session_state.get("parity")
+    state = st.session_state.get(_chart_key("parity"))
     if state and state.get("selection", {}).get("points"):
         frames = [int(p["customdata"]) for p in state["selection"]["points"]
                   if "customdata" in p]
@@ -67,27 +77,24 @@ def _lpr_table(ds, res) -> pd.DataFrame:
     train = np.asarray(res.train_mask, dtype=bool)[ds.structure_index]
     df = pd.DataFrame({"group": np.asarray(ds.groups)[ds.structure_index].astype(str),
                        "lpr": res.lpr, "in training": train})
-    out = df.groupby("group").agg(atoms=("lpr", "size"), median_LPR=("lpr", "median"),
-                                  min_LPR=("lpr", "min"), training_atoms=("in training", "sum"))
+    out = df.groupby("group").agg(atoms=("lpr", "size"), median_lpr=("lpr", "median"),
+                                  min_lpr=("lpr", "min"), training_atoms=("in training", "sum"))
     return out.reset_index()
 
 
 @st.fragment
-def alpha_dependent(settings: common.Settings) -> None:
+def alpha_dependent(settings: state.Settings) -> None:
     """Everything that depends on alpha: reruns alone when the slider moves."""
-    # A fragment's rerun does not pass through run_page: report user errors here.
-    try:
+    with common.guarded():  # a fragment's rerun does not pass through run_page
         _alpha_dependent(settings)
-    except InputError as exc:
-        common.show_error(exc)
 
 
-def _alpha_dependent(settings: common.Settings) -> None:
+def _alpha_dependent(settings: state.Settings) -> None:
     _forget_stale_selection(settings.source)
-    ds = common.dataset(settings.source)
-    alpha = common.alpha_slider()
-    train = common.training_frames(settings)
-    res = common.current_results(settings, alpha)
+    ds = caches.dataset(settings.source)
+    alpha = state.alpha_slider()
+    train = state.training_frames(settings)
+    res = state.current_results(settings, alpha)
     n_train = len(train)
     st.caption(
         f"**{common.plain_text(settings.label)}**: {len(ds.frames)} structures, "
@@ -115,10 +122,16 @@ def _alpha_dependent(settings: common.Settings) -> None:
         linked = _linked_atoms(ds)
         if linked.size:
             frame = int(ds.structure_index[linked[0]])
-            st.info(f"Showing the structure picked in a plot; {linked.size} atom(s) highlighted.")
+            i1, i2 = st.columns([3, 1])
+            i1.info(f"Showing the structure picked in a plot; {linked.size} atom(s) "
+                    "highlighted.")
+            i2.button("Clear selection", key="clear_selection", on_click=_clear_selection,
+                      help="Back to the structure list (double-clicking the plot also "
+                           "clears it).")
         else:
+            sizes = ds.frame_sizes
             labels = {i: f"{ds.names[i]} [{ds.groups[i]}] "
-                      f"({'train' if res.train_mask[i] else 'test'}, {ds.frame_sizes[i]} atoms)"
+                      f"({'train' if res.train_mask[i] else 'test'}, {sizes[i]} atoms)"
                       for i in order}
             frame = st.selectbox("Structure", order, format_func=labels.__getitem__,
                                  key="structure")
@@ -139,11 +152,9 @@ def _alpha_dependent(settings: common.Settings) -> None:
         st.plotly_chart(
             plots.parity_figure(e_ref, e_pred, is_train=res.train_mask, groups=ds.groups,
                                 names=ds.names),
-            key="parity", on_select="rerun", selection_mode=("points",),
+            key=_chart_key("parity"), on_select="rerun", selection_mode=("points",),
         )
-        st.dataframe(_lpr_table(ds, res), hide_index=True, key="lpr_table",
-                     column_config={"median_LPR": st.column_config.NumberColumn(format="%.4g"),
-                                    "min_LPR": st.column_config.NumberColumn(format="%.4g")})
+        st.dataframe(plots.format_table(_lpr_table(ds, res)), hide_index=True, key="lpr_table")
 
     tab1, tab2, tab3, tab4 = st.tabs(["LPR distributions", "LPR vs alpha", "Environment map",
                                       "Local error vs LPR"])
@@ -161,13 +172,15 @@ def _alpha_dependent(settings: common.Settings) -> None:
         species = [chemical_symbols[z] for z in ds.atom_numbers]
         b.plotly_chart(plots.lpr_distribution_figure(res.lpr, species, title="per species"))
     with tab2:
-        sweep = _sweep(settings.source, settings.preset, train, settings.spec)
-        st.plotly_chart(plots.lpr_alpha_figure(SWEEP_ALPHAS, sweep.to_numpy(),
-                                               list(sweep.columns), current_alpha=alpha))
+        sweep = caches.lpr_sweep(settings.source, settings.preset, train, settings.spec,
+                                 SWEEP_ALPHAS)
+        medians = pd.DataFrame(sweep.T).groupby(groups_atom).median().T
+        st.plotly_chart(plots.lpr_alpha_figure(np.asarray(SWEEP_ALPHAS), medians.to_numpy(),
+                                               list(medians.columns), current_alpha=alpha))
         st.caption("Median LPR of each group's atoms. LPR rises with alpha toward "
                    "alpha/|x|^2, for every atom: regularisation buys rigidity with accuracy.")
     with tab3:
-        coords = common.environment_map(settings.source, settings.preset)
+        coords = caches.environment_map(settings.source, settings.preset)
         sidx = ds.structure_index
         # At most MAP_POINTS points: a fixed stride keeps the browser and the payload light.
         shown = np.arange(0, len(sidx), max(1, len(sidx) // MAP_POINTS))
@@ -180,7 +193,7 @@ def _alpha_dependent(settings: common.Settings) -> None:
         st.plotly_chart(
             plots.environment_map_figure(coords[shown], res.lpr[shown], vmin=vmin, vmax=vmax,
                                          hover=hover, customdata=shown),
-            key="env_map", on_select="rerun", selection_mode=("points", "box", "lasso"),
+            key=_chart_key("env_map"), on_select="rerun", selection_mode=("points", "box", "lasso"),
         )
         st.caption("PCA of the SOAP descriptors, coloured like the viewer. Select points "
                    "(box or lasso) to show their structure with those atoms highlighted.")
@@ -208,7 +221,7 @@ def _viewer(ds, res, settings, frame, color_by, style, log, show_cell, vmin, vma
     if ds.true_local_energies is not None:
         true_local = np.asarray(ds.true_local_energies)[sel]
         info["true local energy (eV)"] = true_local
-    info["coordination"] = common.coordination(settings.source)[sel]
+    info["coordination"] = caches.coordination(settings.source)[sel]
     label, values, cmap, lg, lo, hi = "LPR", lpr, plots.LPR_COLORMAP, log, vmin, vmax
     if color_by == "local prediction":
         label, values, cmap, lg = "local prediction (eV)", local, "Plasma", False
@@ -223,8 +236,8 @@ def _viewer(ds, res, settings, frame, color_by, style, log, show_cell, vmin, vma
             lo, hi = _lpr_range(all_err) if log else _lin_range(all_err)
             info["|local error| (eV)"] = err
     elif color_by == "committee spread":
-        train = common.training_frames(settings)
-        check = common.committee(settings.source, settings.preset, train, settings.spec,
+        train = state.training_frames(settings)
+        check = caches.committee(settings.source, settings.preset, train, settings.spec,
                                  res.alpha, COMMITTEE_MODELS)
         spread = check.spread[sel]
         label, values, cmap, lg = "committee spread (eV)", spread, "Inferno", log
@@ -259,17 +272,6 @@ def _lin_range(v: np.ndarray) -> tuple[float, float]:
         return 0.0, 1.0
     lo, hi = np.percentile(v, [1, 99])
     return float(lo), float(hi if hi > lo else lo + 1.0)
-
-
-@st.cache_data(max_entries=8, show_spinner=False)
-def _sweep(source: str, preset: str, train: tuple[int, ...], spec) -> pd.DataFrame:
-    """Median LPR per group over :data:`SWEEP_ALPHAS` (from the cached projections)."""
-    ds = common.dataset(source)
-    groups_atom = np.asarray(ds.groups)[ds.structure_index].astype(str)
-    f = common.fit(source, preset, train, spec, None)
-    rows = [pd.Series(f.solver.lpr_from_projections(f.projections, float(a)))
-            .groupby(groups_atom).median() for a in SWEEP_ALPHAS]
-    return pd.DataFrame(rows)
 
 
 def main() -> None:

@@ -5,14 +5,21 @@ from __future__ import annotations
 import numpy as np
 import streamlit as st
 
-from lprviz.app import common
+from lprviz.app import caches, common, state
 from lprviz.export import chemiscope_bytes, csv_bytes, extxyz_bytes
 
 
-def _body(settings: common.Settings) -> None:
-    ds = common.dataset(settings.source)
-    alpha = common.alpha_slider()
-    res = common.current_results(settings, alpha)
+@st.fragment
+def _body(settings: state.Settings) -> None:
+    """Everything here depends on alpha: a fragment, so moving it reruns this part only."""
+    with common.guarded():
+        _alpha_dependent(settings)
+
+
+def _alpha_dependent(settings: state.Settings) -> None:
+    ds = caches.dataset(settings.source)
+    alpha = state.alpha_slider()
+    res = state.current_results(settings, alpha)
     st.markdown(f"Results of **{common.plain_text(settings.label)}** with the current training set "
                 f"({int(np.sum(res.train_mask))} structures) at alpha = {alpha:.3g}.")
     stem = common.file_stem(f"lprviz-{settings.label.rsplit('.', 1)[0]}")

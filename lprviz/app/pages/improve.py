@@ -7,7 +7,7 @@ import pandas as pd
 import streamlit as st
 
 from lprviz import insight_plots, suggest
-from lprviz.app import common
+from lprviz.app import caches, common, state
 from lprviz.errors import InputError
 
 LOWEST = "lowest-LPR 5% of test atoms"
@@ -25,14 +25,14 @@ def _target_atoms(ds, res, train_atom: np.ndarray, choice: str) -> np.ndarray:
     return atoms if atoms.size else np.flatnonzero(in_group)
 
 
-def _last_addition(settings: common.Settings, alpha: float) -> None:
+def _last_addition(settings: state.Settings, alpha: float) -> None:
     """Predicted vs realised gain of the last "Add" (same feature scale, same target)."""
     last = st.session_state.get("improve_last")
     if not last or last["source"] != settings.source or last["alpha"] != alpha:
         return
-    before = common.results(settings.source, settings.preset, last["before"], settings.spec,
+    before = caches.results(settings.source, settings.preset, last["before"], settings.spec,
                             None, alpha)
-    after = common.results(settings.source, settings.preset, last["after"], settings.spec,
+    after = caches.results(settings.source, settings.preset, last["after"], settings.spec,
                            last["before"], alpha)
     t = last["target"]
     realised = float(np.mean(np.log(after.lpr[t])) - np.mean(np.log(before.lpr[t])))
@@ -43,12 +43,19 @@ def _last_addition(settings: common.Settings, alpha: float) -> None:
     )
 
 
-def _body(settings: common.Settings) -> None:
-    ds = common.dataset(settings.source)
-    alpha = common.alpha_slider()
-    train = common.training_frames(settings)
-    res = common.current_results(settings, alpha)
-    fit = common.fit(settings.source, settings.preset, train, settings.spec, None)
+@st.fragment
+def _body(settings: state.Settings) -> None:
+    """Everything here depends on alpha: a fragment, so moving it reruns this part only."""
+    with common.guarded():
+        _alpha_dependent(settings)
+
+
+def _alpha_dependent(settings: state.Settings) -> None:
+    ds = caches.dataset(settings.source)
+    alpha = state.alpha_slider()
+    train = state.training_frames(settings)
+    res = state.current_results(settings, alpha)
+    fit = caches.fit(settings.source, settings.preset, train, settings.spec, None)
     _last_addition(settings, alpha)
 
     train_mask = np.zeros(len(ds.frames), dtype=bool)
@@ -98,7 +105,7 @@ def _body(settings: common.Settings) -> None:
             "target": target,
             "predicted": float(sug.curve[n_add] - sug.curve[0]),
         }
-        common.set_training_frames(settings, after)
+        state.set_training_frames(settings, after)
         st.rerun()
 
     random = suggest.random_additions(fit.solver, P, Q, alpha, chosen.size, n_seeds=N_RANDOM)

@@ -9,22 +9,22 @@ import pandas as pd
 import streamlit as st
 from ase.data import chemical_symbols
 
-from lprviz import selection
-from lprviz.app import common
+from lprviz import plots, selection
+from lprviz.app import caches, common, state
 
 
-def _bump(settings: common.Settings) -> None:
+def _bump(settings: state.Settings) -> None:
     """New editor version: the table restarts from the current training set."""
     versions = st.session_state.setdefault("editor_version", {})
     versions[settings.source] = versions.get(settings.source, 0) + 1
 
 
-def _apply(settings: common.Settings, mask: np.ndarray) -> None:
-    common.set_training_frames(settings, np.flatnonzero(mask))
+def _apply(settings: state.Settings, mask: np.ndarray) -> None:
+    state.set_training_frames(settings, np.flatnonzero(mask))
     _bump(settings)
 
 
-def _presets(settings: common.Settings, ds, numbers) -> None:
+def _presets(settings: state.Settings, ds, numbers) -> None:
     st.subheader("Presets")
     c1, c2, c3, c4, c5 = st.columns([3, 1, 1, 1, 1])
     preset = c1.selectbox("Strategy", selection.PRESETS, key="ts_preset",
@@ -40,7 +40,7 @@ def _presets(settings: common.Settings, ds, numbers) -> None:
         _apply(settings, mask)
 
 
-def _rules(settings: common.Settings, ds, numbers) -> None:
+def _rules(settings: state.Settings, ds, numbers) -> None:
     with st.expander("Rules: include by group, species, size; random fraction"):
         groups = list(dict.fromkeys(str(g) for g in ds.groups))
         chosen = st.multiselect("Groups", groups, default=groups, key="ts_groups")
@@ -60,9 +60,9 @@ def _rules(settings: common.Settings, ds, numbers) -> None:
             _apply(settings, selection.apply_rule(rule, ds.groups, numbers))
 
 
-def _editor(settings: common.Settings, ds) -> None:
+def _editor(settings: state.Settings, ds) -> None:
     st.subheader("Structures")
-    train = set(common.training_frames(settings))
+    train = set(state.training_frames(settings))
     version = st.session_state.setdefault("editor_version", {}).get(settings.source, 0)
     base_key = ("editor_base", settings.source, version)
     if base_key not in st.session_state:
@@ -76,18 +76,31 @@ def _editor(settings: common.Settings, ds) -> None:
         "formula": [a.get_chemical_formula() for a in ds.frames],
     })
     tag = hashlib.sha1(settings.source.encode()).hexdigest()[:8]
-    edited = st.data_editor(
-        table, key=f"ts_editor_{tag}_{version}", hide_index=False,
-        disabled=["name", "group", "atoms", "formula"], height=320,
-        column_config={"train": st.column_config.CheckboxColumn("train")},
-    )
-    frames = tuple(int(i) for i in np.flatnonzero(edited["train"].to_numpy(bool)))
-    if frames != tuple(sorted(train)):
-        common.set_training_frames(settings, frames)
+    # A form: ticking boxes refactorises nothing until "Apply" (one factorisation per batch).
+    with st.form(f"ts_form_{tag}_{version}", border=False):
+        edited = st.data_editor(
+            table, key=f"ts_editor_{tag}_{version}", hide_index=False,
+            disabled=["name", "group", "atoms", "formula"], height=320,
+            column_config={"train": st.column_config.CheckboxColumn("train")},
+        )
+        c1, c2, _ = st.columns([1, 1, 2])
+        apply = c1.form_submit_button("Apply changes", type="primary")
+        reset = c2.form_submit_button("Reset to the default",
+                                      help=f"The default training set: '{state.DEFAULT_PRESET}'.")
+    if reset:
+        state.set_training_frames(settings, state.default_training_frames(settings))
+        _bump(settings)
+        st.rerun()
+    if apply:
+        frames = tuple(int(i) for i in np.flatnonzero(edited["train"].to_numpy(bool)))
+        if frames != tuple(sorted(train)):
+            state.set_training_frames(settings, frames)
+        _bump(settings)
+        st.rerun()
 
 
-def _summary(settings: common.Settings, ds, numbers) -> None:
-    train = common.training_frames(settings)
+def _summary(settings: state.Settings, ds, numbers) -> None:
+    train = state.training_frames(settings)
     mask = np.zeros(len(ds.frames), dtype=bool)
     mask[list(train)] = True
     s = selection.summary(mask, ds.groups, numbers)
@@ -101,21 +114,20 @@ def _summary(settings: common.Settings, ds, numbers) -> None:
     if not train:
         st.warning("The training set is empty: include at least one structure.")
         return
-    alpha = float(10 ** st.session_state.get("alpha_log10", common.DEFAULT_ALPHA_LOG10))
-    res = common.current_results(settings, alpha)
+    alpha = state.alpha()
+    res = state.current_results(settings, alpha)
     groups_atom = np.asarray(ds.groups)[ds.structure_index].astype(str)
     df = pd.DataFrame({"group": groups_atom, "lpr": res.lpr})
-    per_group = df.groupby("group")["lpr"].median().rename("median_LPR").to_frame()
+    per_group = df.groupby("group")["lpr"].median().rename("median_lpr").to_frame()
     counts = pd.Series(s["groups"], name="training_structures", dtype=int)
     per_group = per_group.join(counts).fillna({"training_structures": 0}).reset_index()
     st.caption(f"Median LPR per group at alpha = {alpha:.3g} (all atoms, training and test):")
-    st.dataframe(per_group, hide_index=True, key="ts_lpr_table",
-                 column_config={"median_LPR": st.column_config.NumberColumn(format="%.4g")})
+    st.dataframe(plots.format_table(per_group), hide_index=True, key="ts_lpr_table")
 
 
-def _body(settings: common.Settings) -> None:
-    ds = common.dataset(settings.source)
-    numbers = common.frame_numbers(settings.source)
+def _body(settings: state.Settings) -> None:
+    ds = caches.dataset(settings.source)
+    numbers = state.frame_numbers(settings.source)
     _presets(settings, ds, numbers)
     _rules(settings, ds, numbers)
     _editor(settings, ds)

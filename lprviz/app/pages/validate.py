@@ -7,17 +7,11 @@ import numpy as np
 import streamlit as st
 
 from lprviz import insight_plots, plots, validation
-from lprviz.app import common
+from lprviz.app import caches, common, state
 from lprviz.errors import InputError
 from lprviz.viewer import structure_html
 
 TRADEOFF_ALPHAS = tuple(np.logspace(-8, 2, 11).tolist())
-
-
-@st.cache_resource(max_entries=8, show_spinner="Sweeping alpha...")
-def _tradeoff(source: str, preset: str, train: tuple[int, ...], spec) -> validation.Tradeoff:
-    fit = common.fit(source, preset, train, spec, None)
-    return validation.tradeoff(fit, TRADEOFF_ALPHAS)
 
 
 def _committee_section(settings, ds, train, alpha) -> None:
@@ -28,7 +22,7 @@ def _committee_section(settings, ds, train, alpha) -> None:
     if not c1.toggle("Train the committee", key="val_committee",
                      help="One ridge fit per member: seconds for wide descriptors."):
         return
-    check = common.committee(settings.source, settings.preset, train, settings.spec, alpha,
+    check = caches.committee(settings.source, settings.preset, train, settings.spec, alpha,
                              n_models)
     labels = [f"{ds.groups[f]} / {ds.names[f]}" for f in ds.structure_index[check.atoms]]
     st.plotly_chart(insight_plots.spread_figure(1.0 / check.lpr, check.spread, check.spearman,
@@ -40,7 +34,8 @@ def _committee_section(settings, ds, train, alpha) -> None:
 def _tradeoff_section(settings, train, alpha) -> None:
     st.subheader("Accuracy-rigidity trade-off")
     try:
-        tr = _tradeoff(settings.source, settings.preset, train, settings.spec)
+        tr = caches.tradeoff(settings.source, settings.preset, train, settings.spec,
+                             TRADEOFF_ALPHAS)
     except InputError as exc:
         st.info(common.plain_text(str(exc)))
         return
@@ -52,8 +47,8 @@ def _tradeoff_section(settings, train, alpha) -> None:
 
 def _lcpr_section(settings, ds, res, train, alpha, frame: int) -> None:
     st.subheader("Component-wise rigidity (LCPR) of one atom")
-    desc = common.descriptors(settings.source, settings.preset)
-    fit = common.fit(settings.source, settings.preset, train, settings.spec, None)
+    desc = caches.descriptors(settings.source, settings.preset)
+    fit = caches.fit(settings.source, settings.preset, train, settings.spec, None)
     try:
         blocks = validation.fit_blocks(fit, desc)
     except InputError as exc:
@@ -97,11 +92,18 @@ def _pr_section(settings, ds, res) -> int:
     return frame
 
 
-def _body(settings: common.Settings) -> None:
-    ds = common.dataset(settings.source)
-    alpha = common.alpha_slider()
-    train = common.training_frames(settings)
-    res = common.current_results(settings, alpha)
+@st.fragment
+def _body(settings: state.Settings) -> None:
+    """The whole page depends on alpha: a fragment, so moving it reruns this part only."""
+    with common.guarded():
+        _alpha_dependent(settings)
+
+
+def _alpha_dependent(settings: state.Settings) -> None:
+    ds = caches.dataset(settings.source)
+    alpha = state.alpha_slider()
+    train = state.training_frames(settings)
+    res = state.current_results(settings, alpha)
     frame = _pr_section(settings, ds, res)
     _lcpr_section(settings, ds, res, train, alpha, frame)
     st.subheader("|Local error| vs LPR")

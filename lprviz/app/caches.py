@@ -1,0 +1,327 @@
+"""The app's caches: one per concept, each bounded by bytes, shared by every session.
+
+=================  ==========================================  ===============================
+cache              holds (key starts with the dataset source)  bound (``LPRVIZ_APP_CACHE_MB``)
+=================  ==========================================  ===============================
+``DATASETS``       :class:`lprviz.datasets.Dataset`             1/8 of the budget
+``DESCRIPTORS``    :class:`lprviz.features.Descriptors`         1/4
+``FITS``           :class:`lprviz.pipeline.Fit` (factorisation,  1/2
+                   projections of every atom)
+``DERIVED``        results per alpha, coordination, maps,       1/8
+                   alpha sweeps, committees
+=================  ==========================================  ===============================
+
+The budget is ``LPRVIZ_APP_CACHE_MB`` (default 4096 MB) for the whole server. A cache evicts
+its least recently used entries when a new one would exceed its share; an entry larger than
+the whole share is returned but not kept. Sizes are measured (:func:`nbytes`: the numpy
+arrays an object holds), not guessed. The library's disk cache of descriptors
+(:mod:`lprviz.features`) is the only other cache: it survives restarts; this one does not.
+
+Each key is computed once even when several sessions ask at the same time (a lock per key),
+and the computation runs in the asking session's script, so it can draw its own progress
+(``st.spinner`` naming the step, a progress bar while featurising). Entries made from an
+uploaded file are dropped with :func:`release` when the upload goes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
+from typing import TypeVar
+
+import numpy as np
+import streamlit as st
+
+from lprviz import datasets, features, pipeline, validation
+
+T = TypeVar("T")
+
+DEFAULT_BUDGET_MB = 4096
+
+
+def nbytes(obj: object, _seen: set[int] | None = None) -> int:
+    """Bytes of the numpy arrays reachable from ``obj`` (dataclasses, dicts, sequences,
+    ``ase.Atoms``, objects with ``__dict__``), each array counted once; 64 bytes for any
+    other leaf."""
+    seen = set() if _seen is None else _seen
+    if id(obj) in seen:
+        return 0
+    seen.add(id(obj))
+    if isinstance(obj, np.ndarray):
+        base = obj.base if isinstance(obj.base, np.ndarray) else None
+        if base is not None:  # a view: count the memory it keeps alive, once
+            return nbytes(base, seen)
+        return int(obj.nbytes)
+    if isinstance(obj, (str, bytes, int, float, bool, type(None))):
+        return 64
+    if isinstance(obj, dict):
+        return 64 + sum(nbytes(v, seen) for v in obj.values())
+    if isinstance(obj, (list, tuple, set, frozenset)):
+        return 64 + sum(nbytes(v, seen) for v in obj)
+    if dataclasses.is_dataclass(obj):
+        return 64 + sum(nbytes(getattr(obj, f.name), seen) for f in dataclasses.fields(obj))
+    if hasattr(obj, "__dict__"):
+        return 64 + sum(nbytes(v, seen) for v in vars(obj).values())
+    return 64
+
+
+class ByteCache:
+    """A thread-safe LRU of computed objects bounded by their total :func:`nbytes`.
+
+    Parameters
+    ----------
+    name : str
+        What it holds (shown by :func:`usage`).
+    share : float
+        Its fraction of the server's budget (``LPRVIZ_APP_CACHE_MB``).
+    """
+
+    def __init__(self, name: str, share: float) -> None:
+        self.name = name
+        self.share = share
+        self._entries: OrderedDict[Hashable, tuple[object, int]] = OrderedDict()
+        self._lock = threading.Lock()
+        self._key_locks: dict[Hashable, threading.Lock] = {}
+
+    @property
+    def max_bytes(self) -> int:
+        """This cache's bound in bytes (read from the environment each time)."""
+        budget = float(os.environ.get("LPRVIZ_APP_CACHE_MB", DEFAULT_BUDGET_MB))
+        return int(budget * self.share * 2**20)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held now."""
+        with self._lock:
+            return sum(size for _, size in self._entries.values())
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __contains__(self, key: Hashable) -> bool:
+        return key in self._entries
+
+    def get(self, key: Hashable, compute: Callable[[], T]) -> T:
+        """The cached value of ``key``, computing (once) and storing it on a miss."""
+        with self._lock:
+            if key in self._entries:
+                self._entries.move_to_end(key)
+                return self._entries[key][0]  # type: ignore[return-value]
+            key_lock = self._key_locks.setdefault(key, threading.Lock())
+        with key_lock:  # another session computing the same key: wait for it
+            with self._lock:
+                if key in self._entries:
+                    self._entries.move_to_end(key)
+                    return self._entries[key][0]  # type: ignore[return-value]
+            try:
+                value = compute()
+            finally:
+                with self._lock:
+                    self._key_locks.pop(key, None)
+            self._store(key, value)
+            return value
+
+    def _store(self, key: Hashable, value: object) -> None:
+        size, limit = nbytes(value), self.max_bytes
+        if size > limit:
+            return  # larger than the whole share: used once, not kept
+        with self._lock:
+            self._entries[key] = (value, size)
+            total = sum(s for _, s in self._entries.values())
+            while total > limit and len(self._entries) > 1:
+                _, (_, freed) = self._entries.popitem(last=False)
+                total -= freed
+
+    def discard(self, keep: Callable[[Hashable], bool]) -> int:
+        """Drop every entry whose key ``keep`` rejects; return how many."""
+        with self._lock:
+            gone = [k for k in self._entries if not keep(k)]
+            for k in gone:
+                del self._entries[k]
+        return len(gone)
+
+    def clear(self) -> None:
+        """Drop everything."""
+        with self._lock:
+            self._entries.clear()
+
+
+DATASETS = ByteCache("datasets", 1 / 8)
+DESCRIPTORS = ByteCache("descriptors", 1 / 4)
+FITS = ByteCache("fits", 1 / 2)
+DERIVED = ByteCache("results and derived arrays", 1 / 8)
+ALL = (DATASETS, DESCRIPTORS, FITS, DERIVED)
+
+
+def usage() -> dict[str, tuple[int, int, int]]:
+    """Per cache: (entries, bytes held, bound in bytes)."""
+    return {c.name: (len(c), c.nbytes, c.max_bytes) for c in ALL}
+
+
+def release(source: str) -> None:
+    """Drop every entry computed from ``source`` (an upload that went away)."""
+    for cache in ALL:
+        cache.discard(lambda key: key[0] != source)
+
+
+def clear() -> None:
+    """Drop every entry of every cache (tests)."""
+    for cache in ALL:
+        cache.clear()
+
+
+def _is_upload(source: str) -> bool:
+    from lprviz.app import uploads
+
+    return uploads.is_upload(source)
+
+
+# --------------------------------------------------------------------------- cached steps
+
+
+def dataset(source: str) -> datasets.Dataset:
+    """The dataset named (or stored at) ``source``."""
+    def load() -> datasets.Dataset:
+        with st.spinner("Loading and checking the dataset..."):
+            return datasets.load(source)
+
+    return DATASETS.get((source,), load)
+
+
+def descriptors(source: str, preset: str) -> features.Descriptors:
+    """SOAP descriptors of every atom of ``source``; a progress bar while featurising."""
+    def compute() -> features.Descriptors:
+        ds = dataset(source)
+        bar = st.progress(0.0, text=f"Featurising {ds.n_atoms} atoms (SOAP '{preset}')...")
+
+        def progress(done: int, total: int) -> None:
+            bar.progress(min(1.0, done / max(total, 1)),
+                         text=f"Featurising (SOAP '{preset}'): {done}/{total} atoms")
+
+        try:
+            # An upload's descriptors stay out of the disk cache: it would outlive the session.
+            return features.compute_soap(ds.frames, features.SOAP_PRESETS[preset],
+                                         species=ds.species, progress=progress,
+                                         cache=not _is_upload(source))
+        finally:
+            bar.empty()
+
+    return DESCRIPTORS.get((source, preset), compute)
+
+
+def fit(source: str, preset: str, train: tuple[int, ...], spec: pipeline.ModelSpec,
+        reference: tuple[int, ...] | None = None) -> pipeline.Fit:
+    """Everything of the model that does not depend on alpha, for a training set (frame
+    indices); with ``reference``, in that training set's feature space (honest comparisons:
+    its scale and, for the sparse kernel, its active environments)."""
+    if reference is not None and tuple(reference) == tuple(train):
+        reference = None
+
+    def compute() -> pipeline.Fit:
+        ds = dataset(source)
+        desc = descriptors(source, preset)
+        ref = fit(source, preset, reference, spec) if reference is not None else None
+        mask = np.zeros(len(ds.frames), dtype=bool)
+        mask[list(train)] = True
+        what = f"{len(train)} training structures"
+        with st.spinner(f"Factorising the model of {what} ({spec.kind})..."):
+            if ref is None:
+                return pipeline.prepare(ds, desc, mask, spec)
+            return pipeline.prepare(ds, desc, mask, spec, scale=ref.scale, nystrom=ref.nystrom)
+
+    return FITS.get((source, preset, tuple(train), spec, reference), compute)
+
+
+def results(source: str, preset: str, train: tuple[int, ...], spec: pipeline.ModelSpec,
+            reference: tuple[int, ...] | None, alpha: float) -> pipeline.Results:
+    """:func:`lprviz.pipeline.evaluate` of the cached fit at ``alpha``."""
+    def compute() -> pipeline.Results:
+        return pipeline.evaluate(fit(source, preset, train, spec, reference), alpha)
+
+    return DERIVED.get((source, "results", preset, tuple(train), spec, reference, alpha),
+                       compute)
+
+
+def coordination(source: str) -> np.ndarray:
+    """Coordination number of every atom (hover labels); the dataset's own if it has one."""
+    def compute() -> np.ndarray:
+        ds = dataset(source)
+        if all("coordination" in a.arrays for a in ds.frames):
+            return np.concatenate([a.arrays["coordination"] for a in ds.frames]).astype(int)
+        with st.spinner("Counting neighbours..."):
+            return pipeline.coordination(ds.frames, cutoff=coordination_cutoff(source))
+
+    return DERIVED.get((source, "coordination"), compute)
+
+
+def coordination_cutoff(source: str) -> float:
+    """Neighbour cutoff (A) for coordination: 1.2 x the shortest distance in the first frame.
+
+    Only pairs within 3.2 A, then 6.4 A, are listed (all n^2 distances of a 30k-atom frame
+    would take 20 GB); 3 A when the frame has none.
+    """
+    from ase.neighborlist import neighbor_list
+
+    ds = dataset(source)
+    for atoms in ds.frames:
+        if len(atoms) > 1:
+            for reach in (3.2, 6.4):
+                d = neighbor_list("d", atoms, reach)
+                d = d[d > 1e-6]
+                if d.size:
+                    return float(1.2 * d.min())
+            break
+    return 3.0
+
+
+def environment_map(source: str, preset: str) -> np.ndarray:
+    """2D PCA coordinates of every atom's descriptor (the environment map)."""
+    from lprviz.maps import pca_2d
+
+    def compute() -> np.ndarray:
+        with st.spinner("Projecting environments to 2D (PCA)..."):
+            return pca_2d(descriptors(source, preset).values)
+
+    return DERIVED.get((source, "map", preset), compute)
+
+
+def lpr_sweep(source: str, preset: str, train: tuple[int, ...], spec: pipeline.ModelSpec,
+              alphas: tuple[float, ...]) -> np.ndarray:
+    """LPR of every atom at each of ``alphas``: (n_alphas, n_atoms), from the cached fit."""
+    def compute() -> np.ndarray:
+        f = fit(source, preset, train, spec)
+        with st.spinner(f"LPR at {len(alphas)} values of alpha..."):
+            return np.stack([f.solver.lpr_from_projections(f.projections, a) for a in alphas])
+
+    return DERIVED.get((source, "sweep", preset, tuple(train), spec, tuple(alphas)), compute)
+
+
+def tradeoff(source: str, preset: str, train: tuple[int, ...], spec: pipeline.ModelSpec,
+             alphas: tuple[float, ...]) -> validation.Tradeoff:
+    """Test error vs median LPR over ``alphas`` (the accuracy-rigidity trade-off)."""
+    def compute() -> validation.Tradeoff:
+        with st.spinner(f"Fitting at {len(alphas)} values of alpha..."):
+            return validation.tradeoff(fit(source, preset, train, spec), alphas)
+
+    return DERIVED.get((source, "tradeoff", preset, tuple(train), spec, tuple(alphas)), compute)
+
+
+def committee(source: str, preset: str, train: tuple[int, ...], spec: pipeline.ModelSpec,
+              alpha: float, n_models: int) -> validation.CommitteeCheck:
+    """Committee of ridge models on random 70 % subsets: spread of local predictions."""
+    def compute() -> validation.CommitteeCheck:
+        ds = dataset(source)
+        desc = descriptors(source, preset)
+        model = fit(source, preset, train, spec)
+        with st.spinner(f"Training a committee of {n_models} models..."):
+            return validation.committee_check(
+                model.model_features(desc.values, desc.atom_numbers), ds.structure_index,
+                ds.energies, model.train_mask, alpha, solver=model.solver, n_models=n_models,
+                seed=0,
+            )
+
+    return DERIVED.get((source, "committee", preset, tuple(train), spec, alpha, n_models),
+                       compute)

@@ -1,0 +1,266 @@
+"""What a session has chosen: the shared sidebar, alpha, the training set, the link.
+
+The sidebar is drawn once per run by the entry script (:mod:`lprviz.app.entry`), before the
+page, so its widgets keep their values on every page with no copying; pages read the
+result with :func:`settings`. To add a sidebar option: a widget in :func:`sidebar`, a field
+in :class:`Settings`, and read it where it is used (the cached steps take plain values).
+
+Alpha is chosen on the pages (inside their fragments, so moving it reruns only what depends
+on it) through :func:`alpha_slider`; its widget key survives pages where no slider is drawn
+because :func:`keep_across_pages` re-assigns it at the start of every run. Dataset and alpha
+live in the URL, so a view can be shared; a bad link falls back to the defaults with a
+notice.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import streamlit as st
+
+from lprviz import datasets, features, pipeline, selection
+from lprviz.app import caches, uploads
+from lprviz.app.common import plain_text
+from lprviz.errors import InputError
+
+__all__ = [
+    "ALPHA_LOG10_RANGE", "DEFAULT_ALPHA_LOG10", "Settings", "alpha", "alpha_slider",
+    "available_sources", "current_fit", "current_results", "default_training_frames",
+    "frame_numbers", "keep_across_pages", "link_alpha_log10", "set_training_frames", "settings",
+    "sidebar", "training_frames",
+]
+
+DEFAULT_ALPHA_LOG10 = -4.0
+ALPHA_LOG10_RANGE = (-8.0, 2.0)
+DEFAULT_PRESET = "bulk only"
+#: Widget keys drawn on some pages only, kept for the others.
+PAGE_WIDGET_KEYS = ("alpha_log10",)
+_SETTINGS = "_settings"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What the sidebar decided: hashable, passed to the cached steps."""
+
+    source: str  # what caches.dataset loads: a dataset name or a stored upload's path
+    label: str  # what the user sees (dataset name or uploaded file name)
+    preset: str  # SOAP preset
+    spec: pipeline.ModelSpec
+
+
+def keep_across_pages() -> None:
+    """Keep page widgets' values while the user is on a page that does not draw them
+    (Streamlit forgets a widget's state on a run that does not draw it)."""
+    for key in PAGE_WIDGET_KEYS:
+        if key in st.session_state:
+            st.session_state[key] = st.session_state[key]
+
+
+def settings() -> Settings:
+    """The settings the sidebar decided (in this run, by the entry script)."""
+    value = st.session_state.get(_SETTINGS)
+    # A page run on its own (streamlit run pages/x.py, a page test) draws the sidebar itself.
+    return value if value is not None else sidebar()
+
+
+def available_sources() -> dict[str, str]:
+    """Display label -> load source of shipped and already fetched datasets."""
+    out: dict[str, str] = {}
+    try:
+        infos = datasets.list_available()
+    except Exception:  # a broken cache must not take the app down
+        infos = []
+    for info in infos:
+        if info.kind == "shipped" or info.cached:
+            out[info.name] = info.name
+    out.setdefault(datasets.DEFAULT_DATASET, datasets.DEFAULT_DATASET)
+    return out
+
+
+def _on_upload() -> None:
+    """File uploader callback (runs before the script, so it may pick the dataset)."""
+    up = st.session_state.get("upload")
+    if up is None:
+        return
+    registry: dict[str, str] = st.session_state.setdefault("uploads", {})
+    previous, path = registry.get(up.name), ""
+    try:
+        path = uploads.save_upload(up.name, up.getvalue())
+        registry[up.name] = path  # before loading: errors then name the user's file
+        caches.dataset(path)  # validate now so a bad file fails here, in one line
+    except InputError as exc:
+        st.session_state["_upload_error"] = uploads.user_message(str(exc))
+        if path and path != previous:
+            uploads.discard(Path(path))
+        registry.pop(up.name, None)
+        if previous:
+            registry[up.name] = previous
+    else:
+        st.session_state["dataset_label"] = up.name
+    finally:
+        # Files this session gave up to make room are no longer offered.
+        for label in [k for k, p in registry.items() if not Path(p).exists()]:
+            del registry[label]
+
+
+def sidebar() -> Settings:
+    """Draw the dataset and model controls; store and return the :class:`Settings`."""
+    qp = st.query_params
+    sources = available_sources()
+    registry: dict[str, str] = st.session_state.setdefault("uploads", {})
+    for gone in [k for k, path in registry.items() if not Path(path).exists()]:
+        del registry[gone]
+        st.warning(plain_text(f"{gone}: the uploaded file is no longer on the server "
+                              "(the server restarted or cleaned up); upload it again."))
+    labels = list(sources) + list(registry)
+    if "dataset_label" not in st.session_state:
+        wanted = qp.get("dataset", datasets.DEFAULT_DATASET)
+        fallback = (datasets.DEFAULT_DATASET if datasets.DEFAULT_DATASET in labels
+                    else labels[0])
+        st.session_state["dataset_label"] = wanted if wanted in labels else fallback
+        if wanted not in labels:
+            st.info(plain_text(f"The link's dataset={wanted[:60]} is not available here; "
+                               f"showing {fallback}."))
+    if st.session_state["dataset_label"] not in labels:
+        st.session_state["dataset_label"] = datasets.DEFAULT_DATASET
+    _alpha_from_link()
+    st.session_state.setdefault("soap_preset", "default")
+    st.session_state.setdefault("model_kind", pipeline.MODEL_KINDS[0])
+
+    with st.sidebar:
+        st.header("Data and model")
+        st.selectbox("Dataset", labels, key="dataset_label")
+        st.file_uploader("...or upload extxyz / mlearn JSON", type=uploads.UPLOAD_TYPES,
+                         key="upload", on_change=_on_upload)
+        if "_upload_error" in st.session_state:
+            st.error(plain_text(st.session_state.pop("_upload_error")))
+        st.selectbox("SOAP preset", list(features.SOAP_PRESETS), key="soap_preset",
+                     help="Cutoff 5 A sees second neighbours, which is what separates a "
+                          "surface atom from bulk; 'fast' is coarser.")
+        st.radio("Model", list(pipeline.MODEL_KINDS), key="model_kind", horizontal=True,
+                 help="Linear ridge on SOAP, or sparse kernel ridge (Nystrom features).")
+    label = st.session_state["dataset_label"]
+    source = registry.get(label, sources.get(label, label))
+    if label in sources:
+        qp["dataset"] = label
+    current = Settings(source=source, label=label, preset=st.session_state["soap_preset"],
+                       spec=pipeline.ModelSpec(kind=st.session_state["model_kind"]))
+    st.session_state[_SETTINGS] = current
+    return current
+
+
+# --------------------------------------------------------------------------- alpha
+
+
+def link_alpha_log10(raw: str | None) -> tuple[float, str | None]:
+    """log10 alpha from the link's ``alpha`` value, and a notice when it was not usable.
+
+    Not a number, NaN, infinite, zero or negative: the default alpha. Outside the slider's
+    range: the nearest end of the range. The notice is plain text (pass it to
+    :func:`plain_text`).
+    """
+    if raw is None:
+        return DEFAULT_ALPHA_LOG10, None
+    lo, hi = ALPHA_LOG10_RANGE
+    default = f"{10**DEFAULT_ALPHA_LOG10:.3g}"
+    try:
+        alpha = float(raw)
+    except (TypeError, ValueError):
+        alpha = float("nan")
+    if not (np.isfinite(alpha) and alpha > 0):
+        return DEFAULT_ALPHA_LOG10, (f"The link's alpha={str(raw)[:40]} is not a finite "
+                                     f"positive number; using the default alpha = {default}.")
+    log10 = float(np.log10(alpha))
+    if lo <= log10 <= hi:
+        return log10, None
+    log10 = float(np.clip(log10, lo, hi))
+    return log10, (f"The link's alpha={str(raw)[:40]} is outside {10**lo:.0e} to "
+                   f"{10**hi:.0e}; using alpha = {10**log10:.3g}.")
+
+
+def _alpha_from_link() -> None:
+    """First run of a session: alpha from the URL (or the default, with a notice), and the
+    URL rewritten to the value in use so a shared link never carries a bad one."""
+    if "alpha_log10" not in st.session_state:
+        log10, notice = link_alpha_log10(st.query_params.get("alpha"))
+        st.session_state["alpha_log10"] = log10
+        if notice:
+            st.info(plain_text(notice))
+    if "alpha" in st.query_params:
+        st.query_params["alpha"] = f"{alpha():.3g}"
+
+
+def alpha() -> float:
+    """The session's alpha (also on pages that draw no slider)."""
+    return float(10 ** st.session_state.get("alpha_log10", DEFAULT_ALPHA_LOG10))
+
+
+def alpha_slider(*, label: str = "Regularisation alpha (log10)") -> float:
+    """The log-scale alpha slider (one value for every page, mirrored in the URL)."""
+    lo, hi = ALPHA_LOG10_RANGE
+    st.session_state.setdefault("alpha_log10", DEFAULT_ALPHA_LOG10)
+    st.slider(label, lo, hi, step=0.25, key="alpha_log10", format="%.2f",
+              help="Larger alpha raises every LPR (toward alpha/|x|^2) at the cost of accuracy.")
+    value = alpha()
+    st.query_params["alpha"] = f"{value:.3g}"
+    return value
+
+
+# --------------------------------------------------------------------------- training set
+
+
+def default_training_frames(current: Settings) -> tuple[int, ...]:
+    """The default training set: :data:`DEFAULT_PRESET` among labelled frames (all labelled
+    frames when the preset picks none)."""
+    ds = caches.dataset(current.source)
+    labelled = np.asarray(ds.has_energy, dtype=bool)
+    if not labelled.any():
+        raise InputError(f"{current.label}: no structure has an energy, so nothing can be "
+                         "trained on; add energies (or pick another dataset)")
+    mask = selection.preset_mask(DEFAULT_PRESET, ds.groups, frame_numbers(current.source))
+    mask &= labelled
+    return tuple(int(i) for i in np.flatnonzero(mask if mask.any() else labelled))
+
+
+def training_frames(current: Settings, *, key: str = "train") -> tuple[int, ...]:
+    """The current training set (sorted frame indices) of the dataset; default
+    :func:`default_training_frames`."""
+    store: dict = st.session_state.setdefault(key, {})
+    if current.source not in store:
+        store[current.source] = default_training_frames(current)
+    return store[current.source]
+
+
+def set_training_frames(current: Settings, frames, *, key: str = "train") -> None:
+    """Replace the current training set of the dataset (frames without an energy, which
+    cannot be trained on, are left out)."""
+    labelled = np.asarray(caches.dataset(current.source).has_energy, dtype=bool)
+    st.session_state.setdefault(key, {})[current.source] = tuple(
+        sorted(int(i) for i in frames if labelled[int(i)]))
+
+
+def frame_numbers(source: str) -> list[np.ndarray]:
+    """Atomic numbers of each frame of ``source``."""
+    return [a.numbers for a in caches.dataset(source).frames]
+
+
+def current_results(current: Settings, alpha: float, train: tuple[int, ...] | None = None,
+                    reference: tuple[int, ...] | None = None) -> pipeline.Results:
+    """Results of the current (or given) training set at ``alpha``."""
+    train = training_frames(current) if train is None else train
+    if not train:
+        raise InputError("training set: empty; include at least one structure")
+    return caches.results(current.source, current.preset, train, current.spec, reference,
+                          alpha)
+
+
+def current_fit(current: Settings, train: tuple[int, ...] | None = None,
+                reference: tuple[int, ...] | None = None) -> pipeline.Fit:
+    """The cached fit of the current (or given) training set."""
+    train = training_frames(current) if train is None else train
+    if not train:
+        raise InputError("training set: empty; include at least one structure")
+    return caches.fit(current.source, current.preset, train, current.spec, reference)
+
