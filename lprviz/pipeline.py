@@ -208,6 +208,7 @@ def prepare(
     *,
     scale: float | None = None,
     nystrom: NystromMap | None = None,
+    project: bool = True,
 ) -> Fit:
     """Build the alpha-independent part of a model and its LPR.
 
@@ -229,6 +230,10 @@ def prepare(
         choosing one from the training atoms. To compare two training sets, pass set A's
         ``fit.nystrom`` and ``fit.scale`` when preparing set B: otherwise B lives in a
         different feature space and its LPR is not comparable (it may even drop).
+    project : bool
+        Compute the projections of every atom and frame (what :func:`evaluate` needs). With
+        False they are left empty (shape ``(0, d)``) and no full eigenbasis is built: for
+        callers that stream their atoms through ``fit.solver`` (``lprviz lpr``).
 
     Returns
     -------
@@ -297,8 +302,8 @@ def prepare(
         species=species,
         nystrom=nystrom,
         structure_index=structure_index,
-        projections=solver.projections(phi, dtype=np.float32),
-        structure_projections=solver.projections(rows),
+        projections=solver.projections(phi if project else phi[:0], dtype=np.float32),
+        structure_projections=solver.projections(rows if project else rows[:0]),
         xty=xty,
         energies=energies,
         true_local_energies=getattr(dataset, "true_local_energies", None),

@@ -547,8 +547,10 @@ class RigiditySolver:
         numpy.ndarray of shape (n, n_features)
         """
         X = self._check_features(X_atoms_raw)
-        V = self.eigvecs / self.scale
         out = np.empty((X.shape[0], self.n_features), dtype=dtype)
+        if X.shape[0] == 0:
+            return out  # no basis needed (the dual route builds it only when asked)
+        V = self.eigvecs / self.scale
         for start in range(0, X.shape[0], _CHUNK):
             out[start : start + _CHUNK] = X[start : start + _CHUNK] @ V
         return out
@@ -675,6 +677,29 @@ class RigiditySolver:
             u[start : start + _CHUNK] = _sq_dot(P, inv)
         return _invert(u).T
 
+    def lpr_and_undetermined(self, X_atoms_raw, alpha: float) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`lpr` and :meth:`undetermined` in one pass over the atoms.
+
+        Parameters
+        ----------
+        X_atoms_raw : numpy.ndarray of shape (n, n_features)
+            Raw descriptors.
+        alpha : float
+            Regulariser (``>= 0``).
+
+        Returns
+        -------
+        lpr : numpy.ndarray of shape (n,)
+        undetermined : numpy.ndarray of bool of shape (n,)
+        """
+        if self.route == "dual":
+            X = self._check_features(X_atoms_raw) / self.scale
+            W_all, w_all = self._thin_weights([alpha])
+            W_fl, w_fl = self._thin_weights([alpha], floored_only=True)
+            u = self._thin_u(X, np.hstack([W_all, W_fl]), np.concatenate([w_all, w_fl]))
+            return _invert(u[:, 0]), u[:, 1] > _UNDETERMINED_SHARE * u[:, 0]
+        return self.lpr_and_undetermined_from_projections(self.projections(X_atoms_raw), alpha)
+
     def undetermined(self, X_atoms_raw, alpha: float) -> np.ndarray:
         """Mask of atoms whose local prediction the training data do not determine.
 
@@ -696,13 +721,7 @@ class RigiditySolver:
         -------
         numpy.ndarray of bool of shape (n,)
         """
-        if self.route == "dual":
-            X = self._check_features(X_atoms_raw) / self.scale
-            W_all, w_all = self._thin_weights([alpha])
-            W_fl, w_fl = self._thin_weights([alpha], floored_only=True)
-            u = self._thin_u(X, np.hstack([W_all, W_fl]), np.concatenate([w_all, w_fl]))
-            return u[:, 1] > _UNDETERMINED_SHARE * u[:, 0]
-        return self.undetermined_from_projections(self.projections(X_atoms_raw), alpha)
+        return self.lpr_and_undetermined(X_atoms_raw, alpha)[1]
 
     def pr(self, X_struct_rows_raw, alpha: float) -> np.ndarray:
         """Prediction rigidity of whole structures.
