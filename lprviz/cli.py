@@ -343,7 +343,7 @@ class _FrameDescriptors:
 
 
 # Test atoms per chunk of ``lprviz lpr``: featurise, project, evaluate, write, drop.
-_CLI_CHUNK_ATOMS = 20000
+_CLI_CHUNK_ATOMS = 4000
 
 
 def _test_chunks(data, test_frames, chunk_atoms: int):
