@@ -71,13 +71,14 @@ descriptor lies wholly in the null space); the two agree whenever
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 import scipy.linalg
 import scipy.sparse
-from threadpoolctl import threadpool_limits
+from threadpoolctl import ThreadpoolController
 
 from lprviz.errors import InputError
 
@@ -392,7 +393,7 @@ class RigiditySolver:
         """Dual route: squared singular values (ascending) and right singular vectors
         W (d, r) of the scaled training rows."""
         if self._thin is None:
-            with threadpool_limits(limits=_FACTOR_THREADS, user_api="blas"):
+            with _one_thread():
                 _, S, Wt = scipy.linalg.svd(
                     self.rows, full_matrices=False, lapack_driver="gesdd", check_finite=False
                 )
@@ -404,13 +405,13 @@ class RigiditySolver:
             if self.route == "dual":
                 e_thin, W = self._svd()
                 # Complete W to an orthonormal basis: the complement is the null space.
-                with threadpool_limits(limits=_FACTOR_THREADS, user_api="blas"):
+                with _one_thread():
                     Q = scipy.linalg.qr(W, mode="full", check_finite=False)[0]
                 r = W.shape[1]
                 e = np.concatenate([np.zeros(self.n_features - r), e_thin])
                 V = np.hstack([Q[:, r:], W])
             else:
-                with threadpool_limits(limits=_FACTOR_THREADS, user_api="blas"):
+                with _one_thread():
                     e, V = scipy.linalg.eigh(self.gram, check_finite=False)
                 e = np.clip(e, 0.0, None)
                 # rank(X^T X) <= n_structures: the smallest d - n eigenvalues are exactly
@@ -460,16 +461,16 @@ class RigiditySolver:
         return np.stack(cols, axis=1), np.asarray(null)
 
     def _thin_u(
-        self, X_scaled: np.ndarray, W_thin: np.ndarray, w_null: np.ndarray, cols=None
+        self, X_raw: np.ndarray, W_thin: np.ndarray, w_null: np.ndarray, cols=None
     ) -> np.ndarray:
-        """Dual route: ``sum_j P_j^2 W_thin[j] + rho^2 w_null`` per row of ``X_scaled``
-        (already scaled), with the cancellation guard of the module docstring. With
-        ``cols``, ``X_scaled`` holds only those columns of vectors zero elsewhere (LCPR)."""
+        """Dual route: ``sum_j P_j^2 W_thin[j] + rho^2 w_null`` per row of ``X_raw / scale``
+        (scaled chunk by chunk), with the cancellation guard of the module docstring. With
+        ``cols``, ``X_raw`` holds only those columns of vectors zero elsewhere (LCPR)."""
         _, W = self._svd()
         B = W if cols is None else W[cols]
-        u = np.empty((X_scaled.shape[0], W_thin.shape[1]))
-        for start in range(0, X_scaled.shape[0], _CHUNK):
-            Xc = X_scaled[start : start + _CHUNK]
+        u = np.empty((X_raw.shape[0], W_thin.shape[1]))
+        for start in range(0, X_raw.shape[0], _CHUNK):
+            Xc = X_raw[start : start + _CHUNK] / self.scale
             P = Xc @ B
             norm2 = np.einsum("ij,ij->i", Xc, Xc)
             rho2 = norm2 - np.einsum("ij,ij->i", P, P)
@@ -667,7 +668,7 @@ class RigiditySolver:
         X = self._check_features(X_atoms_raw)
         if self.route == "dual":
             W_thin, w_null = self._thin_weights(alphas)
-            return _invert(self._thin_u(X / self.scale, W_thin, w_null)).T
+            return _invert(self._thin_u(X, W_thin, w_null)).T
         inv = np.stack([self.inverse_eigvals(a) for a in alphas], axis=1)
         V = self.eigvecs / self.scale
         # Project in chunks so the working memory stays at _CHUNK x d.
@@ -693,7 +694,7 @@ class RigiditySolver:
         undetermined : numpy.ndarray of bool of shape (n,)
         """
         if self.route == "dual":
-            X = self._check_features(X_atoms_raw) / self.scale
+            X = self._check_features(X_atoms_raw)
             W_all, w_all = self._thin_weights([alpha])
             W_fl, w_fl = self._thin_weights([alpha], floored_only=True)
             u = self._thin_u(X, np.hstack([W_all, W_fl]), np.concatenate([w_all, w_fl]))
@@ -776,7 +777,7 @@ class RigiditySolver:
                 raise InputError(f"blocks[{name!r}]: column index out of range")
             if dual:
                 cols = np.unique(cols % self.n_features)
-                u = self._thin_u(X[:, cols] / self.scale, W_thin, w_null, cols=cols)
+                u = self._thin_u(X[:, cols], W_thin, w_null, cols=cols)
                 out[name] = _invert(u[:, 0])
                 continue
             # (x * m_c) V only needs the block's rows of V.
@@ -902,11 +903,31 @@ def _sq_dot(P: np.ndarray, W: np.ndarray) -> np.ndarray:
     W = W.astype(P.dtype, copy=False)
     out = np.empty((P.shape[0], W.shape[1]))
     buf = np.empty((min(_PASS_CHUNK, P.shape[0]), P.shape[1]), dtype=P.dtype)
-    for start in range(0, P.shape[0], _PASS_CHUNK):
-        Pc = P[start : start + _PASS_CHUNK]
-        sq = np.multiply(Pc, Pc, out=buf[: Pc.shape[0]])
-        out[start : start + _PASS_CHUNK] = sq @ W
+    # Memory-bound: one thread reads as fast as two, and a 2-thread GEMM with a few columns
+    # collapses (measured 6x slower) when another process holds a core.
+    with _one_thread(W.shape[1] > 1 and P.shape[0] > _PASS_CHUNK):
+        for start in range(0, P.shape[0], _PASS_CHUNK):
+            Pc = P[start : start + _PASS_CHUNK]
+            sq = np.multiply(Pc, Pc, out=buf[: Pc.shape[0]])
+            out[start : start + _PASS_CHUNK] = sq @ W
     return out
+
+
+_CONTROLLER: ThreadpoolController | None = None
+
+
+def _one_thread(active: bool = True):
+    """BLAS on :data:`_FACTOR_THREADS` threads inside the block (no-op when not ``active``).
+
+    One controller for the process: ``threadpool_limits`` rescans the loaded libraries on
+    every call (0.4 ms), ``ThreadpoolController.limit`` does not (16 us).
+    """
+    global _CONTROLLER
+    if not active:
+        return contextlib.nullcontext()
+    if _CONTROLLER is None:
+        _CONTROLLER = ThreadpoolController()
+    return _CONTROLLER.limit(limits=_FACTOR_THREADS, user_api="blas")
 
 
 def _invert(u: np.ndarray) -> np.ndarray:
