@@ -916,6 +916,30 @@ def _sq_dot(P: np.ndarray, W: np.ndarray) -> np.ndarray:
 _CONTROLLER: ThreadpoolController | None = None
 
 
+def project_dot(P: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """``P @ v`` for float32 or float64 projections ``P`` (n, k), returned as float64.
+
+    A float32 ``P`` is multiplied in float32 (NumPy would otherwise copy the whole of ``P``
+    to float64 first; converting block by block costs 7x the product). The sums then carry
+    float32 round-off: measured <= 1e-6 eV on local energies of a few eV (emt-alloys,
+    d = 1473, alpha 1e-8 .. 1e-3), against 1.5e-7 eV from storing ``P`` in float32 at all.
+
+    Parameters
+    ----------
+    P : numpy.ndarray of shape (n, k)
+    v : numpy.ndarray of shape (k,)
+
+    Returns
+    -------
+    numpy.ndarray of shape (n,)
+    """
+    P = np.asarray(P)
+    v = np.asarray(v, dtype=np.float64)
+    if P.dtype == np.float32:
+        return (P @ v.astype(np.float32)).astype(np.float64)
+    return P @ v
+
+
 def _one_thread(active: bool = True):
     """BLAS on :data:`_FACTOR_THREADS` threads inside the block (no-op when not ``active``).
 
@@ -1164,4 +1188,4 @@ def regulariser_limited(
             "or add structures like them)")
 
 
-__all__ += ["data_share", "regulariser_limited", "solver_data_share"]
+__all__ += ["data_share", "project_dot", "regulariser_limited", "solver_data_share"]
