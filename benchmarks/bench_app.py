@@ -10,7 +10,8 @@ timed in the same run:
 * training-set change, whole page vs one (n_atoms x d)(d x d) product (target <= 2x);
 * per-atom cost of the alpha change relative to the smallest scale (target <= 1.5x at 100k);
 * process RSS after the first load and after three training sets vs the dense descriptors
-  (n_atoms x d float64; target <= 3x).
+  (n_atoms x d float64; target <= 3x). Each scale runs in a process of its own (the app's
+  caches live per process).
 
     python benchmarks/bench_app.py [--scale 1,3,13] [--repeat 3]
 """
@@ -18,6 +19,9 @@ timed in the same run:
 from __future__ import annotations
 
 import argparse
+import json
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -128,12 +132,23 @@ def main() -> None:
     parser.add_argument("--scale", default="1,3",
                         help="copies of emt-alloys, comma-separated (1,3,13: 8k/24k/100k atoms)")
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--one", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.one is not None:  # one scale in this process (the app's caches are per process)
+        source = None if args.one == 1 else replicated_emt(args.one)
+        label = datasets.DEFAULT_DATASET if args.one == 1 else Path(source).name
+        row = bench(source, f"{label} (x{args.one})", args.repeat)
+        print("ROW " + json.dumps(row), flush=True)
+        return
     rows = []
     for copies in (int(c) for c in args.scale.split(",")):
-        source = None if copies == 1 else replicated_emt(copies)
-        label = datasets.DEFAULT_DATASET if copies == 1 else Path(source).name
-        rows.append(bench(source, f"{label} (x{copies})", args.repeat))
+        proc = subprocess.run([sys.executable, __file__, "--one", str(copies), "--repeat",
+                               str(args.repeat)], capture_output=True, text=True, check=True)
+        for line in proc.stdout.splitlines():
+            if line.startswith("ROW "):
+                rows.append(json.loads(line[4:]))
+            else:
+                print(line, flush=True)
     base = rows[0]
     for row in rows[1:]:
         per_atom = (row["alpha"] / row["atoms"]) / (base["alpha"] / base["atoms"])

@@ -509,18 +509,21 @@ def _primal(solver):
 
 
 def test_route_is_chosen_by_shape():
+    """Dual while n_structures < d / 2 (rigidity._DUAL_SHARE), primal from there on."""
     rng = np.random.default_rng(30)
-    few = RigiditySolver.from_structures(random_structures(rng, 6, 10))
-    many = RigiditySolver.from_structures(random_structures(rng, 10, 10))
-    assert few.route == "dual" and few.rows.shape == (6, 10)
-    assert many.route == "primal" and many.rows is None
-    # from_atoms and with_structures keep the rows exactly while they are fewer than d
-    X = np.vstack(random_structures(rng, 6, 10))
+    d = 20
+    few = RigiditySolver.from_structures(random_structures(rng, 6, d))
+    assert few.route == "dual" and few.rows.shape == (6, d)
+    for n in (10, 15, 25):
+        many = RigiditySolver.from_structures(random_structures(rng, n, d))
+        assert many.route == "primal" and many.rows is None
+    # from_atoms and with_structures keep the rows exactly while they are few enough
+    X = np.vstack(random_structures(rng, 6, d))
     idx = np.repeat(np.arange(6), len(X) // 6 + 1)[: len(X)]
     assert RigiditySolver.from_atoms(X, idx).route == "dual"
-    grown = few.with_structures(random_structures(rng, 3, 10))
-    assert grown.route == "dual" and grown.rows.shape == (9, 10)
-    assert few.with_structures(random_structures(rng, 4, 10)).route == "primal"
+    grown = few.with_structures(random_structures(rng, 3, d))
+    assert grown.route == "dual" and grown.rows.shape == (9, d)
+    assert few.with_structures(random_structures(rng, 4, d)).route == "primal"
     np.testing.assert_allclose(grown.rows.T @ grown.rows, grown.gram, rtol=1e-12)
     assert _primal(few).route == "primal"
 
