@@ -711,20 +711,8 @@ class RigiditySolver:
         return _invert(u).T
 
     def lpr_and_undetermined(self, X_atoms_raw, alpha: float) -> tuple[np.ndarray, np.ndarray]:
-        """:meth:`lpr` and :meth:`undetermined` in one pass over the atoms.
-
-        Parameters
-        ----------
-        X_atoms_raw : numpy.ndarray of shape (n, n_features)
-            Raw descriptors.
-        alpha : float
-            Regulariser (``>= 0``).
-
-        Returns
-        -------
-        lpr : numpy.ndarray of shape (n,)
-        undetermined : numpy.ndarray of bool of shape (n,)
-        """
+        """:meth:`lpr` and :meth:`undetermined` (same arguments) in one pass over the atoms:
+        returns ``(lpr, undetermined)``, arrays of shape (n,)."""
         if self.route == "dual":
             X = self._check_features(X_atoms_raw)
             W_all, w_all = self._thin_weights([alpha])
