@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import re
 import sys
 import time
 from collections.abc import Sequence
@@ -61,6 +62,13 @@ class _Steps:
             print(file=sys.stderr, flush=True)  # the error message gets a line of its own
             raise
         print(f"done in {time.perf_counter() - start:.1f} s", file=sys.stderr, flush=True)
+
+    def report(self, times: dict[str, float]) -> None:
+        """One ``label... done in 1.2 s`` line per phase of a streamed step (times summed
+        over its chunks)."""
+        if self.enabled:
+            for label, seconds in times.items():
+                print(f"{label}... done in {seconds:.1f} s", file=sys.stderr, flush=True)
 
 
 def _input_files(value: str | None) -> list[Path]:
@@ -198,26 +206,6 @@ def _lpr_inputs(args: argparse.Namespace):
     return data, train
 
 
-def _lcpr_arrays(fit, desc, atoms_mask, alpha: float) -> dict:
-    """Per-atom LCPR of every descriptor block, as extxyz array names -> (n_atoms,) arrays
-    (NaN outside ``atoms_mask``, which are not written)."""
-    import re
-
-    import numpy as np
-
-    from lprviz.validation import fit_blocks
-
-    blocks = fit_blocks(fit, desc)
-    rows = np.flatnonzero(atoms_mask)
-    phi = fit.model_features(desc.values[rows], desc.atom_numbers[rows])
-    out = {}
-    for name, values in fit.solver.lcpr(phi, alpha, blocks).items():
-        full = np.full(len(atoms_mask), np.nan)
-        full[rows] = values
-        out["lcpr_" + re.sub(r"[^A-Za-z0-9_]+", "", name.replace("-", "_"))] = full
-    return out
-
-
 def _soap_hypers(args: argparse.Namespace):
     """The SOAP preset with the command line's overrides."""
     import dataclasses
@@ -274,9 +262,10 @@ def _reference_set(args: argparse.Namespace, data):
     return ref
 
 
-def _reference_space(args, reference, data, desc, spec, steps):
+def _reference_space(args, reference, data, desc, spec, steps, store=None):
     """Scale and active set fixed by the reference (``args.scale`` and None without one) and
-    their provenance entries."""
+    their provenance entries. With a :class:`_FrameDescriptors` ``store`` (``lprviz lpr``),
+    reference frames of ``data`` are featurised through it (once per distinct structure)."""
     import numpy as np
 
     from lprviz.export import group_summary
@@ -288,12 +277,17 @@ def _reference_space(args, reference, data, desc, spec, steps):
         return args.scale, None, {"scale_from": origin}
     if isinstance(reference, np.ndarray):  # --reference-train-groups: frames of the dataset
         groups, source = data.groups[reference], f"{data.name} groups"
-        ref_desc, atoms = desc, reference[data.structure_index]
+        if store is None:
+            ref_desc, atoms = desc, reference[data.structure_index]
+        else:
+            with steps("SOAP of the reference", bar=True) as progress:
+                ref_desc = store.descriptors(np.flatnonzero(reference), progress)
+            atoms = np.ones(len(ref_desc.values), dtype=bool)
     else:
         groups, source = reference.groups, args.reference_train
         with steps("SOAP of the reference", bar=True) as progress:
             ref_desc = compute_soap(reference.frames, desc.hypers, species=desc.species,
-                                    progress=progress)
+                                    progress=progress, cache=store is None)
         atoms = np.ones(reference.n_atoms, dtype=bool)
     with steps("reference feature space"):
         scale, nystrom = reference_space(ref_desc, atoms, spec)
@@ -302,12 +296,153 @@ def _reference_space(args, reference, data, desc, spec, steps):
                             "reference_groups": group_summary(groups)}
 
 
+class _FrameDescriptors:
+    """SOAP of the frames of one dataset, each distinct structure featurised at most once.
+
+    Frames featurised for training (or the reference) are kept and reused when the same
+    structure appears again (a test file that repeats training frames), as are structures
+    that occur more than once in the dataset; any other frame is featurised when asked for
+    and not kept, so test frames can stream through in chunks.
+    """
+
+    def __init__(self, data, hypers, species):
+        from collections import Counter
+
+        from lprviz.features import structure_key
+
+        self.data, self.hypers, self.species = data, hypers, tuple(species)
+        self.keys = [structure_key(a) for a in data.frames]
+        counts = Counter(self.keys)
+        self.repeated = {k for k, n in counts.items() if n > 1}  # kept when first seen
+        self.kept: dict[bytes, object] = {}  # structure key -> (n_atoms, d) array
+        self.blocks: dict = {}
+
+    def keep(self, frames, progress=None) -> None:
+        """Featurise ``frames`` (indices) and keep their descriptors."""
+        self._values(frames, progress, keep=True)
+
+    def descriptors(self, frames, progress=None, *, keep: bool = True):
+        """:class:`lprviz.features.Descriptors` of ``frames`` (indices, in order)."""
+        import numpy as np
+
+        from lprviz.features import Descriptors
+
+        frames = np.asarray(frames, dtype=np.int64)
+        per_frame = self._values(frames, progress, keep=keep)
+        sizes = np.asarray(self.data.frame_sizes)[frames]
+        return Descriptors(
+            values=np.concatenate(per_frame, axis=0),
+            structure_index=np.repeat(np.arange(len(frames)), sizes),
+            atom_numbers=np.concatenate([self.data.frames[i].numbers for i in frames])
+            .astype(np.int64),
+            species=self.species,
+            blocks=self.blocks,
+            hypers=self.hypers,
+        )
+
+    def _values(self, frames, progress, *, keep: bool) -> list:
+        import numpy as np
+
+        from lprviz.features import compute_soap
+
+        first: dict[bytes, int] = {}
+        for i in frames:  # distinct structures not featurised yet, in order
+            key = self.keys[i]
+            if key not in self.kept and key not in first:
+                first[key] = int(i)
+        new = {}
+        if first:
+            todo = list(first.values())
+            desc = compute_soap([self.data.frames[i] for i in todo], self.hypers,
+                                species=self.species, progress=progress, cache=False,
+                                names=[self.data.names[i] for i in todo])
+            self.blocks = desc.blocks
+            sizes = np.asarray(self.data.frame_sizes)[todo]
+            for key, part in zip(first, np.split(desc.values, np.cumsum(sizes)[:-1]),
+                                 strict=True):
+                new[key] = part
+        elif progress is not None:
+            progress(1, 1)
+        self.kept.update({k: v for k, v in new.items() if keep or k in self.repeated})
+        return [self.kept[k] if k in self.kept else new[k]
+                for k in (self.keys[i] for i in frames)]
+
+
+# Test atoms per chunk of ``lprviz lpr``: featurise, project, evaluate, write, drop.
+_CLI_CHUNK_ATOMS = 4000
+
+
+def _test_chunks(data, test_frames, chunk_atoms: int):
+    """Consecutive runs of ``test_frames`` with about ``chunk_atoms`` atoms each."""
+    import numpy as np
+
+    sizes = np.asarray(data.frame_sizes)[test_frames]
+    chunk, atoms = [], 0
+    for frame, n in zip(test_frames, sizes, strict=True):
+        chunk.append(int(frame))
+        atoms += int(n)
+        if atoms >= chunk_atoms:
+            yield np.asarray(chunk, dtype=np.int64)
+            chunk, atoms = [], 0
+    if chunk:
+        yield np.asarray(chunk, dtype=np.int64)
+
+
+def _chunk_results(fit, weights, alphas, data, train_frames, chunk, phi, times):
+    """:class:`lprviz.pipeline.Results` per alpha of the dataset ``train_frames + chunk``
+    (training atoms get placeholders: ``lprviz lpr`` writes only the test frames), from the
+    raw model features ``phi`` of the chunk (the solver's thin route when there are fewer
+    training structures than features; nothing n_atoms x d is kept). Adds the time of each
+    alpha to ``times``."""
+    import numpy as np
+
+    from lprviz.pipeline import Results
+    from lprviz.rigidity import data_share, structure_features
+
+    solver = fit.solver
+    n_train = int(np.asarray(data.frame_sizes)[train_frames].sum())
+    n_frames = len(train_frames) + len(chunk)
+    train_mask = np.arange(n_frames) < len(train_frames)
+    sidx = np.repeat(np.arange(len(chunk)), np.asarray(data.frame_sizes)[chunk])
+    rows = structure_features(phi, sidx, len(chunk), convention="mean")
+    X = phi / solver.scale
+    norm2 = np.einsum("ij,ij->i", X, X)
+    energies = np.concatenate([data.energies[train_frames], data.energies[chunk]])
+    pad = np.ones(n_train)
+    out = []
+    for alpha, w in zip(alphas, weights, strict=True):
+        start = time.perf_counter()
+        lpr, undetermined = solver.lpr_and_undetermined(phi, alpha)
+        local = X @ w
+        pred = np.bincount(sidx, weights=local, minlength=len(chunk))
+        out.append(Results(
+            alpha=float(alpha),
+            train_mask=train_mask,
+            lpr=np.concatenate([pad, lpr]),
+            undetermined=np.concatenate([pad > 1, undetermined]),
+            local_energy=np.concatenate([pad, local]),
+            energy_pred=np.concatenate([np.zeros(len(train_frames)), pred]),
+            pr=np.concatenate([np.ones(len(train_frames)), solver.pr(rows, alpha)]),
+            rank_diff=solver.rank_diff(alpha),
+            energies=energies,
+            data_share=np.concatenate([pad, data_share(lpr, norm2, alpha)]),
+            spec=fit.spec,
+            scale=fit.scale,
+            hypers=fit.hypers,
+            n_active=None if fit.nystrom is None else len(fit.nystrom.active_index),
+        ))
+        times[f"LPR at alpha={alpha:g}"] += time.perf_counter() - start
+    return out
+
+
 def _cmd_lpr(args: argparse.Namespace) -> int:
+    """``lprviz lpr``: fit on the training frames, then stream the test frames in chunks of
+    about :data:`_CLI_CHUNK_ATOMS` atoms (featurise, evaluate, write, drop). Every distinct
+    structure is featurised once; peak memory is the training set plus one chunk."""
     import numpy as np
 
     from lprviz.export import annotated_frames, write_extxyz
-    from lprviz.features import compute_soap
-    from lprviz.pipeline import ModelSpec, evaluate, prepare
+    from lprviz.pipeline import ModelSpec, prepare
 
     steps = _Steps(enabled=not args.quiet)
     alphas = _parse_alphas(args.alpha)
@@ -321,29 +456,71 @@ def _cmd_lpr(args: argparse.Namespace) -> int:
         data, train = _lpr_inputs(args)
         reference = _reference_set(args, data)
     species = getattr(reference, "species", data.species)  # a reference file fixes them
-    with steps("SOAP", bar=True) as progress:
-        desc = compute_soap(data.frames, hypers, species=species, progress=progress,
-                            names=data.names)
-    scale, nystrom, provenance = _reference_space(args, reference, data, desc, spec, steps)
-    with steps(f"factorising the model of {int(train.sum())} training structures"):
-        fit = prepare(data, desc, train, spec, scale=scale, nystrom=nystrom)
-    results = []
-    for alpha in alphas:
-        with steps(f"LPR at alpha={alpha:g}"):
-            results.append(evaluate(fit, alpha))
-    test_atoms = ~train[desc.structure_index]
-    lcpr = {}
-    if args.lcpr:
-        with steps("LCPR per descriptor block"):
-            lcpr = _lcpr_arrays(fit, desc, test_atoms, alphas[0])
-    with steps(f"writing {args.output}"):
-        frames = annotated_frames(data, results, include_training=False, atom_arrays=lcpr,
-                                  extra_provenance=provenance)
-        _write_atomically(args.output, "-o", lambda fh: write_extxyz(fh, frames))
+    store = _FrameDescriptors(data, hypers, species)
+    train_frames = np.flatnonzero(train)
+    test_frames = np.flatnonzero(~train)
+    with steps("SOAP", bar=True) as progress:  # of the training structures
+        desc_train = store.descriptors(train_frames, progress)
+    scale, nystrom, provenance = _reference_space(args, reference, data, desc_train, spec,
+                                                  steps, store=store)
+    with steps(f"factorising the model of {train_frames.size} training structures"):
+        fit = prepare(data.subset(train_frames), desc_train,
+                      np.ones(train_frames.size, dtype=bool), spec, scale=scale,
+                      nystrom=nystrom, project=False)
+        weights = [fit.solver.solve(fit.xty, a) for a in alphas]
+        blocks = None
+        if args.lcpr:
+            from lprviz.validation import fit_blocks
+
+            blocks = fit_blocks(fit, desc_train)
+        del desc_train
+    n_test_atoms = int(np.asarray(data.frame_sizes)[test_frames].sum())
+    summary = []
+    # the streamed phases, reported as steps of their own (times summed over chunks)
+    times = dict.fromkeys(["SOAP of the test structures",
+                           *(f"LPR at alpha={a:g}" for a in alphas),
+                           *(["LCPR per descriptor block"] if args.lcpr else []),
+                           f"writing {args.output}"], 0.0)
+
+    def write(fh) -> None:
+        done = 0
+        progress = _progress_bar("test structures", enabled=not args.quiet)
+        progress(0, n_test_atoms)
+        for chunk in _test_chunks(data, test_frames, _CLI_CHUNK_ATOMS):
+            start = time.perf_counter()
+            desc = store.descriptors(chunk, keep=False)
+            phi = fit.model_features(desc.values, desc.atom_numbers)
+            del desc
+            times["SOAP of the test structures"] += time.perf_counter() - start
+            results = _chunk_results(fit, weights, alphas, data, train_frames, chunk, phi,
+                                     times)
+            lcpr = {}
+            if blocks is not None:
+                start = time.perf_counter()
+                pad = np.full(len(results[0].lpr) - len(phi), np.nan)
+                lcpr = {"lcpr_" + re.sub(r"[^A-Za-z0-9_]+", "", k.replace("-", "_")):
+                        np.concatenate([pad, v])
+                        for k, v in fit.solver.lcpr(phi, alphas[0], blocks).items()}
+                times["LCPR per descriptor block"] += time.perf_counter() - start
+            start = time.perf_counter()
+            part = data.subset(np.concatenate([train_frames, chunk]))
+            write_extxyz(fh, annotated_frames(part, results, include_training=False,
+                                              atom_arrays=lcpr, extra_provenance=provenance))
+            times[f"writing {args.output}"] += time.perf_counter() - start
+            summary.append(results[0].lpr[-len(phi):])
+            done += len(phi)
+            progress(done, n_test_atoms)
+
+    try:
+        _write_atomically(args.output, "-o", write)
+    finally:
+        if not args.quiet:
+            print(file=sys.stderr, flush=True)  # ends the line of the test-structure bar
+    steps.report(times)
     if not args.quiet:
-        lpr = results[0].lpr[test_atoms]
+        lpr = np.concatenate(summary) if summary else np.zeros(0)
         print(
-            f"wrote {len(frames)} structures ({lpr.size} atoms) to {args.output}; "
+            f"wrote {test_frames.size} structures ({lpr.size} atoms) to {args.output}; "
             f"LPR at alpha={alphas[0]:g}: median {np.median(lpr):.3g}, min {lpr.min():.3g}",
             file=sys.stderr,
         )

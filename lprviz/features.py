@@ -46,6 +46,7 @@ __all__ = [
     "cache_dir",
     "clear_memory_cache",
     "compute_soap",
+    "structure_key",
 ]
 
 
@@ -205,6 +206,13 @@ def _remember(key: str, values: np.ndarray) -> None:
     while _memory_bytes > _MEMORY_MAX_BYTES:
         _, old = _MEMORY.popitem(last=False)
         _memory_bytes -= old.nbytes
+
+
+def structure_key(atoms: ase.Atoms) -> bytes:
+    """Identity of a structure for descriptor reuse: a hash of its numbers, positions, cell
+    and periodicity (two frames with equal keys have equal descriptors at equal settings).
+    """
+    return _structure_hash(atoms)
 
 
 def _structure_hash(atoms: ase.Atoms) -> bytes:

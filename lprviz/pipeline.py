@@ -26,8 +26,16 @@ import numpy as np
 from lprviz.errors import InputError
 from lprviz.features import Descriptors, SoapHypers
 from lprviz.limits import check_number, get_limits
-from lprviz.models import NystromMap, append_baseline, fit_nystrom
-from lprviz.rigidity import RigiditySolver, data_share, sfactor, structure_features
+from lprviz.models import NystromMap, append_baseline, composition_features, fit_nystrom
+from lprviz.rigidity import (
+    RigiditySolver,
+    data_share,
+    project_dot,
+    sfactor,
+    structure_features,
+)
+
+_CHUNK = 4096  # atoms per projection block (bounds the float64 temporary at _CHUNK x d)
 
 __all__ = [
     "ALPHA_RANGE", "MODEL_KINDS", "SCALE_RANGE", "Fit", "ModelSpec", "Results", "coordination",
@@ -97,8 +105,11 @@ class Fit:
     nystrom : NystromMap or None
         Feature map of the sparse-kernel model.
     structure_index : numpy.ndarray of shape (n_atoms,)
-    projections : numpy.ndarray of shape (n_atoms, d)
-        ``solver.projections`` of every atom's model features.
+    projections : numpy.ndarray of shape (n_atoms, d), float32
+        ``solver.projections`` of every atom's model features, stored as float32 (4 d bytes
+        per atom: 5.9 kB at d = 1473; LPR within a relative 1e-5 of float64, see
+        :meth:`lprviz.rigidity.RigiditySolver.projections`; local energies within ~1e-6 eV,
+        see :func:`lprviz.rigidity.project_dot`).
     structure_projections : numpy.ndarray of shape (n_frames, d)
         ``solver.projections`` of every frame's mean feature row (for the PR).
     xty : numpy.ndarray of shape (d,)
@@ -218,6 +229,7 @@ def prepare(
     *,
     scale: float | None = None,
     nystrom: NystromMap | None = None,
+    project: bool = True,
 ) -> Fit:
     """Build the alpha-independent part of a model and its LPR.
 
@@ -239,6 +251,10 @@ def prepare(
         choosing one from the training atoms. To compare two training sets, pass set A's
         ``fit.nystrom`` and ``fit.scale`` when preparing set B: otherwise B lives in a
         different feature space and its LPR is not comparable (it may even drop).
+    project : bool
+        Compute the projections of every atom and frame (what :func:`evaluate` needs). With
+        False they are left empty (shape ``(0, d)``) and no full eigenbasis is built: for
+        callers that stream their atoms through ``fit.solver`` (``lprviz lpr``).
 
     Returns
     -------
@@ -292,34 +308,63 @@ def prepare(
         raise InputError("nystrom: a feature map only applies to the sparse-kernel model")
     else:
         base = values
-    scale = sfactor(base[atom_train]) if scale is None else float(scale)
+    # Row norms of all atoms once: the sfactor of the training atoms without copying them,
+    # and a finiteness check of every feature (a NaN or inf makes its row's norm non-finite).
+    norm2 = np.einsum("ij,ij->i", base, base)
+    if not np.all(np.isfinite(norm2)):
+        raise InputError(f"descriptors of dataset '{dataset.name}' contain NaN or inf")
+    if scale is None:
+        scale = float(np.sqrt(norm2[atom_train].sum() / max(int(atom_train.sum()), 1)))
+    scale = float(scale)
     species = tuple(descriptors.species)
-    phi = base
+    # The model features are [base, scale * one-hot species] (models.append_baseline); they
+    # are never stacked into one n_atoms x d array here: rows and projections are built per
+    # block (the stacking copied 1.2 GB and cost more than half a projection at 100k atoms).
+    extra = None
     if spec.baseline:
-        phi = append_baseline(base, dataset.atom_numbers, species, scale=scale)
-
-    solver = RigiditySolver.from_atoms(
-        phi[atom_train], structure_index[atom_train], scale=scale, convention="mean"
-    )
-    rows = structure_features(phi, structure_index, n_frames, convention="mean")
+        extra = scale * composition_features(dataset.atom_numbers, species)
+    rows = structure_features(base, structure_index, n_frames, convention="mean")
+    if extra is not None:
+        rows = np.hstack([rows, structure_features(extra, structure_index, n_frames)])
     sizes = np.bincount(structure_index, minlength=n_frames)
+    solver = RigiditySolver.from_rows(
+        rows[train_mask & (sizes > 0)], scale=scale, convention="mean"
+    )
     y = energies[train_mask] / sizes[train_mask]
     xty = rows[train_mask].T @ y / scale
     return Fit(
         spec=spec,
         train_mask=train_mask.copy(),
         solver=solver,
-        scale=float(scale),
+        scale=scale,
         species=species,
         nystrom=nystrom,
         structure_index=structure_index,
-        projections=solver.projections(phi),
-        structure_projections=solver.projections(rows),
+        projections=(_projections(solver, base, extra) if project
+                     else np.empty((0, solver.n_features), dtype=np.float32)),
+        structure_projections=solver.projections(rows if project else rows[:0]),
         xty=xty,
         energies=energies,
         true_local_energies=getattr(dataset, "true_local_energies", None),
         hypers=getattr(descriptors, "hypers", None),
     )
+
+
+def _projections(solver: RigiditySolver, base: np.ndarray, extra: np.ndarray | None):
+    """float32 ``solver.projections`` of the model features ``[base, extra]`` without stacking
+    them: ``base @ V[:d_base] + extra @ V[d_base:]``, chunk by chunk."""
+    if extra is None:
+        return solver.projections(base, dtype=np.float32)
+    out = np.empty((base.shape[0], solver.n_features), dtype=np.float32)
+    if base.shape[0] == 0:
+        return out
+    V = solver.eigvecs / solver.scale
+    d_base = base.shape[1]
+    for start in range(0, base.shape[0], _CHUNK):
+        block = base[start : start + _CHUNK] @ V[:d_base]
+        block += extra[start : start + _CHUNK] @ V[d_base:]
+        out[start : start + _CHUNK] = block
+    return out
 
 
 def reference_space(
@@ -389,8 +434,9 @@ def _check_model_size(dataset, descriptors: Descriptors, spec: ModelSpec, n_trai
 def evaluate(fit: Fit, alpha: float) -> Results:
     """LPR, undetermined flags, local energies, totals and PR at one ``alpha``.
 
-    Cost: one pass over the cached projections (``O(n_atoms d)``) and one ``d``-sized
-    solve; no refactorisation.
+    Cost: one pass over the cached (float32) projections for the LPR and undetermined flags
+    together, one float32 product for the local energies (``O(n_atoms d)`` each) and one
+    ``d``-sized solve; no refactorisation.
 
     Parameters
     ----------
@@ -413,7 +459,7 @@ def evaluate(fit: Fit, alpha: float) -> Results:
     P = fit.projections
     weights = solver.solve(fit.xty, alpha)
     # P = (phi / s) V, so the local prediction (phi / s) . w = P . (V^T w)
-    local = P @ (solver.eigvecs.T @ weights)
+    local = project_dot(P, solver.eigvecs.T @ weights)
     lpr, undetermined = solver.lpr_and_undetermined_from_projections(P, alpha)
     return Results(
         alpha=alpha,

@@ -16,13 +16,33 @@ unless a fixed scale is given.
 Two layers:
 
 * :class:`RigiditySolver` accumulates :math:`\mathbf{X}^\top\mathbf{X}` structure by
-  structure (memory :math:`O(d^2)`), eigendecomposes it once, and then answers every alpha
+  structure (memory :math:`O(d^2)`), factorises it once, and then answers every alpha
   from cached projections :math:`P = \mathbf{X}_\mathrm{test} V`:
   :math:`1/\mathrm{LPR}_k = \sum_j P_{kj}^2 / (e_j + \alpha)`.
 * :func:`local_prediction_rigidity` and :func:`componentwise_prediction_rigidity` are
   drop-ins for the scikit-matter functions of the same names (same arguments, convention
   and return values), built on the solver.
 
+Two routes, chosen by shape (:attr:`RigiditySolver.route`):
+
+* **primal** (``n_structures >= d / 2``): ``eigh`` of the ``d x d`` matrix
+  :math:`\mathbf{X}^\top\mathbf{X}` (cost :math:`O(d^3)`).
+* **dual** (``n_structures < d / 2``, :data:`_DUAL_SHARE`): the solver keeps the ``n x d``
+  scaled training rows and
+  takes their thin SVD :math:`\mathbf{X} = U S W^\top` (cost :math:`O(n^2 d)`; it never
+  squares the condition number). With :math:`\mathbf{P} = \hat{\mathbf{x}} W` and the
+  residual :math:`\rho^2 = |\hat{\mathbf{x}} - \mathbf{P} W^\top|^2` outside the training
+  span (eigenvalue 0), :math:`1/\mathrm{LPR} = \sum_j P_j^2/(s_j^2+\alpha) +
+  \rho^2/\alpha`: ``O(n d)`` per atom instead of ``O(d^2)``. :math:`\rho^2` is taken as
+  :math:`|\hat{\mathbf{x}}|^2 - |\mathbf{P}|^2` only where that difference keeps more than
+  :data:`_CANCEL` of :math:`|\hat{\mathbf{x}}|^2`; for atoms in or near the training span
+  (the training rows themselves) the subtraction would cancel, and the residual is formed
+  explicitly. The full eigenbasis (:attr:`RigiditySolver.eigvecs`, :meth:`projections`)
+  is the SVD basis completed by a QR factorisation (``O(d^2 n)``), built only when asked for.
+
+Both routes apply the same rank-deficiency rule below (the null space has eigenvalue 0),
+so they agree to round-off; the factorisations run on one BLAS thread (:data:`_FACTOR_THREADS`,
+measured: OpenBLAS's 2-thread ``eigh`` is many times slower on a shared machine).
 Numerical rule for rank deficiency (``alpha`` at or near 0, fewer structures than
 features). With :math:`e_j` the eigenvalues of :math:`\mathbf{X}^\top\mathbf{X}`,
 :math:`e_\max` the largest and :math:`d` the number of features:
@@ -52,11 +72,14 @@ descriptor lies wholly in the null space); the two agree whenever
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+import scipy.linalg
 import scipy.sparse
+from threadpoolctl import ThreadpoolController
 
 from lprviz.errors import InputError
 
@@ -74,6 +97,18 @@ _TINY = np.finfo(np.float64).tiny
 # Rows per GEMM when accumulating X^T X or projecting test atoms: bounds the working memory
 # at _CHUNK * d floats while keeping the BLAS calls large.
 _CHUNK = 4096
+# Rows per block of the per-alpha pass (P**2) @ W: a 256 x d block of squares stays in cache
+# (measured 2-4x faster than 4096-row blocks at d = 1470, benchmarks/bench_lpr.py).
+_PASS_CHUNK = 256
+# Dual route: |x|^2 - |P|^2 is trusted for the out-of-span residual while it keeps at least
+# this share of |x|^2 (relative error <= eps / _CANCEL); below it the residual is explicit.
+_CANCEL = 1e-3
+# Dual route while n_structures < _DUAL_SHARE * d. Measured at d = 1473 (one thread): SVD of
+# the rows + QR completion 0.3 s at n = 300, 0.5 s at 700, 1.3 s at 1315, eigh 0.4 s; and the
+# thin pass costs ~2 n d per atom against d^2.
+_DUAL_SHARE = 0.5
+# BLAS threads for eigh/SVD/QR: one thread never collapses when the cores are shared.
+_FACTOR_THREADS = 1
 # An atom is undetermined when more than this share of 1/LPR comes from the data null space.
 _UNDETERMINED_SHARE = 0.5
 _CONVENTIONS = ("mean", "sum")
@@ -198,14 +233,19 @@ class RigiditySolver:
         Number of training structures (rows of :math:`\mathbf{X}`).
     convention : {"mean", "sum"}
         Structure rows are per-atom means (reference) or sums (totals).
+    rows : numpy.ndarray of shape (n_structures, n_features) or None
+        The scaled training rows, kept while ``n_structures < n_features / 2`` (then they
+        give the dual route); None otherwise.
     """
 
     gram: np.ndarray
     scale: float
     n_structures: int
     convention: str = "mean"
+    rows: np.ndarray | None = field(default=None, repr=False)
     _eigvals: np.ndarray | None = field(default=None, init=False, repr=False)
     _eigvecs: np.ndarray | None = field(default=None, init=False, repr=False)
+    _thin: tuple[np.ndarray, np.ndarray] | None = field(default=None, init=False, repr=False)
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -239,8 +279,35 @@ class RigiditySolver:
             raise InputError("X_atoms: expected at least one training atom, got none")
         rows = structure_features(X, structure_index, convention=_check_convention(convention))
         rows = rows[np.bincount(np.asarray(structure_index)) > 0]
-        scale = sfactor(X) if scale is None else scale
-        return cls._from_raw_gram(_gram(rows), scale, rows.shape[0], convention)
+        return cls.from_rows(rows, scale=sfactor(X) if scale is None else scale,
+                             convention=convention)
+
+    @classmethod
+    def from_rows(
+        cls, rows_raw, *, scale: float, convention: str = "mean"
+    ) -> RigiditySolver:
+        """Build from the raw structure rows themselves (see :func:`structure_features`), at a
+        given scale (the rows alone do not give scikit-matter's sfactor of the atoms).
+
+        Parameters
+        ----------
+        rows_raw : numpy.ndarray of shape (n_structures, n_features)
+            One raw row per training structure, in ``convention``.
+        scale : float
+            Descriptor scale.
+        convention : {"mean", "sum"}
+            What the rows are (recorded for :meth:`with_structures`).
+
+        Returns
+        -------
+        RigiditySolver
+        """
+        rows = _as_2d(rows_raw, "rows")
+        if rows.shape[0] == 0:
+            raise InputError("rows: expected at least one training structure, got none")
+        return cls._from_raw_gram(
+            _gram(rows), scale, rows.shape[0], _check_convention(convention), rows
+        )
 
     @classmethod
     def from_structures(
@@ -269,16 +336,21 @@ class RigiditySolver:
         RigiditySolver
         """
         _check_convention(convention)
-        gram, sumsq, n_atoms, n_structures = _accumulate(structures, convention)
+        gram, sumsq, n_atoms, n_structures, rows = _accumulate(structures, convention)
         if n_atoms == 0:
             raise InputError("X_train: expected at least one training atom, got none")
         if scale is None:
             scale = float(np.sqrt(sumsq / n_atoms))
-        return cls._from_raw_gram(gram, scale, n_structures, convention)
+        return cls._from_raw_gram(gram, scale, n_structures, convention, rows)
 
     @classmethod
     def _from_raw_gram(
-        cls, gram_raw: np.ndarray, scale: float, n_structures: int, convention: str
+        cls,
+        gram_raw: np.ndarray,
+        scale: float,
+        n_structures: int,
+        convention: str,
+        rows_raw: np.ndarray | None = None,
     ) -> RigiditySolver:
         scale = float(scale)
         if not np.isfinite(scale) or scale <= 0:
@@ -286,7 +358,14 @@ class RigiditySolver:
                 f"scale: expected a positive finite number, got {scale} "
                 "(all training descriptors zero?)"
             )
-        return cls(gram_raw / scale**2, scale, int(n_structures), convention)
+        rows = _thin_rows(rows_raw, gram_raw.shape[0])
+        return cls(
+            gram_raw / scale**2,
+            scale,
+            int(n_structures),
+            convention,
+            None if rows is None else rows / scale,
+        )
 
     def with_structures(
         self,
@@ -309,7 +388,7 @@ class RigiditySolver:
             ``self`` is unchanged.
         """
         if structure_index_more is None:
-            gram, _, _, n_more = _accumulate(X_more_atoms, self.convention)
+            gram, _, _, n_more, rows = _accumulate(X_more_atoms, self.convention)
         else:
             X = _as_2d(X_more_atoms, "X_more_atoms")
             _, idx = np.unique(np.asarray(structure_index_more), return_inverse=True)
@@ -319,11 +398,12 @@ class RigiditySolver:
             raise InputError(
                 f"X_more_atoms: expected {self.n_features} features, got {gram.shape[0]}"
             )
+        n_total = self.n_structures + n_more
+        both = None
+        if self.rows is not None and rows is not None and n_total < _DUAL_SHARE * self.n_features:
+            both = np.vstack([self.rows, rows / self.scale])
         return RigiditySolver(
-            self.gram + gram / self.scale**2,
-            self.scale,
-            self.n_structures + n_more,
-            self.convention,
+            self.gram + gram / self.scale**2, self.scale, n_total, self.convention, both
         )
 
     # ------------------------------------------------------------------ eigensystem
@@ -332,16 +412,53 @@ class RigiditySolver:
         """Number of descriptor features ``d``."""
         return self.gram.shape[0]
 
+    @property
+    def route(self) -> str:
+        """``"dual"`` (thin SVD of the ``n x d`` training rows) when fewer training
+        structures than half the features and the rows are known, else ``"primal"``
+        (``eigh`` of :attr:`gram`); see the module docstring."""
+        if self.rows is not None and self.n_structures < _DUAL_SHARE * self.n_features:
+            return "dual"
+        return "primal"
+
+    def _svd(self) -> tuple[np.ndarray, np.ndarray]:
+        """Dual route: squared singular values (ascending) and right singular vectors
+        W (d, r) of the scaled training rows."""
+        if self._thin is None:
+            with _one_thread():
+                _, S, Wt = scipy.linalg.svd(
+                    self.rows, full_matrices=False, lapack_driver="gesdd", check_finite=False
+                )
+            self._thin = (S[::-1] ** 2, np.ascontiguousarray(Wt[::-1].T))
+        return self._thin
+
     def _eig(self) -> tuple[np.ndarray, np.ndarray]:
         if self._eigvals is None:
-            e, V = np.linalg.eigh(self.gram)
-            e = np.clip(e, 0.0, None)
-            # rank(X^T X) <= n_structures: the smallest d - n eigenvalues are exactly 0;
-            # setting them so removes eigh's round-off from the null space.
-            n_zero = max(self.n_features - self.n_structures, 0)
-            e[:n_zero] = 0.0
+            if self.route == "dual":
+                e_thin, W = self._svd()
+                # Complete W to an orthonormal basis: the complement is the null space.
+                with _one_thread():
+                    Q = scipy.linalg.qr(W, mode="full", check_finite=False)[0]
+                r = W.shape[1]
+                e = np.concatenate([np.zeros(self.n_features - r), e_thin])
+                V = np.hstack([Q[:, r:], W])
+            else:
+                with _one_thread():
+                    e, V = scipy.linalg.eigh(self.gram, check_finite=False)
+                e = np.clip(e, 0.0, None)
+                # rank(X^T X) <= n_structures: the smallest d - n eigenvalues are exactly
+                # 0; setting them so removes eigh's round-off from the null space.
+                n_zero = max(self.n_features - self.n_structures, 0)
+                e[:n_zero] = 0.0
             self._eigvals, self._eigvecs = e, V
         return self._eigvals, self._eigvecs
+
+    def _e_max(self) -> float:
+        if self.route == "dual":
+            e = self._svd()[0]
+        else:
+            e = self._eig()[0]
+        return float(e[-1]) if e.size else 0.0
 
     @property
     def eigvals(self) -> np.ndarray:
@@ -355,8 +472,52 @@ class RigiditySolver:
 
     def _resolution(self, alpha: float) -> float:
         # NumPy's matrix_rank tolerance for X^T X + alpha I (largest eigenvalue e_max + alpha).
-        e_max = self._eigvals[-1] if self._eigvals.size else 0.0
-        return max(self.n_features * _EPS * (e_max + alpha), _TINY)
+        return max(self.n_features * _EPS * (self._e_max() + alpha), _TINY)
+
+    def _thin_weights(self, alphas: Sequence[float], floored_only: bool = False):
+        """Dual route: 1/(s_j^2 + alpha) per singular direction (r, k) and the null-space
+        weight (k,) for each alpha, floored as in the module docstring (with
+        ``floored_only``: zero where not floored, for the undetermined share)."""
+        e, _ = self._svd()
+        cols, null = [], []
+        for a in alphas:
+            a = _check_alpha(a)
+            tau = self._resolution(a)
+            inv = 1.0 / np.maximum(e + a, tau)
+            inv0 = 1.0 / max(a, tau)
+            if floored_only:
+                inv = np.where(e + a <= tau, inv, 0.0)
+                inv0 = inv0 if a <= tau else 0.0
+            cols.append(inv)
+            null.append(inv0)
+        return np.stack(cols, axis=1), np.asarray(null)
+
+    def _thin_u(
+        self, X_raw: np.ndarray, W_thin: np.ndarray, w_null: np.ndarray, cols=None
+    ) -> np.ndarray:
+        """Dual route: ``sum_j P_j^2 W_thin[j] + rho^2 w_null`` per row of ``X_raw / scale``
+        (scaled chunk by chunk), with the cancellation guard of the module docstring. With
+        ``cols``, ``X_raw`` holds only those columns of vectors zero elsewhere (LCPR)."""
+        _, W = self._svd()
+        B = W if cols is None else W[cols]
+        u = np.empty((X_raw.shape[0], W_thin.shape[1]))
+        for start in range(0, X_raw.shape[0], _CHUNK):
+            Xc = X_raw[start : start + _CHUNK] / self.scale
+            P = Xc @ B
+            norm2 = np.einsum("ij,ij->i", Xc, Xc)
+            rho2 = norm2 - np.einsum("ij,ij->i", P, P)
+            near = rho2 < _CANCEL * norm2
+            if near.any():
+                # In or near the training span: form the residual explicitly.
+                R = -(P[near] @ W.T)
+                if cols is None:
+                    R += Xc[near]
+                else:
+                    R[:, cols] += Xc[near]
+                rho2[near] = np.einsum("ij,ij->i", R, R)
+            rho2 = np.maximum(rho2, 0.0)
+            u[start : start + _CHUNK] = _sq_dot(P, W_thin) + rho2[:, None] * w_null[None, :]
+        return u
 
     def _effective(self, alpha: float) -> np.ndarray:
         """Eigenvalues of X^T X + alpha I floored at the numerical resolution."""
@@ -392,24 +553,40 @@ class RigiditySolver:
             0 when the regularised normal matrix is numerically non-singular.
         """
         alpha = _check_alpha(alpha)
+        tau = self._resolution(alpha)
+        if self.route == "dual":
+            e, _ = self._svd()
+            n_null = self.n_features - e.size
+            return int(np.count_nonzero(e + alpha <= tau)) + (n_null if alpha <= tau else 0)
         e, _ = self._eig()
-        return int(np.count_nonzero(e + alpha <= self._resolution(alpha)))
+        return int(np.count_nonzero(e + alpha <= tau))
 
     # ------------------------------------------------------------------ projections
-    def projections(self, X_atoms_raw) -> np.ndarray:
+    def projections(self, X_atoms_raw, *, dtype=np.float64) -> np.ndarray:
         """Scaled descriptors in the eigenbasis, ``P = (X / scale) V``; compute once, reuse.
 
         Parameters
         ----------
         X_atoms_raw : numpy.ndarray of shape (n, n_features)
             Raw descriptors (atoms or structure rows).
+        dtype : numpy.float64 or numpy.float32
+            Storage type. float32 halves the memory (4 d bytes per atom) and the cost of every
+            per-alpha pass; the LPR from float32 projections is within a relative 1e-5 of
+            float64 (all terms of ``1/LPR`` are positive, so nothing cancels; measured
+            <= 1e-6 at d = 1470). Computed in float64, rounded chunk by chunk.
 
         Returns
         -------
         numpy.ndarray of shape (n, n_features)
         """
         X = self._check_features(X_atoms_raw)
-        return (X @ self.eigvecs) / self.scale
+        out = np.empty((X.shape[0], self.n_features), dtype=dtype)
+        if X.shape[0] == 0:
+            return out  # no basis needed (the dual route builds it only when asked)
+        V = self.eigvecs / self.scale
+        for start in range(0, X.shape[0], _CHUNK):
+            out[start : start + _CHUNK] = X[start : start + _CHUNK] @ V
+        return out
 
     def lpr_from_projections(self, P: np.ndarray, alpha: float) -> np.ndarray:
         """LPR from cached :meth:`projections`: ``1/LPR_k = sum_j P_kj^2 / (e_j + alpha)``.
@@ -428,6 +605,25 @@ class RigiditySolver:
         """
         inv = self.inverse_eigvals(alpha)
         return _invert(_sq_dot(P, inv[:, None])[:, 0])
+
+    def lpr_sweep_from_projections(self, P: np.ndarray, alphas: Sequence[float]) -> np.ndarray:
+        """LPR for many alphas in one pass over cached :meth:`projections`:
+        ``1/LPR = (P * P) @ W`` with ``W[j, a] = 1 / (e_j + alpha_a)`` (floored).
+
+        Parameters
+        ----------
+        P : numpy.ndarray of shape (n, n_features)
+            Output of :meth:`projections` (float64 or float32).
+        alphas : sequence of float
+            Regularisers (``>= 0``).
+
+        Returns
+        -------
+        numpy.ndarray of shape (n_alphas, n)
+            Row ``a`` equals ``lpr_from_projections(P, alphas[a])``.
+        """
+        inv = np.stack([self.inverse_eigvals(a) for a in alphas], axis=1)
+        return _invert(_sq_dot(P, inv)).T
 
     def undetermined_from_projections(self, P: np.ndarray, alpha: float) -> np.ndarray:
         """:meth:`undetermined` from cached :meth:`projections`.
@@ -502,6 +698,9 @@ class RigiditySolver:
         numpy.ndarray of shape (n_alphas, n)
         """
         X = self._check_features(X_atoms_raw)
+        if self.route == "dual":
+            W_thin, w_null = self._thin_weights(alphas)
+            return _invert(self._thin_u(X, W_thin, w_null)).T
         inv = np.stack([self.inverse_eigvals(a) for a in alphas], axis=1)
         V = self.eigvecs / self.scale
         # Project in chunks so the working memory stays at _CHUNK x d.
@@ -510,6 +709,17 @@ class RigiditySolver:
             P = X[start : start + _CHUNK] @ V
             u[start : start + _CHUNK] = _sq_dot(P, inv)
         return _invert(u).T
+
+    def lpr_and_undetermined(self, X_atoms_raw, alpha: float) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`lpr` and :meth:`undetermined` (same arguments) in one pass over the atoms:
+        returns ``(lpr, undetermined)``, arrays of shape (n,)."""
+        if self.route == "dual":
+            X = self._check_features(X_atoms_raw)
+            W_all, w_all = self._thin_weights([alpha])
+            W_fl, w_fl = self._thin_weights([alpha], floored_only=True)
+            u = self._thin_u(X, np.hstack([W_all, W_fl]), np.concatenate([w_all, w_fl]))
+            return _invert(u[:, 0]), u[:, 1] > _UNDETERMINED_SHARE * u[:, 0]
+        return self.lpr_and_undetermined_from_projections(self.projections(X_atoms_raw), alpha)
 
     def undetermined(self, X_atoms_raw, alpha: float) -> np.ndarray:
         """Mask of atoms whose local prediction the training data do not determine.
@@ -532,7 +742,7 @@ class RigiditySolver:
         -------
         numpy.ndarray of bool of shape (n,)
         """
-        return self.undetermined_from_projections(self.projections(X_atoms_raw), alpha)
+        return self.lpr_and_undetermined(X_atoms_raw, alpha)[1]
 
     def pr(self, X_struct_rows_raw, alpha: float) -> np.ndarray:
         """Prediction rigidity of whole structures.
@@ -570,8 +780,12 @@ class RigiditySolver:
         dict of str to numpy.ndarray of shape (n,)
         """
         X = self._check_features(X_atoms_raw)
-        inv = self.inverse_eigvals(alpha)[:, None]
-        V = self.eigvecs / self.scale
+        dual = self.route == "dual"
+        if dual:
+            W_thin, w_null = self._thin_weights([alpha])
+        else:
+            inv = self.inverse_eigvals(alpha)[:, None]
+            V = self.eigvecs / self.scale
         out = {}
         for name, cols in blocks.items():
             cols = np.asarray(cols)
@@ -581,6 +795,11 @@ class RigiditySolver:
                 cols = np.flatnonzero(cols)
             elif cols.size and (cols.min() < -self.n_features or cols.max() >= self.n_features):
                 raise InputError(f"blocks[{name!r}]: column index out of range")
+            if dual:
+                cols = np.unique(cols % self.n_features)
+                u = self._thin_u(X[:, cols], W_thin, w_null, cols=cols)
+                out[name] = _invert(u[:, 0])
+                continue
             # (x * m_c) V only needs the block's rows of V.
             P = X[:, cols] @ V[cols]
             out[name] = _invert(_sq_dot(P, inv)[:, 0])
@@ -608,6 +827,17 @@ class RigiditySolver:
         b = np.asarray(b, dtype=np.float64)
         if b.shape[0] != self.n_features:
             raise InputError(f"b: expected {self.n_features} rows, got shape {b.shape}")
+        if self.route == "dual":
+            # Span part through the SVD; the null-space part (eigenvalue 0) is kept at 1/alpha
+            # above the resolution and dropped below it, exactly as in the primal route.
+            e, W = self._svd()
+            tau = self._resolution(alpha)
+            ea = e + alpha
+            inv = np.where(ea > tau, 1.0 / np.maximum(ea, _TINY), 0.0)
+            coef = W.T @ b
+            rest = b - W @ coef
+            coef *= inv if b.ndim == 1 else inv[:, None]
+            return W @ coef + (rest / alpha if alpha > tau else 0.0 * rest)
         e, V = self._eig()
         ea = e + alpha
         inv = np.where(ea > self._resolution(alpha), 1.0 / np.maximum(ea, _TINY), 0.0)
@@ -629,20 +859,33 @@ def _gram(rows: np.ndarray) -> np.ndarray:
     return rows.T @ rows
 
 
+def _thin_rows(rows: np.ndarray | None, d: int) -> np.ndarray | None:
+    """The raw training rows when they give the dual route (few rows for the features)."""
+    if rows is None or rows.shape[0] >= _DUAL_SHARE * d:
+        return None
+    return np.ascontiguousarray(rows, dtype=np.float64)
+
+
 def _accumulate(
     structures: Iterable[np.ndarray], convention: str
-) -> tuple[np.ndarray, float, int, int]:
-    """One pass over per-structure arrays: raw X^T X, sum of squares, atom and row counts."""
+) -> tuple[np.ndarray, float, int, int, np.ndarray | None]:
+    """One pass over per-structure arrays: raw X^T X, sum of squares, atom and row counts,
+    and the raw rows while there are fewer rows than features (else None)."""
     gram = None
     buf: list[np.ndarray] = []
+    kept: list[np.ndarray] | None = []
     sumsq, n_atoms, n_structures = 0.0, 0, 0
     d = None
 
     def flush():
-        nonlocal gram
+        nonlocal gram, kept
         if buf:
             R = np.vstack(buf)
             gram = _gram(R) if gram is None else gram + _gram(R)
+            if kept is not None:
+                kept.append(R)
+                if n_structures >= _DUAL_SHARE * d:
+                    kept = None  # too many rows for the dual route
             buf.clear()
 
     for i, Xs in enumerate(structures):
@@ -662,17 +905,73 @@ def _accumulate(
     flush()
     if gram is None:
         raise InputError("X_train: expected at least one non-empty structure, got none")
-    return gram, sumsq, n_atoms, n_structures
+    rows = _thin_rows(np.vstack(kept), d) if kept else None
+    return gram, sumsq, n_atoms, n_structures, rows
 
 
 def _sq_dot(P: np.ndarray, W: np.ndarray) -> np.ndarray:
-    """``(P**2) @ W`` without keeping more than one chunk of ``P**2``."""
-    P = np.asarray(P, dtype=np.float64)
+    """``(P**2) @ W`` in cache-sized blocks (never more than one block of ``P**2``).
+
+    float32 ``P`` stays float32 (``W`` is rounded to float32 too): the squares are positive,
+    so the sums lose no more than float32 round-off, and the pass reads half the bytes.
+    """
+    P = np.asarray(P)
+    W = np.asarray(W, dtype=np.float64)
+    # float32 only while the weights fit it (1/tau at alpha = 0 may not).
+    if P.dtype != np.float32 or not np.all(W < 1e30):
+        P = P.astype(np.float64, copy=False)
+    W = W.astype(P.dtype, copy=False)
     out = np.empty((P.shape[0], W.shape[1]))
-    for start in range(0, P.shape[0], _CHUNK):
-        Pc = P[start : start + _CHUNK]
-        out[start : start + _CHUNK] = (Pc * Pc) @ W
+    buf = np.empty((min(_PASS_CHUNK, P.shape[0]), P.shape[1]), dtype=P.dtype)
+    # Memory-bound: one thread reads as fast as two, and a 2-thread GEMM with a few columns
+    # collapses (measured 6x slower) when another process holds a core.
+    with _one_thread(W.shape[1] > 1 and P.shape[0] > _PASS_CHUNK):
+        for start in range(0, P.shape[0], _PASS_CHUNK):
+            Pc = P[start : start + _PASS_CHUNK]
+            sq = np.multiply(Pc, Pc, out=buf[: Pc.shape[0]])
+            out[start : start + _PASS_CHUNK] = sq @ W
     return out
+
+
+_CONTROLLER: ThreadpoolController | None = None
+
+
+def project_dot(P: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """``P @ v`` for float32 or float64 projections ``P`` (n, k), returned as float64.
+
+    A float32 ``P`` is multiplied in float32 (NumPy would otherwise copy the whole of ``P``
+    to float64 first; converting block by block costs 7x the product). The sums then carry
+    float32 round-off: measured <= 1e-6 eV on local energies of a few eV (emt-alloys,
+    d = 1473, alpha 1e-8 .. 1e-3), against 1.5e-7 eV from storing ``P`` in float32 at all.
+
+    Parameters
+    ----------
+    P : numpy.ndarray of shape (n, k)
+    v : numpy.ndarray of shape (k,)
+
+    Returns
+    -------
+    numpy.ndarray of shape (n,)
+    """
+    P = np.asarray(P)
+    v = np.asarray(v, dtype=np.float64)
+    if P.dtype == np.float32:
+        return (P @ v.astype(np.float32)).astype(np.float64)
+    return P @ v
+
+
+def _one_thread(active: bool = True):
+    """BLAS on :data:`_FACTOR_THREADS` threads inside the block (no-op when not ``active``).
+
+    One controller for the process: ``threadpool_limits`` rescans the loaded libraries on
+    every call (0.4 ms), ``ThreadpoolController.limit`` does not (16 us).
+    """
+    global _CONTROLLER
+    if not active:
+        return contextlib.nullcontext()
+    if _CONTROLLER is None:
+        _CONTROLLER = ThreadpoolController()
+    return _CONTROLLER.limit(limits=_FACTOR_THREADS, user_api="blas")
 
 
 def _invert(u: np.ndarray) -> np.ndarray:
@@ -909,4 +1208,4 @@ def regulariser_limited(
             "or add structures like them)")
 
 
-__all__ += ["data_share", "regulariser_limited", "solver_data_share"]
+__all__ += ["data_share", "project_dot", "regulariser_limited", "solver_data_share"]

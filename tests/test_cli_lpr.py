@@ -104,9 +104,11 @@ def test_round_trip_local_energy_equals_library(files, tmp_path):
     res = evaluate(prepare(data, desc, mask, ModelSpec("sparse-kernel", n_sparse=40)), 1e-5)
     test_atoms = ~mask[desc.structure_index]
     got = np.concatenate([a.arrays["local_energy"] for a in frames])
-    np.testing.assert_allclose(got, res.local_energy[test_atoms], rtol=1e-6, atol=1e-9)
+    # the library's Fit holds float32 projections (1e-6 eV, relative 1e-5 LPR); the CLI
+    # streams float64 features
+    np.testing.assert_allclose(got, res.local_energy[test_atoms], rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(
-        np.concatenate([a.arrays["lpr"] for a in frames]), res.lpr[test_atoms], rtol=1e-6
+        np.concatenate([a.arrays["lpr"] for a in frames]), res.lpr[test_atoms], rtol=1e-5
     )
     # EMT totals of the test frames are predicted sensibly by the local energies
     emt = np.array([a.get_potential_energy() for a in _emt_frames(6, 2)])
@@ -209,3 +211,81 @@ def test_lcpr_arrays_equal_the_masked_definition(files, tmp_path):
         np.testing.assert_allclose(got[~absent], expected[~absent], rtol=1e-6)
         assert (~absent).sum() > 5
     assert "lcpr_baseline" not in frames[0].arrays
+
+
+# ---------------------------------------------------------------- streaming, featurise once
+def test_each_distinct_structure_is_featurised_once(tmp_path, monkeypatch):
+    """A --test file that repeats training frames (and itself) featurises nothing twice."""
+    from lprviz import cli
+
+    train_frames = _emt_frames(12, 3)
+    new = _emt_frames(4, 4, energies=False)
+    train, test = tmp_path / "train.extxyz", tmp_path / "test.extxyz"
+    ase.io.write(train, train_frames)
+    ase.io.write(test, [*train_frames[:5], *new, new[0], train_frames[7]])
+    featurised = []
+    original = features._featurise
+
+    def spy(frames, *args, **kwargs):
+        featurised.extend(features.structure_key(a) for a in frames)
+        return original(frames, *args, **kwargs)
+
+    monkeypatch.setattr(features, "_featurise", spy)
+    monkeypatch.setattr(cli, "_CLI_CHUNK_ATOMS", 20)  # several test chunks
+    out = tmp_path / "out.extxyz"
+    argv = ["lpr", "--train", str(train), "--test", str(test), "--alpha", "1e-4"]
+    assert main([*argv, *SOAP_ARGS, "-q", "-o", str(out)]) == 0
+    assert len(featurised) == len(set(featurised)) == 12 + 4
+    assert len(ase.io.read(out, index=":")) == 11
+
+
+def test_streamed_output_equals_one_chunk_and_the_library(files, tmp_path, monkeypatch):
+    """Chunks of ~20 atoms (several frames each) write the same file as one chunk, and the
+    numbers equal the in-memory pipeline (prepare + evaluate on all frames)."""
+    from lprviz import cli
+
+    train, test = files
+    argv = ["lpr", "--train", str(train), "--test", str(test), "--alpha", "1e-5,1e-2",
+            "--lcpr", *SOAP_ARGS, "-q"]
+    outputs = []
+    for chunk_atoms in (20, 10**9):
+        monkeypatch.setattr(cli, "_CLI_CHUNK_ATOMS", chunk_atoms)
+        out = tmp_path / f"out{chunk_atoms}.extxyz"
+        assert main([*argv, "-o", str(out)]) == 0
+        outputs.append(ase.io.read(out, index=":"))
+    streamed, whole = outputs
+    assert len(streamed) == len(whole) == 6
+    for a, b in zip(streamed, whole, strict=True):
+        assert sorted(a.info) == sorted(b.info)
+        for key, value in a.info.items():
+            if isinstance(value, str):
+                assert value == b.info[key], key
+            else:  # BLAS blocks differ with the chunk: round-off only
+                np.testing.assert_allclose(value, b.info[key], rtol=1e-12, err_msg=key)
+        assert sorted(a.arrays) == sorted(b.arrays)
+        for name in a.arrays:
+            np.testing.assert_allclose(a.arrays[name], b.arrays[name], rtol=1e-12)
+    # the library on all frames at once (float32 projections: relative 1e-5)
+    train_set, test_set = datasets.load(str(train)), datasets.load(str(test))
+    data = datasets.Dataset(
+        name="both", frames=train_set.frames + test_set.frames,
+        energies=np.concatenate([train_set.energies, test_set.energies]),
+        has_energy=np.concatenate([train_set.has_energy, test_set.has_energy]),
+        groups=np.concatenate([train_set.groups, test_set.groups]),
+        names=train_set.names + test_set.names, splits=np.array([""] * 36),
+    )
+    desc = compute_soap(data.frames, HYPERS, species=(29, 79), cache=False)
+    mask = np.arange(36) < 30
+    fit = prepare(data, desc, mask, ModelSpec())
+    test_atoms = ~mask[desc.structure_index]
+    for i, alpha in enumerate((1e-5, 1e-2)):
+        res = evaluate(fit, alpha)
+        got = np.concatenate([a.arrays[f"lpr_{i}"] for a in streamed])
+        np.testing.assert_allclose(got, res.lpr[test_atoms], rtol=1e-5)
+        pr = np.array([a.info[f"pr_{i}"] for a in streamed])
+        np.testing.assert_allclose(pr, res.pr[~mask], rtol=1e-8)
+    res = evaluate(fit, 1e-5)
+    got = np.concatenate([a.arrays["local_energy"] for a in streamed])
+    np.testing.assert_allclose(got, res.local_energy[test_atoms], rtol=1e-6, atol=1e-6)
+    pred = np.array([a.info["energy_pred"] for a in streamed])
+    np.testing.assert_allclose(pred, res.energy_pred[~mask], rtol=1e-6, atol=1e-6)

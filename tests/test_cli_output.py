@@ -48,9 +48,10 @@ def test_every_step_is_reported_and_quiet_silences_them(files, tmp_path, capsys)
     err = capsys.readouterr().err
     for step in ("loading structures", "SOAP", "SOAP of the reference", "reference feature space",
                  "factorising the model of 8 training structures", "LPR at alpha=0.0001",
-                 "LPR at alpha=0.01", "LCPR per descriptor block", f"writing {out}"):
+                 "LPR at alpha=0.01", "LCPR per descriptor block", f"writing {out}",
+                 "SOAP of the test structures"):
         assert f"{step}... " in err, step
-    assert err.count(" done in ") == 9
+    assert err.count(" done in ") == 10
     assert "SOAP [" in err and "wrote 3 structures" in err
     assert main([*argv, "-q"]) == 0
     assert capsys.readouterr().err == ""

@@ -106,8 +106,9 @@ def test_results_carry_the_data_share_of_every_atom():
     for alpha in (1e-4, 1e2):
         res = evaluate(fit, alpha)
         assert res.data_share.shape == res.lpr.shape
+        # the Fit's float32 projections: LPR to a relative 1e-5
         np.testing.assert_allclose(res.data_share, solver_data_share(fit.solver, phi, alpha),
-                                   rtol=1e-8, atol=1e-10)
+                                   rtol=1e-5, atol=1e-7)
     assert np.median(evaluate(fit, 1e-4).data_share) > np.median(evaluate(fit, 1e2).data_share)
 
 

@@ -596,3 +596,69 @@ def test_compressed_extxyz_loads_like_the_plain_file(tmp_path):
     # a tight atom limit bounds the expansion and names the user's file
     with pytest.raises(InputError, match=r"teach\.extxyz\.gz: .*max_atoms"):
         datasets.load(packed, max_atoms=100)
+
+
+# ---------------------------------------------------------------- derived arrays, once
+def _counting_dataset(n_frames=30):
+    """A dataset whose Atoms count every len() call."""
+
+    class CountingAtoms(Atoms):
+        calls = 0
+
+        def __len__(self):
+            CountingAtoms.calls += 1
+            return super().__len__()
+
+    frames = []
+    for i in range(n_frames):
+        a = CountingAtoms(bulk("Cu", cubic=True).repeat((1, 1, 1 + i % 3)))
+        frames.append(a)
+    n = len(frames)
+    groups = np.array(["a", "b", "c"])[np.arange(n) % 3]
+    ds = datasets.Dataset("count", frames, np.zeros(n), np.ones(n, bool), groups,
+                 [f"f{i}" for i in range(n)], np.array([""] * n))
+    return ds, CountingAtoms
+
+
+def test_per_atom_arrays_are_computed_once():
+    ds, counting = _counting_dataset()
+    counting.calls = 0
+    sizes = ds.frame_sizes
+    assert counting.calls == len(ds.frames)
+    for i in range(len(ds.frames)):  # the app's per-frame label loop: no recount
+        assert ds.frame_sizes[i] == sizes[i]
+        _ = ds.structure_index, ds.n_atoms, ds.atom_groups, ds.frame_starts
+    assert counting.calls == len(ds.frames)
+    np.testing.assert_array_equal(ds.structure_index, np.repeat(np.arange(30), sizes))
+    np.testing.assert_array_equal(ds.atom_groups, ds.groups[ds.structure_index])
+    np.testing.assert_array_equal(ds.frame_starts, np.concatenate([[0], np.cumsum(sizes)]))
+    assert not ds.frame_sizes.flags.writeable
+    # a new frames list (or subset) is a new dataset: nothing stale
+    ds.frames = ds.frames[:5]
+    assert len(ds.frame_sizes) == 5 and ds.n_atoms == int(sizes[:5].sum())
+    sub = ds.subset([3, 1])
+    np.testing.assert_array_equal(sub.frame_sizes, sizes[[3, 1]])
+    ds.groups = np.array(["z"] * 5)
+    assert set(ds.atom_groups) == {"z"}
+
+
+def test_per_group_median_equals_pandas():
+    import pandas as pd
+
+    rng = np.random.default_rng(0)
+    groups = rng.choice(["bulk", "surface", "cluster"], size=1001)
+    values = rng.lognormal(size=(4, 1001))
+    labels, med = datasets.per_group_median(values, groups)
+    assert med.shape == (4, 3)
+    for row, m in zip(values, med, strict=True):
+        ref = pd.Series(row).groupby(groups).median()
+        np.testing.assert_array_equal(labels, ref.index.to_numpy())
+        np.testing.assert_allclose(m, ref.to_numpy(), rtol=1e-15)
+    _, med1 = datasets.per_group_median(values[0], groups)
+    np.testing.assert_allclose(med1, med[0])
+    # even-sized groups average the two middle values; integer labels (frames) work too
+    values2, frames2 = np.array([4.0, 1.0, 3.0, 2.0, 9.0]), np.array([0, 0, 0, 0, 1])
+    _, m2 = datasets.per_group_median(values2, frames2)
+    np.testing.assert_allclose(m2, [2.5, 9.0])
+    with pytest.raises(InputError):
+        datasets.per_group_median(values, groups[:5])

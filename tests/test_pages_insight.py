@@ -58,7 +58,8 @@ def test_improve_page_suggests_and_adds():
         scale = fit.scale  # "after" at the previous training set's scale
         lpr.append(pipeline.evaluate(fit, last["alpha"]).lpr[last["target"]])
     gain = np.mean(np.log(lpr[1])) - np.mean(np.log(lpr[0]))
-    assert gain == pytest.approx(last["predicted"], rel=1e-8)
+    # both from the Fit's float32 projections (LPR to ~1e-7 each, pipeline.Fit)
+    assert gain == pytest.approx(last["predicted"], rel=1e-6)
 
 
 def test_improve_page_group_target():

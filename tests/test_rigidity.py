@@ -500,3 +500,119 @@ def test_user_errors_raise_input_error():
         RigiditySolver.from_structures([np.zeros((2, 4))])
     with pytest.raises(InputError, match="NaN"):
         solver.lpr(np.full((1, 4), np.nan), 1e-3)
+
+
+# ---------------------------------------------------------------- primal and dual routes
+def _primal(solver):
+    """The same training set forced onto the primal route (no rows: eigh of the Gram)."""
+    return RigiditySolver(solver.gram, solver.scale, solver.n_structures, solver.convention)
+
+
+def test_route_is_chosen_by_shape():
+    """Dual while n_structures < d / 2 (rigidity._DUAL_SHARE), primal from there on."""
+    rng = np.random.default_rng(30)
+    d = 20
+    few = RigiditySolver.from_structures(random_structures(rng, 6, d))
+    assert few.route == "dual" and few.rows.shape == (6, d)
+    for n in (10, 15, 25):
+        many = RigiditySolver.from_structures(random_structures(rng, n, d))
+        assert many.route == "primal" and many.rows is None
+    # from_atoms and with_structures keep the rows exactly while they are few enough
+    X = np.vstack(random_structures(rng, 6, d))
+    idx = np.repeat(np.arange(6), len(X) // 6 + 1)[: len(X)]
+    assert RigiditySolver.from_atoms(X, idx).route == "dual"
+    grown = few.with_structures(random_structures(rng, 3, d))
+    assert grown.route == "dual" and grown.rows.shape == (9, d)
+    assert few.with_structures(random_structures(rng, 4, d)).route == "primal"
+    np.testing.assert_allclose(grown.rows.T @ grown.rows, grown.gram, rtol=1e-12)
+    assert _primal(few).route == "primal"
+
+
+def _ill_conditioned_rows(rng, n, d, smallest=1e-6):
+    U = np.linalg.qr(rng.standard_normal((n, n)))[0]
+    V = np.linalg.qr(rng.standard_normal((d, n)))[0]
+    return (U * np.logspace(0, np.log10(smallest), n)) @ V.T
+
+
+@pytest.mark.parametrize("alpha", [1e-12, 1e-8, 1e-4, 1e-2, 1.0, 1e2])
+def test_dual_route_against_high_precision_including_training_rows(alpha):
+    """docs/science.md §7.1 at any alpha: the dual route matches mpmath to 1e-10 for the
+    training rows themselves (inside the span, where |x|^2 - |P|^2 would cancel), atoms in
+    the span and atoms outside it; rows with singular values 1 .. 1e-6."""
+    rng = np.random.default_rng(31)
+    n, d = 12, 40
+    rows = _ill_conditioned_rows(rng, n, d)
+    dual = RigiditySolver.from_atoms(rows, np.arange(n), scale=1.0)
+    assert dual.route == "dual"
+    atoms = np.vstack([rows, rng.random((4, n)) @ rows, rng.standard_normal((4, d))])
+    ref = _mp_lpr(rows, atoms, alpha, digits=40)
+    np.testing.assert_allclose(dual.lpr(atoms, alpha), ref, rtol=1e-10)
+    np.testing.assert_allclose(dual.pr(rows, alpha), ref[:n], rtol=1e-10)
+    # the primal route squares the condition number: fine at practical alpha only
+    if alpha >= 1e-4:
+        np.testing.assert_allclose(_primal(dual).lpr(atoms, alpha), ref, rtol=1e-10)
+
+
+@pytest.mark.parametrize("alpha", [0.0, 1e-14, 1e-8, 1e-4, 1.0, 1e2])
+def test_dual_equals_primal_on_every_output(alpha):
+    """Same rank-deficiency rule in both routes (module docstring): LPR, sweep, undetermined,
+    rank_diff, LCPR, solve and the full-basis projections agree, training rows included."""
+    rng = np.random.default_rng(32)
+    train = random_structures(rng, 9, 30)
+    dual = RigiditySolver.from_structures(train)
+    primal = _primal(dual)
+    assert (dual.route, primal.route) == ("dual", "primal")
+    rows = scaled_rows(train, 1.0)
+    atoms = np.vstack([rows, np.vstack(train), rng.random((5, 30)), np.zeros((1, 30))])
+    rtol = 1e-9 if alpha >= 1e-8 else 1e-6
+    np.testing.assert_allclose(dual.lpr(atoms, alpha), primal.lpr(atoms, alpha), rtol=rtol)
+    np.testing.assert_array_equal(
+        dual.undetermined(atoms, alpha), primal.undetermined(atoms, alpha)
+    )
+    assert dual.rank_diff(alpha) == primal.rank_diff(alpha)
+    blocks = {"a": np.arange(10), "b": np.arange(10, 30), "m": np.arange(30) % 3 == 0}
+    for name, value in dual.lcpr(atoms, alpha, blocks).items():
+        np.testing.assert_allclose(value, primal.lcpr(atoms, alpha, blocks)[name], rtol=rtol)
+    # ridge weights at tiny alpha are ill-conditioned: agree to a share of the largest weight
+    b = rows.T @ rng.standard_normal(9) / dual.scale
+    w = primal.solve(b, alpha)
+    np.testing.assert_allclose(dual.solve(b, alpha), w, rtol=0, atol=1e-6 * np.abs(w).max())
+    P = dual.projections(atoms)
+    np.testing.assert_allclose(
+        dual.lpr_from_projections(P, alpha), primal.lpr(atoms, alpha), rtol=rtol
+    )
+    np.testing.assert_allclose(np.sort(dual.eigvals), np.sort(primal.eigvals), atol=1e-12)
+
+
+def test_sweep_from_projections_equals_per_alpha_calls():
+    rng = np.random.default_rng(33)
+    train = random_structures(rng, 40, 12)
+    solver = RigiditySolver.from_structures(train)
+    P = solver.projections(np.vstack(random_structures(rng, 30, 12)))
+    alphas = [0.0, 1e-9, 1e-5, 1e-2, 3.0]
+    sweep = solver.lpr_sweep_from_projections(P, alphas)
+    assert sweep.shape == (len(alphas), P.shape[0])
+    for row, alpha in zip(sweep, alphas, strict=True):
+        np.testing.assert_allclose(row, solver.lpr_from_projections(P, alpha), rtol=1e-13)
+
+
+@pytest.mark.parametrize("n_structures", [8, 40])
+def test_float32_projections_lpr_within_bound(n_structures):
+    """float32 projections (what pipeline.Fit stores): LPR within 1e-5 of float64 (every term
+    of 1/LPR is positive); undetermined flags equal away from the 50 % boundary."""
+    rng = np.random.default_rng(34)
+    d = 120
+    solver = RigiditySolver.from_structures(random_structures(rng, n_structures, d))
+    atoms = np.vstack(random_structures(rng, 60, d))
+    P64 = solver.projections(atoms)
+    P32 = solver.projections(atoms, dtype=np.float32)
+    assert P32.dtype == np.float32 and P32.nbytes == P64.nbytes // 2
+    for alpha in (0.0, 1e-10, 1e-6, 1e-2, 10.0):
+        lpr64, und64 = solver.lpr_and_undetermined_from_projections(P64, alpha)
+        lpr32, und32 = solver.lpr_and_undetermined_from_projections(P32, alpha)
+        assert np.all(np.isfinite(lpr32)) and np.all(lpr32 > 0)
+        np.testing.assert_allclose(lpr32, lpr64, rtol=1e-5)
+        np.testing.assert_array_equal(und32, und64)
+        np.testing.assert_allclose(
+            solver.lpr_sweep_from_projections(P32, [alpha])[0], lpr32, rtol=1e-6
+        )  # float32 sums in another order

@@ -21,7 +21,7 @@ Modules: :mod:`~lprviz.datasets.dataset` (the container), :mod:`~lprviz.datasets
 :mod:`~lprviz.datasets.importer` (user files into the cache).
 """
 
-from lprviz.datasets.dataset import Dataset, DatasetInfo
+from lprviz.datasets.dataset import Dataset, DatasetInfo, per_group_median
 from lprviz.datasets.download import fetch
 from lprviz.datasets.importer import import_file
 from lprviz.datasets.readers import (
@@ -57,6 +57,7 @@ __all__ = [
     "import_file",
     "list_available",
     "load",
+    "per_group_median",
     "read_mlearn_json",
     "shipped_dir",
     "validate_frames",

@@ -50,6 +50,21 @@ class Dataset:
     true_local_energies: np.ndarray | None = None
     provenance: str = ""
     licence: str = ""
+    _derived: dict = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    def __setattr__(self, name, value):
+        # Derived arrays depend on frames (and groups): reassigning either invalidates them.
+        if name in ("frames", "groups") and "_derived" in self.__dict__:
+            self.__dict__["_derived"].clear()
+        super().__setattr__(name, value)
+
+    def _cached(self, key: str, compute) -> np.ndarray:
+        out = self._derived.get(key)
+        if out is None:
+            out = np.asarray(compute())
+            out.flags.writeable = False
+            self._derived[key] = out
+        return out
 
     @property
     def species(self) -> tuple[int, ...]:
@@ -58,8 +73,10 @@ class Dataset:
 
     @property
     def frame_sizes(self) -> np.ndarray:
-        """Number of atoms per frame, shape (n_frames,)."""
-        return np.array([len(a) for a in self.frames], dtype=np.int64)
+        """Number of atoms per frame, shape (n_frames,); computed once (read-only)."""
+        return self._cached(
+            "frame_sizes", lambda: np.array([len(a) for a in self.frames], dtype=np.int64)
+        )
 
     @property
     def n_atoms(self) -> int:
@@ -68,15 +85,38 @@ class Dataset:
 
     @property
     def structure_index(self) -> np.ndarray:
-        """Frame index of every atom, shape (n_atoms,)."""
-        return np.repeat(np.arange(len(self.frames)), self.frame_sizes)
+        """Frame index of every atom, shape (n_atoms,); computed once (read-only)."""
+        return self._cached(
+            "structure_index",
+            lambda: np.repeat(np.arange(len(self.frames), dtype=np.int64), self.frame_sizes),
+        )
+
+    @property
+    def frame_starts(self) -> np.ndarray:
+        """Index of every frame's first atom, shape (n_frames + 1,) (last: ``n_atoms``).
+
+        Frame ``i`` holds atoms ``frame_starts[i]:frame_starts[i + 1]``.
+        """
+        return self._cached(
+            "frame_starts", lambda: np.concatenate([[0], np.cumsum(self.frame_sizes)])
+        )
+
+    @property
+    def atom_groups(self) -> np.ndarray:
+        """Group label of every atom (its frame's group), str, shape (n_atoms,); cached."""
+        return self._cached(
+            "atom_groups", lambda: np.asarray(self.groups).astype(str)[self.structure_index]
+        )
 
     @property
     def atom_numbers(self) -> np.ndarray:
-        """Atomic number of every atom, shape (n_atoms,)."""
+        """Atomic number of every atom, shape (n_atoms,); computed once (read-only)."""
         if not self.frames:
             return np.zeros(0, dtype=np.int64)
-        return np.concatenate([a.numbers for a in self.frames]).astype(np.int64)
+        return self._cached(
+            "atom_numbers",
+            lambda: np.concatenate([a.numbers for a in self.frames]).astype(np.int64),
+        )
 
     def subset(self, frame_indices: Sequence[int] | np.ndarray) -> Dataset:
         """The dataset restricted to some frames, in the given order.
@@ -106,7 +146,7 @@ class Dataset:
         idx = idx % max(len(self.frames), 1)
         local = None
         if self.true_local_energies is not None:
-            starts = np.concatenate([[0], np.cumsum(self.frame_sizes)])
+            starts = self.frame_starts
             local = np.concatenate(
                 [self.true_local_energies[starts[i] : starts[i + 1]] for i in idx]
                 or [np.zeros(0)]
@@ -141,3 +181,44 @@ class DatasetInfo:
     description: str
     files: tuple[Path, ...] = field(default=(), repr=False)
 
+
+
+def per_group_median(values, groups) -> tuple[np.ndarray, np.ndarray]:
+    """Median of ``values`` within each group label, in one sort (``O(n log n)``).
+
+    Parameters
+    ----------
+    values : numpy.ndarray of shape (n,) or (n_rows, n)
+        Per-atom (or per-frame) values; a 2D array gives one median per row and group (e.g. an
+        LPR-vs-alpha sweep, one row per alpha).
+    groups : numpy.ndarray of shape (n,)
+        Group label of every entry (e.g. :attr:`Dataset.atom_groups`, or
+        ``Dataset.structure_index`` for per-frame medians).
+
+    Returns
+    -------
+    labels : numpy.ndarray of shape (n_groups,)
+        Sorted distinct labels.
+    medians : numpy.ndarray of shape (n_groups,) or (n_rows, n_groups)
+        Median per label (NaN values propagate, as in :func:`numpy.median`).
+    """
+    values = np.asarray(values, dtype=np.float64)
+    groups = np.asarray(groups)
+    if values.shape[-1] != groups.shape[0]:
+        raise InputError(
+            f"per_group_median: {values.shape[-1]} values but {groups.shape[0]} group labels"
+        )
+    labels, inverse = np.unique(groups, return_inverse=True)
+    inverse = inverse.reshape(-1)
+    order = np.argsort(inverse, kind="stable")
+    counts = np.bincount(inverse, minlength=labels.size)
+    starts = np.concatenate([[0], np.cumsum(counts)])
+    # Sort each group's values once (within-group order after a stable group sort), then the
+    # median is one or two gathers per group.
+    v = values.reshape(-1, groups.shape[0])[:, order]
+    key = np.repeat(np.arange(labels.size), counts)
+    v = np.take_along_axis(v, np.lexsort((v, np.broadcast_to(key, v.shape)), axis=-1), axis=-1)
+    lo = starts[:-1] + (counts - 1) // 2
+    hi = starts[:-1] + counts // 2
+    med = 0.5 * (v[:, lo] + v[:, hi])
+    return labels, med.reshape(values.shape[:-1] + (labels.size,))

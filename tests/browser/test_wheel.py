@@ -38,8 +38,10 @@ def wheel_venv(tmp_path_factory) -> Path:
     assert len(wheels) == 1, wheels
     _run([sys.executable, "-m", "venv", str(tmp / "venv")], cwd=tmp)
     bindir = tmp / "venv" / "bin"
+    # no PYTHONPATH: a checkout on it (with the egg-info the build leaves) would look installed
     _run([str(bindir / "python"), "-m", "pip", "install", "--quiet",
-          "--disable-pip-version-check", str(wheels[0])], cwd=tmp, timeout=1800)
+          "--disable-pip-version-check", str(wheels[0])], cwd=tmp, timeout=1800,
+         env=_outside_env(tmp))
     return bindir
 
 

@@ -1,0 +1,121 @@
+"""Wall time and peak memory of ``lprviz lpr`` on a ~100k-atom test set.
+
+The test file is emt-alloys written 13 times with rattled copies (``make_big.py``: 3,900
+distinct structures, 101,972 atoms); the training file is copy 0's bulk and vacancy frames,
+which the test file contains as well (so they must not be featurised twice). Prints:
+
+* peak RSS of the CLI process vs the dense descriptor array of the test atoms
+  (``n_test_atoms x d`` float64; target <= 2x);
+* CLI wall time vs the floors measured in the same run: SOAP of the distinct structures
+  (``features.compute_soap`` on cache-free chunks) plus the solve (factorisation, LPR and
+  undetermined flags of every test atom); target <= 1.3x. The CLI also pays Python start-up,
+  imports, extxyz reading and writing: listed separately.
+
+    python benchmarks/bench_cli.py [--copies 13] [--alpha 1e-4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import ase.io
+import numpy as np
+from make_big import replicated_emt
+
+from lprviz import datasets, features
+from lprviz.rigidity import RigiditySolver
+
+TRAIN_GROUPS = ("bulk-pure", "bulk-alloy", "vacancy")
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_cli(argv: list[str]) -> tuple[float, float]:
+    """Wall time (s) and peak RSS (bytes) of one ``python -m lprviz`` process."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    t = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-m", "lprviz", *argv], env=env,
+                            stderr=subprocess.PIPE, text=True)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - t
+    err = proc.stderr.read()
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode:
+        raise SystemExit(f"lprviz failed:\n{err}")
+    return wall, usage.ru_maxrss * 1024.0
+
+
+def floors(train_path: str, test_path: str, alpha: float, chunk_atoms: int = 20000):
+    """Seconds of: reading both files, SOAP of the distinct structures, the solve."""
+    t = time.perf_counter()
+    train, test = datasets.load(train_path), datasets.load(test_path)
+    t_read = time.perf_counter() - t
+    hypers = features.SOAP_PRESETS["default"]
+    species = test.species
+    seen, distinct = set(), []
+    for i, frame in enumerate(train.frames + test.frames):
+        key = features.structure_key(frame)
+        if key not in seen:
+            seen.add(key)
+            distinct.append(i)
+    frames = train.frames + test.frames
+    t = time.perf_counter()
+    desc_train = features.compute_soap(train.frames, hypers, species=species, cache=False)
+    t_soap = time.perf_counter() - t
+    n_train = len(train.frames)
+    todo = [i for i in distinct if i >= n_train]
+    t = time.perf_counter()
+    solver = RigiditySolver.from_atoms(desc_train.values, desc_train.structure_index)
+    solver.solve(np.ones(solver.n_features), alpha)
+    t_solve = time.perf_counter() - t
+    d = desc_train.values.shape[1]
+    for start in range(0, len(todo), 600):
+        part = [frames[i] for i in todo[start : start + 600]]
+        t = time.perf_counter()
+        X = features.compute_soap(part, hypers, species=species, cache=False).values
+        t_soap += time.perf_counter() - t
+        t = time.perf_counter()
+        for s in range(0, len(X), chunk_atoms):
+            solver.lpr_and_undetermined(X[s : s + chunk_atoms], alpha)
+        t_solve += time.perf_counter() - t
+    return t_read, t_soap, t_solve, test.n_atoms, d, len(distinct)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--copies", type=int, default=13)
+    parser.add_argument("--alpha", type=float, default=1e-4)
+    args = parser.parse_args()
+    test_path = replicated_emt(args.copies, rattle=0.01)
+    ds = datasets.load(datasets.DEFAULT_DATASET)
+    train_path = str(Path(tempfile.gettempdir()) / "lprviz-bench-cli-train.extxyz")
+    ase.io.write(train_path, [ds.frames[i] for i in np.flatnonzero(np.isin(ds.groups,
+                                                                           TRAIN_GROUPS))])
+    out = str(Path(tempfile.gettempdir()) / "lprviz-bench-cli-out.extxyz")
+    wall, rss = run_cli(["lpr", "--train", train_path, "--test", test_path,
+                         "--alpha", f"{args.alpha:g}", "-q", "-o", out])
+    t = time.perf_counter()
+    subprocess.run([sys.executable, "-c", "import lprviz.cli, lprviz.export, lprviz.features, "
+                    "lprviz.pipeline, featomic, ase.io"], check=True,
+                   env={**os.environ, "PYTHONPATH": str(ROOT)})
+    t_start = time.perf_counter() - t
+    t_read, t_soap, t_solve, n_test, d, n_distinct = floors(train_path, test_path, args.alpha)
+    dense = n_test * d * 8.0
+    floor = t_soap + t_solve
+    print(f"test file: {n_test} atoms ({n_distinct} distinct structures incl. training), "
+          f"d = {d}; dense test descriptors {dense / 2**30:.2f} GiB")
+    print(f"  lprviz lpr: wall {wall:6.1f} s, peak RSS {rss / 2**30:.2f} GiB "
+          f"= {rss / dense:.2f}x the dense test descriptors (target <= 2x)")
+    print(f"  floors: SOAP of distinct structures {t_soap:6.1f} s + solve {t_solve:5.1f} s "
+          f"= {floor:6.1f} s; CLI / floors = {wall / floor:.2f}x (target <= 1.3x)")
+    print(f"  not in the floors: python start-up and imports {t_start:4.1f} s, "
+          f"reading both extxyz files {t_read:4.1f} s")
+
+
+if __name__ == "__main__":
+    main()
