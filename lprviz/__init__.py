@@ -14,4 +14,29 @@ from lprviz.errors import InputError
 
 __version__ = "0.1.0"
 
-__all__ = ["InputError", "__version__"]
+# The few names a notebook needs, imported on first use (``import lprviz`` stays light, so
+# ``lprviz --version`` does not load featomic or scipy):
+#     ds = lprviz.load("emt-alloys")
+#     desc = lprviz.compute_soap(ds.frames, species=ds.species)
+#     fit = lprviz.prepare(ds, desc, train_mask, lprviz.ModelSpec())
+#     res = lprviz.evaluate(fit, alpha=1e-4)        # res.lpr, res.local_energy, ...
+_LAZY = {
+    "load": "lprviz.datasets",
+    "compute_soap": "lprviz.features",
+    "SoapHypers": "lprviz.features",
+    "ModelSpec": "lprviz.pipeline",
+    "prepare": "lprviz.pipeline",
+    "evaluate": "lprviz.pipeline",
+    "RigiditySolver": "lprviz.rigidity",
+    "local_prediction_rigidity": "lprviz.rigidity",
+}
+
+__all__ = ["InputError", "__version__", *_LAZY]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'lprviz' has no attribute {name!r}")

@@ -708,6 +708,7 @@ def _cmd_fetch_3dmol(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     """Build the argument parser of the ``lprviz`` command."""
     from lprviz import __version__
+    from lprviz.pipeline import MODEL_KINDS
 
     parser = argparse.ArgumentParser(prog="lprviz", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"lprviz {__version__}")
@@ -720,7 +721,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train-groups", help="comma-separated groups of --dataset to train on")
     p.add_argument("--alpha", default="1e-4",
                    help="regulariser(s), comma-separated (default 1e-4)")
-    p.add_argument("--model", choices=("linear", "sparse-kernel"), default="linear")
+    p.add_argument("--model", choices=MODEL_KINDS, default="linear")
     p.add_argument("--n-sparse", type=int, default=500,
                    help="active environments of the sparse-kernel model (default 500)")
     p.add_argument("--baseline", action=argparse.BooleanOptionalAction, default=True,
@@ -768,7 +769,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="target = this lowest-LPR fraction when no target is given (0.05)")
     p.add_argument("-k", type=int, default=10, help="structures to pick greedily (default 10)")
     p.add_argument("--alpha", default="1e-4", help="regulariser (default 1e-4)")
-    p.add_argument("--model", choices=("linear", "sparse-kernel"), default="linear")
+    p.add_argument("--model", choices=MODEL_KINDS, default="linear")
     p.add_argument("--preset", default="default", help="SOAP preset: fast, default, accurate")
     p.add_argument("--random-seeds", type=int, default=5,
                    help="random draws of k additions to compare with (default 5; 0: none)")

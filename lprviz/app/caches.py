@@ -4,14 +4,16 @@
 cache              holds (key starts with the dataset source)  bound (``LPRVIZ_APP_CACHE_MB``)
 =================  ==========================================  ===============================
 ``DATASETS``       :class:`lprviz.datasets.Dataset`             1/8 of the budget
-``DESCRIPTORS``    :class:`lprviz.features.Descriptors`         1/4
-``FITS``           :class:`lprviz.pipeline.Fit` (factorisation,  1/2
-                   projections of every atom)
+``DESCRIPTORS``    :class:`lprviz.features.Descriptors`         3/8
+``FITS``           :class:`lprviz.pipeline.Fit` (factorisation,  3/8
+                   float32 projections of every atom)
 ``DERIVED``        results per alpha, coordination, maps,       1/8
                    alpha sweeps, committees
 =================  ==========================================  ===============================
 
-The budget is ``LPRVIZ_APP_CACHE_MB`` (default 4096 MB) for the whole server. A cache evicts
+The budget is ``LPRVIZ_APP_CACHE_MB`` for the whole server (default: a quarter of the
+machine's memory, at least 2048 MB; 6 GB on a 24 GB machine, enough for the descriptors of
+100k atoms (d = 1470: 1.1 GB) and three fits of them (0.6 GB each)). A cache evicts
 its least recently used entries when a new one would exceed its share; an entry larger than
 the whole share is returned but not kept. Sizes are measured (:func:`nbytes`: the numpy
 arrays an object holds), not guessed. The library's disk cache of descriptors
@@ -39,7 +41,13 @@ from lprviz import datasets, features, pipeline, validation
 
 T = TypeVar("T")
 
-DEFAULT_BUDGET_MB = 4096
+def default_budget_mb() -> float:
+    """A quarter of the machine's physical memory in MB, at least 2048."""
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**20
+    except (ValueError, OSError, AttributeError):  # not POSIX
+        total = 8192.0
+    return max(2048.0, total / 4)
 
 
 def nbytes(obj: object, _seen: set[int] | None = None) -> int:
@@ -89,7 +97,7 @@ class ByteCache:
     @property
     def max_bytes(self) -> int:
         """This cache's bound in bytes (read from the environment each time)."""
-        budget = float(os.environ.get("LPRVIZ_APP_CACHE_MB", DEFAULT_BUDGET_MB))
+        budget = float(os.environ.get("LPRVIZ_APP_CACHE_MB") or default_budget_mb())
         return int(budget * self.share * 2**20)
 
     @property
@@ -150,8 +158,8 @@ class ByteCache:
 
 
 DATASETS = ByteCache("datasets", 1 / 8)
-DESCRIPTORS = ByteCache("descriptors", 1 / 4)
-FITS = ByteCache("fits", 1 / 2)
+DESCRIPTORS = ByteCache("descriptors", 3 / 8)
+FITS = ByteCache("fits", 3 / 8)
 DERIVED = ByteCache("results and derived arrays", 1 / 8)
 ALL = (DATASETS, DESCRIPTORS, FITS, DERIVED)
 
