@@ -123,7 +123,8 @@ def test_app_export_reads_back_with_the_same_names(outputs, read_back, reader):
     assert set(app[0][1]) == {k for k in cli[0][1] if not indexed.match(k)}
     assert set(app[0][0]) == {k for k in cli[0][0] if not indexed.match(k)}
     test_frames = [f for f, flag in zip(app, in_training, strict=True) if not flag]
-    for name in ("lpr", "log10_lpr", "local_energy", "undetermined", "true_local_energy"):
+    for name in ("lpr", "log10_lpr", "local_energy", "undetermined", "data_share",
+                 "true_local_energy"):
         np.testing.assert_allclose(_column(test_frames, name), _column(cli, name),
                                    rtol=1e-9, atol=1e-12)
     for (app_info, _), (cli_info, _) in zip(test_frames, cli, strict=True):
