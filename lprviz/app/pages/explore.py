@@ -170,8 +170,10 @@ def _alpha_dependent(settings: state.Settings) -> None:
                                 names=ds.names),
             key=_chart_key("parity"), on_select="rerun", selection_mode=("points",),
         )
-        st.dataframe(plots.format_table(_lpr_table(ds, res)), hide_index=True, key="lpr_table")
 
+    # full width: in the parity plot's column the six columns were cut off
+    st.dataframe(plots.format_table(_lpr_table(ds, res)), hide_index=True, width="stretch",
+                 key="lpr_table")
     tab1, tab2, tab3, tab4 = st.tabs(["LPR distributions", "LPR vs alpha", "Environment map",
                                       "Local error vs LPR"])
     with tab4:
