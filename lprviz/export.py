@@ -47,7 +47,8 @@ _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 _NOT_PLAIN = re.compile(r"[^A-Za-z0-9_.+\-:/ ]")
 # Names this schema writes (also older lprviz names): removed from input frames first, so a
 # file written by an earlier run never keeps a stale ``lpr_2`` beside fresh ``lpr_0, lpr_1``.
-_STALE_ARRAYS = re.compile(r"(?:(?:lpr|lcpr|undetermined)(?:_.*)?|log10_lpr|local_energy)\Z")
+_STALE_ARRAYS = re.compile(
+    r"(?:(?:lpr|lcpr|undetermined)(?:_.*)?|log10_lpr|local_energy|data_share)\Z")
 _STALE_INFO = re.compile(r"(?:lpr.*|alphas?|pr(?:_\d+)?|energy_pred|in_training)\Z")
 
 
@@ -200,6 +201,8 @@ def _table(ds, results: list, frames: np.ndarray) -> tuple[dict, dict]:
         "undetermined": np.asarray(first.undetermined, dtype=bool)[atoms],
         "local_energy": first.local_energy[atoms],
     }
+    if first.data_share is not None:  # Results made by hand may lack it
+        atom_cols["data_share"] = np.asarray(first.data_share, dtype=float)[atoms]
     frame_cols = {
         "energy_pred": np.asarray(first.energy_pred, dtype=float)[frames],
         "pr": np.asarray(first.pr, dtype=float)[frames],
@@ -228,7 +231,8 @@ def annotated_frames(
 ) -> list[Atoms]:
     """Copies of the frames carrying the results under the schema's names.
 
-    Per-atom arrays ``lpr``, ``log10_lpr``, ``undetermined`` (bool), ``local_energy``;
+    Per-atom arrays ``lpr``, ``log10_lpr``, ``undetermined`` (bool), ``local_energy``,
+    ``data_share`` (share of the LPR due to the data, docs/science.md §11);
     with several alphas also ``lpr_<i>`` and ``undetermined_<i>`` (``i`` indexes the
     ``alphas`` info entry). Per-frame info ``alpha``, ``alphas``, ``pr`` (and ``pr_<i>``),
     ``energy_pred`` (predicted total energy, eV), ``in_training`` and the ``lprviz_*``

@@ -4,6 +4,7 @@ uploads, URL parameters and the export files."""
 from __future__ import annotations
 
 import io
+import re
 from pathlib import Path
 
 import ase.io
@@ -220,3 +221,37 @@ def test_unlabelled_frames_never_enter_the_training_set(tmp_path):
     train = at.session_state["train"]
     (frames_in,) = [v for k, v in train.items() if k.endswith(".extxyz")]
     assert 7 not in frames_in and len(frames_in) == 7
+
+
+DATA_SHARE = "data share of the rigidity"
+
+
+def test_colour_by_data_share(app):
+    """The share of each LPR due to the data (docs/science.md §11): a 0..1 colour with its own
+    colour bar label, and a per-group median in the table."""
+    app.switch_page("lprviz/app/pages/explore.py").run()
+    app.selectbox(key="color_by").set_value(DATA_SHARE).run()
+    _ok(app)
+    (viewer,) = [str(el.proto).replace('\\"', '"') for el in app.main if el.type == "iframe"]
+    # the colour bar is labelled with the option and runs linearly from 0 to 1
+    bar = viewer.split(f'<div style="margin-bottom:2px;">{DATA_SHARE}</div>')[1]
+    ticks = re.findall(r'translateX\(-50%\);">([^<]*)</span>', bar)
+    assert ticks[0] == "0" and ticks[-1] == "1" and "0.5" in ticks
+    shares = _table(app, "median data share")["median data share"].to_numpy()
+    assert ((shares >= 0) & (shares <= 1)).all()
+    app.selectbox(key="color_by").set_value("LPR").run()
+
+
+def test_regulariser_limited_warning_only_when_alpha_sets_the_lpr():
+    """At alpha 1e-4 the emt-alloys data set most test atoms' LPR: no warning. At alpha 100
+    the regulariser does, and the page says so."""
+    low = _app()
+    _ok(low)
+    shares = _table(low, "median data share")["median data share"]
+    assert (shares > 0.5).all()
+    assert not [w for w in low.warning if "regulariser" in w.value]
+    high = _app(alpha="100")
+    _ok(high)
+    (line,) = [w.value for w in high.warning if "regulariser" in w.value]
+    assert "test atoms" in line
+    assert (_table(high, "median data share")["median data share"] < 0.5).all()

@@ -39,6 +39,19 @@ def test_extxyz_round_trip_keeps_full_precision(results):
     assert [bool(a.info["in_training"]) for a in frames] == list(res.train_mask)
 
 
+def test_every_export_carries_the_data_share(results):
+    """docs/science.md §11: the per-atom share of the LPR due to the data, in [0, 1], under
+    one name in the extxyz and the CSV (docs/output_schema.md)."""
+    ds, res = results
+    frames = ase.io.read(io.StringIO(export.extxyz_bytes(ds, res).decode()), index=":",
+                         format="extxyz")
+    share = np.concatenate([a.arrays["data_share"] for a in frames])
+    np.testing.assert_allclose(share, res.data_share, rtol=1e-14)
+    assert np.all((share >= 0) & (share <= 1))
+    table = pd.read_csv(io.BytesIO(export.csv_bytes(ds, res)))
+    np.testing.assert_allclose(table["data_share"], res.data_share, rtol=1e-9)
+
+
 def test_write_extxyz_tiny_values_and_path(tmp_path):
     atoms = ase.Atoms("Cu2", positions=[[0, 0, 0], [1.1, 0, 0]])
     atoms.arrays["lpr"] = np.array([1.234567890123e-9, 3.0e-15])

@@ -126,10 +126,10 @@ def test_app_export_reads_back_with_the_same_names(outputs, read_back, reader):
     assert set(app[0][0]) == {k for k in cli[0][0] if not indexed.match(k)}
     test_frames = [f for f, flag in zip(app, in_training, strict=True) if not flag]
     # the app's Fit holds float32 projections (pipeline.Fit): LPR to a relative 1e-5, local
-    # energies to ~1e-6 eV; log10 LPR and flags exactly as close
+    # energies to ~1e-6 eV; log10 LPR, data share and flags as close
     for name, rtol, atol in (("lpr", 1e-5, 0), ("log10_lpr", 0, 1e-5),
                              ("local_energy", 1e-6, 1e-6), ("undetermined", 0, 0),
-                             ("true_local_energy", 1e-12, 1e-12)):
+                             ("data_share", 0, 1e-5), ("true_local_energy", 1e-12, 1e-12)):
         np.testing.assert_allclose(_column(test_frames, name), _column(cli, name),
                                    rtol=rtol, atol=atol, err_msg=name)
     for (app_info, _), (cli_info, _) in zip(test_frames, cli, strict=True):

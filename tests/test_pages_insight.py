@@ -89,3 +89,48 @@ def test_validate_page_sections():
     at.toggle(key="val_committee").set_value(True).run()
     _no_errors(at)
     assert len(at.get("plotly_chart")) == 4
+
+
+def _markdown(at: AppTest) -> str:
+    return " ".join(m.value for m in at.markdown)
+
+
+def test_compare_page_headings_and_nothing_lost_when_b_contains_a():
+    """B = A plus surface/defect structures, at A's scale: no LPR can fall (docs/science.md
+    §7), so the page says "nothing lost" instead of listing the smallest gains."""
+    at = _app("compare.py")
+    at.run()
+    _no_errors(at)
+    text = _markdown(at)
+    assert "Gained most" in text and "Lost most" in text
+    gained = next(df.value for df in at.dataframe if "median ratio B/A" in df.value.columns
+                  and "structure" in df.value.columns)
+    assert len(gained) == 10 and np.all(gained["max ratio B/A"] > 1)
+    notes = [i.value for i in at.info if "Nothing lost" in i.value]
+    assert len(notes) == 1 and "B contains A" in notes[0]
+
+
+def test_compare_page_lists_losses_when_b_drops_structures():
+    at = _app("compare.py")
+    at.run()
+    at.selectbox(key="cmp_A").set_value("bulk + a few surface/defect structures").run()
+    at.selectbox(key="cmp_B").set_value("bulk only").run()
+    _no_errors(at)
+    assert not [i for i in at.info if "Nothing lost" in i.value]
+    assert [i for i in at.info if "Nothing gained" in i.value]
+    lost = next(df.value for df in at.dataframe if "min ratio B/A" in df.value.columns)
+    assert len(lost) > 0 and np.all(lost["min ratio B/A"] < 1)
+    assert np.all(np.diff(lost["median ratio B/A"].to_numpy()) >= 0)  # most lost first
+
+
+def test_validate_page_explains_the_lcpr_blocks():
+    from lprviz.validation import LCPR_BLOCKS_EXPLANATION
+
+    at = _app("validate.py")
+    at.run()
+    _no_errors(at)
+    # the explanation, escaped for Markdown but word for word
+    assert "angular-channel block" in _markdown(at)
+    assert LCPR_BLOCKS_EXPLANATION.split("(")[0] in _markdown(at)
+    table = at.dataframe[0].value
+    assert {"min LPR", "median LPR"} <= set(table.columns)  # human headers (format_table)

@@ -104,10 +104,15 @@ def test_viewer_colours_and_alpha_slider(app_url, browser):
     )
     assert not [e for e in errors if "3Dmol" in e], errors
 
+    save_docs_screenshot(ARTIFACTS / "explore.png", SCREENSHOT)
+    page.close()
+
+
+def save_docs_screenshot(source, dest, *, box: tuple[int, int] = (1000, 1000)) -> None:
+    """A browser screenshot downscaled into ``box`` and quantised: small enough to commit."""
     from PIL import Image
 
-    img = Image.open(ARTIFACTS / "explore.png").convert("RGB")
-    img.thumbnail((1000, 1000))
-    SCREENSHOT.parent.mkdir(exist_ok=True)
-    img.quantize(colors=128).save(SCREENSHOT, optimize=True)
-    page.close()
+    img = Image.open(source).convert("RGB")
+    img.thumbnail(box)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    img.quantize(colors=128).save(dest, optimize=True)

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from lprviz import plots, selection
+from lprviz import comparison, plots, selection
 from lprviz.app import caches, common, state
 from lprviz.errors import InputError
 from lprviz.viewer import structure_html
@@ -99,18 +99,20 @@ def _compare_at_alpha(settings: state.Settings, ds, train_a: tuple[int, ...],
         groups_atom = np.asarray(ds.groups)[sidx].astype(str)
         per_group = pd.DataFrame({"group": groups_atom, "ratio": ratio}).groupby("group")[
             "ratio"].median().rename("median ratio B/A").reset_index()
-        st.dataframe(per_group, hide_index=True, key="cmp_groups")
+        st.dataframe(plots.format_table(per_group), hide_index=True, width="stretch",
+                     key="cmp_groups")
     st.subheader("Structures that gained or lost most")
-    table = pd.DataFrame({
-        "structure": [str(x) for x in ds.names], "group": [str(g) for g in ds.groups],
-        "in A": np.isin(np.arange(n), train_a), "in B": np.isin(np.arange(n), train_b),
-        "median ratio B/A": med,
-        "min LPR A": pd.Series(res_a.lpr).groupby(sidx).min().to_numpy(),
-        "min LPR B": pd.Series(res_b.lpr).groupby(sidx).min().to_numpy(),
-    }).sort_values("median ratio B/A", ascending=False)
-    g, lose = st.columns(2)
-    g.dataframe(table.head(10), hide_index=True, key="cmp_gain")
-    lose.dataframe(table.tail(10).iloc[::-1], hide_index=True, key="cmp_loss")
+    gl = comparison.gain_loss(ds.names, ds.groups, sidx, res_a.lpr, res_b.lpr,
+                              train_a=train_a, train_b=train_b, k=10)
+    # Stacked, full width: side by side the nine columns of each table were cut off.
+    for heading, rows, note, key in ((gl.gained_heading, gl.gained, gl.gained_note, "cmp_gain"),
+                                     (gl.lost_heading, gl.lost, gl.lost_note, "cmp_loss")):
+        st.markdown(f"**{common.plain_text(heading)}**")
+        if note is not None:
+            st.info(common.plain_text(note))
+        else:
+            st.dataframe(plots.format_table(rows), hide_index=True, width="stretch",
+                         key=key)
 
 
 if __name__ == "__main__":

@@ -6,11 +6,12 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from lprviz import plots, selection
+from lprviz import plots, rigidity, selection
 from lprviz.app import caches, common, state
 from lprviz.viewer import structure_html
 
-COLOR_BY = ("LPR", "local prediction", "local error vs true local energy",
+DATA_SHARE = "data share of the rigidity"
+COLOR_BY = ("LPR", DATA_SHARE, "local prediction", "local error vs true local energy",
             "committee spread")
 COMMITTEE_MODELS = 4
 SWEEP_ALPHAS = tuple(np.logspace(-8, 2, 21).tolist())
@@ -76,10 +77,23 @@ def _linked_atoms(ds) -> np.ndarray:
 def _lpr_table(ds, res) -> pd.DataFrame:
     train = np.asarray(res.train_mask, dtype=bool)[ds.structure_index]
     df = pd.DataFrame({"group": np.asarray(ds.groups)[ds.structure_index].astype(str),
-                       "lpr": res.lpr, "in training": train})
+                       "lpr": res.lpr, "share": res.data_share, "in training": train})
     out = df.groupby("group").agg(atoms=("lpr", "size"), median_lpr=("lpr", "median"),
-                                  min_lpr=("lpr", "min"), training_atoms=("in training", "sum"))
+                                  min_lpr=("lpr", "min"), training_atoms=("in training", "sum"),
+                                  median_data_share=("share", "median"))
     return out.reset_index()
+
+
+def _regulariser_warning(ds, res) -> None:
+    """One line when alpha, not the training data, sets most test atoms' LPR
+    (docs/science.md §11): otherwise a prior-only number passes for a rigidity."""
+    test = ~np.asarray(res.train_mask, dtype=bool)[ds.structure_index]
+    what = "test atoms"
+    if not test.any():  # everything trains: judge all atoms rather than none
+        test, what = np.ones_like(test), "atoms"
+    line = rigidity.regulariser_limited(res.data_share[test], what=what)
+    if line is not None:
+        st.warning(common.plain_text(line) + f" (colour by *{DATA_SHARE}* to see which).")
 
 
 @st.fragment
@@ -107,6 +121,8 @@ def _alpha_dependent(settings: state.Settings) -> None:
         st.warning(f"{int(und.sum())} atoms are undetermined at this alpha (grey in the viewer):"
                    " with alpha this close to 0 neither the data nor the regulariser pin their"
                    " local energy; raise alpha or add data.")
+
+    _regulariser_warning(ds, res)
 
     vmin, vmax = _lpr_range(res.lpr)
     left, right = st.columns([3, 2])
@@ -154,8 +170,10 @@ def _alpha_dependent(settings: state.Settings) -> None:
                                 names=ds.names),
             key=_chart_key("parity"), on_select="rerun", selection_mode=("points",),
         )
-        st.dataframe(plots.format_table(_lpr_table(ds, res)), hide_index=True, key="lpr_table")
 
+    # full width: in the parity plot's column the six columns were cut off
+    st.dataframe(plots.format_table(_lpr_table(ds, res)), hide_index=True, width="stretch",
+                 key="lpr_table")
     tab1, tab2, tab3, tab4 = st.tabs(["LPR distributions", "LPR vs alpha", "Environment map",
                                       "Local error vs LPR"])
     with tab4:
@@ -216,14 +234,21 @@ def _viewer(ds, res, settings, frame, color_by, style, log, show_cell, vmin, vma
     atoms = ds.frames[frame]
     lpr = res.lpr[sel]
     local = res.local_energy[sel]
-    info: dict[str, np.ndarray] = {"LPR": lpr, "local prediction (eV)": local}
+    share = res.data_share[sel]
+    info: dict[str, np.ndarray] = {"LPR": lpr, DATA_SHARE: share,
+                                   "local prediction (eV)": local}
     true_local = None
     if ds.true_local_energies is not None:
         true_local = np.asarray(ds.true_local_energies)[sel]
         info["true local energy (eV)"] = true_local
     info["coordination"] = caches.coordination(settings.source)[sel]
     label, values, cmap, lg, lo, hi = "LPR", lpr, plots.LPR_COLORMAP, log, vmin, vmax
-    if color_by == "local prediction":
+    if color_by == DATA_SHARE:
+        # a fraction: linear and a fixed 0..1 range, so colours compare across structures
+        label, values, cmap, lg, lo, hi = DATA_SHARE, share, "Cividis", False, 0.0, 1.0
+        st.caption("Share of each atom's LPR that the training data provide: 1 − (alpha / "
+                   "|x|²) / LPR. Near 0 the regulariser alone sets the number.")
+    elif color_by == "local prediction":
         label, values, cmap, lg = "local prediction (eV)", local, "Plasma", False
         lo, hi = _lin_range(res.local_energy)
     elif color_by == "local error vs true local energy":

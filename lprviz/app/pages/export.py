@@ -23,7 +23,8 @@ def _alpha_dependent(settings: state.Settings) -> None:
     st.markdown(f"Results of **{common.plain_text(settings.label)}** with the current training set "
                 f"({int(np.sum(res.train_mask))} structures) at alpha = {alpha:.3g}.")
     stem = common.file_stem(f"lprviz-{settings.label.rsplit('.', 1)[0]}")
-    st.download_button("extxyz (per-atom lpr, local_energy)", extxyz_bytes(ds, res),
+    st.download_button("extxyz (per-atom lpr, data_share, local_energy)",
+                       extxyz_bytes(ds, res),
                        file_name=f"{stem}.extxyz", mime="chemical/x-extxyz",
                        key="dl_extxyz")
     st.download_button("CSV (one row per atom)", csv_bytes(ds, res),

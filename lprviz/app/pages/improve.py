@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from lprviz import insight_plots, suggest
+from lprviz import insight_plots, plots, suggest
 from lprviz.app import caches, common, state
 from lprviz.errors import InputError
 
@@ -92,10 +92,8 @@ def _alpha_dependent(settings: state.Settings) -> None:
         "gain (mean ln LPR)": sug.gains,
         "target LPR factor so far": np.exp(sug.curve[1:] - sug.curve[0]),
     })
-    st.dataframe(table, hide_index=True, key="improve_table", column_config={
-        "gain (mean ln LPR)": st.column_config.NumberColumn(format="%.4g"),
-        "target LPR factor so far": st.column_config.NumberColumn(format="%.4g"),
-    })
+    st.dataframe(plots.format_table(table, digits=4), hide_index=True, width="stretch",
+                 key="improve_table")
     n_add = int(st.number_input("Add the first N picks", 1, chosen.size, chosen.size,
                                 key=f"improve_n_add_{chosen.size}"))
     if st.button("Add to training set", type="primary", key="improve_add"):

@@ -64,9 +64,15 @@ def _lcpr_section(settings, ds, res, train, alpha, frame: int) -> None:
     comp = validation.component_rigidity(fit.solver, x, alpha, blocks)
     keep = comp.present
     names = [n for n, k in zip(comp.names, keep, strict=True) if k]
-    st.plotly_chart(insight_plots.lcpr_figure(names, comp.lcpr[keep], comp.lpr), key="val_lcpr")
+    # bars grouped by kind: species-pair and angular-channel blocks overlap, never combine
+    kinds = [validation.block_kind(n) for n in names]
+    st.plotly_chart(insight_plots.lcpr_figure(names, comp.lcpr[keep], comp.lpr, kinds=kinds),
+                    key="val_lcpr")
     st.caption(f"Atom {i} ({ds.frames[frame][i].symbol}); blocks absent from its environment "
-               "are left out. The lowest bar is the least determined part of its description.")
+               "are left out. The lowest bar of each group is the least determined part of its "
+               "description.")
+    with st.expander("How the species-pair and angular-channel blocks relate", expanded=True):
+        st.markdown(common.plain_text(validation.LCPR_BLOCKS_EXPLANATION))
 
 
 def _pr_section(settings, ds, res) -> int:
@@ -74,10 +80,9 @@ def _pr_section(settings, ds, res) -> int:
     test = np.flatnonzero(~res.train_mask)
     frames = test if test.size else np.arange(len(ds.frames))
     table = validation.pr_table(ds, res.pr, frames=frames, lpr=res.lpr)
-    event = st.dataframe(table, hide_index=True, key="val_pr_table", on_select="rerun",
-                         selection_mode="single-row", height=280, column_config={
-                             c: st.column_config.NumberColumn(format="%.4g")
-                             for c in ("PR", "min_LPR", "median_LPR")})
+    event = st.dataframe(plots.format_table(table), hide_index=True, key="val_pr_table",
+                         on_select="rerun", selection_mode="single-row", height=280,
+                         width="stretch")
     rows = event.selection.rows if event is not None and hasattr(event, "selection") else []
     frame = int(table["frame"].iloc[rows[0] if rows else 0])
     sel = ds.structure_index == frame
