@@ -302,7 +302,7 @@ def lpr_sweep(source: str, preset: str, train: tuple[int, ...], spec: pipeline.M
     def compute() -> np.ndarray:
         f = fit(source, preset, train, spec)
         with st.spinner(f"LPR at {len(alphas)} values of alpha..."):
-            return np.stack([f.solver.lpr_from_projections(f.projections, a) for a in alphas])
+            return f.solver.lpr_sweep_from_projections(f.projections, alphas)
 
     return DERIVED.get((source, "sweep", preset, tuple(train), spec, tuple(alphas)), compute)
 

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from lprviz import plots, rigidity, selection
+from lprviz import datasets, plots, rigidity, selection
 from lprviz.app import caches, common, state
 from lprviz.viewer import structure_html
 
@@ -70,13 +70,13 @@ def _linked_atoms(ds) -> np.ndarray:
                   if "customdata" in p]
         frames = [f for f in frames if 0 <= f < len(ds.frames)]
         if frames:
-            return np.flatnonzero(ds.structure_index == frames[0])
+            return np.arange(ds.frame_starts[frames[0]], ds.frame_starts[frames[0] + 1])
     return np.zeros(0, dtype=int)
 
 
 def _lpr_table(ds, res) -> pd.DataFrame:
     train = np.asarray(res.train_mask, dtype=bool)[ds.structure_index]
-    df = pd.DataFrame({"group": np.asarray(ds.groups)[ds.structure_index].astype(str),
+    df = pd.DataFrame({"group": ds.atom_groups,
                        "lpr": res.lpr, "share": res.data_share, "in training": train})
     out = df.groupby("group").agg(atoms=("lpr", "size"), median_lpr=("lpr", "median"),
                                   min_lpr=("lpr", "min"), training_atoms=("in training", "sum"),
@@ -181,7 +181,7 @@ def _alpha_dependent(settings: state.Settings) -> None:
         st.caption("Where the dataset knows each atom's true energy (EMT), the lowest-LPR test "
                    "atoms are where the model's local predictions go wrong: the LPR warns "
                    "without needing that truth.")
-    groups_atom = np.asarray(ds.groups)[ds.structure_index].astype(str)
+    groups_atom = ds.atom_groups
     with tab1:
         a, b = st.columns(2)
         a.plotly_chart(plots.lpr_distribution_figure(res.lpr, groups_atom, title="per group"))
@@ -192,9 +192,9 @@ def _alpha_dependent(settings: state.Settings) -> None:
     with tab2:
         sweep = caches.lpr_sweep(settings.source, settings.preset, train, settings.spec,
                                  SWEEP_ALPHAS)
-        medians = pd.DataFrame(sweep.T).groupby(groups_atom).median().T
-        st.plotly_chart(plots.lpr_alpha_figure(np.asarray(SWEEP_ALPHAS), medians.to_numpy(),
-                                               list(medians.columns), current_alpha=alpha))
+        labels, medians = datasets.per_group_median(sweep, groups_atom)
+        st.plotly_chart(plots.lpr_alpha_figure(np.asarray(SWEEP_ALPHAS), medians,
+                                               list(labels), current_alpha=alpha))
         st.caption("Median LPR of each group's atoms. LPR rises with alpha toward "
                    "alpha/|x|^2, for every atom: regularisation buys rigidity with accuracy.")
     with tab3:
@@ -230,7 +230,7 @@ def _lpr_range(lpr: np.ndarray) -> tuple[float, float]:
 
 def _viewer(ds, res, settings, frame, color_by, style, log, show_cell, vmin, vmax,
             linked) -> None:
-    sel = ds.structure_index == frame
+    sel = slice(ds.frame_starts[frame], ds.frame_starts[frame + 1])
     atoms = ds.frames[frame]
     lpr = res.lpr[sel]
     local = res.local_energy[sel]
@@ -271,7 +271,7 @@ def _viewer(ds, res, settings, frame, color_by, style, log, show_cell, vmin, vma
         st.caption(f"Spread of the local prediction across {COMMITTEE_MODELS} models, each "
                    "trained on a random 70 % of the training set: the empirical counterpart "
                    f"of 1/LPR (rank correlation with 1/LPR {check.spearman:.2f}).")
-    first = int(np.flatnonzero(sel)[0])
+    first = int(ds.frame_starts[frame])
     highlight = [int(i) - first for i in linked if ds.structure_index[int(i)] == frame]
     html = structure_html(
         atoms, values, vmin=lo, vmax=hi, log=lg, colormap=cmap, atom_info=info,

@@ -20,7 +20,7 @@ def _target_atoms(ds, res, train_atom: np.ndarray, choice: str) -> np.ndarray:
         if test_atoms.size == 0:
             raise InputError("target: every structure is in training; no test atoms")
         return test_atoms[suggest.lowest_lpr_atoms(res.lpr[test_atoms], 0.05)]
-    in_group = np.asarray(ds.groups)[ds.structure_index] == choice
+    in_group = ds.atom_groups == choice
     atoms = np.flatnonzero(in_group & ~train_atom)
     return atoms if atoms.size else np.flatnonzero(in_group)
 

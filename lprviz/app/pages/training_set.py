@@ -116,7 +116,7 @@ def _summary(settings: state.Settings, ds, numbers) -> None:
         return
     alpha = state.alpha()
     res = state.current_results(settings, alpha)
-    groups_atom = np.asarray(ds.groups)[ds.structure_index].astype(str)
+    groups_atom = ds.atom_groups
     df = pd.DataFrame({"group": groups_atom, "lpr": res.lpr})
     per_group = df.groupby("group")["lpr"].median().rename("median_lpr").to_frame()
     counts = pd.Series(s["groups"], name="training_structures", dtype=int)
