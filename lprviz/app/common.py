@@ -108,16 +108,27 @@ def guarded():
         show_error(exc)
 
 
-def run_page(title: str, body: Callable, *, intro: str | None = None) -> None:
+def run_page(title: str, body: Callable, *, intro: str | None = None,
+             fragment: bool = False) -> None:
     """Title, optional intro, then ``body(settings)`` with the sidebar's settings.
 
     A user-caused error becomes a one-line ``st.error``; the session and everything already
-    loaded stay as they were.
+    loaded stay as they were. ``fragment=True`` for a page whose whole body depends on alpha:
+    it then runs as one ``st.fragment``, so moving alpha reruns the body only.
     """
     from lprviz.app import state
 
     st.title(title)
     if intro:
         st.markdown(intro)
-    with guarded():
-        body(state.settings())
+    if fragment:
+        _page_fragment(body, state.settings())
+    else:
+        with guarded():
+            body(state.settings())
+
+
+@st.fragment
+def _page_fragment(body: Callable, settings) -> None:
+    with guarded():  # a fragment's rerun does not pass through run_page
+        body(settings)

@@ -9,14 +9,7 @@ from lprviz.app import caches, common, state
 from lprviz.export import chemiscope_bytes, csv_bytes, extxyz_bytes
 
 
-@st.fragment
 def _body(settings: state.Settings) -> None:
-    """Everything here depends on alpha: a fragment, so moving it reruns this part only."""
-    with common.guarded():
-        _alpha_dependent(settings)
-
-
-def _alpha_dependent(settings: state.Settings) -> None:
     ds = caches.dataset(settings.source)
     alpha = state.alpha_slider()
     res = state.current_results(settings, alpha)
@@ -37,7 +30,7 @@ def _alpha_dependent(settings: state.Settings) -> None:
 
 
 def main() -> None:
-    common.run_page("Export results", _body)
+    common.run_page("Export results", _body, fragment=True)
 
 
 if __name__ == "__main__":

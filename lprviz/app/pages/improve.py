@@ -43,14 +43,7 @@ def _last_addition(settings: state.Settings, alpha: float) -> None:
     )
 
 
-@st.fragment
 def _body(settings: state.Settings) -> None:
-    """Everything here depends on alpha: a fragment, so moving it reruns this part only."""
-    with common.guarded():
-        _alpha_dependent(settings)
-
-
-def _alpha_dependent(settings: state.Settings) -> None:
     ds = caches.dataset(settings.source)
     alpha = state.alpha_slider()
     train = state.training_frames(settings)
@@ -119,6 +112,7 @@ def main() -> None:
             "ranked by how much adding each raises the target's mean log-LPR, chosen "
             "greedily. *Add to training set* updates the training set used by every page."
         ),
+        fragment=True,
     )
 
 

@@ -97,14 +97,7 @@ def _pr_section(settings, ds, res) -> int:
     return frame
 
 
-@st.fragment
 def _body(settings: state.Settings) -> None:
-    """The whole page depends on alpha: a fragment, so moving it reruns this part only."""
-    with common.guarded():
-        _alpha_dependent(settings)
-
-
-def _alpha_dependent(settings: state.Settings) -> None:
     ds = caches.dataset(settings.source)
     alpha = state.alpha_slider()
     train = state.training_frames(settings)
@@ -125,6 +118,7 @@ def main() -> None:
             "errors are large where the LPR is low; regularisation buys rigidity with "
             "accuracy. Pick a structure in the table to see its atoms and their LCPR."
         ),
+        fragment=True,
     )
 
 
