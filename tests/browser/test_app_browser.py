@@ -104,10 +104,15 @@ def test_viewer_colours_and_alpha_slider(app_url, browser):
     )
     assert not [e for e in errors if "3Dmol" in e], errors
 
+    save_docs_png(ARTIFACTS / "explore.png", SCREENSHOT)
+    page.close()
+
+
+def save_docs_png(source, dest) -> None:
+    """A screenshot for the docs: at most 1000 px wide, 128 colours (a small PNG in git)."""
     from PIL import Image
 
-    img = Image.open(ARTIFACTS / "explore.png").convert("RGB")
+    img = Image.open(source).convert("RGB")
     img.thumbnail((1000, 1000))
-    SCREENSHOT.parent.mkdir(exist_ok=True)
-    img.quantize(colors=128).save(SCREENSHOT, optimize=True)
-    page.close()
+    dest.parent.mkdir(exist_ok=True)
+    img.quantize(colors=128).save(dest, optimize=True)

@@ -101,8 +101,10 @@ def __experiment_alpha_body() -> None:
     ref = state.current_results(settings, ALPHA, train)
     res = state.current_results(settings, 10**log_alpha, train)
     lesson = lessons.alpha_lesson(ds, ref, res)
-    left, right = st.columns([3, 2])
-    left.dataframe(plots.format_table(lesson.table), hide_index=True, key="learn_t1")
+    st.dataframe(plots.format_table(lesson.table), hide_index=True, key="learn_t1")
+    # the claim beside the picture of it
+    left, right = st.columns(2)
+    left.info(common.plain_text(lesson.notice))
     with right:
         # LPR grows with alpha (docs/science.md §7.5): the slider's ends bound every colour
         ends = [state.current_results(settings, 10**a, train).lpr for a in lo_hi]
@@ -111,7 +113,6 @@ def __experiment_alpha_body() -> None:
         frames = caches.composition_lesson(TEACHING, PRESET, ALPHA).frames
         _viewer(ds, frames, res.lpr, vmin=lo, vmax=hi, label="LPR", key="learn_v1",
                 info={"data share of LPR": res.data_share})
-    st.info(common.plain_text(lesson.notice))
 
 
 @st.fragment
@@ -129,21 +130,20 @@ def __experiment_composition_body() -> None:
     lesson = caches.composition_lesson(TEACHING, PRESET, ALPHA)
     choice = st.radio("Training set (colours the structure)", list(lessons.SETS),
                       horizontal=True, key="learn_comp")
-    left, right = st.columns([3, 2])
+    st.dataframe(plots.format_table(lesson.groups), hide_index=True, key="learn_t2")
+    st.dataframe(plots.format_table(lesson.environments), hide_index=True, key="learn_t2_env")
+    left, right = st.columns(2)
     with left:
-        st.dataframe(plots.format_table(lesson.groups), hide_index=True, key="learn_t2")
-        st.dataframe(plots.format_table(lesson.environments), hide_index=True,
-                     key="learn_t2_env")
         c1, c2 = st.columns(2)
         for col, name in zip((c1, c2), lessons.SETS, strict=True):
             col.metric(f"RMSE of test totals, {name} (eV/atom)",
                        plots.format_number(lesson.test_rmse[name]))
+        st.info(common.plain_text(lesson.notice))
     with right:
         lo, hi = _decades(*lesson.lpr.values())
         _viewer(ds, lesson.frames, lesson.lpr[choice], vmin=lo, vmax=hi, label="LPR",
                 key="learn_v2",
                 info={"|local error| (eV)": lesson.abs_local_error[choice]})
-    st.info(common.plain_text(lesson.notice))
 
 
 @st.fragment
@@ -166,15 +166,15 @@ def __experiment_small_body() -> None:
     after = caches.results(ALLOYS, PRESET, more, settings.spec, base, ALPHA)
     lesson = lessons.small_structures_lesson(ds, before, after, max_atoms=SMALL_MAX_ATOMS)
     shown = after if add else before
-    left, right = st.columns([3, 2])
-    left.dataframe(plots.format_table(lesson.table), hide_index=True, key="learn_t3")
+    st.dataframe(plots.format_table(lesson.table), hide_index=True, key="learn_t3")
+    left, right = st.columns(2)
+    left.info(common.plain_text(lesson.notice))
     with right:
         in_neither = ~(before.train_mask | after.train_mask)
         frames = lessons.showcase_frames(before.lpr, after.lpr, ds.structure_index, in_neither,
                                          k=SHOWCASE)
         lo, hi = _decades(before.lpr[_in(ds, frames)], after.lpr[_in(ds, frames)])
         _viewer(ds, frames, shown.lpr, vmin=lo, vmax=hi, label="LPR", key="learn_v3")
-    st.info(common.plain_text(lesson.notice))
 
 
 def _in(ds, frames: tuple[int, ...]) -> np.ndarray:
@@ -196,9 +196,11 @@ def __experiment_errors_body() -> None:
                 f"promises. Train on bulk only (alpha = {plots.format_number(ALPHA)}) and "
                 "compare each test atom's local prediction with its true local energy.")
     res = state.current_results(settings, ALPHA, _frames(ALLOYS, "bulk only"))
-    left, right = st.columns([3, 2])
+    left, right = st.columns(2)
     with left:
         check = common.local_error_section(ds, res, key="learn_errors")
+        if check is not None:
+            st.info(common.plain_text(lessons.error_notice(check)))
     with right:
         colour = st.radio("Colour by", ["|local error|", "LPR"], horizontal=True,
                           key="learn_colour")
@@ -212,8 +214,6 @@ def __experiment_errors_body() -> None:
         lo, hi = _decades(values[test])
         _viewer(ds, frames, values, vmin=lo, vmax=hi, label=label, key="learn_v4",
                 info={"LPR": res.lpr} if label != "LPR" else None)
-    if check is not None:
-        st.info(common.plain_text(lessons.error_notice(check)))
 
 
 def main() -> None:
