@@ -193,6 +193,18 @@ def _check_viewers(at) -> list[list[np.ndarray]]:
     return colours
 
 
+def _set_and_check(at, widget, value, *, notice: int, tables: tuple[int, ...]) -> list[tuple]:
+    """Set ``widget``, rerun, check the viewers, and check notice ``notice`` against its
+    numbers and every row of ``tables``; returns the notice's change phrases."""
+    widget.set_value(value).run()
+    _ok(at)
+    _check_viewers(at)
+    claims = _check_notice(at, notice)
+    for t in tables:
+        _check_table_is_worded(at, t, claims)
+    return claims
+
+
 def test_learn_alpha_notice_follows_the_slider(learn):
     seen = []
     for log_alpha, direction in ((-2.0, "rise"), (-6.0, "fall"), (-4.0, None)):
@@ -219,12 +231,8 @@ def test_learn_alpha_notice_follows_the_slider(learn):
 
 @pytest.mark.parametrize("choice", SETS)
 def test_learn_composition_notice_matches_its_tables(learn, choice):
-    learn.radio(key="learn_comp").set_value(choice).run()
-    _ok(learn)
-    _check_viewers(learn)
-    claims = _check_notice(learn, 1)
-    _check_table_is_worded(learn, 1, claims)
-    _check_table_is_worded(learn, 2, claims)
+    claims = _set_and_check(learn, learn.radio(key="learn_comp"), choice, notice=1,
+                            tables=(1, 2))
     env = learn.dataframe[2].value.set_index("environment")
     err = [c for c in env.columns if c.startswith("median |local error|")]
     # the effect is real where the notice says it is: single-species environments
@@ -243,11 +251,7 @@ def test_learn_composition_colours_change_with_the_training_set(learn):
 
 @pytest.mark.parametrize("add", [False, True])
 def test_learn_small_structures_notice_matches_its_table(learn, add):
-    learn.toggle(key="learn_small").set_value(add).run()
-    _ok(learn)
-    _check_viewers(learn)
-    claims = _check_notice(learn, 2)
-    _check_table_is_worded(learn, 3, claims)
+    _set_and_check(learn, learn.toggle(key="learn_small"), add, notice=2, tables=(3,))
     table = learn.dataframe[3].value
     gained = set(table.loc[table["LPR ratio"] > 1.25, "group"])
     text = _unescape(learn.info[2].value)
