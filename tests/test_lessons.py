@@ -1,4 +1,4 @@
-"""Learn experiment 2 measured on the shipped teaching set (lprviz.lessons)."""
+"""Learn's numbers (lprviz.lessons) and the Learn page: its notices agree with its tables."""
 
 from __future__ import annotations
 
