@@ -333,3 +333,15 @@ def committee(source: str, preset: str, train: tuple[int, ...], spec: pipeline.M
 
     return DERIVED.get((source, "committee", preset, tuple(train), spec, alpha, n_models),
                        compute)
+
+
+def composition_lesson(source: str, preset: str, alpha: float):
+    """:func:`lprviz.lessons.composition_lesson` of ``source`` (Learn, experiment 2)."""
+    from lprviz import lessons
+
+    def compute():
+        ds, desc = dataset(source), descriptors(source, preset)
+        with st.spinner("Training on one stoichiometry and on varied compositions..."):
+            return lessons.composition_lesson(ds, desc, alpha=alpha)
+
+    return DERIVED.get((source, "composition_lesson", preset, alpha), compute)

@@ -72,11 +72,14 @@ def per_frame(values: np.ndarray, structure_index: np.ndarray, frame: int) -> np
     return np.asarray(values)[np.asarray(structure_index) == frame]
 
 
-def local_error_section(ds, res, *, key: str) -> None:
-    """|Local error| against LPR on test atoms, where the dataset has true local energies."""
+def local_error_section(ds, res, *, key: str) -> validation.LocalErrorCheck | None:
+    """|Local error| against LPR on test atoms, where the dataset has true local energies.
+
+    Returns the check drawn (None without true local energies), so a page can word it.
+    """
     if res.local_error is None:
         st.info("This dataset has no reference local energies (the EMT datasets do).")
-        return
+        return None
     test_atoms = ~res.train_mask[ds.structure_index]
     atoms = test_atoms if test_atoms.sum() >= 2 else np.ones_like(test_atoms)
     check = validation.local_error_check(res.lpr[atoms], res.local_error[atoms])
@@ -89,6 +92,7 @@ def local_error_section(ds, res, *, key: str) -> None:
     c3.metric("Rank correlation |error| vs 1/LPR", f"{check.spearman:.2f}")
     st.caption(f"Large = above the 90th percentile of |local error| ({check.threshold:.3g} eV); "
                "test atoms.")
+    return check
 
 
 def show_error(exc: Exception) -> None:

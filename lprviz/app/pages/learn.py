@@ -1,37 +1,61 @@
-"""Learn: a guided tour of the local prediction rigidity, with live mini-experiments."""
+"""Learn: a guided tour of the local prediction rigidity, with live mini-experiments.
+
+Each experiment is a fragment (its widgets rerun only it) with a table, a 3D structure
+coloured by the quantity that changes (one colour range for both states, so the change shows)
+and a notice built by :mod:`lprviz.lessons` from the numbers in the table.
+"""
 
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 import streamlit as st
 
-from lprviz import pipeline, plots, selection
+from lprviz import lessons, pipeline, plots, selection
 from lprviz.app import caches, common, state
+from lprviz.viewer import structure_html
 
 TEACHING = "teaching-stoichiometry"
 ALLOYS = "emt-alloys"
+PRESET = "default"
+ALPHA = 1e-4  # the reference alpha of every experiment
+SMALL_MAX_ATOMS = 8
+SHOWCASE = 4  # structures offered in each viewer
 
 
 def _settings(source: str) -> state.Settings:
-    return state.Settings(source=source, label=source, preset="default",
-                           spec=pipeline.ModelSpec(kind="linear"))
+    return state.Settings(source=source, label=source, preset=PRESET,
+                          spec=pipeline.ModelSpec(kind="linear"))
 
 
 def _frames(source: str, preset: str) -> tuple[int, ...]:
     ds = caches.dataset(source)
-    mask = selection.preset_mask(preset, ds.groups, state.frame_numbers(source), seed=0)
+    mask = selection.preset_mask(preset, ds.groups, state.frame_numbers(source), seed=0,
+                                 small_max_atoms=SMALL_MAX_ATOMS)
     return tuple(int(i) for i in np.flatnonzero(mask))
 
 
-def _group_table(ds, res, *, with_error: bool) -> pd.DataFrame:
-    groups_atom = np.asarray(ds.groups)[ds.structure_index].astype(str)
-    df = pd.DataFrame({"group": groups_atom, "LPR": res.lpr})
-    agg = {"median LPR": ("LPR", "median")}
-    if with_error and res.local_error is not None:
-        df["|local error| (eV)"] = np.abs(res.local_error)
-        agg["median |local error| (eV)"] = ("|local error| (eV)", "median")
-    return df.groupby("group").agg(**agg).reset_index()
+def _decades(*values: np.ndarray) -> tuple[float, float]:
+    """One log colour range covering every state shown (whole decades)."""
+    v = np.concatenate([np.asarray(x, float).ravel() for x in values])
+    v = v[np.isfinite(v) & (v > 0)]
+    if v.size == 0:
+        return 1e-3, 1.0
+    lo, hi = np.floor(np.log10(v.min())), np.ceil(np.log10(v.max()))
+    return float(10**lo), float(10 ** max(hi, lo + 1))
+
+
+def _viewer(ds, frames: tuple[int, ...], values: np.ndarray, *, vmin: float, vmax: float,
+            label: str, key: str, info: dict[str, np.ndarray] | None = None) -> None:
+    """A structure picker over ``frames`` and the chosen one coloured by ``values``
+    (per atom, whole dataset) on the fixed range ``vmin``..``vmax``."""
+    frame = st.selectbox("Structure", frames, key=key,
+                         format_func=lambda i: f"{ds.names[i]} [{ds.groups[i]}]")
+    sel = ds.structure_index == frame
+    hover = {label: values[sel], **{k: v[sel] for k, v in (info or {}).items()}}
+    html = structure_html(ds.frames[frame], values[sel], vmin=vmin, vmax=vmax, atom_info=hover,
+                          colorbar_label=label, title=f"{ds.names[frame]} [{ds.groups[frame]}]",
+                          width="100%", height=360, script_url=common.script_url())
+    st.iframe(html, height=450)
 
 
 def _intro() -> None:
@@ -50,8 +74,12 @@ def _intro() -> None:
     st.markdown(
         "It needs no energies, only which structures are in training and $\\alpha$. Three "
         "levers raise it: more regularisation, structures of varied composition, and small "
-        "structures that isolate an environment."
+        "structures that isolate an environment. Each experiment below states what its "
+        "numbers show; the structures are coloured on one scale for both settings."
     )
+
+
+# --------------------------------------------------------------------------- experiments
 
 
 @st.fragment
@@ -65,11 +93,26 @@ def __experiment_alpha_body() -> None:
     settings = _settings(TEACHING)
     ds = caches.dataset(TEACHING)
     train = _frames(TEACHING, "varied compositions")
-    log_alpha = st.slider("log10 alpha", -8.0, 2.0, -4.0, step=0.5, key="learn_alpha")
+    st.markdown("Teaching set (Cu/Au), trained on varied compositions. The table compares "
+                f"the chosen alpha with alpha = {plots.format_number(ALPHA)}.")
+    lo_hi = (-8.0, 2.0)
+    # starts away from the reference, so the table shows a change at once
+    log_alpha = st.slider("log10 alpha", *lo_hi, -2.0, step=0.5, key="learn_alpha")
+    ref = state.current_results(settings, ALPHA, train)
     res = state.current_results(settings, 10**log_alpha, train)
-    st.dataframe(_group_table(ds, res, with_error=True), hide_index=True, key="learn_t1")
-    st.info("Notice: every LPR rises with alpha, toward alpha/|x|^2. Regularisation buys "
-            "rigidity, but it is the prior talking, not the data: watch the local errors.")
+    lesson = lessons.alpha_lesson(ds, ref, res)
+    st.dataframe(plots.format_table(lesson.table), hide_index=True, key="learn_t1")
+    # the claim beside the picture of it
+    left, right = st.columns(2)
+    left.info(common.plain_text(lesson.notice))
+    with right:
+        # LPR grows with alpha (docs/science.md §7.5): the slider's ends bound every colour
+        ends = [state.current_results(settings, 10**a, train).lpr for a in lo_hi]
+        lo, hi = _decades(*ends)
+        # the structures of experiment 2: their single-species atoms stand out
+        frames = caches.composition_lesson(TEACHING, PRESET, ALPHA).frames
+        _viewer(ds, frames, res.lpr, vmin=lo, vmax=hi, label="LPR", key="learn_v1",
+                info={"data share of LPR": res.data_share})
 
 
 @st.fragment
@@ -80,23 +123,27 @@ def _experiment_composition() -> None:
 
 def __experiment_composition_body() -> None:
     st.header("2. One stoichiometry or varied compositions")
-    settings = _settings(TEACHING)
     ds = caches.dataset(TEACHING)
     st.markdown("Train on Cu/Au structures that all share one composition (CuAu), or on as "
                 "many structures of varied composition. Same number of structures, same "
-                "alpha = 1e-4.")
-    choice = st.radio("Training set", ["one stoichiometry", "varied compositions"],
+                f"alpha = {plots.format_number(ALPHA)}, same feature scale.")
+    lesson = caches.composition_lesson(TEACHING, PRESET, ALPHA)
+    choice = st.radio("Training set (colours the structure)", list(lessons.SETS),
                       horizontal=True, key="learn_comp")
-    train = _frames(TEACHING, choice)
-    res = state.current_results(settings, 1e-4, train)
-    c1, c2 = st.columns(2)
-    c1.dataframe(_group_table(ds, res, with_error=True), hide_index=True, key="learn_t2")
-    groups_atom = np.asarray(ds.groups)[ds.structure_index].astype(str)
-    c2.plotly_chart(plots.lpr_distribution_figure(res.lpr, groups_atom, title="LPR per group"),
-                    key="learn_f2")
-    st.info("Notice: with one stoichiometry the total energy only fixes e(Cu) + e(Au), never "
-            "e(Cu) - e(Au). The fit of totals is fine, yet the local energies are loose: "
-            "low LPR, large local errors. Varying the composition separates them.")
+    st.dataframe(plots.format_table(lesson.groups), hide_index=True, key="learn_t2")
+    st.dataframe(plots.format_table(lesson.environments), hide_index=True, key="learn_t2_env")
+    left, right = st.columns(2)
+    with left:
+        c1, c2 = st.columns(2)
+        for col, name in zip((c1, c2), lessons.SETS, strict=True):
+            col.metric(f"RMSE of test totals, {name} (eV/atom)",
+                       plots.format_number(lesson.test_rmse[name]))
+        st.info(common.plain_text(lesson.notice))
+    with right:
+        lo, hi = _decades(*lesson.lpr.values())
+        _viewer(ds, lesson.frames, lesson.lpr[choice], vmin=lo, vmax=hi, label="LPR",
+                key="learn_v2",
+                info={"|local error| (eV)": lesson.abs_local_error[choice]})
 
 
 @st.fragment
@@ -110,29 +157,63 @@ def __experiment_small_body() -> None:
     settings = _settings(ALLOYS)
     ds = caches.dataset(ALLOYS)
     st.markdown("On the Cu/Ag/Au alloy set: train on bulk only, then add every structure of "
-                "at most 8 atoms (clusters). Same feature scale for both.")
-    add = st.toggle("Add small structures", value=False, key="learn_small")
+                f"at most {SMALL_MAX_ATOMS} atoms (clusters). Same feature scale for both.")
+    add = st.toggle("Add small structures (colours the structure)", value=False,
+                    key="learn_small")
     base = _frames(ALLOYS, "bulk only")
-    train = _frames(ALLOYS, "bulk + small structures") if add else base
-    caches.descriptors(ALLOYS, settings.preset)
-    res = caches.results(ALLOYS, settings.preset, train, settings.spec, base, 1e-4)
-    st.dataframe(_group_table(ds, res, with_error=False), hide_index=True, key="learn_t3")
-    st.info("Notice: a lone environment in a small structure pins its local energy (an atom "
-            "alone in its structure has LPR >= 1). Atoms that resemble it elsewhere gain too.")
+    more = _frames(ALLOYS, "bulk + small structures")
+    before = caches.results(ALLOYS, PRESET, base, settings.spec, None, ALPHA)
+    after = caches.results(ALLOYS, PRESET, more, settings.spec, base, ALPHA)
+    lesson = lessons.small_structures_lesson(ds, before, after, max_atoms=SMALL_MAX_ATOMS)
+    shown = after if add else before
+    st.dataframe(plots.format_table(lesson.table), hide_index=True, key="learn_t3")
+    left, right = st.columns(2)
+    left.info(common.plain_text(lesson.notice))
+    with right:
+        in_neither = ~(before.train_mask | after.train_mask)
+        frames = lessons.showcase_frames(before.lpr, after.lpr, ds.structure_index, in_neither,
+                                         k=SHOWCASE)
+        lo, hi = _decades(before.lpr[_in(ds, frames)], after.lpr[_in(ds, frames)])
+        _viewer(ds, frames, shown.lpr, vmin=lo, vmax=hi, label="LPR", key="learn_v3")
 
 
+def _in(ds, frames: tuple[int, ...]) -> np.ndarray:
+    """Mask of the atoms of ``frames``."""
+    return np.isin(ds.structure_index, frames)
+
+
+@st.fragment
 def _experiment_errors() -> None:
+    with common.guarded():  # the widgets here rerun only this experiment
+        __experiment_errors_body()
+
+
+def __experiment_errors_body() -> None:
     st.header("4. Does a low LPR mean a wrong local prediction?")
     settings = _settings(ALLOYS)
     ds = caches.dataset(ALLOYS)
     st.markdown("EMT knows every atom's true energy, so here we can check what the LPR "
-                "promises. Train on bulk only (alpha = 1e-4) and compare each test atom's "
-                "local prediction with its true local energy.")
-    res = state.current_results(settings, 1e-4, _frames(ALLOYS, "bulk only"))
-    common.local_error_section(ds, res, key="learn_errors")
-    st.info("Notice: the large local errors crowd among the lowest-LPR atoms. In a real "
-            "dataset there is no true local energy to compare with, but the LPR is still "
-            "there: it is the warning you can compute.")
+                f"promises. Train on bulk only (alpha = {plots.format_number(ALPHA)}) and "
+                "compare each test atom's local prediction with its true local energy.")
+    res = state.current_results(settings, ALPHA, _frames(ALLOYS, "bulk only"))
+    left, right = st.columns(2)
+    with left:
+        check = common.local_error_section(ds, res, key="learn_errors")
+        if check is not None:
+            st.info(common.plain_text(lessons.error_notice(check)))
+    with right:
+        colour = st.radio("Colour by", ["|local error|", "LPR"], horizontal=True,
+                          key="learn_colour")
+        test = ~res.train_mask[ds.structure_index]
+        frames = tuple(int(i) for i in selection.frames_by_lowest_value(
+            res.lpr, ds.structure_index, len(ds.frames)) if not res.train_mask[i])[:SHOWCASE]
+        err = np.abs(res.local_error) if res.local_error is not None else None
+        values, label = ((err, "|local error| (eV)") if colour == "|local error|"
+                         and err is not None else (res.lpr, "LPR"))
+        # one range per quantity over every test atom, so structures compare
+        lo, hi = _decades(values[test])
+        _viewer(ds, frames, values, vmin=lo, vmax=hi, label=label, key="learn_v4",
+                info={"LPR": res.lpr} if label != "LPR" else None)
 
 
 def main() -> None:
@@ -141,8 +222,7 @@ def main() -> None:
     _experiment_alpha()
     _experiment_composition()
     _experiment_small()
-    with common.guarded():
-        _experiment_errors()
+    _experiment_errors()
 
 
 if __name__ == "__main__":
