@@ -84,6 +84,16 @@ def running_app(cmd: list[str], *, cache: Path, log_name: str, cwd: Path = ROOT)
         log.close()
 
 
+def save_doc_screenshot(source: Path, dest: Path) -> None:
+    """A page screenshot downscaled (1000 px, 128 colours) for the docs."""
+    from PIL import Image
+
+    img = Image.open(source).convert("RGB")
+    img.thumbnail((1000, 1000))
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    img.quantize(colors=128).save(dest, optimize=True)
+
+
 @pytest.fixture(scope="session")
 def app_url(tmp_path_factory):
     """``lprviz app`` (this checkout) on a free port, first start with an empty cache."""

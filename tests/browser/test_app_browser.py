@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from tests.browser.conftest import ARTIFACTS, ROOT
+from tests.browser.conftest import ARTIFACTS, ROOT, save_doc_screenshot
 
 pytestmark = pytest.mark.browser
 
@@ -104,10 +104,5 @@ def test_viewer_colours_and_alpha_slider(app_url, browser):
     )
     assert not [e for e in errors if "3Dmol" in e], errors
 
-    from PIL import Image
-
-    img = Image.open(ARTIFACTS / "explore.png").convert("RGB")
-    img.thumbnail((1000, 1000))
-    SCREENSHOT.parent.mkdir(exist_ok=True)
-    img.quantize(colors=128).save(SCREENSHOT, optimize=True)
+    save_doc_screenshot(ARTIFACTS / "explore.png", SCREENSHOT)
     page.close()
