@@ -118,16 +118,19 @@ def test_bad_upload_shows_one_line_error_and_page_keeps_working():
     assert "emt-alloys" in " ".join(c.value for c in at.caption)
 
 
-def _teaching_extxyz(frames: slice) -> bytes:
+def _teaching_extxyz(frames: slice, *, splits: tuple[str, ...] = ()) -> bytes:
     """Some frames of the teaching set as a user's extxyz file: no structure names, so the
-    app has to name them (after the file)."""
+    app has to name them (after the file); ``splits``: each frame's ``split`` info."""
     from lprviz import datasets
 
-    chosen = [a.copy() for a in datasets.load("teaching-stoichiometry").frames[frames]]
-    for original, atoms in zip(datasets.load("teaching-stoichiometry").frames[frames], chosen,
-                               strict=True):
+    chosen = []
+    for i, original in enumerate(datasets.load("teaching-stoichiometry").frames[frames]):
+        atoms = original.copy()
+        atoms.calc = original.calc  # energy and forces (copy() drops the calculator)
         atoms.info.pop("name", None)
-        atoms.calc = original.calc
+        if splits:
+            atoms.info["split"] = splits[i]
+        chosen.append(atoms)
     buf = io.StringIO()
     ase.io.write(buf, chosen, format="extxyz")
     return buf.getvalue().encode()
@@ -204,7 +207,15 @@ def test_uploaded_structures_are_named_after_the_users_file(monkeypatch):
     assert names == {f"cu-au run 7.extxyz#{i}" for i in range(12)}
 
 
+def state_train(at: AppTest) -> tuple[int, ...]:
+    """The session's training set of the (one) uploaded file."""
+    (frames,) = [v for k, v in at.session_state["train"].items() if k.endswith(".extxyz")]
+    return frames
+
+
 def test_random_split_of_an_upload_gives_test_atoms_for_every_page():
+    from lprviz import datasets
+
     at = _upload(_app(), "mine.extxyz", _teaching_extxyz(slice(0, 16)))
     _ok(at)
     assert _counts(at) == (16, 0)  # an upload trains on everything until split
@@ -231,6 +242,16 @@ def test_random_split_of_an_upload_gives_test_atoms_for_every_page():
     seed.set_value(1).run()
     _ok(at)
     assert _counts(at)[1] == n_test
+    frames_kept = state_train(at)
+    # ...and it is kept per file while the user looks at another dataset.
+    at.sidebar.selectbox(key="dataset_label").set_value(datasets.DEFAULT_DATASET).run()
+    _ok(at)
+    assert not [s for s in at.sidebar.selectbox if s.key.startswith("split_kind_")]
+    at.sidebar.selectbox(key="dataset_label").set_value("mine.extxyz").run()
+    _ok(at)
+    (kind,) = [s for s in at.sidebar.selectbox if s.key.startswith("split_kind_")]
+    assert kind.value == "random fraction" and _counts(at)[1] == n_test
+    assert state_train(at) == frames_kept
 
 
 def test_a_second_file_is_the_test_set_and_a_bad_one_is_named():
@@ -256,16 +277,8 @@ def test_a_second_file_is_the_test_set_and_a_bad_one_is_named():
 
 def test_a_files_own_split_is_the_default_training_set():
     """Frames marked split=test in the file (as mlearn's test file) are not trained on."""
-    from lprviz import datasets
-
-    frames = [a.copy() for a in datasets.load("teaching-stoichiometry").frames[:10]]
-    for i, (atoms, original) in enumerate(
-            zip(frames, datasets.load("teaching-stoichiometry").frames, strict=False)):
-        atoms.calc = original.calc
-        atoms.info["split"] = "test" if i % 3 == 0 else "train"
-    buf = io.StringIO()
-    ase.io.write(buf, frames, format="extxyz")
-    at = _upload(_app(), "marked.extxyz", buf.getvalue().encode())
+    splits = tuple("test" if i % 3 == 0 else "train" for i in range(10))
+    at = _upload(_app(), "marked.extxyz", _teaching_extxyz(slice(0, 10), splits=splits))
     _ok(at)
     assert _counts(at) == (6, 4)
 

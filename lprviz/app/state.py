@@ -44,6 +44,7 @@ DEFAULT_PRESET = "bulk only"
 #: Widget keys drawn on some pages only, kept for the others.
 PAGE_WIDGET_KEYS = ("alpha_log10",)
 _SETTINGS = "_settings"
+_SPLIT_SHOWN = "_split_shown"  # the upload whose split widgets the last run drew
 #: Train/test splits offered for an uploaded file (user data has no designed default).
 SPLITS = ("none", "random fraction", "by group", "second file")
 _SPLIT_HELP = (
@@ -189,9 +190,11 @@ def sidebar() -> Settings:
         qp["dataset"] = label
     current = Settings(source=source, label=label, preset=st.session_state["soap_preset"],
                        spec=pipeline.ModelSpec(kind=st.session_state["model_kind"]))
+    st.session_state[_SETTINGS] = current  # the split controls may fail: keep a value
     if label in registry:
-        st.session_state[_SETTINGS] = current  # the split controls may fail: keep a value
         current = _with_split(current, registry)
+    else:
+        st.session_state[_SPLIT_SHOWN] = None
     st.session_state[_SETTINGS] = current
     return current
 
@@ -236,10 +239,13 @@ def _with_split(current: Settings, registry: dict[str, str]) -> Settings:
     keys = {"kind": f"split_kind_{tag}", "fraction": f"split_fraction_{tag}",
             "seed": f"split_seed_{tag}", "groups": f"split_groups_{tag}",
             "test_label": f"split_test_{tag}"}
-    for field, key in keys.items():  # widgets not drawn for a while forget their value
-        if key not in st.session_state:
+    # Widgets not drawn on a run (another dataset was shown) lose or keep stale values, so
+    # they restart from the file's stored split whenever this file comes back into view.
+    if st.session_state.get(_SPLIT_SHOWN) != source:
+        for field, key in keys.items():
             value = getattr(before, field)
             st.session_state[key] = list(value) if field == "groups" else value
+    st.session_state[_SPLIT_SHOWN] = source
     ds = caches.dataset(source)
     with st.sidebar:
         kind = st.selectbox("Train/test split of your file", SPLITS, key=keys["kind"],
