@@ -275,6 +275,19 @@ def test_a_second_file_is_the_test_set_and_a_bad_one_is_named():
     assert _counts(at) == (12, 6)  # the good test file stays in use
 
 
+def test_test_groups_of_an_upload_are_its_test_set():
+    at = _upload(_app(), "two groups.extxyz", _teaching_extxyz(slice(34, 46)))
+    at = _split(at, "by group")
+    _ok(at)
+    assert _counts(at) == (12, 0)  # no group chosen yet
+    (groups,) = [m for m in at.sidebar.multiselect if m.key.startswith("split_groups_")]
+    groups.set_value(["varied-composition"]).run()
+    _ok(at)
+    assert _counts(at) == (6, 6)
+    assert all(("(test," in label) == ("[varied-composition]" in label)
+               for label in _structure_labels(at))
+
+
 def test_a_files_own_split_is_the_default_training_set():
     """Frames marked split=test in the file (as mlearn's test file) are not trained on."""
     splits = tuple("test" if i % 3 == 0 else "train" for i in range(10))
