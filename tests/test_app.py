@@ -281,6 +281,11 @@ def test_test_groups_of_an_upload_are_its_test_set():
     _ok(at)
     assert _counts(at) == (12, 0)  # no group chosen yet
     (groups,) = [m for m in at.sidebar.multiselect if m.key.startswith("split_groups_")]
+    groups.set_value(["varied-composition", "fixed-stoichiometry"]).run()
+    assert not at.exception
+    (error,) = [e.value for e in at.error]
+    assert error.startswith("two groups.extxyz") and "no labelled structure" in error
+    (groups,) = [m for m in at.sidebar.multiselect if m.key.startswith("split_groups_")]
     groups.set_value(["varied-composition"]).run()
     _ok(at)
     assert _counts(at) == (6, 6)

@@ -365,6 +365,9 @@ def default_training_frames(current: Settings) -> tuple[int, ...]:
     else:
         mask = selection.preset_mask(DEFAULT_PRESET, ds.groups, frame_numbers(current.source))
     mask &= labelled
+    if split is not None and split.kind in ("random fraction", "by group") and not mask.any():
+        raise InputError(f"{current.label}: the train/test split leaves no labelled structure "
+                         "to train on; hold out fewer structures")
     return tuple(int(i) for i in np.flatnonzero(mask if mask.any() else labelled))
 
 
