@@ -188,21 +188,8 @@ def _lpr_inputs(args: argparse.Namespace):
             f"{args.train}: frame {missing[0]} has no energy ({missing.size} of "
             f"{len(train_set.frames)} frames); training frames need energies"
         )
-    parts = (train_set, test_set)
-    local = None
-    if all(p.true_local_energies is not None for p in parts):
-        local = np.concatenate([p.true_local_energies for p in parts])
-    data = datasets.Dataset(
-        name=f"{train_set.name}+{test_set.name}",
-        frames=train_set.frames + test_set.frames,
-        energies=np.concatenate([p.energies for p in parts]),
-        has_energy=np.concatenate([p.has_energy for p in parts]),
-        groups=np.concatenate([p.groups for p in parts]),
-        names=train_set.names + test_set.names,
-        splits=np.array(["train"] * len(train_set.frames) + ["test"] * len(test_set.frames)),
-        true_local_energies=local,
-    )
-    train = np.arange(len(data.frames)) < len(train_set.frames)
+    data = datasets.combine(train_set, test_set)
+    train = data.splits == "train"
     return data, train
 
 

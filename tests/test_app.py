@@ -119,17 +119,187 @@ def test_bad_upload_shows_one_line_error_and_page_keeps_working():
     assert "emt-alloys" in " ".join(c.value for c in at.caption)
 
 
-def test_good_upload_becomes_the_dataset(tmp_path):
+def _teaching_extxyz(frames: slice, *, splits: tuple[str, ...] = ()) -> bytes:
+    """Some frames of the teaching set as a user's extxyz file: no structure names, so the
+    app has to name them (after the file); ``splits``: each frame's ``split`` info."""
     from lprviz import datasets
 
-    ds = datasets.load("teaching-stoichiometry")
+    chosen = []
+    for i, original in enumerate(datasets.load("teaching-stoichiometry").frames[frames]):
+        atoms = original.copy()
+        atoms.calc = original.calc  # energy and forces (copy() drops the calculator)
+        atoms.info.pop("name", None)
+        if splits:
+            atoms.info["split"] = splits[i]
+        chosen.append(atoms)
     buf = io.StringIO()
-    ase.io.write(buf, ds.frames[:12], format="extxyz")
-    at = _app()
-    at.file_uploader(key="upload").set_value(
-        ("mine.extxyz", buf.getvalue().encode(), "application/octet-stream")).run()
+    ase.io.write(buf, chosen, format="extxyz")
+    return buf.getvalue().encode()
+
+
+def _upload(at: AppTest, name: str, data: bytes, *, key: str = "upload") -> AppTest:
+    (widget,) = [u for u in at.file_uploader if u.key.startswith(key)]
+    return widget.set_value((name, data, "application/octet-stream")).run()
+
+
+def _split(at: AppTest, kind: str) -> AppTest:
+    """Choose the sidebar's train/test split of the current upload."""
+    (widget,) = [s for s in at.sidebar.selectbox if s.key.startswith("split_kind_")]
+    return widget.set_value(kind).run()
+
+
+def _structure_labels(at: AppTest) -> list[str]:
+    (picker,) = [s for s in at.selectbox if s.key == "structure"]
+    return list(picker.options)
+
+
+def _counts(at: AppTest) -> tuple[int, int]:
+    """(training, test) structures from Explore's caption."""
+    import re
+
+    caption = " ".join(c.value for c in at.caption)
+    found = re.search(r"training set (\d+) structures, test (\d+) structures", caption)
+    assert found, caption
+    return int(found[1]), int(found[2])
+
+
+def _parity_traces(at: AppTest) -> list[str]:
+    import json
+
+    for chart in at.get("plotly_chart"):
+        fig = json.loads(chart.proto.spec)
+        if fig["layout"].get("xaxis", {}).get("title", {}).get("text", "").startswith(
+                "reference energy"):
+            return [t.get("name", "") for t in fig["data"]]
+    raise AssertionError("no parity plot")
+
+
+def test_good_upload_becomes_the_dataset():
+    at = _upload(_app(), "mine.extxyz", _teaching_extxyz(slice(0, 12)))
     _ok(at)
     assert "mine.extxyz" in " ".join(c.value for c in at.caption)
+
+
+def test_uploaded_structures_are_named_after_the_users_file(monkeypatch):
+    """Not after the content hash the server stores the file under."""
+    from lprviz import export
+
+    offered: list[bytes] = []
+    real_csv = export.csv_bytes
+
+    def recording_csv(*args, **kwargs):
+        offered.append(real_csv(*args, **kwargs))
+        return offered[-1]
+
+    monkeypatch.setattr(export, "csv_bytes", recording_csv)
+    at = _upload(_app(), "cu-au run 7.extxyz", _teaching_extxyz(slice(0, 12)))
+    _ok(at)
+    stored = Path(at.session_state["uploads"]["cu-au run 7.extxyz"]).name
+    labels = _structure_labels(at)
+    assert len(labels) == 12
+    assert all(label.startswith("cu-au run 7.extxyz#") for label in labels), labels[:3]
+    assert not any(stored in label for label in labels)
+    at.switch_page("lprviz/app/pages/export.py").run()
+    _ok(at)
+    import pandas as pd
+
+    table = pd.read_csv(io.BytesIO(offered[-1]))
+    names = set(table["name"])
+    assert names == {f"cu-au run 7.extxyz#{i}" for i in range(12)}
+
+
+def state_train(at: AppTest) -> tuple[int, ...]:
+    """The session's training set of the (one) uploaded file."""
+    (frames,) = [v for k, v in at.session_state["train"].items() if k.endswith(".extxyz")]
+    return frames
+
+
+def test_random_split_of_an_upload_gives_test_atoms_for_every_page():
+    from lprviz import datasets
+
+    at = _upload(_app(), "mine.extxyz", _teaching_extxyz(slice(0, 16)))
+    _ok(at)
+    assert _counts(at) == (16, 0)  # an upload trains on everything until split
+    assert not any("(test)" in name for name in _parity_traces(at))
+    at = _split(at, "random fraction")
+    _ok(at)
+    n_train, n_test = _counts(at)
+    assert n_test > 0 and n_train + n_test == 16
+    assert any("(test)" in name for name in _parity_traces(at))
+    assert sum("(test," in label for label in _structure_labels(at)) == n_test
+    for page in ("compare", "improve", "training_set"):
+        at.switch_page(f"lprviz/app/pages/{page}.py").run()
+        _ok(at)
+    # The split survives page switches and the Training set page edits on top of it.
+    metrics = {m.label: m.value for m in at.metric}
+    assert int(metrics["Test structures"]) == n_test
+    at.selectbox(key="ts_preset").set_value("all structures").run()
+    at.button(key="ts_apply_preset").click().run()
+    at.switch_page("lprviz/app/pages/explore.py").run()
+    _ok(at)
+    assert _counts(at) == (16, 0)
+    # A new seed is a new split: the training set starts again from it.
+    (seed,) = [n for n in at.sidebar.number_input if n.key.startswith("split_seed_")]
+    seed.set_value(1).run()
+    _ok(at)
+    assert _counts(at)[1] == n_test
+    frames_kept = state_train(at)
+    # ...and it is kept per file while the user looks at another dataset.
+    at.sidebar.selectbox(key="dataset_label").set_value(datasets.DEFAULT_DATASET).run()
+    _ok(at)
+    assert not [s for s in at.sidebar.selectbox if s.key.startswith("split_kind_")]
+    at.sidebar.selectbox(key="dataset_label").set_value("mine.extxyz").run()
+    _ok(at)
+    (kind,) = [s for s in at.sidebar.selectbox if s.key.startswith("split_kind_")]
+    assert kind.value == "random fraction" and _counts(at)[1] == n_test
+    assert state_train(at) == frames_kept
+
+
+def test_a_second_file_is_the_test_set_and_a_bad_one_is_named():
+    at = _upload(_app(), "train part.extxyz", _teaching_extxyz(slice(0, 12)))
+    at = _split(at, "second file")
+    _ok(at)
+    at = _upload(at, "held out.extxyz", _teaching_extxyz(slice(12, 18)), key="split_test_file")
+    _ok(at)
+    assert _counts(at) == (12, 6)
+    labels = _structure_labels(at)
+    assert sum(label.startswith("held out.extxyz#") and "(test," in label
+               for label in labels) == 6
+    for page in ("compare", "improve"):
+        at.switch_page(f"lprviz/app/pages/{page}.py").run()
+        _ok(at)
+    at.switch_page("lprviz/app/pages/explore.py").run()
+    at = _upload(at, "typo.extxyz", b"3\n\nCu 0 0 nan\n", key="split_test_file")
+    assert not at.exception
+    (error,) = [e.value for e in at.error]
+    assert error.startswith("typo.extxyz") and "\n" not in error
+    assert _counts(at) == (12, 6)  # the good test file stays in use
+
+
+def test_test_groups_of_an_upload_are_its_test_set():
+    at = _upload(_app(), "two groups.extxyz", _teaching_extxyz(slice(34, 46)))
+    at = _split(at, "by group")
+    _ok(at)
+    assert _counts(at) == (12, 0)  # no group chosen yet
+    (groups,) = [m for m in at.sidebar.multiselect if m.key.startswith("split_groups_")]
+    groups.set_value(["varied-composition", "fixed-stoichiometry"]).run()
+    assert not at.exception
+    (error,) = [e.value for e in at.error]
+    assert error.startswith("two groups.extxyz") and "no labelled structure" in error
+    (groups,) = [m for m in at.sidebar.multiselect if m.key.startswith("split_groups_")]
+    groups.set_value(["varied-composition"]).run()
+    _ok(at)
+    assert _counts(at) == (6, 6)
+    assert all(("(test," in label) == ("[varied-composition]" in label)
+               for label in _structure_labels(at))
+
+
+def test_a_files_own_split_is_the_default_training_set():
+    """Frames marked split=test in the file (as mlearn's test file) are not trained on."""
+    splits = tuple("test" if i % 3 == 0 else "train" for i in range(10))
+    at = _upload(_app(), "marked.extxyz", _teaching_extxyz(slice(0, 10), splits=splits))
+    _ok(at)
+    assert _counts(at) == (6, 4)
 
 
 @pytest.mark.parametrize("page", ["explore", "learn"])

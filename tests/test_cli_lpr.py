@@ -76,6 +76,8 @@ def test_round_trip_equals_scikit_matter(files, tmp_path, capsys):
     assert info["lprviz_model"] == "linear" and info["lprviz_baseline"] is False
     assert info["lprviz_soap_cutoff"] == pytest.approx(4.0)
     assert info["lprviz_n_train_frames"] == 30 and info["in_training"] is False
+    # the dataset of datasets.combine, named after both files
+    assert info["lprviz_dataset"] == "train.extxyz+test.extxyz"
     assert info["lprviz_version"]
     np.testing.assert_allclose([a.positions for a in frames], [a.positions for a in test_frames])
 

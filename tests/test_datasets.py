@@ -662,3 +662,53 @@ def test_per_group_median_equals_pandas():
     np.testing.assert_allclose(m2, [2.5, 9.0])
     with pytest.raises(InputError):
         datasets.per_group_median(values, groups[:5])
+
+
+def test_label_names_a_file_everywhere_but_never_becomes_a_path(tmp_path):
+    """An upload is stored under a content hash; the user's name is what people see."""
+    stored = tmp_path / "2a3ed45a7ad65f06.extxyz"
+    frames = [_frame(energy=-3.0), _frame(energy=-2.0, name="given")]
+    ase.io.write(stored, frames, format="extxyz")
+    ds = datasets.load(stored, label="my run.extxyz")
+    assert ds.name == "my run.extxyz"
+    assert ds.names == ["my run.extxyz#0", "given"]  # the file's own names are kept
+    assert stored.name not in ds.provenance and "my run.extxyz" in ds.provenance
+    # Errors name the label too, the stored file nowhere.
+    stored.write_text("2\nProperties=species:S:1:pos:R:3\nCu 0 0 0\nCu nan 1 1\n")
+    msg = _one_line_error(datasets.load, stored, label="my run.extxyz", match="frame 0")
+    assert msg.startswith("my run.extxyz") and stored.name not in msg
+    broken = tmp_path / "0123456789abcdef.json"
+    broken.write_text("[{")
+    msg = _one_line_error(datasets.load, broken, label="mine.json", match="invalid JSON")
+    assert msg.startswith("mine.json") and broken.name not in msg
+    missing = _one_line_error(datasets.load, tmp_path / "gone.xyz", label="mine.xyz",
+                              match="existing file")
+    assert "mine.xyz" in missing and "gone.xyz" not in missing
+
+
+def test_compressed_file_structures_are_named_after_the_file(tmp_path):
+    import gzip
+
+    plain = tmp_path / "plain.extxyz"
+    ase.io.write(plain, [_frame(energy=-1.0), _frame(energy=-2.0)], format="extxyz")
+    path = tmp_path / "frames.extxyz.gz"
+    path.write_bytes(gzip.compress(plain.read_bytes()))
+    assert datasets.load(path).names == ["frames.extxyz.gz#0", "frames.extxyz.gz#1"]
+
+
+def test_combine_puts_training_frames_first_with_splits(tmp_path):
+    a = datasets.load("teaching-stoichiometry").subset(range(5))
+    b = datasets.load("emt-alloys").subset([3, 1])
+    both = datasets.combine(a, b)
+    assert len(both.frames) == 7 and both.name == f"{a.name}+{b.name}"
+    assert list(both.splits) == ["train"] * 5 + ["test"] * 2
+    assert both.names == a.names + b.names
+    assert list(both.groups) == list(a.groups) + list(b.groups)
+    np.testing.assert_array_equal(both.energies, np.concatenate([a.energies, b.energies]))
+    assert both.true_local_energies.shape == (both.n_atoms,)
+    np.testing.assert_array_equal(both.true_local_energies[a.n_atoms:], b.true_local_energies)
+    no_truth = datasets.Dataset(**{**vars(b), "true_local_energies": None})
+    assert datasets.combine(a, no_truth).true_local_energies is None
+    empty = a.subset([])
+    msg = _one_line_error(datasets.combine, a, empty, match="no structures")
+    assert msg.startswith(a.name)

@@ -170,9 +170,10 @@ def usage() -> dict[str, tuple[int, int, int]]:
 
 
 def release(source: str) -> None:
-    """Drop every entry computed from ``source`` (an upload that went away)."""
+    """Drop every entry computed from ``source`` (an upload that went away), also from
+    combined sources it is part of."""
     for cache in ALL:
-        cache.discard(lambda key: key[0] != source)
+        cache.discard(lambda key: source not in source_parts(key[0]))
 
 
 def clear() -> None:
@@ -187,14 +188,42 @@ def _is_upload(source: str) -> bool:
     return uploads.is_upload(source)
 
 
+# --------------------------------------------------------------------------- sources
+
+# A source is a dataset name or a stored upload's path, or two of them joined by this
+# separator: a training file and its test file (no stored path or dataset name holds a
+# newline). Every cache key starts with the source, so release() finds both files' entries.
+_PART_SEPARATOR = "\n"
+
+
+def combined_source(train: str, test: str) -> str:
+    """The source of ``train``'s structures followed by ``test``'s as its test set."""
+    return f"{train}{_PART_SEPARATOR}{test}"
+
+
+def source_parts(source: str) -> list[str]:
+    """The dataset names / stored paths a source is made of (one, or training and test)."""
+    return str(source).split(_PART_SEPARATOR)
+
+
+def _display_name(source: str) -> str | None:
+    from lprviz.app import uploads
+
+    return uploads.display_name(source)
+
+
 # --------------------------------------------------------------------------- cached steps
 
 
 def dataset(source: str) -> datasets.Dataset:
-    """The dataset named (or stored at) ``source``."""
+    """The dataset named (or stored at) ``source``; an upload is named after the user's file
+    (:func:`lprviz.app.uploads.display_name`); a combined source is
+    :func:`lprviz.datasets.combine` of its training and test parts."""
     def load() -> datasets.Dataset:
         with st.spinner("Loading and checking the dataset..."):
-            return datasets.load(source)
+            parts = [datasets.load(part, label=_display_name(part))
+                     for part in source_parts(source)]
+            return parts[0] if len(parts) == 1 else datasets.combine(*parts)
 
     return DATASETS.get((source,), load)
 

@@ -10,11 +10,16 @@ on it) through :func:`alpha_slider`; its widget key survives pages where no slid
 because :func:`keep_across_pages` re-assigns it at the start of every run. Dataset and alpha
 live in the URL, so a view can be shared; a bad link falls back to the defaults with a
 notice.
+
+An uploaded file has no test set of its own: the sidebar offers its train/test split
+(:class:`Split`, kept per file in the session), which sets the default training set; a second
+file as the test set makes the source :func:`lprviz.app.caches.combined_source`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import hashlib
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -26,10 +31,11 @@ from lprviz.app.common import plain_text
 from lprviz.errors import InputError
 
 __all__ = [
-    "ALPHA_LOG10_RANGE", "DEFAULT_ALPHA_LOG10", "Settings", "alpha", "alpha_slider",
-    "available_sources", "current_fit", "current_results", "default_training_frames",
-    "frame_numbers", "keep_across_pages", "link_alpha_log10", "set_training_frames", "settings",
-    "sidebar", "training_frames",
+    "ALPHA_LOG10_RANGE", "DEFAULT_ALPHA_LOG10", "SPLITS", "Settings", "Split", "alpha",
+    "alpha_slider", "available_sources", "current_fit", "current_results",
+    "default_training_frames", "forget_training_frames", "frame_numbers", "keep_across_pages",
+    "link_alpha_log10", "new_training_table", "set_training_frames", "settings", "sidebar",
+    "training_frames",
 ]
 
 DEFAULT_ALPHA_LOG10 = -4.0
@@ -38,16 +44,51 @@ DEFAULT_PRESET = "bulk only"
 #: Widget keys drawn on some pages only, kept for the others.
 PAGE_WIDGET_KEYS = ("alpha_log10",)
 _SETTINGS = "_settings"
+_SPLIT_SHOWN = "_split_shown"  # the upload whose split widgets the last run drew
+#: Train/test splits offered for an uploaded file (user data has no designed default).
+SPLITS = ("none", "random fraction", "by group", "second file")
+_SPLIT_HELP = (
+    "Test structures are left out of training; Explore, Compare and Improve work on them. "
+    "'none': every labelled structure trains (or the file's own split=train/test info, when "
+    "it has one); 'second file': your test set in its own file, like the CLI's --train/--test. "
+    "The Training set page edits start from this split.")
+
+
+@dataclass(frozen=True)
+class Split:
+    """How an uploaded file is split into training and test structures.
+
+    Attributes
+    ----------
+    kind : str
+        One of :data:`SPLITS`.
+    fraction : float
+        ``"random fraction"``: the fraction of structures held out as test.
+    seed : int
+        Seed of that random choice.
+    groups : tuple of str
+        ``"by group"``: the test groups.
+    test_label : str
+        ``"second file"``: the uploaded test file (a label of the session's uploads).
+    """
+
+    kind: str = SPLITS[0]
+    fraction: float = 0.2
+    seed: int = 0
+    groups: tuple[str, ...] = ()
+    test_label: str = ""
 
 
 @dataclass(frozen=True)
 class Settings:
     """What the sidebar decided: hashable, passed to the cached steps."""
 
-    source: str  # what caches.dataset loads: a dataset name or a stored upload's path
+    source: str  # what caches.dataset loads: a dataset name, a stored upload's path, or
+    # caches.combined_source(training file, test file)
     label: str  # what the user sees (dataset name or uploaded file name)
     preset: str  # SOAP preset
     spec: pipeline.ModelSpec
+    split: Split | None = None  # uploads only: the chosen train/test split
 
 
 def keep_across_pages() -> None:
@@ -88,6 +129,8 @@ def _on_upload() -> None:
     previous, path = registry.get(up.name), ""
     try:
         path = uploads.save_upload(up.name, up.getvalue())
+        for label in [k for k, p in registry.items() if p == path and k != up.name]:
+            del registry[label]  # the same content uploaded again under a new name
         registry[up.name] = path  # before loading: errors then name the user's file
         caches.dataset(path)  # validate now so a bad file fails here, in one line
     except InputError as exc:
@@ -147,8 +190,96 @@ def sidebar() -> Settings:
         qp["dataset"] = label
     current = Settings(source=source, label=label, preset=st.session_state["soap_preset"],
                        spec=pipeline.ModelSpec(kind=st.session_state["model_kind"]))
+    st.session_state[_SETTINGS] = current  # the split controls may fail: keep a value
+    if label in registry:
+        current = _with_split(current, registry)
+    else:
+        st.session_state[_SPLIT_SHOWN] = None
     st.session_state[_SETTINGS] = current
     return current
+
+
+# --------------------------------------------------------------------------- user data split
+
+
+def _tag(source: str) -> str:
+    return hashlib.sha1(source.encode()).hexdigest()[:8]
+
+
+def _on_test_upload(source: str) -> None:
+    """Test-file uploader callback: store and check the file; the split then uses it."""
+    up = st.session_state.get(f"split_test_file_{_tag(source)}")
+    if up is None:
+        return
+    registry: dict[str, str] = st.session_state.setdefault("uploads", {})
+    path = ""
+    try:
+        path = uploads.save_upload(up.name, up.getvalue())
+        if path == source:
+            raise InputError(f"{up.name}: the same content as the training file; choose "
+                             "another file as the test set")
+        caches.dataset(path)  # a bad test file fails here, in one line naming it
+    except InputError as exc:
+        st.session_state["_upload_error"] = uploads.user_message(str(exc))
+        if path and path not in registry.values():
+            uploads.discard(Path(path))
+        return
+    for label in [k for k, p in registry.items() if p == path]:
+        del registry[label]
+    registry[up.name] = path  # offered as a dataset too; messages map it to its name
+    st.session_state[f"split_test_{_tag(source)}"] = up.name
+
+
+def _with_split(current: Settings, registry: dict[str, str]) -> Settings:
+    """Draw the train/test split of an upload (kept per file in the session, across pages
+    and dataset switches) and return the settings of the split dataset."""
+    source, tag = current.source, _tag(current.source)
+    stored: dict[str, Split] = st.session_state.setdefault("_splits", {})
+    before = stored.get(source, Split())
+    keys = {"kind": f"split_kind_{tag}", "fraction": f"split_fraction_{tag}",
+            "seed": f"split_seed_{tag}", "groups": f"split_groups_{tag}",
+            "test_label": f"split_test_{tag}"}
+    # Widgets not drawn on a run (another dataset was shown) lose or keep stale values, so
+    # they restart from the file's stored split whenever this file comes back into view.
+    if st.session_state.get(_SPLIT_SHOWN) != source:
+        for field, key in keys.items():
+            value = getattr(before, field)
+            st.session_state[key] = list(value) if field == "groups" else value
+    st.session_state[_SPLIT_SHOWN] = source
+    ds = caches.dataset(source)
+    with st.sidebar:
+        kind = st.selectbox("Train/test split of your file", SPLITS, key=keys["kind"],
+                            help=_SPLIT_HELP)
+        if kind == "random fraction":
+            c1, c2 = st.columns(2)
+            c1.number_input("test fraction", 0.05, 0.95, step=0.05, key=keys["fraction"])
+            c2.number_input("seed", 0, 10**6, key=keys["seed"])
+        elif kind == "by group":
+            st.multiselect("Test groups", list(dict.fromkeys(str(g) for g in ds.groups)),
+                           key=keys["groups"],
+                           help="Structures of these groups are the test set.")
+        elif kind == "second file":
+            st.file_uploader("Test set file (extxyz / mlearn JSON)", type=uploads.UPLOAD_TYPES,
+                             key=f"split_test_file_{tag}", on_change=_on_test_upload,
+                             args=(source,))
+    test_label = st.session_state[keys["test_label"]]
+    if test_label not in registry or registry[test_label] == source:
+        test_label = ""
+    split = Split(kind=kind, fraction=float(st.session_state[keys["fraction"]]),
+                  seed=int(st.session_state[keys["seed"]]),
+                  groups=tuple(st.session_state[keys["groups"]]), test_label=test_label)
+    if split != before:
+        stored[source] = split
+        forget_training_frames(source)  # the default training set follows the new split
+    if kind == "second file":
+        if not test_label:
+            st.sidebar.caption("Upload the test set file: until then every labelled "
+                               "structure trains.")
+            return replace(current, split=replace(split, kind=SPLITS[0]))
+        st.sidebar.caption(plain_text(f"Test set: {test_label}"))
+        return replace(current, source=caches.combined_source(source, registry[test_label]),
+                       label=f"{current.label} + {test_label}", split=split)
+    return replace(current, split=split)
 
 
 # --------------------------------------------------------------------------- alpha
@@ -212,15 +343,31 @@ def alpha_slider(*, label: str = "Regularisation alpha (log10)") -> float:
 
 
 def default_training_frames(current: Settings) -> tuple[int, ...]:
-    """The default training set: :data:`DEFAULT_PRESET` among labelled frames (all labelled
-    frames when the preset picks none)."""
+    """The default training set among labelled frames: the upload's random or by-group split
+    (its non-test frames); else the source's own splits (its ``"train"`` frames: mlearn, a
+    second test file, a file's ``split`` info); else every frame of an upload; else
+    :data:`DEFAULT_PRESET` (all labelled frames when a choice picks none)."""
     ds = caches.dataset(current.source)
     labelled = np.asarray(ds.has_energy, dtype=bool)
     if not labelled.any():
         raise InputError(f"{current.label}: no structure has an energy, so nothing can be "
                          "trained on; add energies (or pick another dataset)")
-    mask = selection.preset_mask(DEFAULT_PRESET, ds.groups, frame_numbers(current.source))
+    split = current.split
+    if split is not None and split.kind == "random fraction":
+        rule = selection.TrainingRule(fraction=split.fraction, seed=split.seed)
+        mask = ~selection.apply_rule(rule, ds.groups, frame_numbers(current.source))
+    elif split is not None and split.kind == "by group":
+        mask = ~np.isin(ds.groups, split.groups)
+    elif (np.asarray(ds.splits) == "train").any():
+        mask = np.asarray(ds.splits) == "train"
+    elif split is not None:
+        mask = np.ones(len(ds.frames), dtype=bool)
+    else:
+        mask = selection.preset_mask(DEFAULT_PRESET, ds.groups, frame_numbers(current.source))
     mask &= labelled
+    if split is not None and split.kind in ("random fraction", "by group") and not mask.any():
+        raise InputError(f"{current.label}: the train/test split leaves no labelled structure "
+                         "to train on; hold out fewer structures")
     return tuple(int(i) for i in np.flatnonzero(mask if mask.any() else labelled))
 
 
@@ -231,6 +378,19 @@ def training_frames(current: Settings, *, key: str = "train") -> tuple[int, ...]
     if current.source not in store:
         store[current.source] = default_training_frames(current)
     return store[current.source]
+
+
+def forget_training_frames(source: str, *, key: str = "train") -> None:
+    """Drop the session's training set of ``source`` (the next read gives the default) and
+    start the Training set page's table afresh."""
+    st.session_state.setdefault(key, {}).pop(source, None)
+    new_training_table(source)
+
+
+def new_training_table(source: str) -> None:
+    """New version of the Training set page's table: it restarts from the current set."""
+    versions = st.session_state.setdefault("editor_version", {})
+    versions[source] = versions.get(source, 0) + 1
 
 
 def set_training_frames(current: Settings, frames, *, key: str = "train") -> None:

@@ -50,11 +50,19 @@ def _upload_dir() -> Path:
 
 _UPLOAD_LOCK = threading.RLock()
 _dead_since: dict[str, float] = {}  # session id -> when first seen disconnected (monotonic)
+# Stored path -> the user's file name. A stored path belongs to one session (its own folder),
+# so one name per path; the datasets read from it are named after it (display_name).
+_names: dict[str, str] = {}
 
 
 def is_upload(source: str) -> bool:
     """True if ``source`` is a file stored by :func:`save_upload`."""
     return UPLOAD_DIR is not None and source.startswith(str(UPLOAD_DIR))
+
+
+def display_name(source: str) -> str | None:
+    """The user's file name of the stored upload ``source`` (None: not an upload)."""
+    return _names.get(str(source))
 
 
 def release_upload(source: str) -> None:
@@ -120,6 +128,7 @@ def _start_pruner() -> None:
 def discard(path: Path) -> None:
     """Delete a stored upload and release what was cached from it."""
     path.unlink(missing_ok=True)
+    _names.pop(str(path), None)
     release_upload(str(path))
 
 
@@ -214,6 +223,9 @@ def save_upload(name: str, data: bytes, *, session: str | None = None) -> str:
         path = folder / f"{digest}{suffix}"
         if path.exists():
             path.touch()  # now the session's newest
+            if _names.get(str(path)) != name:  # same content, new name: reload under it
+                _names[str(path)] = name
+                release_upload(str(path))
             return str(path)
         own = _files(folder)
         while own and (len(own) + 1 > UPLOADS_PER_SESSION
@@ -227,6 +239,7 @@ def save_upload(name: str, data: bytes, *, session: str | None = None) -> str:
         try:
             tmp.write_bytes(data)
             tmp.replace(path)
+            _names[str(path)] = name
         finally:
             tmp.unlink(missing_ok=True)  # a full disk or Ctrl-C leaves no partial upload
     return str(path)

@@ -10,7 +10,9 @@ Everything that reads structures goes through :func:`load`, which returns a :cla
   731 (2020), downloaded by :func:`fetch` from a pinned commit, SHA-256 verified, cached in
   the user cache dir (``LPRVIZ_CACHE_DIR`` overrides it);
 - any file path: extended XYZ (or another ASE-readable format) or the mlearn JSON format;
-  files copied into the cache by :func:`import_file` are loadable by name.
+  files copied into the cache by :func:`import_file` are loadable by name (``label=`` gives
+  the name people know a file by, e.g. an upload's original name);
+- :func:`combine` joins a training and a test file into one dataset with ``splits``.
 
 Frames carry their energy and forces as an ASE ``SinglePointCalculator`` (where ASE's own
 readers put them); :attr:`Dataset.energies` is the canonical array.
@@ -21,7 +23,7 @@ Modules: :mod:`~lprviz.datasets.dataset` (the container), :mod:`~lprviz.datasets
 :mod:`~lprviz.datasets.importer` (user files into the cache).
 """
 
-from lprviz.datasets.dataset import Dataset, DatasetInfo, per_group_median
+from lprviz.datasets.dataset import Dataset, DatasetInfo, combine, per_group_median
 from lprviz.datasets.download import fetch
 from lprviz.datasets.importer import import_file
 from lprviz.datasets.readers import (
@@ -53,6 +55,7 @@ __all__ = [
     "Dataset",
     "DatasetInfo",
     "cache_dir",
+    "combine",
     "fetch",
     "import_file",
     "list_available",

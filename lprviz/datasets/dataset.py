@@ -222,3 +222,49 @@ def per_group_median(values, groups) -> tuple[np.ndarray, np.ndarray]:
     hi = starts[:-1] + counts // 2
     med = 0.5 * (v[:, lo] + v[:, hi])
     return labels, med.reshape(values.shape[:-1] + (labels.size,))
+
+
+def combine(train: Dataset, test: Dataset, *, name: str | None = None) -> Dataset:
+    """One dataset of a training file followed by a test file, with ``splits`` set.
+
+    The CLI's ``lpr --train A --test B`` and the app's "second file as the test set" both
+    build their dataset here, so the two agree on order and names.
+
+    Parameters
+    ----------
+    train, test : Dataset
+        Their frames become the ``"train"`` and ``"test"`` frames, training frames first.
+    name : str, optional
+        Name of the result (default ``"<train.name>+<test.name>"``).
+
+    Returns
+    -------
+    Dataset
+        Shares the ``Atoms`` objects; ``true_local_energies`` only when both parts have them.
+
+    Raises
+    ------
+    InputError
+        A part without structures (the message names it).
+    """
+    parts = (train, test)
+    for part in parts:
+        if not part.frames:
+            raise InputError(f"{part.name}: contains no structures")
+    local = None
+    if all(p.true_local_energies is not None for p in parts):
+        local = np.concatenate([p.true_local_energies for p in parts])
+    return Dataset(
+        name=name or f"{train.name}+{test.name}",
+        frames=train.frames + test.frames,
+        energies=np.concatenate([p.energies for p in parts]),
+        has_energy=np.concatenate([p.has_energy for p in parts]),
+        groups=np.concatenate([p.groups for p in parts]),
+        names=train.names + test.names,
+        splits=np.array(["train"] * len(train.frames) + ["test"] * len(test.frames)),
+        true_local_energies=local,
+        provenance="; ".join(f"{split}: {p.provenance or p.name}"
+                             for split, p in zip(("train", "test"), parts, strict=True)),
+        licence=train.licence if train.licence == test.licence else
+        f"train: {train.licence}; test: {test.licence}",
+    )

@@ -35,12 +35,12 @@ UNGROUPED = "ungrouped"
 ENERGY_KEYS = ("energy", "REF_energy", "dft_energy", "total_energy", "Energy")
 
 
-def _sniff(path: Path) -> bytes:
+def _sniff(path: Path, label: str) -> bytes:
     try:
         with open(path, "rb") as fh:
             return fh.read(8192)
     except OSError as exc:
-        raise InputError(f"{path}: cannot read file ({exc.strerror})") from None
+        raise InputError(f"{label}: cannot read file ({exc.strerror})") from None
 
 
 def _is_text(head: bytes) -> bool:
@@ -54,44 +54,50 @@ def _is_text(head: bytes) -> bool:
     return True
 
 
-def _check_size(path: Path) -> None:
+def _check_size(path: Path, label: str) -> None:
     """Refuse a file larger than ``Limits.max_file_bytes`` before reading it."""
     limit = get_limits().max_file_bytes
     try:
         size = path.stat().st_size
     except OSError as exc:
-        raise InputError(f"{path.name}: cannot read file ({exc.strerror})") from None
+        raise InputError(f"{label}: cannot read file ({exc.strerror})") from None
     if size > limit:
-        raise InputError(f"{path.name}: {size / 2**20:.0f} MiB, larger than the limit of "
+        raise InputError(f"{label}: {size / 2**20:.0f} MiB, larger than the limit of "
                          f"{limit / 2**20:.0f} MiB (LPRVIZ_MAX_FILE_BYTES)")
 
 
 def _read_file(
-    path: Path, *, group_key: str | None, max_atoms: int = DEFAULT_MAX_ATOMS
+    path: Path, *, group_key: str | None, max_atoms: int = DEFAULT_MAX_ATOMS,
+    label: str | None = None,
 ) -> tuple[list[Atoms], dict[str, list]]:
-    """Frames and per-frame metadata (groups, names, splits) of one file."""
+    """Frames and per-frame metadata (groups, names, splits) of one file.
+
+    ``label`` is the file's name for people (default ``path.name``): messages and default
+    structure names (``"<label>#<i>"``) use it, never ``path`` (an upload's stored path).
+    """
+    label = label or path.name
     if path.suffix.lower() in _DECOMPRESSORS:
-        return _read_compressed(path, group_key=group_key, max_atoms=max_atoms)
-    _check_size(path)
-    head = _sniff(path)
+        return _read_compressed(path, group_key=group_key, max_atoms=max_atoms, label=label)
+    _check_size(path, label)
+    head = _sniff(path, label)
     if not head:
-        raise InputError(f"{path.name}: file is empty, expected structures (extxyz or JSON)")
+        raise InputError(f"{label}: file is empty, expected structures (extxyz or JSON)")
     # Pickles are never read (ASE's legacy trajectory and some formats would unpickle).
     if head[:1] == b"\x80" or head.startswith(b"PickleTrajectory"):
-        raise InputError(f"{path.name}: looks like a Python pickle; pickles are never loaded, "
+        raise InputError(f"{label}: looks like a Python pickle; pickles are never loaded, "
                          "convert it to extxyz")
     suffix = path.suffix.lower()
     if suffix == ".json":
         if not _is_text(head):
-            raise InputError(f"{path.name}: binary data, expected a JSON text file")
+            raise InputError(f"{label}: binary data, expected a JSON text file")
         if head.lstrip()[:1] == b"[":
-            frames, meta = read_mlearn_json(path)
+            frames, meta = read_mlearn_json(path, label=label)
             return frames, meta
         fmt = "json"
     elif suffix in (".xyz", ".extxyz", ""):
         if not _is_text(head):
-            raise InputError(f"{path.name}: binary data, expected an extended XYZ text file")
-        _check_xyz_counts(path, max_atoms=max_atoms)
+            raise InputError(f"{label}: binary data, expected an extended XYZ text file")
+        _check_xyz_counts(path, max_atoms=max_atoms, label=label)
         fmt = "extxyz"
     else:
         fmt = None
@@ -99,12 +105,12 @@ def _read_file(
         frames = ase.io.read(path, index=":", format=fmt)
     except Exception as exc:  # ASE raises many types for malformed files
         msg = " ".join(str(exc).split())[:200] or type(exc).__name__
-        raise InputError(f"{path.name}: cannot read structures ({msg})") from None
+        raise InputError(f"{label}: cannot read structures ({msg})") from None
     if isinstance(frames, Atoms):
         frames = [frames]
     frames = list(frames)
-    groups = _groups_from_info(frames, group_key, source=path.name)
-    names = [str(a.info.get("name", f"{path.name}#{i}")) for i, a in enumerate(frames)]
+    groups = _groups_from_info(frames, group_key, source=label)
+    names = [str(a.info.get("name", f"{label}#{i}")) for i, a in enumerate(frames)]
     splits = [_split_from_info(a) for a in frames]
     for a in frames:
         _energy_to_calc(a)
@@ -121,7 +127,7 @@ _DECOMPRESSORS = {".gz": "gzip", ".bz2": "bz2", ".xz": "lzma"}
 
 
 def _read_compressed(
-    path: Path, *, group_key: str | None, max_atoms: int
+    path: Path, *, group_key: str | None, max_atoms: int, label: str
 ) -> tuple[list[Atoms], dict[str, list]]:
     import importlib
 
@@ -131,21 +137,21 @@ def _read_compressed(
         with module.open(path, "rb") as fh:
             data = fh.read(limit + 1)
     except (OSError, EOFError, ValueError) as exc:
-        raise InputError(f"{path.name}: cannot decompress ({exc})") from None
+        raise InputError(f"{label}: cannot decompress ({exc})") from None
     if len(data) > limit:
-        raise InputError(f"{path.name}: expands to more than {limit >> 20} MB, beyond what "
+        raise InputError(f"{label}: expands to more than {limit >> 20} MB, beyond what "
                          f"{max_atoms} atoms (max_atoms) need; decompress and check it")
     inner = Path(path.stem)  # e.g. "frames.xyz" of "frames.xyz.gz"
     with tempfile.TemporaryDirectory(prefix="lprviz-") as tmp:
         plain = Path(tmp) / f"data{inner.suffix}"
         plain.write_bytes(data)
         try:
-            return _read_file(plain, group_key=group_key, max_atoms=max_atoms)
-        except InputError as exc:
-            raise InputError(str(exc).replace(plain.name, path.name)) from None
+            return _read_file(plain, group_key=group_key, max_atoms=max_atoms, label=label)
+        except InputError as exc:  # an ASE message may still quote the temporary file
+            raise InputError(str(exc).replace(str(plain), label)) from None
 
 
-def _check_xyz_counts(path: Path, *, max_atoms: int) -> None:
+def _check_xyz_counts(path: Path, *, max_atoms: int, label: str) -> None:
     """Walk the frames of an (ext)xyz file exactly as ASE's reader will, before it does.
 
     ASE reads one line per atom a frame claims, even past the end of the file, so a 12-byte
@@ -167,11 +173,11 @@ def _check_xyz_counts(path: Path, *, max_atoms: int) -> None:
                     return
                 total += n
                 if n < 0 or total > max_atoms:
-                    raise InputError(f"{path.name}: frame {frame}: more than {max_atoms} atoms "
+                    raise InputError(f"{label}: frame {frame}: more than {max_atoms} atoms "
                                      f"in total (limit max_atoms; this frame claims {n})")
                 comment = fh.readline()
                 if n:
-                    _check_properties(comment, f"{path.name}: frame {frame}")
+                    _check_properties(comment, f"{label}: frame {frame}")
                 for _ in range(n):
                     if not fh.readline():
                         return  # truncated: ASE names the problem
@@ -264,7 +270,9 @@ def _as_float(value) -> float:
         return math.nan  # reported by validate_frames, naming the frame
 
 
-def read_mlearn_json(path: str | os.PathLike) -> tuple[list[Atoms], dict[str, list]]:
+def read_mlearn_json(
+    path: str | os.PathLike, *, label: str | None = None
+) -> tuple[list[Atoms], dict[str, list]]:
     """Read the mlearn JSON format (a list of pymatgen Structure dicts with outputs).
 
     Each entry needs ``structure.lattice.matrix`` (3x3, A), ``structure.sites[*].xyz``
@@ -275,6 +283,12 @@ def read_mlearn_json(path: str | os.PathLike) -> tuple[list[Atoms], dict[str, li
     Every field is checked for its JSON type and shape before use (see
     :func:`_mlearn_entry`); parsing errors, nesting too deep for Python's parser and
     integers too long for it become one-line errors too.
+
+    Parameters
+    ----------
+    path : str or path-like
+    label : str, optional
+        The file's name in messages and default structure names (default: the file name).
 
     Returns
     -------
@@ -287,34 +301,35 @@ def read_mlearn_json(path: str | os.PathLike) -> tuple[list[Atoms], dict[str, li
         One line naming the file, the entry and the field.
     """
     path = Path(path)
-    _check_size(path)
+    label = label or path.name
+    _check_size(path, label)
     try:
         with open(path, encoding="utf-8") as fh:
             data = json.load(fh)
     except UnicodeDecodeError:
-        raise InputError(f"{path.name}: not UTF-8 text, expected mlearn JSON") from None
+        raise InputError(f"{label}: not UTF-8 text, expected mlearn JSON") from None
     except json.JSONDecodeError as exc:
-        raise InputError(f"{path.name}: invalid JSON at line {exc.lineno} ({exc.msg}); "
+        raise InputError(f"{label}: invalid JSON at line {exc.lineno} ({exc.msg}); "
                          "truncated file?") from None
     except RecursionError:
-        raise InputError(f"{path.name}: JSON nested too deeply to parse; expected mlearn "
+        raise InputError(f"{label}: JSON nested too deeply to parse; expected mlearn "
                          "entries (a list of objects)") from None
     except ValueError as exc:  # e.g. an integer longer than Python's int_max_str_digits
         msg = str(exc).split(";")[0]
-        raise InputError(f"{path.name}: invalid JSON ({msg})") from None
+        raise InputError(f"{label}: invalid JSON ({msg})") from None
     except OSError as exc:
-        raise InputError(f"{path.name}: cannot read file ({exc.strerror})") from None
+        raise InputError(f"{label}: cannot read file ({exc.strerror})") from None
     if isinstance(data, dict) and "structure" in data:
         data = [data]
     if not isinstance(data, list):
-        raise InputError(f"{path.name}: expected a JSON list of entries with a 'structure', "
+        raise InputError(f"{label}: expected a JSON list of entries with a 'structure', "
                          f"got {_json_kind(data)}")
     frames, groups, names, splits = [], [], [], []
     for i, entry in enumerate(data):
-        atoms, group, tag = _mlearn_entry(entry, f"{path.name}: entry {i}")
+        atoms, group, tag = _mlearn_entry(entry, f"{label}: entry {i}")
         frames.append(atoms)
         groups.append(group)
-        names.append(f"{path.name}#{i}")
+        names.append(f"{label}#{i}")
         splits.append({"train": "train", "training": "train", "test": "test"}.get(tag, ""))
     return frames, {"groups": groups, "names": names, "splits": splits}
 

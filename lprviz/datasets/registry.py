@@ -176,6 +176,7 @@ def load(
     *,
     group_key: str | None = None,
     max_atoms: int | None = None,
+    label: str | None = None,
 ) -> Dataset:
     """Load a shipped, fetched, imported dataset by name, or a file by path.
 
@@ -189,6 +190,11 @@ def load(
         ``"config_type"``. For mlearn JSON the entry's ``"group"`` field is used.
     max_atoms : int, optional
         Largest total number of atoms accepted (default :data:`DEFAULT_MAX_ATOMS`).
+    label : str, optional
+        For a file path: the name people know the file by (default: the file's name), used
+        as the dataset's ``name``, in default structure names ``"<label>#<i>"``, provenance
+        and messages. The app passes the user's name of an upload stored under a
+        content-hash path; it is only ever text, never a path. Ignored for registry names.
 
     Returns
     -------
@@ -223,12 +229,15 @@ def load(
     path = Path(name_or_path).expanduser()
     if not path.exists():
         known = ", ".join([*_SHIPPED, *_FETCHABLE, *imported])
-        raise InputError(f"'{key}' is neither a dataset name ({known}) nor an existing file")
+        raise InputError(f"'{label or key}' is neither a dataset name ({known}) nor an "
+                         "existing file")
     if path.is_dir():
-        raise InputError(f"{path}: is a directory, expected a structure file (extxyz or JSON)")
-    frames, meta = _read_file(path, group_key=group_key, max_atoms=max_atoms)
-    return _build(path.name, frames, meta, source=path.name, max_atoms=max_atoms,
-                  provenance=f"user file {path}", licence="unknown (user file)")
+        raise InputError(f"{label or path}: is a directory, expected a structure file "
+                         "(extxyz or JSON)")
+    frames, meta = _read_file(path, group_key=group_key, max_atoms=max_atoms, label=label)
+    return _build(label or path.name, frames, meta, source=label or path.name,
+                  max_atoms=max_atoms, provenance=f"user file {label or path}",
+                  licence="unknown (user file)")
 
 
 def _load_fetchable(name: str, *, max_atoms: int) -> Dataset:

@@ -84,6 +84,18 @@ def running_app(cmd: list[str], *, cache: Path, log_name: str, cwd: Path = ROOT)
         log.close()
 
 
+def save_docs_screenshot(source: Path, dest: Path, *, box: tuple[int, int] = (1000, 1000)
+                         ) -> None:
+    """A browser screenshot downscaled into ``box`` and quantised (128 colours): small enough
+    to commit under docs/."""
+    from PIL import Image
+
+    img = Image.open(source).convert("RGB")
+    img.thumbnail(box)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    img.quantize(colors=128).save(dest, optimize=True)
+
+
 @pytest.fixture(scope="session")
 def app_url(tmp_path_factory):
     """``lprviz app`` (this checkout) on a free port, first start with an empty cache."""

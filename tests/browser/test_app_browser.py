@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from tests.browser.conftest import ARTIFACTS, ROOT
+from tests.browser.conftest import ARTIFACTS, ROOT, save_docs_screenshot
 
 pytestmark = pytest.mark.browser
 
@@ -106,13 +106,3 @@ def test_viewer_colours_and_alpha_slider(app_url, browser):
 
     save_docs_screenshot(ARTIFACTS / "explore.png", SCREENSHOT)
     page.close()
-
-
-def save_docs_screenshot(source, dest, *, box: tuple[int, int] = (1000, 1000)) -> None:
-    """A browser screenshot downscaled into ``box`` and quantised: small enough to commit."""
-    from PIL import Image
-
-    img = Image.open(source).convert("RGB")
-    img.thumbnail(box)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    img.quantize(colors=128).save(dest, optimize=True)

@@ -6,8 +6,8 @@ import time
 
 import pytest
 
-from tests.browser.conftest import ARTIFACTS, ROOT
-from tests.browser.test_app_browser import _canvas_pixels, _colour_classes, save_docs_screenshot
+from tests.browser.conftest import ARTIFACTS, ROOT, save_docs_screenshot
+from tests.browser.test_app_browser import _canvas_pixels, _colour_classes
 
 pytestmark = pytest.mark.browser
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 import time
 
 import pytest
-from test_app_browser import _settled_canvas, save_docs_screenshot
+from test_app_browser import _settled_canvas
 
-from tests.browser.conftest import ARTIFACTS, ROOT
+from tests.browser.conftest import ARTIFACTS, ROOT, save_docs_screenshot
 
 pytestmark = pytest.mark.browser
 

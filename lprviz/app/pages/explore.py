@@ -113,7 +113,8 @@ def _alpha_dependent(settings: state.Settings) -> None:
     st.caption(
         f"**{common.plain_text(settings.label)}**: {len(ds.frames)} structures, "
         f"{ds.n_atoms} atoms; training set "
-        f"{n_train} structures (edit on the *Training set* page); alpha = {alpha:.3g}; "
+        f"{n_train} structures, test {len(ds.frames) - n_train} structures (edit on the "
+        f"*Training set* page); alpha = {alpha:.3g}; "
         f"model {settings.spec.kind}, SOAP '{settings.preset}'."
     )
     und = np.asarray(res.undetermined, dtype=bool)

@@ -13,15 +13,9 @@ from lprviz import plots, selection
 from lprviz.app import caches, common, state
 
 
-def _bump(settings: state.Settings) -> None:
-    """New editor version: the table restarts from the current training set."""
-    versions = st.session_state.setdefault("editor_version", {})
-    versions[settings.source] = versions.get(settings.source, 0) + 1
-
-
 def _apply(settings: state.Settings, mask: np.ndarray) -> None:
     state.set_training_frames(settings, np.flatnonzero(mask))
-    _bump(settings)
+    state.new_training_table(settings.source)
 
 
 def _presets(settings: state.Settings, ds, numbers) -> None:
@@ -86,16 +80,18 @@ def _editor(settings: state.Settings, ds) -> None:
         c1, c2, _ = st.columns([1, 1, 2])
         apply = c1.form_submit_button("Apply changes", type="primary")
         reset = c2.form_submit_button("Reset to the default",
-                                      help=f"The default training set: '{state.DEFAULT_PRESET}'.")
+                                      help="The default training set: the sidebar's train/test "
+                                           "split of your file, the dataset's own split, or "
+                                           f"'{state.DEFAULT_PRESET}'.")
     if reset:
         state.set_training_frames(settings, state.default_training_frames(settings))
-        _bump(settings)
+        state.new_training_table(settings.source)
         st.rerun()
     if apply:
         frames = tuple(int(i) for i in np.flatnonzero(edited["train"].to_numpy(bool)))
         if frames != tuple(sorted(train)):
             state.set_training_frames(settings, frames)
-        _bump(settings)
+        state.new_training_table(settings.source)
         st.rerun()
 
 
