@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import http.server
 import importlib.util
@@ -707,7 +708,7 @@ def test_combine_puts_training_frames_first_with_splits(tmp_path):
     np.testing.assert_array_equal(both.energies, np.concatenate([a.energies, b.energies]))
     assert both.true_local_energies.shape == (both.n_atoms,)
     np.testing.assert_array_equal(both.true_local_energies[a.n_atoms:], b.true_local_energies)
-    no_truth = datasets.Dataset(**{**vars(b), "true_local_energies": None})
+    no_truth = dataclasses.replace(b, true_local_energies=None)
     assert datasets.combine(a, no_truth).true_local_energies is None
     empty = a.subset([])
     msg = _one_line_error(datasets.combine, a, empty, match="no structures")
