@@ -52,11 +52,16 @@ def _select(page, label: str, option: str) -> None:
 
 
 def test_training_set_change_names_the_factorisation(app_url, browser):
-    """Applying a preset refactorises the model (seconds on emt-alloys with every structure):
-    the page must say which step is running, not just grey out."""
+    """Applying a preset refactorises the model: the page must say which step is running,
+    not just grey out. With the linear model the thin route factorises emt-alloys in well under
+    a second (too fast for Streamlit to show a spinner), so this uses the sparse-kernel model,
+    whose new training set also picks new active environments (seconds of real work)."""
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
     try:
         page.goto(f"{app_url}/training-set", wait_until="domcontentloaded")
+        _settle(page, viewer=False)
+        page.locator('[data-testid="stSidebar"]').get_by_text("sparse-kernel",
+                                                                exact=True).click()
         _settle(page, viewer=False)
         _select(page, "Strategy", "all structures")
         page.get_by_role("button", name="Apply preset").click()
