@@ -325,13 +325,16 @@ def environment_map(source: str, preset: str) -> np.ndarray:
     return DERIVED.get((source, "map", preset), compute)
 
 
-def lpr_sweep(source: str, preset: str, train: tuple[int, ...], spec: pipeline.ModelSpec,
-              alphas: tuple[float, ...]) -> np.ndarray:
-    """LPR of every atom at each of ``alphas``: (n_alphas, n_atoms), from the cached fit."""
-    def compute() -> np.ndarray:
+def group_lpr_sweep(source: str, preset: str, train: tuple[int, ...], spec: pipeline.ModelSpec,
+                    alphas: tuple[float, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """Median LPR of each group's atoms at each of ``alphas``: (group labels, (n_alphas,
+    n_groups) medians), from the cached fit (one product over the projections; only the
+    medians are kept, so an alpha change costs nothing here)."""
+    def compute() -> tuple[np.ndarray, np.ndarray]:
         f = fit(source, preset, train, spec)
         with st.spinner(f"LPR at {len(alphas)} values of alpha..."):
-            return f.solver.lpr_sweep_from_projections(f.projections, alphas)
+            sweep = f.solver.lpr_sweep_from_projections(f.projections, alphas)
+            return datasets.per_group_median(sweep, dataset(source).atom_groups)
 
     return DERIVED.get((source, "sweep", preset, tuple(train), spec, tuple(alphas)), compute)
 

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from lprviz import datasets, plots, rigidity, selection
+from lprviz import plots, rigidity, selection
 from lprviz.app import caches, common, state
 from lprviz.viewer import structure_html
 
@@ -191,9 +191,8 @@ def _alpha_dependent(settings: state.Settings) -> None:
         species = [chemical_symbols[z] for z in ds.atom_numbers]
         b.plotly_chart(plots.lpr_distribution_figure(res.lpr, species, title="per species"))
     with tab2:
-        sweep = caches.lpr_sweep(settings.source, settings.preset, train, settings.spec,
-                                 SWEEP_ALPHAS)
-        labels, medians = datasets.per_group_median(sweep, groups_atom)
+        labels, medians = caches.group_lpr_sweep(settings.source, settings.preset, train,
+                                                 settings.spec, SWEEP_ALPHAS)
         st.plotly_chart(plots.lpr_alpha_figure(np.asarray(SWEEP_ALPHAS), medians,
                                                list(labels), current_alpha=alpha))
         st.caption("Median LPR of each group's atoms. LPR rises with alpha toward "
