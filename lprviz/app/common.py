@@ -8,8 +8,8 @@ No science here, and no state: the sidebar and the session's choices are in
   labels...) goes through :func:`plain_text`; errors a user can cause go through
   :func:`show_error` (one escaped line, uploads named by the user's file name).
 * A page is ``run_page(title, body)``: ``body(settings)`` runs with the sidebar's settings;
-  alpha-dependent parts of a page are ``st.fragment`` functions that report their own errors
-  with :func:`guarded`.
+  alpha-dependent parts of a page run through :func:`guarded_fragment` (or the whole body,
+  ``run_page(..., fragment=True)``).
 """
 
 from __future__ import annotations
@@ -67,11 +67,6 @@ def file_stem(text: str, *, max_len: int = 80) -> str:
     return stem or "lprviz"
 
 
-def per_frame(values: np.ndarray, structure_index: np.ndarray, frame: int) -> np.ndarray:
-    """The slice of a per-atom array that belongs to ``frame``."""
-    return np.asarray(values)[np.asarray(structure_index) == frame]
-
-
 def local_error_section(ds, res, *, key: str) -> validation.LocalErrorCheck | None:
     """|Local error| against LPR on test atoms, where the dataset has true local energies.
 
@@ -126,13 +121,16 @@ def run_page(title: str, body: Callable, *, intro: str | None = None,
     if intro:
         st.markdown(intro)
     if fragment:
-        _page_fragment(body, state.settings())
+        guarded_fragment(body, state.settings())
     else:
         with guarded():
             body(state.settings())
 
 
 @st.fragment
-def _page_fragment(body: Callable, settings) -> None:
-    with guarded():  # a fragment's rerun does not pass through run_page
-        body(settings)
+def guarded_fragment(body: Callable, *args) -> None:
+    """Run ``body(*args)`` as an ``st.fragment`` (its widgets rerun only it) that reports
+    user-caused errors itself, since a fragment's rerun does not pass through
+    :func:`run_page`. Each call on a page is a fragment of its own."""
+    with guarded():
+        body(*args)

@@ -44,15 +44,8 @@ def _body(settings: state.Settings) -> None:
         train_a = _choose(settings, ds, numbers, "A", "bulk only")
     with c2:
         train_b = _choose(settings, ds, numbers, "B", "bulk + a few surface/defect structures")
-    _compare(settings, ds, train_a, train_b)
-
-
-@st.fragment
-def _compare(settings: state.Settings, ds, train_a: tuple[int, ...],
-             train_b: tuple[int, ...]) -> None:
-    """Everything that depends on alpha: a fragment, so moving it reruns this part only."""
-    with common.guarded():
-        _compare_at_alpha(settings, ds, train_a, train_b)
+    # everything below depends on alpha: a fragment, so moving it reruns this part only
+    common.guarded_fragment(_compare_at_alpha, settings, ds, train_a, train_b)
 
 
 def _compare_at_alpha(settings: state.Settings, ds, train_a: tuple[int, ...],

@@ -96,14 +96,8 @@ def _regulariser_warning(ds, res) -> None:
         st.warning(common.plain_text(line) + f" (colour by *{DATA_SHARE}* to see which).")
 
 
-@st.fragment
-def alpha_dependent(settings: state.Settings) -> None:
-    """Everything that depends on alpha: reruns alone when the slider moves."""
-    with common.guarded():  # a fragment's rerun does not pass through run_page
-        _alpha_dependent(settings)
-
-
 def _alpha_dependent(settings: state.Settings) -> None:
+    """Everything on the page depends on alpha (a fragment: reruns alone when it moves)."""
     _forget_stale_selection(settings.source)
     ds = caches.dataset(settings.source)
     alpha = state.alpha_slider()
@@ -300,7 +294,7 @@ def _lin_range(v: np.ndarray) -> tuple[float, float]:
 
 
 def main() -> None:
-    common.run_page("Explore local prediction rigidity", alpha_dependent)
+    common.run_page("Explore local prediction rigidity", _alpha_dependent, fragment=True)
 
 
 if __name__ == "__main__":

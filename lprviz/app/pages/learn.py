@@ -82,13 +82,7 @@ def _intro() -> None:
 # --------------------------------------------------------------------------- experiments
 
 
-@st.fragment
 def _experiment_alpha() -> None:
-    with common.guarded():  # the widgets here rerun only this experiment
-        __experiment_alpha_body()
-
-
-def __experiment_alpha_body() -> None:
     st.header("1. Move alpha")
     settings = _settings(TEACHING)
     ds = caches.dataset(TEACHING)
@@ -115,13 +109,7 @@ def __experiment_alpha_body() -> None:
                 info={"data share of LPR": res.data_share})
 
 
-@st.fragment
 def _experiment_composition() -> None:
-    with common.guarded():  # the widgets here rerun only this experiment
-        __experiment_composition_body()
-
-
-def __experiment_composition_body() -> None:
     st.header("2. One stoichiometry or varied compositions")
     ds = caches.dataset(TEACHING)
     st.markdown("Train on Cu/Au structures that all share one composition (CuAu), or on as "
@@ -146,13 +134,7 @@ def __experiment_composition_body() -> None:
                 info={"|local error| (eV)": lesson.abs_local_error[choice]})
 
 
-@st.fragment
 def _experiment_small() -> None:
-    with common.guarded():  # the widgets here rerun only this experiment
-        __experiment_small_body()
-
-
-def __experiment_small_body() -> None:
     st.header("3. Add small structures")
     settings = _settings(ALLOYS)
     ds = caches.dataset(ALLOYS)
@@ -182,13 +164,7 @@ def _in(ds, frames: tuple[int, ...]) -> np.ndarray:
     return np.isin(ds.structure_index, frames)
 
 
-@st.fragment
 def _experiment_errors() -> None:
-    with common.guarded():  # the widgets here rerun only this experiment
-        __experiment_errors_body()
-
-
-def __experiment_errors_body() -> None:
     st.header("4. Does a low LPR mean a wrong local prediction?")
     settings = _settings(ALLOYS)
     ds = caches.dataset(ALLOYS)
@@ -219,10 +195,10 @@ def __experiment_errors_body() -> None:
 def main() -> None:
     st.title("Learn: what the LPR tells you")
     _intro()
-    _experiment_alpha()
-    _experiment_composition()
-    _experiment_small()
-    _experiment_errors()
+    # each experiment a fragment: its widgets rerun only it
+    for experiment in (_experiment_alpha, _experiment_composition, _experiment_small,
+                       _experiment_errors):
+        common.guarded_fragment(experiment)
 
 
 if __name__ == "__main__":
