@@ -304,10 +304,6 @@ class _FrameDescriptors:
         self.kept: dict[bytes, object] = {}  # structure key -> (n_atoms, d) array
         self.blocks: dict = {}
 
-    def keep(self, frames, progress=None) -> None:
-        """Featurise ``frames`` (indices) and keep their descriptors."""
-        self._values(frames, progress, keep=True)
-
     def descriptors(self, frames, progress=None, *, keep: bool = True):
         """:class:`lprviz.features.Descriptors` of ``frames`` (indices, in order)."""
         import numpy as np
@@ -406,7 +402,7 @@ def _chunk_results(fit, weights, alphas, data, train_frames, chunk, phi, times):
             alpha=float(alpha),
             train_mask=train_mask,
             lpr=np.concatenate([pad, lpr]),
-            undetermined=np.concatenate([pad > 1, undetermined]),
+            undetermined=np.concatenate([np.zeros(n_train, dtype=bool), undetermined]),
             local_energy=np.concatenate([pad, local]),
             energy_pred=np.concatenate([np.zeros(len(train_frames)), pred]),
             pr=np.concatenate([np.ones(len(train_frames)), solver.pr(rows, alpha)]),

@@ -633,6 +633,9 @@ def test_per_atom_arrays_are_computed_once():
     np.testing.assert_array_equal(ds.structure_index, np.repeat(np.arange(30), sizes))
     np.testing.assert_array_equal(ds.atom_groups, ds.groups[ds.structure_index])
     np.testing.assert_array_equal(ds.frame_starts, np.concatenate([[0], np.cumsum(sizes)]))
+    for i in (0, 7, len(ds.frames) - 1):
+        np.testing.assert_array_equal(np.arange(ds.n_atoms)[ds.atoms_of(i)],
+                                      np.flatnonzero(ds.structure_index == i))
     assert not ds.frame_sizes.flags.writeable
     # a new frames list (or subset) is a new dataset: nothing stale
     ds.frames = ds.frames[:5]

@@ -29,7 +29,7 @@ SERVER_OPTIONS: dict[str, object] = {
     # Only this machine can connect unless the user asks for more (lprviz app --address).
     "server.address": DEFAULT_ADDRESS,
     "server.headless": True,
-    "server.maxUploadSize": 50,  # MB; lprviz.app.common also caps atoms per upload
+    "server.maxUploadSize": 50,  # MB; lprviz.limits also bounds what a file may ask for
     "server.enableXsrfProtection": True,
     # static/ holds only the local 3Dmol.js, so browsers cache it instead of receiving it
     # inlined with every rerun.

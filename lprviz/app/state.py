@@ -32,7 +32,7 @@ from lprviz.errors import InputError
 
 __all__ = [
     "ALPHA_LOG10_RANGE", "DEFAULT_ALPHA_LOG10", "SPLITS", "Settings", "Split", "alpha",
-    "alpha_slider", "available_sources", "current_fit", "current_results",
+    "alpha_slider", "available_sources", "current_results",
     "default_training_frames", "forget_training_frames", "frame_numbers", "keep_across_pages",
     "link_alpha_log10", "new_training_table", "set_training_frames", "settings", "sidebar",
     "training_frames",
@@ -414,13 +414,4 @@ def current_results(current: Settings, alpha: float, train: tuple[int, ...] | No
         raise InputError("training set: empty; include at least one structure")
     return caches.results(current.source, current.preset, train, current.spec, reference,
                           alpha)
-
-
-def current_fit(current: Settings, train: tuple[int, ...] | None = None,
-                reference: tuple[int, ...] | None = None) -> pipeline.Fit:
-    """The cached fit of the current (or given) training set."""
-    train = training_frames(current) if train is None else train
-    if not train:
-        raise InputError("training set: empty; include at least one structure")
-    return caches.fit(current.source, current.preset, train, current.spec, reference)
 

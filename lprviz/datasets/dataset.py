@@ -101,6 +101,11 @@ class Dataset:
             "frame_starts", lambda: np.concatenate([[0], np.cumsum(self.frame_sizes)])
         )
 
+    def atoms_of(self, frame: int) -> slice:
+        """The atoms of ``frame`` in dataset atom order (a slice: no scan of every atom)."""
+        starts = self.frame_starts
+        return slice(int(starts[frame]), int(starts[frame + 1]))
+
     @property
     def atom_groups(self) -> np.ndarray:
         """Group label of every atom (its frame's group), str, shape (n_atoms,); cached."""

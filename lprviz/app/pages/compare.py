@@ -75,7 +75,7 @@ def _compare_at_alpha(settings: state.Settings, ds, train_a: tuple[int, ...],
                   for i in idx}
         frame = st.selectbox("Structure", list(labels), format_func=labels.__getitem__,
                              key="cmp_structure")
-        sel = slice(ds.frame_starts[frame], ds.frame_starts[frame + 1])
+        sel = ds.atoms_of(frame)
         vmin, vmax = plots.ratio_range(ratio)
         html = structure_html(
             ds.frames[frame], ratio[sel], vmin=vmin, vmax=vmax, log=True,

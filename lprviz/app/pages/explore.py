@@ -34,9 +34,6 @@ def _structure_order(ds, res, how: str) -> list[int]:
     return sorted(range(n), key=lambda i: (str(ds.groups[i]), i))
 
 
-SELECTION_KEYS = ("env_map", "parity")
-
-
 def _clear_selection() -> None:
     # plotly selections are widget state: a new key generation draws the charts afresh
     st.session_state["_selection_gen"] = st.session_state.get("_selection_gen", 0) + 1
@@ -70,7 +67,7 @@ def _linked_atoms(ds) -> np.ndarray:
                   if "customdata" in p]
         frames = [f for f in frames if 0 <= f < len(ds.frames)]
         if frames:
-            return np.arange(ds.frame_starts[frames[0]], ds.frame_starts[frames[0] + 1])
+            return np.arange(ds.n_atoms)[ds.atoms_of(frames[0])]
     return np.zeros(0, dtype=int)
 
 
@@ -224,7 +221,7 @@ def _lpr_range(lpr: np.ndarray) -> tuple[float, float]:
 
 def _viewer(ds, res, settings, frame, color_by, style, log, show_cell, vmin, vmax,
             linked) -> None:
-    sel = slice(ds.frame_starts[frame], ds.frame_starts[frame + 1])
+    sel = ds.atoms_of(frame)
     atoms = ds.frames[frame]
     lpr = res.lpr[sel]
     local = res.local_energy[sel]
@@ -265,7 +262,7 @@ def _viewer(ds, res, settings, frame, color_by, style, log, show_cell, vmin, vma
         st.caption(f"Spread of the local prediction across {COMMITTEE_MODELS} models, each "
                    "trained on a random 70 % of the training set: the empirical counterpart "
                    f"of 1/LPR (rank correlation with 1/LPR {check.spearman:.2f}).")
-    first = int(ds.frame_starts[frame])
+    first = sel.start
     highlight = [int(i) - first for i in linked if ds.structure_index[int(i)] == frame]
     html = structure_html(
         atoms, values, vmin=lo, vmax=hi, log=lg, colormap=cmap, atom_info=info,

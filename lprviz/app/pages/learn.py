@@ -50,7 +50,7 @@ def _viewer(ds, frames: tuple[int, ...], values: np.ndarray, *, vmin: float, vma
     (per atom, whole dataset) on the fixed range ``vmin``..``vmax``."""
     frame = st.selectbox("Structure", frames, key=key,
                          format_func=lambda i: f"{ds.names[i]} [{ds.groups[i]}]")
-    sel = ds.structure_index == frame
+    sel = ds.atoms_of(frame)
     hover = {label: values[sel], **{k: v[sel] for k, v in (info or {}).items()}}
     html = structure_html(ds.frames[frame], values[sel], vmin=vmin, vmax=vmax, atom_info=hover,
                           colorbar_label=label, title=f"{ds.names[frame]} [{ds.groups[frame]}]",
@@ -89,7 +89,7 @@ def _experiment_alpha() -> None:
     train = _frames(TEACHING, "varied compositions")
     st.markdown("Teaching set (Cu/Au), trained on varied compositions. The table compares "
                 f"the chosen alpha with alpha = {plots.format_number(ALPHA)}.")
-    lo_hi = (-8.0, 2.0)
+    lo_hi = state.ALPHA_LOG10_RANGE
     # starts away from the reference, so the table shows a change at once
     log_alpha = st.slider("log10 alpha", *lo_hi, -2.0, step=0.5, key="learn_alpha")
     ref = state.current_results(settings, ALPHA, train)

@@ -54,7 +54,7 @@ def _lcpr_section(settings, ds, res, train, alpha, frame: int) -> None:
     except InputError as exc:
         st.info(common.plain_text(str(exc)))
         return
-    atoms = np.arange(ds.frame_starts[frame], ds.frame_starts[frame + 1])
+    atoms = np.arange(ds.n_atoms)[ds.atoms_of(frame)]
     lowest = int(np.argmin(res.lpr[atoms]))
     label = (f"Atom of {common.plain_text(ds.names[frame])} (0-{atoms.size - 1}; default: "
              "lowest LPR)")
@@ -85,7 +85,7 @@ def _pr_section(settings, ds, res) -> int:
                          width="stretch")
     rows = event.selection.rows if event is not None and hasattr(event, "selection") else []
     frame = int(table["frame"].iloc[rows[0] if rows else 0])
-    sel = slice(ds.frame_starts[frame], ds.frame_starts[frame + 1])
+    sel = ds.atoms_of(frame)
     lpr = res.lpr[sel]
     lo, hi = float(np.min(res.lpr)), float(np.max(res.lpr))
     html = structure_html(ds.frames[frame], lpr, vmin=lo, vmax=max(hi, lo * 1.0001), log=True,
