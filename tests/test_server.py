@@ -8,7 +8,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import pytest
 
 from lprviz import __version__
 from lprviz.app import server
+from tests.browser.conftest import free_port, wait_healthy
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -44,12 +44,6 @@ def test_version_and_module_entry(cmd):
     assert out.returncode == 0 and out.stdout.strip() == f"lprviz {__version__}"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _listening_addresses(port: int) -> set[str]:
     """Local IPv4 addresses (hex, as in /proc/net/tcp) listening on ``port``."""
     found = set()
@@ -61,26 +55,12 @@ def _listening_addresses(port: int) -> set[str]:
     return found
 
 
-def _wait_healthy(proc, url: str, log: Path, seconds: float = 90) -> None:
-    deadline = time.time() + seconds
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"lprviz app exited early ({proc.returncode}): {log.read_text()[-1500:]}")
-        try:
-            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.3)
-    pytest.fail("lprviz app did not become healthy")
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_app_binds_localhost_serves_3dmol_and_stops_on_signal(tmp_path, sig):
     js = tmp_path / "3Dmol-min.js"
     js.write_text("window.$3Dmol={marker:'SERVED'};" + " " * 120_000)
-    port = _free_port()
+    port = free_port()
     env = dict(os.environ, LPRVIZ_CACHE_DIR=str(tmp_path / "cache"), LPRVIZ_3DMOL_JS=str(js))
     log = tmp_path / "server.log"
     with open(log, "w") as out:
@@ -88,7 +68,7 @@ def test_app_binds_localhost_serves_3dmol_and_stops_on_signal(tmp_path, sig):
                                 cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
-        _wait_healthy(proc, url, log)
+        wait_healthy(proc, url, log)
         assert _listening_addresses(port) == {"0100007F"}  # 127.0.0.1 only
         with urllib.request.urlopen(f"{url}/app/static/3Dmol-min.js", timeout=10) as r:
             assert b"SERVED" in r.read()

@@ -37,7 +37,24 @@ def _missing(reason: str) -> None:
     pytest.skip(reason)
 
 
-def _free_port() -> int:
+def wait_healthy(proc: subprocess.Popen, url: str, log_path: Path, *,
+                 seconds: float = 90) -> None:
+    """Wait for the app server ``proc`` at ``url`` to answer its health check; fail the test
+    (naming the log) if it exits or does not answer within ``seconds``."""
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"lprviz app exited early (status {proc.returncode}); see {log_path}")
+        try:
+            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.5)
+    pytest.fail(f"lprviz app did not become healthy within {seconds:g} s; see {log_path}")
+
+
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -50,7 +67,7 @@ def running_app(cmd: list[str], *, cache: Path, log_name: str, cwd: Path = ROOT)
     Yields the URL; the server is always stopped."""
     if shutil.which("npm") is None:
         _missing("npm not found: the app's first start fetches 3Dmol.js with it")
-    port = _free_port()
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if k != "LPRVIZ_3DMOL_JS"}
     env.update(LPRVIZ_CACHE_DIR=str(cache), PYTHONUNBUFFERED="1")
     ARTIFACTS.mkdir(exist_ok=True)
@@ -60,19 +77,7 @@ def running_app(cmd: list[str], *, cache: Path, log_name: str, cwd: Path = ROOT)
                             stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.time() + 180
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"lprviz app exited early (status {proc.returncode}); see {log_path}")
-            try:
-                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.time() > deadline:
-                pytest.fail("lprviz app did not become healthy within 180 s")
-            time.sleep(0.5)
+        wait_healthy(proc, url, log_path, seconds=180)
         yield url
     finally:
         proc.terminate()
