@@ -44,6 +44,7 @@ __all__ = [
     "fit_committee",
     "fit_nystrom",
     "fit_ridge",
+    "predict_forces",
 ]
 
 
@@ -222,6 +223,27 @@ class RidgeModel:
         n = int(np.max(structure_index)) + 1 if n_structures is None else n_structures
         return np.bincount(structure_index, weights=local, minlength=n)
 
+    def predict_forces(self, gradients: np.ndarray) -> np.ndarray:
+        """Forces ``F_j = -sum_k (d phi_k / d r_j) . w / scale`` (eV/A), shape (n_atoms, 3).
+
+        Parameters
+        ----------
+        gradients : numpy.ndarray of shape (n_atoms, 3, d_g)
+            Summed position gradients of the features (:func:`lprviz.forces.position_gradients`);
+            ``d_g <= d``: columns after ``d_g`` (the composition baseline) do not move.
+        """
+        return predict_forces(gradients, self.weights, self.scale)
+
+
+def predict_forces(gradients: np.ndarray, weights: np.ndarray, scale: float) -> np.ndarray:
+    """Forces of a linear model from summed feature gradients (see
+    :meth:`RidgeModel.predict_forces`); float32 gradients are multiplied in float32."""
+    g = np.asarray(gradients)
+    w = np.asarray(weights, dtype=np.float64)[: g.shape[-1]]
+    if g.dtype == np.float32:
+        return -(g @ w.astype(np.float32)).astype(np.float64) / scale
+    return -(g @ w) / scale
+
 
 def _training_rows(
     Phi_atoms: np.ndarray, structure_index: np.ndarray, energies: np.ndarray, scale: float
@@ -268,8 +290,15 @@ def fit_ridge(
     *,
     solver=None,
     scale: float | None = None,
+    forces=None,
+    force_weight: float | None = None,
 ) -> RidgeModel:
-    """Ridge regression of energies per atom on per-structure mean features.
+    """Ridge regression of energies per atom on per-structure mean features (and forces).
+
+    With ``forces`` (a :class:`lprviz.forces.ForceGram` of the training frames) and
+    ``force_weight`` :math:`\\lambda_F`, the loss gains :math:`\\frac{\\lambda_F}{2}\\sum_A
+    \\sum_{i\\in A}|F_i^\\mathrm{ref} - F_i|^2` and the weights are
+    :math:`(X^T X + \\lambda_F G^T G + \\alpha I)^{-1}(X^T y + \\lambda_F G^T F)`.
 
     Parameters
     ----------
@@ -286,19 +315,38 @@ def fit_ridge(
         shared with the LPR). Built here when not given.
     scale : float, optional
         Fixed feature scale when the solver is built here (default: scikit-matter's sfactor).
+    forces : lprviz.forces.ForceGram, optional
+        Force rows of the training frames (raw features, same columns as ``Phi_atoms``).
+    force_weight : float, optional
+        :math:`\\lambda_F` in A^2/atom^2 (energies enter per atom); required with ``forces``.
+        A given ``solver`` must then have been built with the same weighted force Gram.
 
     Returns
     -------
     RidgeModel
-        ``weights = solver.solve(X^T y, alpha)`` with ``X`` the scaled mean rows.
+        ``weights = solver.solve(X^T y + lambda_F G^T F / s, alpha)`` with ``X`` the scaled
+        mean rows.
     """
-    from lprviz.rigidity import RigiditySolver
+    from lprviz.rigidity import RigiditySolver, sfactor, structure_features
 
     structure_index = np.asarray(structure_index)
+    if (forces is None) != (force_weight is None):
+        raise InputError("fit_ridge: give forces and force_weight together")
     if solver is None:
-        solver = RigiditySolver.from_atoms(Phi_atoms, structure_index, scale=scale)
+        if forces is None:
+            solver = RigiditySolver.from_atoms(Phi_atoms, structure_index, scale=scale)
+        else:
+            Phi = np.asarray(Phi_atoms, dtype=np.float64)
+            solver = RigiditySolver.from_rows(
+                structure_features(Phi, structure_index, convention="mean"),
+                scale=sfactor(Phi) if scale is None else scale,
+                extra_gram=force_weight * forces.gram, n_extra_rows=forces.n_rows,
+            )
     rows, targets = _training_rows(Phi_atoms, structure_index, energies, solver.scale)
-    weights = np.asarray(solver.solve(rows.T @ targets, alpha)).reshape(-1)
+    b = rows.T @ targets
+    if forces is not None:
+        b = b + force_weight * forces.gtf / solver.scale
+    weights = np.asarray(solver.solve(b, alpha)).reshape(-1)
     return RidgeModel(weights=weights, alpha=float(alpha), scale=float(solver.scale))
 
 

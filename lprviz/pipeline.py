@@ -25,8 +25,21 @@ import numpy as np
 
 from lprviz.errors import InputError
 from lprviz.features import Descriptors, SoapHypers
+from lprviz.forces import (
+    ForceGramBuilder,
+    check_gradient_bytes,
+    has_forces,
+    position_gradients,
+    reference_forces,
+)
 from lprviz.limits import check_number, get_limits
-from lprviz.models import NystromMap, append_baseline, composition_features, fit_nystrom
+from lprviz.models import (
+    NystromMap,
+    append_baseline,
+    composition_features,
+    fit_nystrom,
+    predict_forces,
+)
 from lprviz.rigidity import (
     RigiditySolver,
     data_share,
@@ -38,7 +51,8 @@ from lprviz.rigidity import (
 _CHUNK = 4096  # atoms per projection block (bounds the float64 temporary at _CHUNK x d)
 
 __all__ = [
-    "ALPHA_RANGE", "MODEL_KINDS", "SCALE_RANGE", "Fit", "ModelSpec", "Results", "coordination",
+    "ALPHA_RANGE", "DEFAULT_FORCE_WEIGHT", "FORCE_WEIGHT_RANGE", "MODEL_KINDS", "SCALE_RANGE",
+    "Fit", "ModelSpec", "Results", "coordination",
     "evaluate", "prepare", "reference_space",
 ]
 
@@ -50,6 +64,12 @@ ALPHA_RANGE = (0.0, 1e12)
 
 #: Accepted fixed feature scales (their squares must stay finite floats).
 SCALE_RANGE = (1e-100, 1e100)
+
+#: Accepted force weights lambda_F (A^2/atom^2).
+FORCE_WEIGHT_RANGE = (0.0, 1e6)
+
+#: Default force weight lambda_F (A^2/atom^2); see docs/science.md §12 for the measurement.
+DEFAULT_FORCE_WEIGHT = 1.0
 
 
 @dataclass(frozen=True)
@@ -120,6 +140,16 @@ class Fit:
         Reference local energies when the dataset has them (EMT sets).
     hypers : lprviz.features.SoapHypers or None
         SOAP hyper-parameters of the descriptors (for provenance in exported files).
+    force_weight : float or None
+        :math:`\\lambda_F` (A^2/atom^2) of a force-trained model, else None.
+    force_gradients : numpy.ndarray of shape (n_atoms, 3, d_base), float32, or None
+        Summed position gradients of every atom's descriptor (or Nyström) columns
+        (:func:`lprviz.forces.position_gradients`), for the predicted forces; None when the
+        model is not force-trained or ``prepare(..., project=False)``.
+    forces : numpy.ndarray of shape (n_atoms, 3) or None
+        Reference forces (eV/A; NaN rows for frames without forces) of a force-trained fit.
+    notice : str or None
+        One line for the user (training frames used for energies only), else None.
     """
 
     spec: ModelSpec
@@ -135,6 +165,10 @@ class Fit:
     energies: np.ndarray
     true_local_energies: np.ndarray | None = None
     hypers: SoapHypers | None = None
+    force_weight: float | None = None
+    force_gradients: np.ndarray | None = None
+    forces: np.ndarray | None = None
+    notice: str | None = None
 
     @property
     def n_frames(self) -> int:
@@ -185,6 +219,12 @@ class Results:
         small copies, so cached results do not keep the fit's projections alive): its
         :class:`ModelSpec`, feature scale, SOAP hyper-parameters and, for the sparse kernel,
         the number of active environments actually used.
+    forces_pred : numpy.ndarray of shape (n_atoms, 3) or None
+        Predicted forces (eV/A) of a force-trained model.
+    forces : numpy.ndarray of shape (n_atoms, 3) or None
+        Reference forces where known (NaN rows elsewhere) of a force-trained model.
+    force_weight : float or None
+        :math:`\\lambda_F` of the model (provenance).
     """
 
     alpha: float
@@ -202,6 +242,9 @@ class Results:
     scale: float | None = None
     hypers: SoapHypers | None = None
     n_active: int | None = None
+    forces_pred: np.ndarray | None = None
+    forces: np.ndarray | None = None
+    force_weight: float | None = None
 
     @property
     def local_error(self) -> np.ndarray | None:
@@ -230,6 +273,7 @@ def prepare(
     scale: float | None = None,
     nystrom: NystromMap | None = None,
     project: bool = True,
+    force_weight: float | None = None,
 ) -> Fit:
     """Build the alpha-independent part of a model and its LPR.
 
@@ -255,6 +299,12 @@ def prepare(
         Compute the projections of every atom and frame (what :func:`evaluate` needs). With
         False they are left empty (shape ``(0, d)``) and no full eigenbasis is built: for
         callers that stream their atoms through ``fit.solver`` (``lprviz lpr``).
+    force_weight : float, optional
+        Train on forces too, with weight :math:`\\lambda_F` in A^2/atom^2 (energies enter per
+        atom, forces in eV/A; :data:`DEFAULT_FORCE_WEIGHT` is the reasoned default): the
+        solver then holds :math:`\\bar X^T \\bar X + \\lambda_F \\sum_A G_A^T G_A`
+        (docs/science.md §12). Training frames without forces count for energies only
+        (``fit.notice`` says so); none with forces is an InputError.
 
     Returns
     -------
@@ -327,11 +377,23 @@ def prepare(
     if extra is not None:
         rows = np.hstack([rows, structure_features(extra, structure_index, n_frames)])
     sizes = np.bincount(structure_index, minlength=n_frames)
-    solver = RigiditySolver.from_rows(
-        rows[train_mask & (sizes > 0)], scale=scale, convention="mean"
-    )
+    trained = None
+    if force_weight is not None:
+        force_weight = check_number("force_weight", force_weight, *FORCE_WEIGHT_RANGE)
+        trained = _force_training(dataset, descriptors, train_mask, base.shape[1],
+                                  0 if extra is None else extra.shape[1], nystrom, project)
+        solver = RigiditySolver.from_rows(
+            rows[train_mask & (sizes > 0)], scale=scale, convention="mean",
+            extra_gram=force_weight * trained[0].gram, n_extra_rows=trained[0].n_rows,
+        )
+    else:
+        solver = RigiditySolver.from_rows(
+            rows[train_mask & (sizes > 0)], scale=scale, convention="mean"
+        )
     y = energies[train_mask] / sizes[train_mask]
     xty = rows[train_mask].T @ y / scale
+    if trained is not None:
+        xty = xty + force_weight * trained[0].gtf / scale
     return Fit(
         spec=spec,
         train_mask=train_mask.copy(),
@@ -347,7 +409,49 @@ def prepare(
         energies=energies,
         true_local_energies=getattr(dataset, "true_local_energies", None),
         hypers=getattr(descriptors, "hypers", None),
+        force_weight=force_weight,
+        force_gradients=None if trained is None else trained[1],
+        forces=None if trained is None else trained[3],
+        notice=None if trained is None else trained[2],
     )
+
+
+def _force_training(dataset, descriptors: Descriptors, train_mask: np.ndarray, d_base: int,
+                    n_baseline: int, nystrom: NystromMap | None, keep: bool):
+    """Force Gram of the training frames with forces, the float32 summed gradients of every
+    atom (``keep``; else None), the notice about training frames without forces and the
+    reference forces (n_atoms, 3), from one featomic pass over the frames needed."""
+    frames = dataset.frames
+    has = np.array([has_forces(a) for a in frames], dtype=bool)
+    use = train_mask & has
+    if not use.any():
+        raise InputError(
+            f"dataset '{dataset.name}': no training frame has forces (finite, one per atom); "
+            "train on energies only or add forces"
+        )
+    n_without = int((train_mask & ~has).sum())
+    notice = None
+    if n_without:
+        first = dataset.names[int(np.flatnonzero(train_mask & ~has)[0])]
+        notice = (f"dataset '{dataset.name}': {n_without} of {int(train_mask.sum())} training "
+                  f"frames have no forces (first: '{first}'); they are used for energies only")
+    wanted = np.arange(len(frames)) if keep else np.flatnonzero(use)
+    grads = None
+    if keep:
+        check_gradient_bytes(len(dataset.structure_index), d_base, f"dataset '{dataset.name}'")
+        grads = np.empty((len(dataset.structure_index), 3, d_base), dtype=np.float32)
+    starts = np.asarray(dataset.frame_starts)
+    builder = ForceGramBuilder()
+    reference = reference_forces(frames)
+    for j, g in position_gradients([frames[i] for i in wanted], descriptors.hypers,
+                                   species=descriptors.species, nystrom=nystrom,
+                                   names=[dataset.names[i] for i in wanted]):
+        i = int(wanted[j])
+        if grads is not None:
+            grads[starts[i] : starts[i] + len(g)] = g
+        if use[i]:
+            builder.add(g, reference[starts[i] : starts[i] + len(g)])
+    return builder.result(n_baseline), grads, notice, reference
 
 
 def _projections(solver: RigiditySolver, base: np.ndarray, extra: np.ndarray | None):
@@ -458,6 +562,9 @@ def evaluate(fit: Fit, alpha: float) -> Results:
     solver = fit.solver
     P = fit.projections
     weights = solver.solve(fit.xty, alpha)
+    forces_pred = None
+    if fit.force_gradients is not None:
+        forces_pred = predict_forces(fit.force_gradients, weights, solver.scale)
     # P = (phi / s) V, so the local prediction (phi / s) . w = P . (V^T w)
     local = project_dot(P, solver.eigvecs.T @ weights)
     lpr, undetermined = solver.lpr_and_undetermined_from_projections(P, alpha)
@@ -477,6 +584,9 @@ def evaluate(fit: Fit, alpha: float) -> Results:
         scale=fit.scale,
         hypers=fit.hypers,
         n_active=None if fit.nystrom is None else len(fit.nystrom.active_index),
+        forces_pred=forces_pred,
+        forces=fit.forces,
+        force_weight=fit.force_weight,
     )
 
 

@@ -47,8 +47,9 @@ Numerical rule for rank deficiency (``alpha`` at or near 0, fewer structures tha
 features). With :math:`e_j` the eigenvalues of :math:`\mathbf{X}^\top\mathbf{X}`,
 :math:`e_\max` the largest and :math:`d` the number of features:
 
-* eigenvalues are clipped to be ``>= 0``, and the ``d - n_structures`` smallest are set to
-  exactly 0 (the rank of :math:`\mathbf{X}^\top\mathbf{X}` is at most ``n_structures``);
+* eigenvalues are clipped to be ``>= 0``, and the ``d - n_rows`` smallest are set to
+  exactly 0 (the rank of :math:`\mathbf{X}^\top\mathbf{X}` is at most the number of data
+  rows ``n_rows``: ``n_structures``, plus the force rows of a force-trained model);
 * the numerical resolution at ``alpha`` is
   :math:`\tau(\alpha) = d\,\varepsilon\,(e_\max + \alpha)` (NumPy's ``matrix_rank`` rule
   for :math:`\mathbf{X}^\top\mathbf{X} + \alpha\mathbf{I}`); every eigenvalue of that
@@ -235,7 +236,11 @@ class RigiditySolver:
         Structure rows are per-atom means (reference) or sums (totals).
     rows : numpy.ndarray of shape (n_structures, n_features) or None
         The scaled training rows, kept while ``n_structures < n_features / 2`` (then they
-        give the dual route); None otherwise.
+        give the dual route); None otherwise (always None with force rows).
+    n_extra_rows : int
+        Data rows in :attr:`gram` besides the structure rows (force rows of a force-trained
+        model: 3 per atom with forces, already weighted). The rank rule counts
+        ``n_structures + n_extra_rows`` rows.
     """
 
     gram: np.ndarray
@@ -243,6 +248,7 @@ class RigiditySolver:
     n_structures: int
     convention: str = "mean"
     rows: np.ndarray | None = field(default=None, repr=False)
+    n_extra_rows: int = 0
     _eigvals: np.ndarray | None = field(default=None, init=False, repr=False)
     _eigvecs: np.ndarray | None = field(default=None, init=False, repr=False)
     _thin: tuple[np.ndarray, np.ndarray] | None = field(default=None, init=False, repr=False)
@@ -284,7 +290,13 @@ class RigiditySolver:
 
     @classmethod
     def from_rows(
-        cls, rows_raw, *, scale: float, convention: str = "mean"
+        cls,
+        rows_raw,
+        *,
+        scale: float,
+        convention: str = "mean",
+        extra_gram=None,
+        n_extra_rows: int = 0,
     ) -> RigiditySolver:
         """Build from the raw structure rows themselves (see :func:`structure_features`), at a
         given scale (the rows alone do not give scikit-matter's sfactor of the atoms).
@@ -297,17 +309,31 @@ class RigiditySolver:
             Descriptor scale.
         convention : {"mean", "sum"}
             What the rows are (recorded for :meth:`with_structures`).
+        extra_gram : numpy.ndarray of shape (n_features, n_features), optional
+            Raw (unscaled) Gram of further data rows added to ``rows^T rows``: the weighted
+            force rows ``lambda_F sum_A G_A^T G_A`` of a force-trained model
+            (:func:`lprviz.forces.force_gram`); divided by ``scale**2`` like the rows.
+        n_extra_rows : int
+            How many data rows ``extra_gram`` holds (for the rank rule; 3 per force atom).
 
         Returns
         -------
         RigiditySolver
+            With ``extra_gram`` the route is always primal.
         """
         rows = _as_2d(rows_raw, "rows")
         if rows.shape[0] == 0:
             raise InputError("rows: expected at least one training structure, got none")
-        return cls._from_raw_gram(
-            _gram(rows), scale, rows.shape[0], _check_convention(convention), rows
-        )
+        gram = _gram(rows)
+        if extra_gram is not None:
+            extra = _as_2d(extra_gram, "extra_gram")
+            if extra.shape != gram.shape:
+                raise InputError(f"extra_gram: expected shape {gram.shape}, got {extra.shape}")
+            solver = cls._from_raw_gram(gram + extra, scale, rows.shape[0],
+                                        _check_convention(convention), None)
+            solver.n_extra_rows = int(n_extra_rows)
+            return solver
+        return cls._from_raw_gram(gram, scale, rows.shape[0], _check_convention(convention), rows)
 
     @classmethod
     def from_structures(
@@ -371,6 +397,9 @@ class RigiditySolver:
         self,
         X_more_atoms,
         structure_index_more=None,
+        *,
+        extra_gram=None,
+        n_extra_rows: int = 0,
     ) -> RigiditySolver:
         """A new solver with more training structures, at the same scale and convention.
 
@@ -381,6 +410,11 @@ class RigiditySolver:
             (then ``structure_index_more`` is not given).
         structure_index_more : numpy.ndarray of int of shape (n_atoms,), optional
             Added structure of each atom (any labels; only grouping matters).
+        extra_gram : numpy.ndarray of shape (n_features, n_features), optional
+            Raw Gram of the added structures' weighted force rows (see :meth:`from_rows`):
+            a structure then adds its ``1 + 3 n_atoms`` rows.
+        n_extra_rows : int
+            Number of force rows in ``extra_gram``.
 
         Returns
         -------
@@ -399,11 +433,18 @@ class RigiditySolver:
                 f"X_more_atoms: expected {self.n_features} features, got {gram.shape[0]}"
             )
         n_total = self.n_structures + n_more
+        n_extra = self.n_extra_rows + int(n_extra_rows)
+        if extra_gram is not None:
+            extra = _as_2d(extra_gram, "extra_gram")
+            if extra.shape != gram.shape:
+                raise InputError(f"extra_gram: expected shape {gram.shape}, got {extra.shape}")
+            gram = gram + extra
         both = None
-        if self.rows is not None and rows is not None and n_total < _DUAL_SHARE * self.n_features:
+        if (self.rows is not None and rows is not None and n_extra == 0
+                and n_total < _DUAL_SHARE * self.n_features):
             both = np.vstack([self.rows, rows / self.scale])
         return RigiditySolver(
-            self.gram + gram / self.scale**2, self.scale, n_total, self.convention, both
+            self.gram + gram / self.scale**2, self.scale, n_total, self.convention, both, n_extra
         )
 
     # ------------------------------------------------------------------ eigensystem
@@ -446,9 +487,10 @@ class RigiditySolver:
                 with _one_thread():
                     e, V = scipy.linalg.eigh(self.gram, check_finite=False)
                 e = np.clip(e, 0.0, None)
-                # rank(X^T X) <= n_structures: the smallest d - n eigenvalues are exactly
-                # 0; setting them so removes eigh's round-off from the null space.
-                n_zero = max(self.n_features - self.n_structures, 0)
+                # rank(X^T X) <= number of data rows (structures, plus force rows): the
+                # smallest d - n_rows eigenvalues are exactly 0; setting them so removes
+                # eigh's round-off from the null space.
+                n_zero = max(self.n_features - self.n_structures - self.n_extra_rows, 0)
                 e[:n_zero] = 0.0
             self._eigvals, self._eigvecs = e, V
         return self._eigvals, self._eigvecs
