@@ -126,7 +126,7 @@ def _check_numbers(args: argparse.Namespace) -> None:
     the same ranges again, naming its own fields)."""
     from lprviz.features import SoapHypers
     from lprviz.limits import check_number
-    from lprviz.pipeline import SCALE_RANGE, ModelSpec
+    from lprviz.pipeline import FORCE_WEIGHT_RANGE, SCALE_RANGE, ModelSpec
 
     for field, (low, high) in SoapHypers.RANGES.items():
         value = getattr(args, field, None)
@@ -137,6 +137,8 @@ def _check_numbers(args: argparse.Namespace) -> None:
         check_number("--n-sparse", args.n_sparse, *ModelSpec.RANGES["n_sparse"], integer=True)
     if getattr(args, "scale", None) is not None:
         check_number("--scale", args.scale, *SCALE_RANGE)
+    if getattr(args, "forces", False):
+        check_number("--force-weight", args.force_weight, *FORCE_WEIGHT_RANGE)
     if hasattr(args, "k"):  # suggest
         check_number("-k", args.k, 1, 10_000, integer=True)
         check_number("--target-fraction", args.target_fraction, 1e-6, 1.0)
@@ -371,12 +373,13 @@ def _test_chunks(data, test_frames, chunk_atoms: int):
         yield np.asarray(chunk, dtype=np.int64)
 
 
-def _chunk_results(fit, weights, alphas, data, train_frames, chunk, phi, times):
+def _chunk_results(fit, weights, alphas, data, train_frames, chunk, phi, times, grads=None):
     """:class:`lprviz.pipeline.Results` per alpha of the dataset ``train_frames + chunk``
     (training atoms get placeholders: ``lprviz lpr`` writes only the test frames), from the
     raw model features ``phi`` of the chunk (the solver's thin route when there are fewer
-    training structures than features; nothing n_atoms x d is kept). Adds the time of each
-    alpha to ``times``."""
+    training structures than features; nothing n_atoms x d is kept). With ``grads`` (the
+    chunk's summed position gradients, force-trained models) also the predicted forces.
+    Adds the time of each alpha to ``times``."""
     import numpy as np
 
     from lprviz.pipeline import Results
@@ -398,6 +401,12 @@ def _chunk_results(fit, weights, alphas, data, train_frames, chunk, phi, times):
         lpr, undetermined = solver.lpr_and_undetermined(phi, alpha)
         local = X @ w
         pred = np.bincount(sidx, weights=local, minlength=len(chunk))
+        forces = None
+        if grads is not None:
+            from lprviz.models import predict_forces
+
+            forces = np.concatenate([np.full((n_train, 3), np.nan),
+                                     predict_forces(grads, w, solver.scale)])
         out.append(Results(
             alpha=float(alpha),
             train_mask=train_mask,
@@ -413,9 +422,25 @@ def _chunk_results(fit, weights, alphas, data, train_frames, chunk, phi, times):
             scale=fit.scale,
             hypers=fit.hypers,
             n_active=None if fit.nystrom is None else len(fit.nystrom.active_index),
+            forces_pred=forces,
+            force_weight=fit.force_weight,
         ))
         times[f"LPR at alpha={alpha:g}"] += time.perf_counter() - start
     return out
+
+
+def _chunk_gradients(fit, data, chunk):
+    """Summed position gradients (n_chunk_atoms, 3, d_base) of the chunk's frames, for the
+    predicted forces of a force-trained model (not cached: test frames stream through)."""
+    import numpy as np
+
+    from lprviz.forces import position_gradients
+
+    frames = [data.frames[i] for i in chunk]
+    parts = dict(position_gradients(frames, fit.hypers, species=fit.species,
+                                    nystrom=fit.nystrom, cache=False,
+                                    names=[data.names[i] for i in chunk]))
+    return np.concatenate([parts[i] for i in range(len(frames))], axis=0)
 
 
 def _cmd_lpr(args: argparse.Namespace) -> int:
@@ -446,10 +471,12 @@ def _cmd_lpr(args: argparse.Namespace) -> int:
         desc_train = store.descriptors(train_frames, progress)
     scale, nystrom, provenance = _reference_space(args, reference, data, desc_train, spec,
                                                   steps, store=store)
-    with steps(f"factorising the model of {train_frames.size} training structures"):
+    force_weight = args.force_weight if args.forces else None
+    what = "energies and forces" if args.forces else "energies"
+    with steps(f"factorising the model of {train_frames.size} training structures ({what})"):
         fit = prepare(data.subset(train_frames), desc_train,
                       np.ones(train_frames.size, dtype=bool), spec, scale=scale,
-                      nystrom=nystrom, project=False)
+                      nystrom=nystrom, project=False, force_weight=force_weight)
         weights = [fit.solver.solve(fit.xty, a) for a in alphas]
         blocks = None
         if args.lcpr:
@@ -457,10 +484,13 @@ def _cmd_lpr(args: argparse.Namespace) -> int:
 
             blocks = fit_blocks(fit, desc_train)
         del desc_train
+    if fit.notice:
+        print(f"lprviz: note: {fit.notice}", file=sys.stderr)
     n_test_atoms = int(np.asarray(data.frame_sizes)[test_frames].sum())
     summary = []
     # the streamed phases, reported as steps of their own (times summed over chunks)
     times = dict.fromkeys(["SOAP of the test structures",
+                           *(["SOAP gradients of the test structures"] if args.forces else []),
                            *(f"LPR at alpha={a:g}" for a in alphas),
                            *(["LCPR per descriptor block"] if args.lcpr else []),
                            f"writing {args.output}"], 0.0)
@@ -475,8 +505,13 @@ def _cmd_lpr(args: argparse.Namespace) -> int:
             phi = fit.model_features(desc.values, desc.atom_numbers)
             del desc
             times["SOAP of the test structures"] += time.perf_counter() - start
+            grads = None
+            if args.forces:
+                start = time.perf_counter()
+                grads = _chunk_gradients(fit, data, chunk)
+                times["SOAP gradients of the test structures"] += time.perf_counter() - start
             results = _chunk_results(fit, weights, alphas, data, train_frames, chunk, phi,
-                                     times)
+                                     times, grads)
             lcpr = {}
             if blocks is not None:
                 start = time.perf_counter()
@@ -691,7 +726,7 @@ def _cmd_fetch_3dmol(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     """Build the argument parser of the ``lprviz`` command."""
     from lprviz import __version__
-    from lprviz.pipeline import MODEL_KINDS
+    from lprviz.pipeline import DEFAULT_FORCE_WEIGHT, MODEL_KINDS
 
     parser = argparse.ArgumentParser(prog="lprviz", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"lprviz {__version__}")
@@ -731,6 +766,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also write per-atom LCPR of each descriptor block (species pair, "
                         "angular channel, baseline) as arrays lcpr_<block>; linear model only; a "
                         "block absent from an atom's environment gets ~1e308 (unbounded)")
+    p.add_argument("--forces", action="store_true",
+                   help="train on forces too (training frames need forces; frames without "
+                        "them count for energies only, with a note): the LPR of a potential "
+                        "fitted to energies and forces; the output gains forces_pred (eV/A)")
+    p.add_argument("--force-weight", type=float, default=DEFAULT_FORCE_WEIGHT,
+                   help="with --forces: weight lambda_F of the squared force errors, in "
+                        "A^2/atom^2 (energies enter per atom in eV/atom, forces in eV/A). "
+                        f"Default {DEFAULT_FORCE_WEIGHT:g}: "
+                        "forces and energies then add about equal curvature to the model "
+                        "on the shipped emt-alloys data and real Si (docs/science.md §12)")
     p.add_argument("-q", "--quiet", action="store_true",
                    help="no progress (steps and times on stderr) or summary")
     p.add_argument("-o", "--output", required=True,

@@ -48,7 +48,7 @@ _NOT_PLAIN = re.compile(r"[^A-Za-z0-9_.+\-:/ ]")
 # Names this schema writes (also older lprviz names): removed from input frames first, so a
 # file written by an earlier run never keeps a stale ``lpr_2`` beside fresh ``lpr_0, lpr_1``.
 _STALE_ARRAYS = re.compile(
-    r"(?:(?:lpr|lcpr|undetermined)(?:_.*)?|log10_lpr|local_energy|data_share)\Z")
+    r"(?:(?:lpr|lcpr|undetermined)(?:_.*)?|log10_lpr|local_energy|data_share|forces_pred)\Z")
 _STALE_INFO = re.compile(r"(?:lpr.*|alphas?|pr(?:_\d+)?|energy_pred|in_training)\Z")
 
 
@@ -162,6 +162,8 @@ def provenance(ds, results, extra: Mapping[str, object] | None = None) -> dict[s
     if getattr(first, "scale", None) is not None:
         out["feature_scale"] = float(first.scale)
         out["scale_from"] = "training"
+    if getattr(first, "force_weight", None) is not None:
+        out["force_weight"] = float(first.force_weight)
     out["n_train_frames"] = int(train.sum())
     out["train_groups"] = group_summary(np.asarray(ds.groups)[train])
     out.update(extra or {})
@@ -203,6 +205,8 @@ def _table(ds, results: list, frames: np.ndarray) -> tuple[dict, dict]:
     }
     if first.data_share is not None:  # Results made by hand may lack it
         atom_cols["data_share"] = np.asarray(first.data_share, dtype=float)[atoms]
+    if getattr(first, "forces_pred", None) is not None:  # force-trained models
+        atom_cols["forces_pred"] = np.asarray(first.forces_pred, dtype=float)[atoms]
     frame_cols = {
         "energy_pred": np.asarray(first.energy_pred, dtype=float)[frames],
         "pr": np.asarray(first.pr, dtype=float)[frames],
@@ -214,6 +218,18 @@ def _table(ds, results: list, frames: np.ndarray) -> tuple[dict, dict]:
             atom_cols[f"undetermined_{i}"] = np.asarray(res.undetermined, dtype=bool)[atoms]
             frame_cols[f"pr_{i}"] = np.asarray(res.pr, dtype=float)[frames]
     return atom_cols, frame_cols
+
+
+def _flat(columns: dict) -> dict:
+    """Vector columns (``forces_pred``, n x 3) split into ``<name>_x``, ``_y``, ``_z`` for
+    tables that hold one number per cell (CSV, chemiscope properties)."""
+    out = {}
+    for name, values in columns.items():
+        if np.ndim(values) == 2:
+            out.update({f"{name}_{c}": values[:, i] for i, c in enumerate("xyz")})
+        else:
+            out[name] = values
+    return out
 
 
 def _selected_frames(results: list, include_training: bool) -> np.ndarray:
@@ -232,7 +248,8 @@ def annotated_frames(
     """Copies of the frames carrying the results under the schema's names.
 
     Per-atom arrays ``lpr``, ``log10_lpr``, ``undetermined`` (bool), ``local_energy``,
-    ``data_share`` (share of the LPR due to the data, docs/science.md §11);
+    ``data_share`` (share of the LPR due to the data, docs/science.md §11), ``forces_pred``
+    (n x 3, eV/A; force-trained models only);
     with several alphas also ``lpr_<i>`` and ``undetermined_<i>`` (``i`` indexes the
     ``alphas`` info entry). Per-frame info ``alpha``, ``alphas``, ``pr`` (and ``pr_<i>``),
     ``energy_pred`` (predicted total energy, eV), ``in_training`` and the ``lprviz_*``
@@ -311,6 +328,7 @@ def csv_bytes(ds, results, *, include_training: bool = True) -> bytes:
     results = _results_list(results)
     frames = _selected_frames(results, include_training)
     atom_cols, frame_cols = _table(ds, results, frames)
+    atom_cols = _flat(atom_cols)
     selected = np.isin(ds.structure_index, frames)
     sidx = ds.structure_index[selected]
     pos = np.concatenate([ds.frames[i].positions for i in frames])
@@ -339,6 +357,7 @@ def chemiscope_bytes(ds, results, *, include_training: bool = True) -> bytes:
     results = _results_list(results)
     frames = _selected_frames(results, include_training)
     atom_cols, frame_cols = _table(ds, results, frames)
+    atom_cols = _flat(atom_cols)
     structures = [ds.frames[i].copy() for i in frames]
     properties = {}
     for target, columns in (("atom", atom_cols), ("structure", frame_cols)):

@@ -68,8 +68,10 @@ SCALE_RANGE = (1e-100, 1e100)
 #: Accepted force weights lambda_F (A^2/atom^2).
 FORCE_WEIGHT_RANGE = (0.0, 1e6)
 
-#: Default force weight lambda_F (A^2/atom^2); see docs/science.md §12 for the measurement.
-DEFAULT_FORCE_WEIGHT = 1.0
+#: Default force weight lambda_F (A^2/atom^2): forces and energies then add about equal
+#: curvature, tr(lambda_F G^T G) ~ tr(X^T X), measured at the default SOAP on every frame of
+#: emt-alloys (equal at 0.045) and of real Si, mlearn training file (0.021); docs/science.md §12.
+DEFAULT_FORCE_WEIGHT = 0.03
 
 
 @dataclass(frozen=True)
