@@ -20,12 +20,14 @@ dataset):
   (memory :math:`O(d^2)` plus one chunk);
 * :func:`reference_forces`: the forces a dataset's frames carry (NaN where unknown).
 
-Cache: the summed SOAP gradients of a structure are kept in a byte-bounded in-process memory
-cache (like :func:`lprviz.features.compute_soap`'s per-structure values), keyed by the SOAP
-settings and the structure, so a second training set, a new model width or the predicted
-forces of the same frames never call featomic again. There is no disk cache: an entry is
-``3 x`` the structure's descriptor bytes, and a disk copy of the per-training-set Gram would
-only save the (cheap) GEMMs, not the gradients that the predicted forces need anyway.
+Cache: on request (``cache=True``; :func:`lprviz.pipeline.prepare` asks for it when it keeps
+the gradients of every atom anyway, for the predicted forces) the summed SOAP gradients of a
+structure are kept in a byte-bounded (1 GiB, FIFO) in-process memory cache keyed by the SOAP
+settings and the structure, so another training set of the same frames never calls featomic
+again. Off by default: an entry is ``3 x`` the structure's descriptor bytes, and the streaming
+paths (:func:`force_gram`, ``lprviz lpr --forces``) promise memory ``O(d^2)`` plus one chunk.
+There is no disk cache: a per-training-set Gram on disk would save only the GEMMs (faster
+than featomic, benchmarks/bench_forces.py), not the gradients the predicted forces need.
 """
 
 from __future__ import annotations
@@ -69,7 +71,7 @@ _memory_bytes = 0
 # smaller than compute_soap's.
 _GRAD_CHUNK_ATOMS = 256
 # Rows of G per GEMM when accumulating G^T G.
-_GEMM_ROWS = 6144
+_GEMM_ROWS = 2048
 
 
 def clear_gradient_cache() -> None:
@@ -145,12 +147,20 @@ def _kernel_factors(values: np.ndarray, nystrom) -> tuple[np.ndarray, np.ndarray
     return xhat, f1, f2
 
 
+def _calculator(hypers: SoapHypers):
+    import featomic
+
+    # built once per call of position_gradients: construction costs ~50 ms
+    return featomic.SoapPowerSpectrum(**hypers.featomic_hypers())
+
+
 def _summed_gradients(
     frames: Sequence[ase.Atoms],
     hypers: SoapHypers,
     offsets: dict[tuple[int, int], int],
     l_of_prop: np.ndarray,
     nystrom=None,
+    calculator=None,
 ) -> np.ndarray:
     r"""``sum_k d phi_k / d r_j`` of every atom ``j`` of ``frames`` (one featomic call):
     shape ``(n_atoms, 3, d)`` for raw SOAP, ``(n_atoms, 3, r)`` with a Nyström map.
@@ -162,9 +172,8 @@ def _summed_gradients(
     rule factor depends on the centre only, so it is applied per gradient sample before the
     sum, block by block (``d k_m/d r = f1 (g . m) - f2 (g . xhat)``).
     """
-    import featomic
-
-    calculator = featomic.SoapPowerSpectrum(**hypers.featomic_hypers())
+    if calculator is None:
+        calculator = _calculator(hypers)
     tensor = calculator.compute([_featomic_ready(a, hypers.cutoff) for a in frames],
                                 gradients=["positions"])
     width = len(l_of_prop)
@@ -224,8 +233,8 @@ def position_gradients(
     *,
     species: Sequence[int] | None = None,
     nystrom=None,
-    chunk_atoms: int = _GRAD_CHUNK_ATOMS,
-    cache: bool = True,
+    chunk_atoms: int | None = None,
+    cache: bool = False,
     names: Sequence[str] | None = None,
 ) -> Iterator[tuple[int, np.ndarray]]:
     r"""Position gradients of the summed per-atom features, structure by structure.
@@ -239,10 +248,11 @@ def position_gradients(
         Species list of the columns (as for :func:`lprviz.features.compute_soap`).
     nystrom : lprviz.models.NystromMap, optional
         Gradients of the Nyström features instead of raw SOAP (sparse-kernel model).
-    chunk_atoms : int
-        Approximate number of atoms per featomic call.
+    chunk_atoms : int, optional
+        Approximate number of atoms per featomic call (default :data:`_GRAD_CHUNK_ATOMS`).
     cache : bool
-        Use (and fill) the per-structure memory cache of raw SOAP gradients.
+        Use (and fill) the per-structure memory cache of raw SOAP gradients (off by default:
+        it holds ``24 d`` bytes per atom, so memory is no longer ``O(d^2)`` + one chunk).
     names : sequence of str, optional
         One name per frame for error messages.
 
@@ -260,6 +270,7 @@ def position_gradients(
         A species outside ``species``, or a frame's neighbour search over the limit.
     """
     hypers = SoapHypers() if hypers is None else hypers
+    chunk_atoms = _GRAD_CHUNK_ATOMS if chunk_atoms is None else int(chunk_atoms)
     frames = list(frames)
     present = sorted({int(z) for a in frames for z in a.numbers})
     species_t = tuple(sorted({int(z) for z in species})) if species is not None else tuple(present)
@@ -279,11 +290,12 @@ def position_gradients(
                   [lab for lab, k in zip(labels, keys, strict=True)
                    if not (use_cache and k in _MEMORY)])
     pending: list[int] = []
+    calculator = _calculator(hypers)
 
     def flush() -> Iterator[tuple[int, np.ndarray]]:
         sizes = [len(frames[i]) for i in pending]
         dense = _summed_gradients([frames[i] for i in pending], hypers, offsets, l_of_prop,
-                                  nystrom)
+                                  nystrom, calculator)
         for i, part in zip(pending, np.split(dense, np.cumsum(sizes)[:-1]), strict=True):
             part = np.ascontiguousarray(part)
             if use_cache:

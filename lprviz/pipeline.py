@@ -447,7 +447,7 @@ def _force_training(dataset, descriptors: Descriptors, train_mask: np.ndarray, d
     reference = reference_forces(frames)
     for j, g in position_gradients([frames[i] for i in wanted], descriptors.hypers,
                                    species=descriptors.species, nystrom=nystrom,
-                                   names=[dataset.names[i] for i in wanted]):
+                                   cache=keep, names=[dataset.names[i] for i in wanted]):
         i = int(wanted[j])
         if grads is not None:
             grads[starts[i] : starts[i] + len(g)] = g

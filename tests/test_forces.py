@@ -79,8 +79,8 @@ def test_gradient_cache_and_chunking_do_not_change_values(small):
     one = dict(position_gradients(frames, HYPERS, species=ds.species, cache=False,
                                   chunk_atoms=10**6))
     small_chunks = dict(position_gradients(frames, HYPERS, species=ds.species,
-                                           chunk_atoms=1))
-    cached = dict(position_gradients(frames, HYPERS, species=ds.species))
+                                           chunk_atoms=1, cache=True))
+    cached = dict(position_gradients(frames, HYPERS, species=ds.species, cache=True))
     for i in range(5):
         np.testing.assert_allclose(small_chunks[i], one[i], rtol=1e-12, atol=1e-14)
         np.testing.assert_array_equal(cached[i], small_chunks[i])
