@@ -90,12 +90,17 @@ class ModelSpec:
         Number of active environments (sparse-kernel only).
     zeta : int
         Kernel exponent (sparse-kernel only).
+    force_weight : float or None
+        Train on forces too with this weight :math:`\\lambda_F` (A^2/atom^2), as
+        ``prepare(..., force_weight=)`` (which overrides it); None: energies only. Part of the
+        spec so every cache keyed by the model tells force-trained fits apart.
     """
 
     kind: str = "linear"
     baseline: bool = True
     n_sparse: int = 500
     zeta: int = 2
+    force_weight: float | None = None
 
     #: Accepted ranges (inclusive). The model width ``d`` has its own limit, checked by
     #: :func:`prepare` (``Limits.max_features``).
@@ -107,6 +112,10 @@ class ModelSpec:
         for name, (low, high) in self.RANGES.items():
             object.__setattr__(self, name, check_number(name, getattr(self, name), low, high,
                                                         integer=True))
+        if self.force_weight is not None:
+            object.__setattr__(self, "force_weight",
+                               check_number("force_weight", self.force_weight,
+                                            *FORCE_WEIGHT_RANGE))
 
 
 @dataclass(eq=False)
@@ -380,6 +389,8 @@ def prepare(
         rows = np.hstack([rows, structure_features(extra, structure_index, n_frames)])
     sizes = np.bincount(structure_index, minlength=n_frames)
     trained = None
+    if force_weight is None:
+        force_weight = spec.force_weight
     if force_weight is not None:
         force_weight = check_number("force_weight", force_weight, *FORCE_WEIGHT_RANGE)
         trained = _force_training(dataset, descriptors, train_mask, base.shape[1],

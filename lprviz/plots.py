@@ -550,6 +550,63 @@ def parity_figure(
     return fig
 
 
+def force_parity_figure(
+    forces_ref: np.ndarray,
+    forces_pred: np.ndarray,
+    *,
+    is_train: np.ndarray,
+    max_points: int = 20000,
+) -> go.Figure:
+    """Parity plot of force components: predicted vs reference (eV/A), training and test.
+
+    Parameters
+    ----------
+    forces_ref, forces_pred : numpy.ndarray of shape (n_atoms, 3)
+        Atoms with a NaN reference are left out.
+    is_train : numpy.ndarray of bool, shape (n_atoms,)
+        Atoms of training frames.
+    max_points : int
+        At most this many components drawn per split (evenly strided; the RMSE in the title
+        uses all of them).
+
+    Returns
+    -------
+    plotly.graph_objects.Figure
+        Title gives the component RMSE on training and test atoms (meV/A).
+    """
+    ref = np.asarray(forces_ref, dtype=float)
+    pred = np.asarray(forces_pred, dtype=float)
+    is_train = np.repeat(np.asarray(is_train, dtype=bool), 3)
+    ref, pred = ref.reshape(-1), pred.reshape(-1)
+    ok = np.isfinite(ref) & np.isfinite(pred)
+    traces, parts = [], []
+    for split, m, symbol, color in (("train", is_train, "circle", "#1f77b4"),
+                                    ("test", ~is_train, "x", "#d62728")):
+        sel = np.flatnonzero(m & ok)
+        if sel.size == 0:
+            continue
+        rmse = float(np.sqrt(np.mean((pred[sel] - ref[sel]) ** 2)))
+        parts.append(f"{split}: force RMSE {1e3 * rmse:.0f} meV/A ({sel.size // 3} atoms)")
+        shown = sel[:: max(1, sel.size // max_points)]
+        traces.append(go.Scattergl(x=ref[shown], y=pred[shown], mode="markers", name=split,
+                                   marker={"color": color, "symbol": symbol, "size": 4},
+                                   hoverinfo="skip"))
+    if ok.any():
+        both = np.concatenate([ref[ok], pred[ok]])
+        lo, hi = float(both.min()), float(both.max())
+        traces.append(go.Scatter(x=[lo, hi], y=[lo, hi], mode="lines", showlegend=False,
+                                 line={"color": "#888", "dash": "dash"}, hoverinfo="skip"))
+    fig = go.Figure(data=traces)
+    fig.update_layout(
+        title={"text": "<br>".join(parts) or "no reference forces", "font": {"size": 13}},
+        xaxis_title="reference force component (eV/A)",
+        yaxis_title="predicted force component (eV/A)",
+        margin={"l": 60, "r": 10, "t": 60, "b": 50},
+        height=420,
+    )
+    return fig
+
+
 def lpr_distribution_figure(
     lpr: np.ndarray, categories: Sequence[str], *, title: str = "", label: str = "LPR"
 ) -> go.Figure:

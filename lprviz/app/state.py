@@ -184,12 +184,25 @@ def sidebar() -> Settings:
                           "surface atom from bulk; 'fast' is coarser.")
         st.radio("Model", list(pipeline.MODEL_KINDS), key="model_kind", horizontal=True,
                  help="Linear ridge on SOAP, or sparse kernel ridge (Nystrom features).")
+        forces = st.toggle("Train on forces too", key="train_forces",
+                           help="Fit energies and forces (frames without forces count for "
+                                "energies only): the LPR of a potential trained like real "
+                                "ones. Computes SOAP gradients of every atom.")
+        force_weight = None
+        if forces:
+            force_weight = st.number_input(
+                "Force weight (A^2/atom^2)", min_value=0.0,
+                max_value=pipeline.FORCE_WEIGHT_RANGE[1],
+                value=pipeline.DEFAULT_FORCE_WEIGHT, format="%g", key="force_weight",
+                help="lambda_F of the squared force errors (eV/A) against energies per atom; "
+                     "the default makes forces and energies add about equal curvature.")
     label = st.session_state["dataset_label"]
     source = registry.get(label, sources.get(label, label))
     if label in sources:
         qp["dataset"] = label
     current = Settings(source=source, label=label, preset=st.session_state["soap_preset"],
-                       spec=pipeline.ModelSpec(kind=st.session_state["model_kind"]))
+                       spec=pipeline.ModelSpec(kind=st.session_state["model_kind"],
+                                               force_weight=force_weight))
     st.session_state[_SETTINGS] = current  # the split controls may fail: keep a value
     if label in registry:
         current = _with_split(current, registry)

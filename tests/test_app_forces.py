@@ -1,0 +1,31 @@
+"""The app's "Train on forces too" toggle (AppTest): a force-trained fit, its force parity
+plot on Explore, and LPRs that never drop when force rows are added."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from streamlit.testing.v1 import AppTest
+
+APP = str(Path(__file__).resolve().parents[1] / "app.py")
+
+
+def _medians(at: AppTest):
+    for df in at.dataframe:
+        if "median LPR" in df.value.columns:
+            return df.value.set_index("group")["median LPR"]
+    raise AssertionError("no per-group LPR table")
+
+
+def test_force_toggle_raises_lpr_and_shows_force_parity():
+    at = AppTest.from_file(APP, default_timeout=900).run()
+    assert not at.exception and not at.error
+    before = _medians(at)
+    assert not any("force RMSE" in str(c.proto) for c in at.get("plotly_chart"))
+    at.toggle(key="train_forces").set_value(True).run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert not at.error, [e.value for e in at.error]
+    assert at.number_input(key="force_weight").value == 0.03
+    after = _medians(at)
+    assert (after >= before * (1 - 1e-6)).all() and (after > 2 * before).any()
+    assert any("force RMSE" in str(c.proto) for c in at.get("plotly_chart"))
