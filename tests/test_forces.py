@@ -86,11 +86,13 @@ def test_gradient_cache_and_chunking_do_not_change_values(small):
         np.testing.assert_array_equal(cached[i], small_chunks[i])
 
 
-def test_force_gram_equals_one_gemm_of_stacked_rows(small, monkeypatch):
+@pytest.mark.parametrize("block_rows", [50, 400])  # structures larger / smaller than a block
+def test_force_gram_equals_one_gemm_of_stacked_rows(small, monkeypatch, block_rows):
     ds, _ = small
     import lprviz.forces as forces_mod
 
-    monkeypatch.setattr(forces_mod, "_GEMM_ROWS", 50)  # several blocks
+    d = len(next(position_gradients(ds.frames[:1], HYPERS, species=ds.species))[1][0, 0])
+    monkeypatch.setattr(forces_mod, "_GEMM_BYTES", block_rows * 8 * d)
     result = force_gram(ds.frames, HYPERS, species=ds.species, n_extra_columns=2)
     G = np.vstack([-g.reshape(-1, g.shape[-1]) for _, g in
                    position_gradients(ds.frames, HYPERS, species=ds.species)])
