@@ -16,8 +16,11 @@ With ``--si-lpr``: the README's table instead, how much training on forces raise
 median LPR per group of the real Si test file (trained on the whole training file, linear
 model, default SOAP, alpha = 1e-4, same feature scale with and without forces).
 
-Usage: ``python benchmarks/bench_forces.py [--quick] [--si PATH] [--si-lpr]``. Prints
-ratios; asserts nothing.
+With ``--big N``: only ``force_gram``'s time and peak traced memory on emt-alloys repeated N
+times (N = 13: 102k atoms).
+
+Usage: ``python benchmarks/bench_forces.py [--quick] [--si PATH] [--si-lpr] [--big N]``.
+Prints ratios; asserts nothing.
 """
 
 from __future__ import annotations
@@ -181,13 +184,37 @@ def si_lpr_table(train_path, alpha=1e-4, weights=(DEFAULT_FORCE_WEIGHT, 1.0)):
             print(f"| {g} | {int(sel.sum())} | {base:.3g} | " + " | ".join(cells) + " |")
 
 
+def big_memory(copies):
+    """Peak traced memory of force_gram over emt-alloys repeated ``copies`` times."""
+    ds = datasets.load("emt-alloys")
+    frames = list(ds.frames) * copies
+    n_atoms = sum(len(a) for a in frames)
+    tracemalloc.start()
+    start = time.perf_counter()
+    result = force_gram(frames, SoapHypers(), species=ds.species)
+    elapsed = time.perf_counter() - start
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    d = result.gram.shape[0]
+    mib = 2**20
+    print(f"emt-alloys x{copies}: {n_atoms} atoms, d = {d}: force_gram {elapsed:.0f} s "
+          f"({1e6 * elapsed / n_atoms:.0f} us/atom), peak traced memory {peak / mib:.0f} MiB "
+          f"(d^2 floats {d * d * 8 / mib:.0f} MiB; the 3 n_atoms x d matrix it never forms "
+          f"{3 * n_atoms * d * 8 / mib:.0f} MiB)")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a fifth of the frames, once")
     parser.add_argument("--si", default=str(SI), help="mlearn Si training file")
     parser.add_argument("--si-lpr", action="store_true",
                         help="print the README table of LPR raised by forces on real Si")
+    parser.add_argument("--big", type=int, default=0, metavar="N",
+                        help="force_gram peak memory on emt-alloys x N only")
     args = parser.parse_args()
+    if args.big:
+        big_memory(args.big)
+        return
     if args.si_lpr:
         si_lpr_table(args.si)
         return

@@ -472,8 +472,8 @@ def _cmd_lpr(args: argparse.Namespace) -> int:
     scale, nystrom, provenance = _reference_space(args, reference, data, desc_train, spec,
                                                   steps, store=store)
     force_weight = args.force_weight if args.forces else None
-    what = "energies and forces" if args.forces else "energies"
-    with steps(f"factorising the model of {train_frames.size} training structures ({what})"):
+    what = " (energies and forces)" if args.forces else ""
+    with steps(f"factorising the model of {train_frames.size} training structures{what}"):
         fit = prepare(data.subset(train_frames), desc_train,
                       np.ones(train_frames.size, dtype=bool), spec, scale=scale,
                       nystrom=nystrom, project=False, force_weight=force_weight)
