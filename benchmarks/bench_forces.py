@@ -37,7 +37,6 @@ from lprviz.features import SoapHypers, _featomic_ready
 from lprviz.forces import (
     _GRAD_CHUNK_ATOMS,
     ForceGramBuilder,
-    clear_gradient_cache,
     force_gram,
     position_gradients,
     reference_forces,
@@ -82,7 +81,6 @@ def run(name, ds, hypers, repeat):
     n_atoms = sum(len(a) for a in frames)
 
     def ours():
-        clear_gradient_cache()
         for _ in position_gradients(frames, hypers, species=ds.species, cache=False):
             pass
 

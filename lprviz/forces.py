@@ -22,10 +22,12 @@ dataset):
 
 Cache: on request (``cache=True``; :func:`lprviz.pipeline.prepare` asks for it when it keeps
 the gradients of every atom anyway, for the predicted forces) the summed SOAP gradients of a
-structure are kept in a byte-bounded (1 GiB, FIFO) in-process memory cache keyed by the SOAP
-settings and the structure, so another training set of the same frames never calls featomic
-again. Off by default: an entry is ``3 x`` the structure's descriptor bytes, and the streaming
-paths (:func:`force_gram`, ``lprviz lpr --forces``) promise memory ``O(d^2)`` plus one chunk.
+structure are kept in :mod:`lprviz.features`' byte-bounded (1 GiB, FIFO) per-structure memory
+cache, beside the descriptor values, under keys of the SOAP settings, the structure and
+``position-gradients`` (``features.clear_memory_cache`` forgets both), so another training
+set of the same frames never calls featomic again. Off by default: an entry is ``3 x`` the
+structure's descriptor bytes, and the streaming paths (:func:`force_gram`, ``lprviz lpr
+--forces``) promise memory ``O(d^2)`` plus one chunk.
 There is no disk cache: a per-training-set Gram on disk would save only the GEMMs (faster
 than featomic, benchmarks/bench_forces.py), not the gradients the predicted forces need.
 """
@@ -33,7 +35,6 @@ than featomic, benchmarks/bench_forces.py), not the gradients the predicted forc
 from __future__ import annotations
 
 import hashlib
-from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
@@ -43,10 +44,12 @@ import scipy.sparse
 
 from lprviz.errors import InputError
 from lprviz.features import (
+    _MEMORY,
     SoapHypers,
     _check_search,
     _featomic_ready,
     _layout,
+    _remember,
     _settings_hash,
     _structure_hash,
 )
@@ -55,17 +58,12 @@ from lprviz.limits import get_limits
 __all__ = [
     "ForceGram",
     "ForceGramBuilder",
-    "clear_gradient_cache",
     "force_gram",
     "has_forces",
     "position_gradients",
     "reference_forces",
 ]
 
-# Summed SOAP gradients per structure: key -> (n_atoms, 3, d). Bounded by total bytes (FIFO).
-_MEMORY: OrderedDict[str, np.ndarray] = OrderedDict()
-_MEMORY_MAX_BYTES = 1 << 30
-_memory_bytes = 0
 # Atoms per featomic call with gradients: featomic holds one (3 x width) gradient per
 # neighbour pair and species block (~40-80 pairs per atom at a 5 A cutoff), so chunks are far
 # smaller than compute_soap's.
@@ -74,24 +72,6 @@ _GRAD_CHUNK_ATOMS = 256
 # BLAS efficient at small d (2048 rows at d = 245 ran ~3x slower than one GEMM), and the
 # buffer stays bounded at any d.
 _GEMM_BYTES = 32 << 20
-
-
-def clear_gradient_cache() -> None:
-    """Forget all position gradients held in memory."""
-    global _memory_bytes
-    _MEMORY.clear()
-    _memory_bytes = 0
-
-
-def _remember(key: str, values: np.ndarray) -> None:
-    global _memory_bytes
-    if key in _MEMORY or values.nbytes > _MEMORY_MAX_BYTES:
-        return
-    _MEMORY[key] = values
-    _memory_bytes += values.nbytes
-    while _memory_bytes > _MEMORY_MAX_BYTES:
-        _, old = _MEMORY.popitem(last=False)
-        _memory_bytes -= old.nbytes
 
 
 def has_forces(atoms: ase.Atoms) -> bool:

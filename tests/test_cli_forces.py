@@ -5,48 +5,25 @@ from __future__ import annotations
 import ase.io
 import numpy as np
 import pytest
-from ase.build import bulk
-from ase.calculators.emt import EMT
 
-from lprviz import datasets, features
+# EMT frames (its EMT stores forces with the energy) and the autouse cache fixture
+from test_cli_lpr import HYPERS, SOAP_ARGS, _cache, _emt_frames  # noqa: F401
+
+from lprviz import datasets
 from lprviz.cli import build_parser, main
-from lprviz.features import SoapHypers, compute_soap
+from lprviz.features import compute_soap
 from lprviz.forces import position_gradients
 from lprviz.models import predict_forces
 from lprviz.pipeline import DEFAULT_FORCE_WEIGHT, ModelSpec, prepare
 
-SOAP_ARGS = ["--cutoff", "4.0", "--max-radial", "3", "--max-angular", "2"]
-HYPERS = SoapHypers(cutoff=4.0, max_radial=3, max_angular=2)
-
-
-@pytest.fixture(autouse=True)
-def _cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("LPRVIZ_CACHE_DIR", str(tmp_path / "cache"))
-    features.clear_memory_cache()
-
-
-def _emt_frames(n, seed, *, labels=True):
-    rng = np.random.default_rng(seed)
-    frames = []
-    for i in range(n):
-        atoms = bulk("Cu", "fcc", a=rng.uniform(3.6, 3.9), cubic=True) * (2, 1, 1)
-        atoms.numbers[rng.random(len(atoms)) < 0.5] = 79
-        atoms.rattle(0.1, seed=seed * 1000 + i)
-        if labels:
-            atoms.calc = EMT()
-            atoms.get_potential_energy()
-            atoms.get_forces()
-        frames.append(atoms)
-    return frames
-
 
 @pytest.fixture
 def files(tmp_path):
-    train = tmp_path / "train.extxyz"
-    test = tmp_path / "test.extxyz"
-    ase.io.write(train, _emt_frames(12, 1))
-    ase.io.write(test, _emt_frames(3, 2, labels=False))
-    return train, test
+    paths = (tmp_path / "train.extxyz", tmp_path / "test.extxyz")
+    for path, frames in zip(paths, (_emt_frames(12, 1), _emt_frames(3, 2, energies=False)),
+                            strict=True):
+        ase.io.write(path, frames)
+    return paths
 
 
 @pytest.mark.parametrize("model", ["linear", "sparse-kernel"])
@@ -67,6 +44,7 @@ def test_forces_output_matches_library_and_raises_lpr(files, tmp_path, capsys, m
     # the same model built with the library
     tr = datasets.load(str(train))
     te = datasets.load(str(test))
+    assert all("forces" in a.calc.results for a in tr.frames)
     desc = compute_soap(tr.frames, HYPERS, species=tr.species, cache=False)
     fit = prepare(tr, desc, np.ones(len(tr.frames), dtype=bool),
                   ModelSpec(kind=model, n_sparse=40), scale=2.0, force_weight=0.1,
@@ -90,7 +68,7 @@ def test_frames_without_forces_note_or_error(tmp_path, capsys):
     train = tmp_path / "mixed.extxyz"
     ase.io.write(train, frames)
     test = tmp_path / "test.extxyz"
-    ase.io.write(test, _emt_frames(1, 4, labels=False))
+    ase.io.write(test, _emt_frames(1, 4, energies=False))
     out = tmp_path / "out.extxyz"
     base = ["lpr", "--test", str(test), *SOAP_ARGS, "-q", "--forces", "-o", str(out)]
     assert main([*base, "--train", str(train)]) == 0
