@@ -341,3 +341,18 @@ def test_builder_empty_and_sizes():
     b.add(np.ones((2, 3, 4)), np.zeros((2, 3)))
     out = b.result(1)
     assert out.gram.shape == (5, 5) and out.n_rows == 6 and out.n_frames == 1
+
+
+def test_kept_gradients_over_the_array_limit_are_refused_before_featomic(small, monkeypatch):
+    ds, desc = small
+    values_bytes = desc.values.nbytes  # the kept float32 gradients take 1.5x this
+    monkeypatch.setenv("LPRVIZ_MAX_ARRAY_BYTES", str(int(1.2 * values_bytes)))
+    import lprviz.forces as forces_mod
+
+    def no_featomic(*args, **kwargs):
+        raise AssertionError("featomic called before the limit check")
+
+    monkeypatch.setattr(forces_mod, "_summed_gradients", no_featomic)
+    train = np.ones(len(ds.frames), dtype=bool)
+    with pytest.raises(InputError, match="LPRVIZ_MAX_ARRAY_BYTES"):
+        prepare(ds, desc, train, ModelSpec(baseline=False), force_weight=1.0)
