@@ -354,5 +354,5 @@ def test_kept_gradients_over_the_array_limit_are_refused_before_featomic(small, 
 
     monkeypatch.setattr(forces_mod, "_summed_gradients", no_featomic)
     train = np.ones(len(ds.frames), dtype=bool)
-    with pytest.raises(InputError, match="LPRVIZ_MAX_ARRAY_BYTES"):
+    with pytest.raises(InputError, match="force rows of .* LPRVIZ_MAX_ARRAY_BYTES"):
         prepare(ds, desc, train, ModelSpec(baseline=False), force_weight=1.0)
