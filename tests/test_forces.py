@@ -356,3 +356,38 @@ def test_kept_gradients_over_the_array_limit_are_refused_before_featomic(small, 
     train = np.ones(len(ds.frames), dtype=bool)
     with pytest.raises(InputError, match="force rows of .* LPRVIZ_MAX_ARRAY_BYTES"):
         prepare(ds, desc, train, ModelSpec(baseline=False), force_weight=1.0)
+
+
+def test_real_si_forces_raise_surface_lpr_more_than_bulk():
+    """README, Training on forces: on real Si, force rows raise the LPR of crystalline bulk
+    test atoms a few times and that of under-coordinated surface atoms far more."""
+    from reference_data import mlearn_dir
+
+    from lprviz.pipeline import coordination
+
+    folder = mlearn_dir()
+    train = datasets.load(folder / "Si_training.json")
+    test = datasets.load(folder / "Si_test.json")
+    chosen = np.flatnonzero(np.isin(train.groups, ["Elastic", "AIMD-NVT"]))[::2]
+    train = train.subset(chosen)
+    hypers = SoapHypers()
+    desc = compute_soap(train.frames, hypers)
+    d_test = compute_soap(test.frames, hypers, species=desc.species)
+    mask = np.ones(len(train.frames), dtype=bool)
+    plain = prepare(train, desc, mask, ModelSpec(baseline=False), project=False)
+    forced = prepare(train, desc, mask, ModelSpec(baseline=False), project=False,
+                     force_weight=0.03)
+    assert forced.scale == plain.scale
+    lpr0 = plain.solver.lpr(d_test.values, 1e-4)
+    lpr1 = forced.solver.lpr(d_test.values, 1e-4)
+    assert np.all(lpr1 >= lpr0 * (1 - 1e-7))
+    coord = coordination(test.frames, 2.7)
+    group = np.asarray(test.groups)[d_test.structure_index]
+    surface = (group == "Surface") & (coord < 4)
+    bulk = (group == "Elastic") & (coord == 4)
+    assert surface.sum() > 5 and bulk.sum() > 100
+    raise_surface = np.median(lpr1[surface]) / np.median(lpr0[surface])
+    raise_bulk = np.median(lpr1[bulk]) / np.median(lpr0[bulk])
+    print(f"real Si, forces raise the median LPR: surface x{raise_surface:.0f}, "
+          f"bulk x{raise_bulk:.1f}")
+    assert 1 < raise_bulk < raise_surface and raise_surface > 10
