@@ -111,5 +111,12 @@ def test_csv_and_extxyz_exports_carry_predicted_forces(files):
     frames = annotated_frames(tr, res)
     np.testing.assert_array_equal(frames[3].arrays["forces_pred"],
                                   res.forces_pred[tr.atoms_of(3)])
+    import gzip
+    import json
+
+    from lprviz.export import chemiscope_bytes
+
+    props = json.loads(gzip.decompress(chemiscope_bytes(tr, res)))["properties"]
+    np.testing.assert_allclose(props["forces_pred_z"]["values"], res.forces_pred[:, 2])
     # the reference forces pass through untouched
     np.testing.assert_array_equal(frames[3].calc.results["forces"], tr.frames[3].get_forces())
