@@ -236,6 +236,8 @@ class Results:
         Reference forces where known (NaN rows elsewhere) of a force-trained model.
     force_weight : float or None
         :math:`\\lambda_F` of the model (provenance).
+    notice : str or None
+        The fit's one-line notice (training frames used for energies only), for display.
     """
 
     alpha: float
@@ -256,6 +258,7 @@ class Results:
     forces_pred: np.ndarray | None = None
     forces: np.ndarray | None = None
     force_weight: float | None = None
+    notice: str | None = None
 
     @property
     def local_error(self) -> np.ndarray | None:
@@ -600,6 +603,7 @@ def evaluate(fit: Fit, alpha: float) -> Results:
         forces_pred=forces_pred,
         forces=fit.forces,
         force_weight=fit.force_weight,
+        notice=fit.notice,
     )
 
 

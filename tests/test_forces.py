@@ -327,6 +327,7 @@ def test_frames_without_forces_notice_and_error(small):
     fit = prepare(stripped, desc, train, force_weight=1.0)
     assert "2 of 5" not in fit.notice and "3 of 5 training frames have no forces" in fit.notice
     assert np.isnan(fit.forces[: int(stripped.frame_starts[3])]).all()
+    assert evaluate(fit, 1e-3).notice == fit.notice
     only_missing = np.zeros(len(ds.frames), dtype=bool)
     only_missing[:3] = True
     with pytest.raises(InputError, match="no training frame has forces"):

@@ -165,6 +165,8 @@ def _alpha_dependent(settings: state.Settings) -> None:
         if res.forces_pred is not None:  # a force-trained model (sidebar toggle)
             st.plotly_chart(plots.force_parity_figure(
                 res.forces, res.forces_pred, is_train=res.train_mask[ds.structure_index]))
+            if res.notice:
+                st.caption(res.notice)
 
     # full width: in the parity plot's column the six columns were cut off
     st.dataframe(plots.format_table(_lpr_table(ds, res)), hide_index=True, width="stretch",
