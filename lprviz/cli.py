@@ -601,7 +601,7 @@ def _cmd_suggest(args: argparse.Namespace) -> int:
         what = "given target"
     if target.size == 0:
         raise InputError("target: no atoms selected")
-    P, Q = fit.projections[target], fit.structure_projections[pool]
+    P, Q = fit.atom_projections(target), fit.structure_projections[pool]
     with steps(f"ranking {pool.size} candidate structures"):
         sug = suggest_from_projections(fit.solver, P, Q, alpha, args.k)
     frames = pool[sug.chosen]

@@ -18,6 +18,7 @@ halved loss, features divided by the scale). All per-atom arrays are in dataset 
 from __future__ import annotations
 
 import weakref
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -105,11 +106,16 @@ class Fit:
     nystrom : NystromMap or None
         Feature map of the sparse-kernel model.
     structure_index : numpy.ndarray of shape (n_atoms,)
-    projections : numpy.ndarray of shape (n_atoms, d), float32
+    projections : numpy.ndarray of shape (n_atoms, d) or (n_atoms, r), float32
         ``solver.projections`` of every atom's model features, stored as float32 (4 d bytes
         per atom: 5.9 kB at d = 1473; LPR within a relative 1e-5 of float64, see
         :meth:`lprviz.rigidity.RigiditySolver.projections`; local energies within ~1e-6 eV,
-        see :func:`lprviz.rigidity.project_dot`).
+        see :func:`lprviz.rigidity.project_dot`). On the solver's dual route (fewer training
+        structures than d / 2) the fit is *thin*: these are only the ``r`` coordinates in
+        the training span (``solver.thin_projections``; 4 r bytes per atom, d / r times
+        less) and :attr:`residual2` holds the rest. Use :meth:`atom_projections` for the
+        full ``d`` of some atoms, and :func:`evaluate`, :func:`lpr_sweep`,
+        :func:`scaled_norm2` rather than reading them directly.
     structure_projections : numpy.ndarray of shape (n_frames, d)
         ``solver.projections`` of every frame's mean feature row (for the PR).
     xty : numpy.ndarray of shape (d,)
@@ -120,6 +126,12 @@ class Fit:
         Reference local energies when the dataset has them (EMT sets).
     hypers : lprviz.features.SoapHypers or None
         SOAP hyper-parameters of the descriptors (for provenance in exported files).
+    residual2 : numpy.ndarray of shape (n_atoms,) or None
+        Thin fit only: every atom's squared scaled-feature norm outside the training span.
+    atom_rows : callable or None
+        ``atom_rows(index) -> (descriptor values, atomic numbers)`` of those atoms, read from
+        the descriptors the fit was prepared from (referenced, not copied, and not counted
+        as the fit's memory); what :meth:`atom_projections` of a thin fit projects.
     """
 
     spec: ModelSpec
@@ -135,11 +147,27 @@ class Fit:
     energies: np.ndarray
     true_local_energies: np.ndarray | None = None
     hypers: SoapHypers | None = None
+    residual2: np.ndarray | None = None
+    atom_rows: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]] | None = None
 
     @property
     def n_frames(self) -> int:
         """Number of frames of the dataset."""
         return len(self.train_mask)
+
+    @property
+    def thin(self) -> bool:
+        """True when :attr:`projections` hold only the training-span coordinates."""
+        return self.residual2 is not None
+
+    def atom_projections(self, index) -> np.ndarray:
+        """Full ``solver.projections`` (n, d) of the atoms ``index`` (e.g. a target set for
+        :func:`lprviz.suggest.suggest_from_projections`): the cached rows, or for a thin fit
+        the atoms' model features projected now (``O(len(index) d^2)``)."""
+        if not self.thin:
+            return self.projections[index]
+        values, numbers = self.atom_rows(np.asarray(index))
+        return self.solver.projections(self.model_features(values, numbers))
 
     def model_features(self, values: np.ndarray, atom_numbers: np.ndarray) -> np.ndarray:
         """Raw model features of descriptors ``values`` (n, d_soap) -> (n, d).
@@ -332,6 +360,14 @@ def prepare(
     )
     y = energies[train_mask] / sizes[train_mask]
     xty = rows[train_mask].T @ y / scale
+    thin = project and solver.route == "dual"
+    if thin:
+        projections, residual2 = solver.thin_projections(base, extra)
+    else:
+        residual2 = None
+        projections = (_projections(solver, base, extra) if project
+                       else np.empty((0, solver.n_features), dtype=np.float32))
+    raw, numbers = descriptors.values, np.asarray(descriptors.atom_numbers)
     return Fit(
         spec=spec,
         train_mask=train_mask.copy(),
@@ -340,13 +376,14 @@ def prepare(
         species=species,
         nystrom=nystrom,
         structure_index=structure_index,
-        projections=(_projections(solver, base, extra) if project
-                     else np.empty((0, solver.n_features), dtype=np.float32)),
+        projections=projections,
         structure_projections=solver.projections(rows if project else rows[:0]),
         xty=xty,
         energies=energies,
         true_local_energies=getattr(dataset, "true_local_energies", None),
         hypers=getattr(descriptors, "hypers", None),
+        residual2=residual2,
+        atom_rows=lambda index: (np.asarray(raw[index], dtype=np.float64), numbers[index]),
     )
 
 
@@ -458,9 +495,14 @@ def evaluate(fit: Fit, alpha: float) -> Results:
     solver = fit.solver
     P = fit.projections
     weights = solver.solve(fit.xty, alpha)
-    # P = (phi / s) V, so the local prediction (phi / s) . w = P . (V^T w)
-    local = project_dot(P, solver.eigvecs.T @ weights)
-    lpr, undetermined = solver.lpr_and_undetermined_from_projections(P, alpha)
+    if fit.thin:
+        # X^T y lies in the training span, so does w: (phi / s) . w = P . (W^T w)
+        local = project_dot(P, solver.thin_basis.T @ weights)
+        lpr, undetermined = solver.lpr_and_undetermined_from_thin(P, fit.residual2, alpha)
+    else:
+        # P = (phi / s) V, so the local prediction (phi / s) . w = P . (V^T w)
+        local = project_dot(P, solver.eigvecs.T @ weights)
+        lpr, undetermined = solver.lpr_and_undetermined_from_projections(P, alpha)
     return Results(
         alpha=alpha,
         train_mask=fit.train_mask,
@@ -513,14 +555,34 @@ def scaled_norm2(fit: Fit) -> np.ndarray:
     """``|x̂_k|^2`` of every atom's scaled model features (n_atoms,), cached per ``fit``.
 
     ``fit.projections`` are the scaled features in the solver's orthonormal eigenbasis, so
-    their row norms are those of the scaled features.
+    their row norms are those of the scaled features (a thin fit adds the out-of-span part).
     """
     out = _NORM2.get(fit)
     if out is None:
         P = fit.projections
         out = np.einsum("ij,ij->i", P, P)
+        if fit.thin:
+            out = out + fit.residual2
         _NORM2[fit] = out
     return out
 
 
-__all__ += ["scaled_norm2"]
+def lpr_sweep(fit: Fit, alphas: Sequence[float]) -> np.ndarray:
+    """LPR of every atom at each of ``alphas`` in one pass over the cached projections.
+
+    Parameters
+    ----------
+    fit : Fit
+    alphas : sequence of float
+        Regularisers (``>= 0``).
+
+    Returns
+    -------
+    numpy.ndarray of shape (n_alphas, n_atoms)
+    """
+    if fit.thin:
+        return fit.solver.lpr_sweep_from_thin(fit.projections, fit.residual2, alphas)
+    return fit.solver.lpr_sweep_from_projections(fit.projections, alphas)
+
+
+__all__ += ["lpr_sweep", "scaled_norm2"]

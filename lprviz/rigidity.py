@@ -492,6 +492,13 @@ class RigiditySolver:
             null.append(inv0)
         return np.stack(cols, axis=1), np.asarray(null)
 
+    def _thin_lpr_and_floored_weights(self, alpha: float):
+        """Dual route: :meth:`_thin_weights` of ``alpha`` for 1/LPR and for its floored part
+        (the undetermined share), as two columns."""
+        W_all, w_all = self._thin_weights([alpha])
+        W_fl, w_fl = self._thin_weights([alpha], floored_only=True)
+        return np.hstack([W_all, W_fl]), np.concatenate([w_all, w_fl])
+
     def _thin_u(
         self, X_raw: np.ndarray, W_thin: np.ndarray, w_null: np.ndarray, cols=None
     ) -> np.ndarray:
@@ -504,20 +511,105 @@ class RigiditySolver:
         for start in range(0, X_raw.shape[0], _CHUNK):
             Xc = X_raw[start : start + _CHUNK] / self.scale
             P = Xc @ B
-            norm2 = np.einsum("ij,ij->i", Xc, Xc)
-            rho2 = norm2 - np.einsum("ij,ij->i", P, P)
-            near = rho2 < _CANCEL * norm2
-            if near.any():
-                # In or near the training span: form the residual explicitly.
-                R = -(P[near] @ W.T)
-                if cols is None:
-                    R += Xc[near]
-                else:
-                    R[:, cols] += Xc[near]
-                rho2[near] = np.einsum("ij,ij->i", R, R)
-            rho2 = np.maximum(rho2, 0.0)
+            rho2 = self._residual2(P, np.einsum("ij,ij->i", Xc, Xc), Xc.__getitem__, cols)
             u[start : start + _CHUNK] = _sq_dot(P, W_thin) + rho2[:, None] * w_null[None, :]
         return u
+
+    def _residual2(self, P: np.ndarray, norm2: np.ndarray, rows, cols=None) -> np.ndarray:
+        """Dual route: out-of-span squared norms ``|x̂|^2 - |P|^2`` of scaled vectors with
+        thin coordinates ``P``, formed explicitly where that difference would cancel
+        (``rows(mask)`` gives those scaled vectors, restricted to ``cols`` when given)."""
+        _, W = self._svd()
+        rho2 = norm2 - np.einsum("ij,ij->i", P, P)
+        near = rho2 < _CANCEL * norm2
+        if near.any():
+            # In or near the training span: form the residual explicitly.
+            R = -(P[near] @ W.T)
+            if cols is None:
+                R += rows(near)
+            else:
+                R[:, cols] += rows(near)
+            rho2[near] = np.einsum("ij,ij->i", R, R)
+        return np.maximum(rho2, 0.0)
+
+    @property
+    def thin_basis(self) -> np.ndarray:
+        """Dual route: orthonormal basis ``W`` (n_features, r) of the training rows' span
+        (right singular vectors, ascending singular values); what :meth:`thin_projections`
+        project on."""
+        if self.route != "dual":
+            raise InputError("thin_basis: only the dual route (few training structures) has one")
+        return self._svd()[1]
+
+    def thin_projections(
+        self, X_raw, X_extra=None, *, dtype=np.float32
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Dual route: what every later LPR of these vectors needs, ``O(r)`` numbers each.
+
+        The coordinates ``P = x̂ W`` in the training span (:attr:`thin_basis`) and the
+        out-of-span squared norm ``rho^2`` (eigenvalue 0), with the cancellation guard of the
+        module docstring; then :meth:`lpr_and_undetermined_from_thin` and
+        :meth:`lpr_sweep_from_thin` answer any alpha exactly as :meth:`lpr`.
+
+        Parameters
+        ----------
+        X_raw : numpy.ndarray of shape (n, k)
+            Raw descriptors; with ``X_extra``, their first ``k`` columns only.
+        X_extra : numpy.ndarray of shape (n, n_features - k), optional
+            The remaining columns (so callers need not stack two blocks into one copy).
+        dtype : numpy.float32 or numpy.float64
+            Storage type of ``P`` (``rho^2`` is float64: it comes from a difference).
+
+        Returns
+        -------
+        P : numpy.ndarray of shape (n, r)
+        rho2 : numpy.ndarray of shape (n,)
+        """
+        X = _as_2d(X_raw, "X")
+        E = None if X_extra is None else _as_2d(X_extra, "X_extra")
+        width = X.shape[1] + (0 if E is None else E.shape[1])
+        if width != self.n_features or (E is not None and E.shape[0] != X.shape[0]):
+            raise InputError(f"X: expected {self.n_features} features (as in training), "
+                             f"got {width}")
+        W = self.thin_basis
+        k = X.shape[1]
+        P = np.empty((X.shape[0], W.shape[1]), dtype=dtype)
+        rho2 = np.empty(X.shape[0])
+        for start in range(0, X.shape[0], _CHUNK):
+            Xc = X[start : start + _CHUNK] / self.scale
+            Pc = Xc @ W[:k]
+            norm2 = np.einsum("ij,ij->i", Xc, Xc)
+            if E is not None:
+                Ec = E[start : start + _CHUNK] / self.scale
+                Pc += Ec @ W[k:]
+                norm2 += np.einsum("ij,ij->i", Ec, Ec)
+
+            def rows(mask, Xc=Xc, Ec=None if E is None else Ec):
+                return Xc[mask] if Ec is None else np.hstack([Xc[mask], Ec[mask]])
+
+            rho2[start : start + _CHUNK] = self._residual2(Pc, norm2, rows)
+            P[start : start + _CHUNK] = Pc
+        return P, rho2
+
+    def lpr_sweep_from_thin(self, P: np.ndarray, rho2: np.ndarray,
+                            alphas: Sequence[float]) -> np.ndarray:
+        """:meth:`lpr_sweep` from :meth:`thin_projections` (one pass over ``P``).
+
+        Returns
+        -------
+        numpy.ndarray of shape (n_alphas, n)
+        """
+        W_thin, w_null = self._thin_weights(alphas)
+        return _invert(_sq_dot(P, W_thin) + np.asarray(rho2)[:, None] * w_null[None, :]).T
+
+    def lpr_and_undetermined_from_thin(
+        self, P: np.ndarray, rho2: np.ndarray, alpha: float
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`lpr_and_undetermined` from :meth:`thin_projections` (one pass over ``P``):
+        returns ``(lpr, undetermined)``, arrays of shape (n,)."""
+        W_thin, w_null = self._thin_lpr_and_floored_weights(alpha)
+        u = _sq_dot(P, W_thin) + np.asarray(rho2)[:, None] * w_null[None, :]
+        return _invert(u[:, 0]), u[:, 1] > _UNDETERMINED_SHARE * u[:, 0]
 
     def _effective(self, alpha: float) -> np.ndarray:
         """Eigenvalues of X^T X + alpha I floored at the numerical resolution."""
@@ -715,9 +807,7 @@ class RigiditySolver:
         returns ``(lpr, undetermined)``, arrays of shape (n,)."""
         if self.route == "dual":
             X = self._check_features(X_atoms_raw)
-            W_all, w_all = self._thin_weights([alpha])
-            W_fl, w_fl = self._thin_weights([alpha], floored_only=True)
-            u = self._thin_u(X, np.hstack([W_all, W_fl]), np.concatenate([w_all, w_fl]))
+            u = self._thin_u(X, *self._thin_lpr_and_floored_weights(alpha))
             return _invert(u[:, 0]), u[:, 1] > _UNDETERMINED_SHARE * u[:, 0]
         return self.lpr_and_undetermined_from_projections(self.projections(X_atoms_raw), alpha)
 

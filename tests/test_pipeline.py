@@ -8,11 +8,18 @@ from ase.build import bulk, molecule
 from reference_data import mlearn_dir
 from skmatter.metrics import local_prediction_rigidity as skmatter_lpr
 
-from lprviz import datasets
+from lprviz import datasets, rigidity
 from lprviz.errors import InputError
 from lprviz.features import SoapHypers, compute_soap
 from lprviz.models import fit_ridge
-from lprviz.pipeline import ModelSpec, coordination, evaluate, prepare
+from lprviz.pipeline import (
+    ModelSpec,
+    coordination,
+    evaluate,
+    lpr_sweep,
+    prepare,
+    scaled_norm2,
+)
 from lprviz.rigidity import RigiditySolver, sfactor
 
 HYPERS = SoapHypers(cutoff=4.5, max_radial=4, max_angular=3)
@@ -100,6 +107,40 @@ def test_new_alpha_does_not_refactorise(emt, monkeypatch):
     # LPR increases with alpha (docs/science.md §7.5)
     # (float32 projections: to their 1e-5 bound)
     assert all(np.all(hi >= lo * (1 - 1e-5)) for lo, hi in zip(lprs, lprs[1:], strict=False))
+
+
+@pytest.mark.parametrize("alpha", [1e-8, 1e-5, 1e-2, 1e2])
+def test_thin_fit_equals_full_projections(emt, monkeypatch, alpha):
+    """Few training frames (dual route): the thin fit (r coordinates + out-of-span norm per
+    atom) gives what full d-column projections give, training atoms included."""
+    data, desc, train = emt
+    thin = prepare(data, desc, train, ModelSpec())
+    assert thin.thin and thin.projections.shape[1] == thin.solver.n_structures
+    assert thin.projections.nbytes * 10 < len(desc.values) * thin.solver.n_features * 4
+    train_atoms = np.flatnonzero(train[desc.structure_index])[:50]
+    some = np.concatenate([train_atoms, [0, len(desc.values) - 1]])
+    # (the route is read per call: everything of the thin fit before forcing the primal one)
+    a = evaluate(thin, alpha)
+    thin_out = [scaled_norm2(thin), lpr_sweep(thin, [alpha, 1.0]), thin.atom_projections(some)]
+    monkeypatch.setattr(rigidity, "_DUAL_SHARE", 0.0)  # the same model on the primal route
+    full = prepare(data, desc, train, ModelSpec())
+    assert not full.thin and full.projections.shape[1] == full.solver.n_features
+    b = evaluate(full, alpha)
+    rtol = 1e-5  # float32 projections on both sides (measured <= 3e-7)
+    np.testing.assert_allclose(a.lpr, b.lpr, rtol=rtol)
+    np.testing.assert_array_equal(a.undetermined, b.undetermined)
+    np.testing.assert_allclose(a.pr, b.pr, rtol=rtol)
+    scale = np.abs(b.local_energy).max()
+    np.testing.assert_allclose(a.local_energy, b.local_energy, rtol=0,
+                               atol=1e-5 * scale)
+    np.testing.assert_allclose(a.data_share, b.data_share, rtol=rtol, atol=1e-6)
+    np.testing.assert_allclose(thin_out[0], scaled_norm2(full), rtol=1e-5)
+    np.testing.assert_allclose(thin_out[1], lpr_sweep(full, [alpha, 1.0]), rtol=rtol)
+    # the full-basis projections of some atoms: same Gram (the bases differ by a rotation
+    # of the null space)
+    P_full = full.atom_projections(some).astype(np.float64)
+    np.testing.assert_allclose(thin_out[2] @ thin_out[2].T, P_full @ P_full.T,
+                               rtol=1e-4, atol=1e-6)
 
 
 def test_sparse_kernel_matches_solver_on_model_features(emt):

@@ -548,6 +548,13 @@ def test_dual_route_against_high_precision_including_training_rows(alpha):
     ref = _mp_lpr(rows, atoms, alpha, digits=40)
     np.testing.assert_allclose(dual.lpr(atoms, alpha), ref, rtol=1e-10)
     np.testing.assert_allclose(dual.pr(rows, alpha), ref[:n], rtol=1e-10)
+    # thin projections (r numbers + the out-of-span norm per atom), columns given in two
+    # blocks, keep that accuracy for every alpha of a sweep
+    P, rho2 = dual.thin_projections(atoms[:, :25], atoms[:, 25:], dtype=np.float64)
+    assert P.shape == (len(atoms), n)
+    sweep = dual.lpr_sweep_from_thin(P, rho2, [alpha, 10 * alpha])
+    np.testing.assert_allclose(sweep[0], ref, rtol=1e-10)
+    np.testing.assert_allclose(sweep[1], dual.lpr(atoms, 10 * alpha), rtol=1e-10)
     # the primal route squares the condition number: fine at practical alpha only
     if alpha >= 1e-4:
         np.testing.assert_allclose(_primal(dual).lpr(atoms, alpha), ref, rtol=1e-10)
@@ -581,6 +588,12 @@ def test_dual_equals_primal_on_every_output(alpha):
     np.testing.assert_allclose(
         dual.lpr_from_projections(P, alpha), primal.lpr(atoms, alpha), rtol=rtol
     )
+    lpr, undetermined = dual.lpr_and_undetermined_from_thin(*dual.thin_projections(
+        atoms, dtype=np.float64), alpha)
+    np.testing.assert_allclose(lpr, primal.lpr(atoms, alpha), rtol=rtol)
+    np.testing.assert_array_equal(undetermined, primal.undetermined(atoms, alpha))
+    with pytest.raises(InputError, match="dual route"):
+        primal.thin_projections(atoms)
     np.testing.assert_allclose(np.sort(dual.eigvals), np.sort(primal.eigvals), atol=1e-12)
 
 

@@ -333,7 +333,7 @@ def group_lpr_sweep(source: str, preset: str, train: tuple[int, ...], spec: pipe
     def compute() -> tuple[np.ndarray, np.ndarray]:
         f = fit(source, preset, train, spec)
         with st.spinner(f"LPR at {len(alphas)} values of alpha..."):
-            sweep = f.solver.lpr_sweep_from_projections(f.projections, alphas)
+            sweep = pipeline.lpr_sweep(f, alphas)
             return datasets.per_group_median(sweep, dataset(source).atom_groups)
 
     return DERIVED.get((source, "sweep", preset, tuple(train), spec, tuple(alphas)), compute)
