@@ -110,10 +110,10 @@ class Fit:
         ``solver.projections`` of every atom's model features, stored as float32 (4 d bytes
         per atom: 5.9 kB at d = 1473; LPR within a relative 1e-5 of float64, see
         :meth:`lprviz.rigidity.RigiditySolver.projections`; local energies within ~1e-6 eV,
-        see :func:`lprviz.rigidity.project_dot`). On the solver's dual route (fewer training
-        structures than d / 2) the fit is *thin*: these are only the ``r`` coordinates in
-        the training span (``solver.thin_projections``; 4 r bytes per atom, d / r times
-        less) and :attr:`residual2` holds the rest. Use :meth:`atom_projections` for the
+        see :func:`lprviz.rigidity.project_dot`). With fewer training structures ``r`` than
+        features the fit is *thin*: these are only the ``r`` coordinates in the training
+        span (``solver.thin_projections``; 4 r bytes per atom, d / r times less) and
+        :attr:`residual2` holds the rest. Use :meth:`atom_projections` for the
         full ``d`` of some atoms, and :func:`evaluate`, :func:`lpr_sweep`,
         :func:`scaled_norm2` rather than reading them directly.
     structure_projections : numpy.ndarray of shape (n_frames, d)
@@ -360,7 +360,7 @@ def prepare(
     )
     y = energies[train_mask] / sizes[train_mask]
     xty = rows[train_mask].T @ y / scale
-    thin = project and solver.route == "dual"
+    thin = project and solver.n_structures < solver.n_features
     if thin:
         projections, residual2 = solver.thin_projections(base, extra)
     else:

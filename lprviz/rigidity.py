@@ -453,6 +453,16 @@ class RigiditySolver:
             self._eigvals, self._eigvecs = e, V
         return self._eigvals, self._eigvecs
 
+    def _span(self) -> tuple[np.ndarray, np.ndarray]:
+        """Eigenvalues (ascending) and orthonormal basis (d, r) of the training rows' span:
+        the thin SVD on the dual route; on the primal route the eigenpairs past the
+        ``d - n_structures`` that are exactly 0 (all of them when ``n_structures >= d``)."""
+        if self.route == "dual":
+            return self._svd()
+        e, V = self._eig()
+        n_zero = max(self.n_features - self.n_structures, 0)
+        return e[n_zero:], V[:, n_zero:]
+
     def _e_max(self) -> float:
         if self.route == "dual":
             e = self._svd()[0]
@@ -475,10 +485,10 @@ class RigiditySolver:
         return max(self.n_features * _EPS * (self._e_max() + alpha), _TINY)
 
     def _thin_weights(self, alphas: Sequence[float], floored_only: bool = False):
-        """Dual route: 1/(s_j^2 + alpha) per singular direction (r, k) and the null-space
-        weight (k,) for each alpha, floored as in the module docstring (with
-        ``floored_only``: zero where not floored, for the undetermined share)."""
-        e, _ = self._svd()
+        """1/(s_j^2 + alpha) per direction of the span (r, k) and the null-space weight (k,)
+        for each alpha, floored as in the module docstring (with ``floored_only``: zero where
+        not floored, for the undetermined share)."""
+        e, _ = self._span()
         cols, null = [], []
         for a in alphas:
             a = _check_alpha(a)
@@ -516,10 +526,10 @@ class RigiditySolver:
         return u
 
     def _residual2(self, P: np.ndarray, norm2: np.ndarray, rows, cols=None) -> np.ndarray:
-        """Dual route: out-of-span squared norms ``|x̂|^2 - |P|^2`` of scaled vectors with
-        thin coordinates ``P``, formed explicitly where that difference would cancel
+        """Out-of-span squared norms ``|x̂|^2 - |P|^2`` of scaled vectors with span
+        coordinates ``P``, formed explicitly where that difference would cancel
         (``rows(mask)`` gives those scaled vectors, restricted to ``cols`` when given)."""
-        _, W = self._svd()
+        _, W = self._span()
         rho2 = norm2 - np.einsum("ij,ij->i", P, P)
         near = rho2 < _CANCEL * norm2
         if near.any():
@@ -534,22 +544,23 @@ class RigiditySolver:
 
     @property
     def thin_basis(self) -> np.ndarray:
-        """Dual route: orthonormal basis ``W`` (n_features, r) of the training rows' span
-        (right singular vectors, ascending singular values); what :meth:`thin_projections`
-        project on."""
-        if self.route != "dual":
-            raise InputError("thin_basis: only the dual route (few training structures) has one")
-        return self._svd()[1]
+        """Orthonormal basis ``W`` (n_features, r) of the training rows' span, ascending
+        eigenvalues (``r = min(n_structures, d)``: right singular vectors on the dual route,
+        the eigenvectors of the nonzero eigenvalues on the primal one); what
+        :meth:`thin_projections` project on."""
+        return self._span()[1]
 
     def thin_projections(
         self, X_raw, X_extra=None, *, dtype=np.float32
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Dual route: what every later LPR of these vectors needs, ``O(r)`` numbers each.
+        """What every later LPR of these vectors needs, ``r + 1`` numbers each.
 
         The coordinates ``P = x̂ W`` in the training span (:attr:`thin_basis`) and the
         out-of-span squared norm ``rho^2`` (eigenvalue 0), with the cancellation guard of the
         module docstring; then :meth:`lpr_and_undetermined_from_thin` and
-        :meth:`lpr_sweep_from_thin` answer any alpha exactly as :meth:`lpr`.
+        :meth:`lpr_sweep_from_thin` answer any alpha as :meth:`lpr` does. Smaller than
+        :meth:`projections` by ``d / r`` when there are fewer training structures than
+        features (either route).
 
         Parameters
         ----------

@@ -111,36 +111,44 @@ def test_new_alpha_does_not_refactorise(emt, monkeypatch):
 
 @pytest.mark.parametrize("alpha", [1e-8, 1e-5, 1e-2, 1e2])
 def test_thin_fit_equals_full_projections(emt, monkeypatch, alpha):
-    """Few training frames (dual route): the thin fit (r coordinates + out-of-span norm per
-    atom) gives what full d-column projections give, training atoms included."""
+    """Fewer training frames than features: the thin fit (r coordinates + out-of-span norm
+    per atom) gives what every atom's full d-column projections give, training atoms
+    included, on the dual route and on the primal one."""
     data, desc, train = emt
-    thin = prepare(data, desc, train, ModelSpec())
-    assert thin.thin and thin.projections.shape[1] == thin.solver.n_structures
-    assert thin.projections.nbytes * 10 < len(desc.values) * thin.solver.n_features * 4
     train_atoms = np.flatnonzero(train[desc.structure_index])[:50]
     some = np.concatenate([train_atoms, [0, len(desc.values) - 1]])
-    # (the route is read per call: everything of the thin fit before forcing the primal one)
-    a = evaluate(thin, alpha)
-    thin_out = [scaled_norm2(thin), lpr_sweep(thin, [alpha, 1.0]), thin.atom_projections(some)]
-    monkeypatch.setattr(rigidity, "_DUAL_SHARE", 0.0)  # the same model on the primal route
-    full = prepare(data, desc, train, ModelSpec())
-    assert not full.thin and full.projections.shape[1] == full.solver.n_features
-    b = evaluate(full, alpha)
-    rtol = 1e-5  # float32 projections on both sides (measured <= 3e-7)
-    np.testing.assert_allclose(a.lpr, b.lpr, rtol=rtol)
-    np.testing.assert_array_equal(a.undetermined, b.undetermined)
-    np.testing.assert_allclose(a.pr, b.pr, rtol=rtol)
-    scale = np.abs(b.local_energy).max()
-    np.testing.assert_allclose(a.local_energy, b.local_energy, rtol=0,
-                               atol=1e-5 * scale)
-    np.testing.assert_allclose(a.data_share, b.data_share, rtol=rtol, atol=1e-6)
-    np.testing.assert_allclose(thin_out[0], scaled_norm2(full), rtol=1e-5)
-    np.testing.assert_allclose(thin_out[1], lpr_sweep(full, [alpha, 1.0]), rtol=rtol)
-    # the full-basis projections of some atoms: same Gram (the bases differ by a rotation
-    # of the null space)
-    P_full = full.atom_projections(some).astype(np.float64)
-    np.testing.assert_allclose(thin_out[2] @ thin_out[2].T, P_full @ P_full.T,
-                               rtol=1e-4, atol=1e-6)
+
+    def outputs(fit):
+        return (evaluate(fit, alpha), scaled_norm2(fit), lpr_sweep(fit, [alpha, 1.0]),
+                fit.atom_projections(some))
+
+    thin = prepare(data, desc, train, ModelSpec())
+    assert thin.thin and thin.solver.route == "dual"
+    assert thin.projections.shape[1] == thin.solver.n_structures
+    assert thin.projections.nbytes * 10 < len(desc.values) * thin.solver.n_features * 4
+    dual_out = outputs(thin)  # (the route is read per call: before forcing the primal one)
+    monkeypatch.setattr(rigidity, "_DUAL_SHARE", 0.0)
+    primal = prepare(data, desc, train, ModelSpec())
+    assert primal.thin and primal.solver.route == "primal"
+    # reference: full projections of every atom on the primal solver
+    solver = primal.solver
+    P = solver.projections(primal.model_features(desc.values, desc.atom_numbers))
+    lpr, undetermined = solver.lpr_and_undetermined_from_projections(P, alpha)
+    local = P @ (solver.eigvecs.T @ solver.solve(primal.xty, alpha))
+    rtol = 1e-5  # float32 projections (measured <= 3e-7)
+    for res, norm2, sweep, P_some in (dual_out, outputs(primal)):
+        np.testing.assert_allclose(res.lpr, lpr, rtol=rtol)
+        np.testing.assert_array_equal(res.undetermined, undetermined)
+        np.testing.assert_allclose(res.local_energy, local, rtol=0,
+                                   atol=1e-5 * np.abs(local).max())
+        np.testing.assert_allclose(norm2, np.einsum("ij,ij->i", P, P), rtol=rtol)
+        np.testing.assert_allclose(sweep, solver.lpr_sweep_from_projections(P, [alpha, 1.0]),
+                                   rtol=rtol)
+        # full-basis projections of some atoms: same Gram (null-space bases may differ by a
+        # rotation)
+        np.testing.assert_allclose(P_some @ P_some.T, P[some] @ P[some].T, rtol=1e-6,
+                                   atol=1e-9)
+    np.testing.assert_allclose(dual_out[0].pr, evaluate(primal, alpha).pr, rtol=1e-6)
 
 
 def test_sparse_kernel_matches_solver_on_model_features(emt):

@@ -592,8 +592,11 @@ def test_dual_equals_primal_on_every_output(alpha):
         atoms, dtype=np.float64), alpha)
     np.testing.assert_allclose(lpr, primal.lpr(atoms, alpha), rtol=rtol)
     np.testing.assert_array_equal(undetermined, primal.undetermined(atoms, alpha))
-    with pytest.raises(InputError, match="dual route"):
-        primal.thin_projections(atoms)
+    # the primal route has the same thin form (its eigenvectors of nonzero eigenvalues)
+    lpr, undetermined = primal.lpr_and_undetermined_from_thin(*primal.thin_projections(
+        atoms, dtype=np.float64), alpha)
+    np.testing.assert_allclose(lpr, primal.lpr(atoms, alpha), rtol=rtol)
+    np.testing.assert_array_equal(undetermined, primal.undetermined(atoms, alpha))
     np.testing.assert_allclose(np.sort(dual.eigvals), np.sort(primal.eigvals), atol=1e-12)
 
 
