@@ -496,9 +496,10 @@ def evaluate(fit: Fit, alpha: float) -> Results:
     P = fit.projections
     weights = solver.solve(fit.xty, alpha)
     if fit.thin:
-        # X^T y lies in the training span, so does w: (phi / s) . w = P . (W^T w)
-        local = project_dot(P, solver.thin_basis.T @ weights)
-        lpr, undetermined = solver.lpr_and_undetermined_from_thin(P, fit.residual2, alpha)
+        # X^T y lies in the training span, so does w: (phi / s) . w = P . (W^T w), taken in
+        # the same pass over P as the LPR
+        lpr, undetermined, local = solver.lpr_and_undetermined_from_thin(
+            P, fit.residual2, alpha, dot=solver.thin_basis.T @ weights)
     else:
         # P = (phi / s) V, so the local prediction (phi / s) . w = P . (V^T w)
         local = project_dot(P, solver.eigvecs.T @ weights)

@@ -614,13 +614,23 @@ class RigiditySolver:
         return _invert(_sq_dot(P, W_thin) + np.asarray(rho2)[:, None] * w_null[None, :]).T
 
     def lpr_and_undetermined_from_thin(
-        self, P: np.ndarray, rho2: np.ndarray, alpha: float
-    ) -> tuple[np.ndarray, np.ndarray]:
+        self, P: np.ndarray, rho2: np.ndarray, alpha: float, *, dot: np.ndarray | None = None
+    ):
         """:meth:`lpr_and_undetermined` from :meth:`thin_projections` (one pass over ``P``):
-        returns ``(lpr, undetermined)``, arrays of shape (n,)."""
+        returns ``(lpr, undetermined)``, arrays of shape (n,); with ``dot`` (shape (r,)),
+        ``P @ dot`` from the same pass as a third value (e.g. local predictions, where
+        ``dot = W^T w``)."""
         W_thin, w_null = self._thin_lpr_and_floored_weights(alpha)
-        u = _sq_dot(P, W_thin) + np.asarray(rho2)[:, None] * w_null[None, :]
-        return _invert(u[:, 0]), u[:, 1] > _UNDETERMINED_SHARE * u[:, 0]
+        floored = bool(W_thin[:, 1].any() or w_null[1])
+        if not floored:  # nothing below the resolution: no atom can be undetermined
+            W_thin, w_null = W_thin[:, :1], w_null[:1]
+        u = _sq_dot(P, W_thin, dot)
+        u, linear = u if dot is not None else (u, None)
+        u = u + np.asarray(rho2)[:, None] * w_null[None, :]
+        undetermined = (u[:, 1] > _UNDETERMINED_SHARE * u[:, 0] if floored
+                        else np.zeros(u.shape[0], dtype=bool))
+        out = _invert(u[:, 0]), undetermined
+        return out if dot is None else (*out, linear)
 
     def _effective(self, alpha: float) -> np.ndarray:
         """Eigenvalues of X^T X + alpha I floored at the numerical resolution."""
@@ -1010,11 +1020,14 @@ def _accumulate(
     return gram, sumsq, n_atoms, n_structures, rows
 
 
-def _sq_dot(P: np.ndarray, W: np.ndarray) -> np.ndarray:
-    """``(P**2) @ W`` in cache-sized blocks (never more than one block of ``P**2``).
+def _sq_dot(P: np.ndarray, W: np.ndarray, dot: np.ndarray | None = None):
+    """``(P**2) @ W`` in cache-sized blocks (never more than one block of ``P**2``); with
+    ``dot``, also ``P @ dot`` from the same blocks (one read of ``P`` for both), returned as
+    a second value.
 
     float32 ``P`` stays float32 (``W`` is rounded to float32 too): the squares are positive,
     so the sums lose no more than float32 round-off, and the pass reads half the bytes.
+    ``P @ dot`` then carries float32 round-off as in :func:`project_dot`.
     """
     P = np.asarray(P)
     W = np.asarray(W, dtype=np.float64)
@@ -1023,15 +1036,19 @@ def _sq_dot(P: np.ndarray, W: np.ndarray) -> np.ndarray:
         P = P.astype(np.float64, copy=False)
     W = W.astype(P.dtype, copy=False)
     out = np.empty((P.shape[0], W.shape[1]))
+    linear = None if dot is None else np.empty(P.shape[0])
+    v = None if dot is None else np.asarray(dot, dtype=np.float64).astype(P.dtype)
     buf = np.empty((min(_PASS_CHUNK, P.shape[0]), P.shape[1]), dtype=P.dtype)
     # Memory-bound: one thread reads as fast as two, and a 2-thread GEMM with a few columns
     # collapses (measured 6x slower) when another process holds a core.
-    with _one_thread(W.shape[1] > 1 and P.shape[0] > _PASS_CHUNK):
+    with _one_thread((W.shape[1] > 1 or v is not None) and P.shape[0] > _PASS_CHUNK):
         for start in range(0, P.shape[0], _PASS_CHUNK):
             Pc = P[start : start + _PASS_CHUNK]
+            if v is not None:
+                linear[start : start + _PASS_CHUNK] = Pc @ v
             sq = np.multiply(Pc, Pc, out=buf[: Pc.shape[0]])
             out[start : start + _PASS_CHUNK] = sq @ W
-    return out
+    return out if dot is None else (out, linear)
 
 
 _CONTROLLER: ThreadpoolController | None = None

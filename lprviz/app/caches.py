@@ -35,6 +35,7 @@ from collections.abc import Callable, Hashable
 from typing import TypeVar
 
 import numpy as np
+import pandas as pd
 import streamlit as st
 
 from lprviz import datasets, features, pipeline, validation
@@ -280,6 +281,20 @@ def results(source: str, preset: str, train: tuple[int, ...], spec: pipeline.Mod
 
     return DERIVED.get((source, "results", preset, tuple(train), spec, reference, alpha),
                        compute)
+
+
+def atom_categories(source: str) -> dict[str, pd.Categorical]:
+    """Group and chemical symbol of every atom as Categoricals (categories in order of first
+    appearance), built once per dataset: an alpha change then never relabels every atom."""
+    def compute() -> dict[str, pd.Categorical]:
+        from ase.data import chemical_symbols
+
+        ds = dataset(source)
+        labels = {"group": ds.atom_groups,
+                  "species": np.asarray(chemical_symbols)[np.asarray(ds.atom_numbers)]}
+        return {k: pd.Categorical(v, categories=pd.unique(v)) for k, v in labels.items()}
+
+    return DERIVED.get((source, "atom_categories"), compute)
 
 
 def coordination(source: str) -> np.ndarray:
