@@ -371,48 +371,38 @@ def _test_chunks(data, test_frames, chunk_atoms: int):
         yield np.asarray(chunk, dtype=np.int64)
 
 
-def _chunk_results(fit, weights, alphas, data, train_frames, chunk, phi, times):
+def _chunk_results(fit, alphas, data, train_frames, chunk, phi, times):
     """:class:`lprviz.pipeline.Results` per alpha of the dataset ``train_frames + chunk``
     (training atoms get placeholders: ``lprviz lpr`` writes only the test frames), from the
-    raw model features ``phi`` of the chunk (the solver's thin route when there are fewer
-    training structures than features; nothing n_atoms x d is kept). Adds the time of each
-    alpha to ``times``."""
+    raw model features ``phi`` of the chunk (:func:`lprviz.pipeline.evaluate_features`:
+    nothing n_atoms x d is kept). Adds the time of each alpha to ``times``."""
+    import dataclasses
+
     import numpy as np
 
-    from lprviz.pipeline import Results
-    from lprviz.rigidity import data_share, structure_features
+    from lprviz.pipeline import evaluate_features
 
-    solver = fit.solver
-    n_train = int(np.asarray(data.frame_sizes)[train_frames].sum())
-    n_frames = len(train_frames) + len(chunk)
-    train_mask = np.arange(n_frames) < len(train_frames)
-    sidx = np.repeat(np.arange(len(chunk)), np.asarray(data.frame_sizes)[chunk])
-    rows = structure_features(phi, sidx, len(chunk), convention="mean")
-    X = phi / solver.scale
-    norm2 = np.einsum("ij,ij->i", X, X)
-    energies = np.concatenate([data.energies[train_frames], data.energies[chunk]])
-    pad = np.ones(n_train)
+    sizes = np.asarray(data.frame_sizes)
+    n_train, n_frames = int(sizes[train_frames].sum()), len(train_frames)
+    block = evaluate_features(fit, phi, np.repeat(np.arange(len(chunk)), sizes[chunk]), alphas)
+
+    def padded(values, fill, n):
+        return np.concatenate([np.full(n, fill, dtype=np.asarray(values).dtype), values])
+
     out = []
-    for alpha, w in zip(alphas, weights, strict=True):
+    for alpha in alphas:
         start = time.perf_counter()
-        lpr, undetermined = solver.lpr_and_undetermined(phi, alpha)
-        local = X @ w
-        pred = np.bincount(sidx, weights=local, minlength=len(chunk))
-        out.append(Results(
-            alpha=float(alpha),
-            train_mask=train_mask,
-            lpr=np.concatenate([pad, lpr]),
-            undetermined=np.concatenate([np.zeros(n_train, dtype=bool), undetermined]),
-            local_energy=np.concatenate([pad, local]),
-            energy_pred=np.concatenate([np.zeros(len(train_frames)), pred]),
-            pr=np.concatenate([np.ones(len(train_frames)), solver.pr(rows, alpha)]),
-            rank_diff=solver.rank_diff(alpha),
-            energies=energies,
-            data_share=np.concatenate([pad, data_share(lpr, norm2, alpha)]),
-            spec=fit.spec,
-            scale=fit.scale,
-            hypers=fit.hypers,
-            n_active=None if fit.nystrom is None else len(fit.nystrom.active_index),
+        res = next(block)
+        out.append(dataclasses.replace(
+            res,
+            train_mask=np.arange(n_frames + len(chunk)) < n_frames,
+            lpr=padded(res.lpr, 1.0, n_train),
+            undetermined=padded(res.undetermined, False, n_train),
+            local_energy=padded(res.local_energy, 1.0, n_train),
+            energy_pred=padded(res.energy_pred, 0.0, n_frames),
+            pr=padded(res.pr, 1.0, n_frames),
+            energies=np.concatenate([data.energies[train_frames], data.energies[chunk]]),
+            data_share=padded(res.data_share, 1.0, n_train),
         ))
         times[f"LPR at alpha={alpha:g}"] += time.perf_counter() - start
     return out
@@ -450,7 +440,6 @@ def _cmd_lpr(args: argparse.Namespace) -> int:
         fit = prepare(data.subset(train_frames), desc_train,
                       np.ones(train_frames.size, dtype=bool), spec, scale=scale,
                       nystrom=nystrom, project=False)
-        weights = [fit.solver.solve(fit.xty, a) for a in alphas]
         blocks = None
         if args.lcpr:
             from lprviz.validation import fit_blocks
@@ -475,8 +464,7 @@ def _cmd_lpr(args: argparse.Namespace) -> int:
             phi = fit.model_features(desc.values, desc.atom_numbers)
             del desc
             times["SOAP of the test structures"] += time.perf_counter() - start
-            results = _chunk_results(fit, weights, alphas, data, train_frames, chunk, phi,
-                                     times)
+            results = _chunk_results(fit, alphas, data, train_frames, chunk, phi, times)
             lcpr = {}
             if blocks is not None:
                 start = time.perf_counter()

@@ -18,7 +18,7 @@ halved loss, features divided by the scale). All per-atom arrays are in dataset 
 from __future__ import annotations
 
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -40,7 +40,7 @@ _CHUNK = 4096  # atoms per projection block (bounds the float64 temporary at _CH
 
 __all__ = [
     "ALPHA_RANGE", "MODEL_KINDS", "SCALE_RANGE", "Fit", "ModelSpec", "Results", "coordination",
-    "evaluate", "prepare", "reference_space",
+    "evaluate", "evaluate_features", "prepare", "reference_space",
 ]
 
 MODEL_KINDS = ("linear", "sparse-kernel")
@@ -471,9 +471,9 @@ def _check_model_size(dataset, descriptors: Descriptors, spec: ModelSpec, n_trai
 def evaluate(fit: Fit, alpha: float) -> Results:
     """LPR, undetermined flags, local energies, totals and PR at one ``alpha``.
 
-    Cost: one pass over the cached (float32) projections for the LPR and undetermined flags
-    together, one float32 product for the local energies (``O(n_atoms d)`` each) and one
-    ``d``-sized solve; no refactorisation.
+    Cost: one pass over the cached (float32) projections for the LPR, undetermined flags and
+    (thin fit) local energies together (``O(n_atoms r)``; a full fit takes a second float32
+    product for the local energies) and one ``d``-sized solve; no refactorisation.
 
     Parameters
     ----------
@@ -493,17 +493,8 @@ def evaluate(fit: Fit, alpha: float) -> Results:
     """
     alpha = check_number("alpha", alpha, *ALPHA_RANGE)
     solver = fit.solver
-    P = fit.projections
-    weights = solver.solve(fit.xty, alpha)
-    if fit.thin:
-        # X^T y lies in the training span, so does w: (phi / s) . w = P . (W^T w), taken in
-        # the same pass over P as the LPR
-        lpr, undetermined, local = solver.lpr_and_undetermined_from_thin(
-            P, fit.residual2, alpha, dot=solver.thin_basis.T @ weights)
-    else:
-        # P = (phi / s) V, so the local prediction (phi / s) . w = P . (V^T w)
-        local = project_dot(P, solver.eigvecs.T @ weights)
-        lpr, undetermined = solver.lpr_and_undetermined_from_projections(P, alpha)
+    lpr, undetermined, local = _block_lpr(solver, fit.projections, fit.residual2, alpha,
+                                          solver.solve(fit.xty, alpha))
     return Results(
         alpha=alpha,
         train_mask=fit.train_mask,
@@ -511,16 +502,97 @@ def evaluate(fit: Fit, alpha: float) -> Results:
         undetermined=undetermined,
         local_energy=local,
         energy_pred=np.bincount(fit.structure_index, weights=local, minlength=fit.n_frames),
-        pr=solver.lpr_from_projections(fit.structure_projections, alpha),
+        pr=_block_lpr(solver, fit.structure_projections, None, alpha)[0],
         rank_diff=solver.rank_diff(alpha),
         energies=fit.energies,
         true_local_energies=fit.true_local_energies,
         data_share=data_share(lpr, scaled_norm2(fit), alpha),
-        spec=fit.spec,
-        scale=fit.scale,
-        hypers=fit.hypers,
-        n_active=None if fit.nystrom is None else len(fit.nystrom.active_index),
+        **_provenance(fit),
     )
+
+
+def evaluate_features(fit: Fit, phi_raw: np.ndarray, structure_index: np.ndarray,
+                      alphas: Sequence[float]) -> Iterator[Results]:
+    """:func:`evaluate` for atoms outside the fit's dataset, given their raw model features.
+
+    The block is projected once (thin when the fit has fewer training structures than
+    features) for every alpha; nothing is kept. Used by ``lprviz lpr`` on each streamed
+    chunk of test structures.
+
+    Parameters
+    ----------
+    fit : Fit
+        From :func:`prepare` (``project=False`` is enough).
+    phi_raw : numpy.ndarray of shape (n, d)
+        Raw model features (:meth:`Fit.model_features`) of the block's atoms.
+    structure_index : numpy.ndarray of int, shape (n,)
+        Structure ``0 .. m-1`` of each atom, sorted.
+    alphas : sequence of float
+        Regularisers (each in :data:`ALPHA_RANGE`).
+
+    Yields
+    ------
+    Results
+        One per alpha (the first also pays the projection), for the block's ``m``
+        structures: none is a training structure and their reference energies are unknown
+        (NaN); the PR is that of each structure's mean feature row.
+    """
+    alphas = [check_number("alpha", a, *ALPHA_RANGE) for a in alphas]
+    solver = fit.solver
+    phi = np.asarray(phi_raw, dtype=np.float64)
+    structure_index = np.asarray(structure_index)
+    if phi.ndim != 2 or phi.shape[0] != structure_index.shape[0]:
+        raise InputError(f"features: expected one row per atom ({structure_index.shape[0]}), "
+                         f"got shape {phi.shape}")
+    n_frames = int(structure_index.max()) + 1 if structure_index.size else 0
+    rows = structure_features(phi, structure_index, n_frames, convention="mean")
+    if solver.n_structures < solver.n_features:
+        (P, rho2), (Q, rho2_rows) = (solver.thin_projections(x, dtype=np.float64)
+                                     for x in (phi, rows))
+        norm2 = np.einsum("ij,ij->i", P, P) + rho2
+    else:
+        (P, rho2), (Q, rho2_rows) = (solver.projections(phi), None), (solver.projections(rows),
+                                                                     None)
+        norm2 = np.einsum("ij,ij->i", P, P)
+    for alpha in alphas:
+        lpr, undetermined, local = _block_lpr(solver, P, rho2, alpha,
+                                              solver.solve(fit.xty, alpha))
+        yield Results(
+            alpha=alpha,
+            train_mask=np.zeros(n_frames, dtype=bool),
+            lpr=lpr,
+            undetermined=undetermined,
+            local_energy=local,
+            energy_pred=np.bincount(structure_index, weights=local, minlength=n_frames),
+            pr=_block_lpr(solver, Q, rho2_rows, alpha)[0],
+            rank_diff=solver.rank_diff(alpha),
+            energies=np.full(n_frames, np.nan),
+            data_share=data_share(lpr, norm2, alpha),
+            **_provenance(fit),
+        )
+
+
+def _block_lpr(solver: RigiditySolver, P: np.ndarray, rho2: np.ndarray | None, alpha: float,
+               weights: np.ndarray | None = None):
+    """LPR, undetermined flags and (with the model's ``weights``) local predictions of atoms
+    with projections ``P``: thin (training-span coordinates, ``rho2`` given) or full; one
+    pass over ``P``. The third value is None without ``weights``."""
+    if rho2 is not None:
+        if weights is None:
+            return (*solver.lpr_and_undetermined_from_thin(P, rho2, alpha), None)
+        # X^T y lies in the training span, so does w: (phi / s) . w = P . (W^T w)
+        return solver.lpr_and_undetermined_from_thin(P, rho2, alpha,
+                                                     dot=solver.thin_basis.T @ weights)
+    lpr, undetermined = solver.lpr_and_undetermined_from_projections(P, alpha)
+    # P = (phi / s) V, so the local prediction (phi / s) . w = P . (V^T w)
+    local = None if weights is None else project_dot(P, solver.eigvecs.T @ weights)
+    return lpr, undetermined, local
+
+
+def _provenance(fit: Fit) -> dict:
+    """The model fields of :class:`Results` (small copies of the fit's)."""
+    return {"spec": fit.spec, "scale": fit.scale, "hypers": fit.hypers,
+            "n_active": None if fit.nystrom is None else len(fit.nystrom.active_index)}
 
 
 def coordination(frames, cutoff: float) -> np.ndarray:

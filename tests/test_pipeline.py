@@ -16,6 +16,7 @@ from lprviz.pipeline import (
     ModelSpec,
     coordination,
     evaluate,
+    evaluate_features,
     lpr_sweep,
     prepare,
     scaled_norm2,
@@ -149,6 +150,32 @@ def test_thin_fit_equals_full_projections(emt, monkeypatch, alpha):
         np.testing.assert_allclose(P_some @ P_some.T, P[some] @ P[some].T, rtol=1e-6,
                                    atol=1e-9)
     np.testing.assert_allclose(dual_out[0].pr, evaluate(primal, alpha).pr, rtol=1e-6)
+
+
+@pytest.mark.parametrize("baseline", [True, False])
+def test_evaluate_features_equals_evaluate_on_the_same_atoms(emt, baseline):
+    """A block of raw model features (here some training and some test frames of the
+    dataset itself) gets what evaluate gives those atoms, at every alpha of one call."""
+    data, desc, train = emt
+    fit = prepare(data, desc, train, ModelSpec(baseline=baseline))
+    frames = np.concatenate([np.flatnonzero(train)[:3], np.flatnonzero(~train)[:5]])
+    atoms = np.concatenate([np.flatnonzero(desc.structure_index == f) for f in frames])
+    block_index = np.repeat(np.arange(frames.size), np.asarray(data.frame_sizes)[frames])
+    phi = fit.model_features(desc.values[atoms], desc.atom_numbers[atoms])
+    alphas = [1e-8, 1e-4, 1.0]
+    for alpha, got in zip(alphas, evaluate_features(fit, phi, block_index, alphas),
+                          strict=True):
+        ref = evaluate(fit, alpha)
+        np.testing.assert_allclose(got.lpr, ref.lpr[atoms], rtol=1e-5)
+        np.testing.assert_array_equal(got.undetermined, ref.undetermined[atoms])
+        np.testing.assert_allclose(got.local_energy, ref.local_energy[atoms], rtol=0,
+                                   atol=1e-5 * np.abs(ref.local_energy).max())
+        np.testing.assert_allclose(got.energy_pred, ref.energy_pred[frames], rtol=1e-5)
+        np.testing.assert_allclose(got.pr, ref.pr[frames], rtol=1e-6)
+        np.testing.assert_allclose(got.data_share, ref.data_share[atoms], rtol=1e-5, atol=1e-7)
+        assert got.rank_diff == ref.rank_diff and not got.train_mask.any()
+    with pytest.raises(InputError, match="alpha"):
+        next(evaluate_features(fit, phi, block_index, [-1.0]))
 
 
 def test_sparse_kernel_matches_solver_on_model_features(emt):
