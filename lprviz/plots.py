@@ -666,6 +666,7 @@ def environment_map_figure(
     log: bool = True,
     colormap: str = LPR_COLORMAP,
     hover: Sequence[str] | None = None,
+    hover_escaped: bool = False,
     label: str = "LPR",
     customdata: np.ndarray | None = None,
 ) -> go.Figure:
@@ -676,7 +677,8 @@ def environment_map_figure(
     coords : numpy.ndarray of shape (n_atoms, 2)
     values : numpy.ndarray of shape (n_atoms,)
     hover : sequence of str, optional
-        Hover text per atom (escaped here).
+        Hover text per atom (escaped here, unless ``hover_escaped``: the caller did, e.g.
+        once for texts it caches).
     customdata : numpy.ndarray of int, shape (n_atoms,), optional
         Atom index of each point (default ``arange(n_atoms)``), for linked selection.
 
@@ -702,7 +704,8 @@ def environment_map_figure(
                              "ticktext": ticktext},
             },
             customdata=np.arange(len(values)) if customdata is None else customdata,
-            hovertext=_escaped_array(hover) if hover is not None else None,
+            hovertext=(None if hover is None else np.asarray(hover, dtype=str) if hover_escaped
+                       else _escaped_array(hover)),
             hovertemplate="%{hovertext}<extra></extra>" if hover is not None else None,
         )
     )

@@ -170,43 +170,55 @@ def _alpha_dependent(settings: state.Settings) -> None:
     categories = caches.atom_categories(settings.source)
     st.dataframe(plots.format_table(_lpr_table(ds, res, categories["group"])), hide_index=True,
                  width="stretch", key="lpr_table")
+    # Only the open tab runs (stateful tabs): the others' figures cost as much as the whole
+    # LPR update at 100k atoms, for content nobody looks at.
     tab1, tab2, tab3, tab4 = st.tabs(["LPR distributions", "LPR vs alpha", "Environment map",
-                                      "Local error vs LPR"])
-    with tab4:
-        common.local_error_section(ds, res, key="explore_errors")
-        st.caption("Where the dataset knows each atom's true energy (EMT), the lowest-LPR test "
-                   "atoms are where the model's local predictions go wrong: the LPR warns "
-                   "without needing that truth.")
-    with tab1:
-        a, b = st.columns(2)
-        a.plotly_chart(plots.lpr_distribution_figure(res.lpr, categories["group"],
-                                                     title="per group"))
-        b.plotly_chart(plots.lpr_distribution_figure(res.lpr, categories["species"],
-                                                     title="per species"))
-    with tab2:
-        labels, medians = caches.group_lpr_sweep(settings.source, settings.preset, train,
-                                                 settings.spec, SWEEP_ALPHAS)
-        st.plotly_chart(plots.lpr_alpha_figure(np.asarray(SWEEP_ALPHAS), medians,
-                                               list(labels), current_alpha=alpha))
-        st.caption("Median LPR of each group's atoms. LPR rises with alpha toward "
-                   "alpha/|x|^2, for every atom: regularisation buys rigidity with accuracy.")
-    with tab3:
-        coords = caches.environment_map(settings.source, settings.preset)
-        shown, where = _map_points(settings.source)
-        hover = [f"{w}: LPR {v:.3g}" for w, v in zip(where, res.lpr[shown].tolist(),
-                                                     strict=True)]
-        st.plotly_chart(
-            plots.environment_map_figure(coords[shown], res.lpr[shown], vmin=vmin, vmax=vmax,
-                                         hover=hover, customdata=shown),
-            key=_chart_key("env_map"), on_select="rerun", selection_mode=("points", "box", "lasso"),
-        )
-        st.caption("PCA of the SOAP descriptors, coloured like the viewer. Select points "
-                   "(box or lasso) to show their structure with those atoms highlighted.")
+                                      "Local error vs LPR"], key="explore_tab",
+                                     on_change="rerun")
+    if tab4.open:
+        with tab4:
+            common.local_error_section(ds, res, key="explore_errors")
+            st.caption("Where the dataset knows each atom's true energy (EMT), the lowest-LPR "
+                       "test atoms are where the model's local predictions go wrong: the LPR "
+                       "warns without needing that truth.")
+    if tab1.open:
+        with tab1:
+            a, b = st.columns(2)
+            a.plotly_chart(plots.lpr_distribution_figure(res.lpr, categories["group"],
+                                                         title="per group"))
+            b.plotly_chart(plots.lpr_distribution_figure(res.lpr, categories["species"],
+                                                         title="per species"))
+    if tab2.open:
+        with tab2:
+            labels, medians = caches.group_lpr_sweep(settings.source, settings.preset, train,
+                                                     settings.spec, SWEEP_ALPHAS)
+            st.plotly_chart(plots.lpr_alpha_figure(np.asarray(SWEEP_ALPHAS), medians,
+                                                   list(labels), current_alpha=alpha))
+            st.caption("Median LPR of each group's atoms. LPR rises with alpha toward "
+                       "alpha/|x|^2, for every atom: regularisation buys rigidity with "
+                       "accuracy.")
+    if tab3.open:
+        with tab3:
+            _environment_map(settings, res, vmin, vmax)
+
+
+def _environment_map(settings: state.Settings, res, vmin: float, vmax: float) -> None:
+    coords = caches.environment_map(settings.source, settings.preset)
+    shown, where = _map_points(settings.source)
+    hover = [f"{w}: LPR {v:.3g}" for w, v in zip(where, res.lpr[shown].tolist(), strict=True)]
+    st.plotly_chart(
+        plots.environment_map_figure(coords[shown], res.lpr[shown], vmin=vmin, vmax=vmax,
+                                     hover=hover, hover_escaped=True, customdata=shown),
+        key=_chart_key("env_map"), on_select="rerun", selection_mode=("points", "box", "lasso"),
+    )
+    st.caption("PCA of the SOAP descriptors, coloured like the viewer. Select points "
+               "(box or lasso) to show their structure with those atoms highlighted.")
 
 
 def _map_points(source: str) -> tuple[np.ndarray, list[str]]:
     """Atoms drawn in the environment map (a fixed stride, :func:`common.every_kth`) and
-    their alpha-independent hover text (structure, index in it, species), once per dataset."""
+    their alpha-independent hover text (structure, index in it, species; escaped), once per
+    dataset."""
     def compute() -> tuple[np.ndarray, list[str]]:
         ds = caches.dataset(source)
         sidx = ds.structure_index
@@ -214,8 +226,8 @@ def _map_points(source: str) -> tuple[np.ndarray, list[str]]:
         local_idx = (np.arange(len(sidx)) - np.searchsorted(sidx, sidx))[shown]
         species = np.asarray(caches.atom_categories(source)["species"])[shown]
         names = [str(ds.names[s]) for s in sidx[shown]]
-        return shown, [f"{n} #{i} {sp}" for n, i, sp in zip(names, local_idx.tolist(),
-                                                          species, strict=True)]
+        return shown, [plots.escape(f"{n} #{i} {sp}")
+                       for n, i, sp in zip(names, local_idx.tolist(), species, strict=True)]
 
     return caches.DERIVED.get((source, "map_points", common.MAX_SCATTER_POINTS), compute)
 
