@@ -31,7 +31,6 @@ from lprviz.models import NystromMap, append_baseline, composition_features, fit
 from lprviz.rigidity import (
     RigiditySolver,
     data_share,
-    project_dot,
     sfactor,
     structure_features,
 )
@@ -475,8 +474,8 @@ def evaluate(fit: Fit, alpha: float) -> Results:
     """LPR, undetermined flags, local energies, totals and PR at one ``alpha``.
 
     Cost: one pass over the cached (float32) projections for the LPR, undetermined flags and
-    (thin fit) local energies together (``O(n_atoms r)``; a full fit takes a second float32
-    product for the local energies) and one ``d``-sized solve; no refactorisation.
+    local energies together (``O(n_atoms d)``, ``O(n_atoms r)`` for a thin fit) and one
+    ``d``-sized solve; no refactorisation.
 
     Parameters
     ----------
@@ -586,10 +585,11 @@ def _block_lpr(solver: RigiditySolver, P: np.ndarray, rho2: np.ndarray | None, a
         # X^T y lies in the training span, so does w: (phi / s) . w = P . (W^T w)
         return solver.lpr_and_undetermined_from_thin(P, rho2, alpha,
                                                      dot=solver.thin_basis.T @ weights)
-    lpr, undetermined = solver.lpr_and_undetermined_from_projections(P, alpha)
+    if weights is None:
+        return (*solver.lpr_and_undetermined_from_projections(P, alpha), None)
     # P = (phi / s) V, so the local prediction (phi / s) . w = P . (V^T w)
-    local = None if weights is None else project_dot(P, solver.eigvecs.T @ weights)
-    return lpr, undetermined, local
+    return solver.lpr_and_undetermined_from_projections(P, alpha,
+                                                        dot=solver.eigvecs.T @ weights)
 
 
 def _provenance(fit: Fit) -> dict:

@@ -621,16 +621,7 @@ class RigiditySolver:
         ``P @ dot`` from the same pass as a third value (e.g. local predictions, where
         ``dot = W^T w``)."""
         W_thin, w_null = self._thin_lpr_and_floored_weights(alpha)
-        floored = bool(W_thin[:, 1].any() or w_null[1])
-        if not floored:  # nothing below the resolution: no atom can be undetermined
-            W_thin, w_null = W_thin[:, :1], w_null[:1]
-        u = _sq_dot(P, W_thin, dot)
-        u, linear = u if dot is not None else (u, None)
-        u = u + np.asarray(rho2)[:, None] * w_null[None, :]
-        undetermined = (u[:, 1] > _UNDETERMINED_SHARE * u[:, 0] if floored
-                        else np.zeros(u.shape[0], dtype=bool))
-        out = _invert(u[:, 0]), undetermined
-        return out if dot is None else (*out, linear)
+        return _lpr_pass(P, W_thin, dot, rho2, w_null)
 
     def _effective(self, alpha: float) -> np.ndarray:
         """Eigenvalues of X^T X + alpha I floored at the numerical resolution."""
@@ -755,8 +746,8 @@ class RigiditySolver:
         return self.lpr_and_undetermined_from_projections(P, alpha)[1]
 
     def lpr_and_undetermined_from_projections(
-        self, P: np.ndarray, alpha: float
-    ) -> tuple[np.ndarray, np.ndarray]:
+        self, P: np.ndarray, alpha: float, *, dot: np.ndarray | None = None
+    ):
         """:meth:`lpr_from_projections` and :meth:`undetermined_from_projections` in one
         pass over ``P`` (squaring ``P`` dominates the cost of a new alpha).
 
@@ -766,18 +757,21 @@ class RigiditySolver:
             Output of :meth:`projections`.
         alpha : float
             Regulariser (``>= 0``).
+        dot : numpy.ndarray of shape (n_features,), optional
+            Also return ``P @ dot`` from the same pass (e.g. local predictions, where
+            ``dot = V^T w``), as :func:`project_dot` would.
 
         Returns
         -------
         lpr : numpy.ndarray of shape (n,)
         undetermined : numpy.ndarray of bool of shape (n,)
+        linear : numpy.ndarray of shape (n,)
+            Only with ``dot``.
         """
         alpha = _check_alpha(alpha)
         inv = 1.0 / self._effective(alpha)
         floored = self._eigvals + alpha <= self._resolution(alpha)
-        w = np.stack([inv, np.where(floored, inv, 0.0)], axis=1)
-        u = _sq_dot(P, w)
-        return _invert(u[:, 0]), u[:, 1] > _UNDETERMINED_SHARE * u[:, 0]
+        return _lpr_pass(P, np.stack([inv, np.where(floored, inv, 0.0)], axis=1), dot)
 
     # ------------------------------------------------------------------ rigidities
     def lpr(self, X_atoms_raw, alpha: float) -> np.ndarray:
@@ -1049,6 +1043,29 @@ def _sq_dot(P: np.ndarray, W: np.ndarray, dot: np.ndarray | None = None):
             sq = np.multiply(Pc, Pc, out=buf[: Pc.shape[0]])
             out[start : start + _PASS_CHUNK] = sq @ W
     return out if dot is None else (out, linear)
+
+
+def _lpr_pass(P: np.ndarray, W: np.ndarray, dot: np.ndarray | None,
+              rho2: np.ndarray | None = None, w_null: np.ndarray | None = None):
+    """``(lpr, undetermined[, P @ dot])`` from one pass over projections ``P``.
+
+    ``W`` (r, 2): weights of 1/LPR and of its floored share (:meth:`RigiditySolver.
+    undetermined`); ``rho2 * w_null`` adds the out-of-span term of thin projections. The
+    floored column is dropped when it is all zero (above the resolution: nothing can be
+    undetermined), which makes the pass a one-column product.
+    """
+    floored = bool(W[:, 1].any() or (w_null is not None and w_null[1]))
+    if not floored:
+        W = W[:, :1]
+        w_null = None if w_null is None else w_null[:1]
+    u = _sq_dot(P, W, dot)
+    u, linear = u if dot is not None else (u, None)
+    if rho2 is not None:
+        u = u + np.asarray(rho2)[:, None] * w_null[None, :]
+    undetermined = (u[:, 1] > _UNDETERMINED_SHARE * u[:, 0] if floored
+                    else np.zeros(u.shape[0], dtype=bool))
+    out = _invert(u[:, 0]), undetermined
+    return out if dot is None else (*out, linear)
 
 
 _CONTROLLER: ThreadpoolController | None = None
