@@ -72,7 +72,9 @@ descriptor lies wholly in the null space); the two agree whenever
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
+import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -100,6 +102,8 @@ _CHUNK = 4096
 # Rows per block of the per-alpha pass (P**2) @ W: a 256 x d block of squares stays in cache
 # (measured 2-4x faster than 4096-row blocks at d = 1470, benchmarks/bench_lpr.py).
 _PASS_CHUNK = 256
+# Passes over at least this many rows run in two halves on two threads (_sq_dot).
+_SPLIT_ROWS = 32 * _PASS_CHUNK
 # Dual route: |x|^2 - |P|^2 is trusted for the out-of-span residual while it keeps at least
 # this share of |x|^2 (relative error <= eps / _CANCEL); below it the residual is explicit.
 _CANCEL = 1e-3
@@ -1029,20 +1033,46 @@ def _sq_dot(P: np.ndarray, W: np.ndarray, dot: np.ndarray | None = None):
     if P.dtype != np.float32 or not np.all(W < 1e30):
         P = P.astype(np.float64, copy=False)
     W = W.astype(P.dtype, copy=False)
-    out = np.empty((P.shape[0], W.shape[1]))
-    linear = None if dot is None else np.empty(P.shape[0])
+    n = P.shape[0]
+    out = np.empty((n, W.shape[1]))
+    linear = None if dot is None else np.empty(n)
     v = None if dot is None else np.asarray(dot, dtype=np.float64).astype(P.dtype)
-    buf = np.empty((min(_PASS_CHUNK, P.shape[0]), P.shape[1]), dtype=P.dtype)
-    # Memory-bound: one thread reads as fast as two, and a 2-thread GEMM with a few columns
-    # collapses (measured 6x slower) when another process holds a core.
-    with _one_thread((W.shape[1] > 1 or v is not None) and P.shape[0] > _PASS_CHUNK):
-        for start in range(0, P.shape[0], _PASS_CHUNK):
-            Pc = P[start : start + _PASS_CHUNK]
+
+    def blocks(lo: int, hi: int) -> None:
+        buf = np.empty((min(_PASS_CHUNK, hi - lo), P.shape[1]), dtype=P.dtype)
+        for start in range(lo, hi, _PASS_CHUNK):
+            stop = min(start + _PASS_CHUNK, hi)
+            Pc = P[start:stop]
             if v is not None:
-                linear[start : start + _PASS_CHUNK] = Pc @ v
-            sq = np.multiply(Pc, Pc, out=buf[: Pc.shape[0]])
-            out[start : start + _PASS_CHUNK] = sq @ W
+                linear[start:stop] = Pc @ v
+            sq = np.multiply(Pc, Pc, out=buf[: stop - start])
+            out[start:stop] = sq @ W
+
+    # Memory-bound: a 2-thread BLAS call with a few columns collapses (measured 6x slower)
+    # when another process holds a core, so BLAS runs on one thread; large passes are split
+    # in two halves run by two Python threads instead, which share a busy core gracefully
+    # and read at twice the bandwidth of one on an idle machine.
+    halves = n >= _SPLIT_ROWS and (os.cpu_count() or 1) > 1
+    with _one_thread(halves or ((W.shape[1] > 1 or v is not None) and n > _PASS_CHUNK)):
+        if halves:
+            mid = n // 2 // _PASS_CHUNK * _PASS_CHUNK
+            other = _executor().submit(blocks, mid, n)
+            blocks(0, mid)
+            other.result()
+        else:
+            blocks(0, n)
     return out if dot is None else (out, linear)
+
+
+_POOL: concurrent.futures.ThreadPoolExecutor | None = None
+
+
+def _executor() -> concurrent.futures.ThreadPoolExecutor:
+    """One worker thread for the second half of large passes (:func:`_sq_dot`)."""
+    global _POOL
+    if _POOL is None:
+        _POOL = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="lprviz-pass")
+    return _POOL
 
 
 def _lpr_pass(P: np.ndarray, W: np.ndarray, dot: np.ndarray | None,

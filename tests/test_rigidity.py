@@ -9,6 +9,7 @@ from skmatter.datasets import load_degenerate_CH4_manifold
 from skmatter.metrics import componentwise_prediction_rigidity as sk_cpr
 from skmatter.metrics import local_prediction_rigidity as sk_lpr
 
+from lprviz import rigidity
 from lprviz.errors import InputError
 from lprviz.rigidity import (
     RigiditySolver,
@@ -632,3 +633,20 @@ def test_float32_projections_lpr_within_bound(n_structures):
         np.testing.assert_allclose(
             solver.lpr_sweep_from_projections(P32, [alpha])[0], lpr32, rtol=1e-6
         )  # float32 sums in another order
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_squared_pass_in_two_halves_equals_explicit_products(monkeypatch, dtype):
+    """rigidity._sq_dot splits large passes over two threads: same (P**2) @ W and P @ v."""
+    rng = np.random.default_rng(40)
+    P = rng.standard_normal((1000, 30)).astype(dtype)
+    W, v = rng.random((30, 2)), rng.standard_normal(30)
+    single = rigidity._sq_dot(P, W, v)
+    monkeypatch.setattr(rigidity, "_SPLIT_ROWS", 300)
+    monkeypatch.setattr(rigidity.os, "cpu_count", lambda: 2)
+    halves = rigidity._sq_dot(P, W, v)
+    P64 = P.astype(np.float64)
+    rtol = 1e-12 if dtype == np.float64 else 1e-5
+    for got in (single, halves):
+        np.testing.assert_allclose(got[0], (P64**2) @ W, rtol=rtol)
+        np.testing.assert_allclose(got[1], P64 @ v, rtol=0, atol=rtol * np.abs(P64).sum(1).max())
