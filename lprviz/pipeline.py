@@ -112,8 +112,8 @@ class Fit:
         see :func:`lprviz.rigidity.project_dot`). On the solver's dual route (fewer than
         d / 2 training structures ``r``) the fit is *thin*: these are only the ``r``
         coordinates in the training span (``solver.thin_projections``; 4 r bytes per atom,
-        d / r times less) and :attr:`residual2` holds the rest. Use :meth:`atom_projections` for the
-        full ``d`` of some atoms, and :func:`evaluate`, :func:`lpr_sweep`,
+        d / r times less) and :attr:`residual2` holds the rest. Use :meth:`atom_projections`
+        for the full ``d`` of some atoms, and :func:`evaluate`, :func:`lpr_sweep`,
         :func:`scaled_norm2` rather than reading them directly.
     structure_projections : numpy.ndarray of shape (n_frames, d)
         ``solver.projections`` of every frame's mean feature row (for the PR).
@@ -128,9 +128,9 @@ class Fit:
     residual2 : numpy.ndarray of shape (n_atoms,) or None
         Thin fit only: every atom's squared scaled-feature norm outside the training span.
     atom_rows : callable or None
-        ``atom_rows(index) -> (descriptor values, atomic numbers)`` of those atoms, read from
-        the descriptors the fit was prepared from (referenced, not copied, and not counted
-        as the fit's memory); what :meth:`atom_projections` of a thin fit projects.
+        Thin fit only: ``atom_rows(index) -> (descriptor values, atomic numbers)`` of those
+        atoms, read from the descriptors the fit was prepared from (referenced, not copied,
+        and not counted as the fit's memory); what :meth:`atom_projections` projects.
     """
 
     spec: ModelSpec
@@ -385,7 +385,9 @@ def prepare(
         true_local_energies=getattr(dataset, "true_local_energies", None),
         hypers=getattr(descriptors, "hypers", None),
         residual2=residual2,
-        atom_rows=lambda index: (np.asarray(raw[index], dtype=np.float64), numbers[index]),
+        # only a thin fit needs them (and it keeps the caller's descriptors alive)
+        atom_rows=((lambda index: (np.asarray(raw[index], dtype=np.float64), numbers[index]))
+                   if thin else None),
     )
 
 
