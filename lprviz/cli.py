@@ -373,57 +373,48 @@ def _test_chunks(data, test_frames, chunk_atoms: int):
         yield np.asarray(chunk, dtype=np.int64)
 
 
-def _chunk_results(fit, weights, alphas, data, train_frames, chunk, phi, times, grads=None):
+def _chunk_results(fit, alphas, data, train_frames, chunk, phi, times, grads=None):
     """:class:`lprviz.pipeline.Results` per alpha of the dataset ``train_frames + chunk``
     (training atoms get placeholders: ``lprviz lpr`` writes only the test frames), from the
-    raw model features ``phi`` of the chunk (the solver's thin route when there are fewer
-    training structures than features; nothing n_atoms x d is kept). With ``grads`` (the
-    chunk's summed position gradients, force-trained models) also the predicted forces.
-    Adds the time of each alpha to ``times``."""
+    raw model features ``phi`` of the chunk (:func:`lprviz.pipeline.evaluate_features`:
+    nothing n_atoms x d is kept). With ``grads`` (the chunk's summed position gradients,
+    force-trained models) also the predicted forces. Adds the time of each alpha to
+    ``times``."""
+    import dataclasses
+
     import numpy as np
 
-    from lprviz.pipeline import Results
-    from lprviz.rigidity import data_share, structure_features
+    from lprviz.pipeline import evaluate_features
 
-    solver = fit.solver
-    n_train = int(np.asarray(data.frame_sizes)[train_frames].sum())
-    n_frames = len(train_frames) + len(chunk)
-    train_mask = np.arange(n_frames) < len(train_frames)
-    sidx = np.repeat(np.arange(len(chunk)), np.asarray(data.frame_sizes)[chunk])
-    rows = structure_features(phi, sidx, len(chunk), convention="mean")
-    X = phi / solver.scale
-    norm2 = np.einsum("ij,ij->i", X, X)
-    energies = np.concatenate([data.energies[train_frames], data.energies[chunk]])
-    pad = np.ones(n_train)
+    sizes = np.asarray(data.frame_sizes)
+    n_train, n_frames = int(sizes[train_frames].sum()), len(train_frames)
+    block = evaluate_features(fit, phi, np.repeat(np.arange(len(chunk)), sizes[chunk]), alphas)
+
+    def padded(values, fill, n):
+        return np.concatenate([np.full(n, fill, dtype=np.asarray(values).dtype), values])
+
     out = []
-    for alpha, w in zip(alphas, weights, strict=True):
+    for alpha in alphas:
         start = time.perf_counter()
-        lpr, undetermined = solver.lpr_and_undetermined(phi, alpha)
-        local = X @ w
-        pred = np.bincount(sidx, weights=local, minlength=len(chunk))
+        res = next(block)
         forces = None
         if grads is not None:
             from lprviz.models import predict_forces
 
+            w = fit.solver.solve(fit.xty, alpha)
             forces = np.concatenate([np.full((n_train, 3), np.nan),
-                                     predict_forces(grads, w, solver.scale)])
-        out.append(Results(
-            alpha=float(alpha),
-            train_mask=train_mask,
-            lpr=np.concatenate([pad, lpr]),
-            undetermined=np.concatenate([np.zeros(n_train, dtype=bool), undetermined]),
-            local_energy=np.concatenate([pad, local]),
-            energy_pred=np.concatenate([np.zeros(len(train_frames)), pred]),
-            pr=np.concatenate([np.ones(len(train_frames)), solver.pr(rows, alpha)]),
-            rank_diff=solver.rank_diff(alpha),
-            energies=energies,
-            data_share=np.concatenate([pad, data_share(lpr, norm2, alpha)]),
-            spec=fit.spec,
-            scale=fit.scale,
-            hypers=fit.hypers,
-            n_active=None if fit.nystrom is None else len(fit.nystrom.active_index),
+                                     predict_forces(grads, w, fit.solver.scale)])
+        out.append(dataclasses.replace(
+            res,
+            train_mask=np.arange(n_frames + len(chunk)) < n_frames,
+            lpr=padded(res.lpr, 1.0, n_train),
+            undetermined=padded(res.undetermined, False, n_train),
+            local_energy=padded(res.local_energy, 1.0, n_train),
+            energy_pred=padded(res.energy_pred, 0.0, n_frames),
+            pr=padded(res.pr, 1.0, n_frames),
+            energies=np.concatenate([data.energies[train_frames], data.energies[chunk]]),
+            data_share=padded(res.data_share, 1.0, n_train),
             forces_pred=forces,
-            force_weight=fit.force_weight,
         ))
         times[f"LPR at alpha={alpha:g}"] += time.perf_counter() - start
     return out
@@ -477,7 +468,6 @@ def _cmd_lpr(args: argparse.Namespace) -> int:
         fit = prepare(data.subset(train_frames), desc_train,
                       np.ones(train_frames.size, dtype=bool), spec, scale=scale,
                       nystrom=nystrom, project=False, force_weight=force_weight)
-        weights = [fit.solver.solve(fit.xty, a) for a in alphas]
         blocks = None
         if args.lcpr:
             from lprviz.validation import fit_blocks
@@ -510,8 +500,7 @@ def _cmd_lpr(args: argparse.Namespace) -> int:
                 start = time.perf_counter()
                 grads = _chunk_gradients(fit, data, chunk)
                 times["SOAP gradients of the test structures"] += time.perf_counter() - start
-            results = _chunk_results(fit, weights, alphas, data, train_frames, chunk, phi,
-                                     times, grads)
+            results = _chunk_results(fit, alphas, data, train_frames, chunk, phi, times, grads)
             lcpr = {}
             if blocks is not None:
                 start = time.perf_counter()
@@ -636,7 +625,7 @@ def _cmd_suggest(args: argparse.Namespace) -> int:
         what = "given target"
     if target.size == 0:
         raise InputError("target: no atoms selected")
-    P, Q = fit.projections[target], fit.structure_projections[pool]
+    P, Q = fit.atom_projections(target), fit.structure_projections[pool]
     with steps(f"ranking {pool.size} candidate structures"):
         sug = suggest_from_projections(fit.solver, P, Q, alpha, args.k)
     frames = pool[sug.chosen]

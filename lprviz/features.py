@@ -479,7 +479,12 @@ def compute_soap(
             progress(total, total)
     else:
         per_frame: list[np.ndarray | None] = [_MEMORY.get(k) if cache else None for k in keys]
-        todo = [i for i, v in enumerate(per_frame) if v is None]
+        # Each distinct structure once: repeats (equal keys) reuse the first one's values.
+        first: dict[str, int] = {}
+        for i, v in enumerate(per_frame):
+            if v is None:
+                first.setdefault(keys[i], i)
+        todo = list(first.values())
         _check_search([frames[i] for i in todo], hypers.cutoff, [labels[i] for i in todo])
         done = total - int(sizes[todo].sum())
         if progress is not None:
@@ -497,7 +502,8 @@ def compute_soap(
                 chunk = []
                 if progress is not None:
                     progress(done, total)
-        values = np.concatenate(per_frame, axis=0)
+        values = np.concatenate([per_frame[first[k]] if v is None else v
+                                 for k, v in zip(keys, per_frame, strict=True)], axis=0)
         if disk_path is not None:
             _write_entry(disk_path, call_key, values)
 

@@ -18,6 +18,7 @@ halved loss, features divided by the scale). All per-atom arrays are in dataset 
 from __future__ import annotations
 
 import weakref
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -43,7 +44,6 @@ from lprviz.models import (
 from lprviz.rigidity import (
     RigiditySolver,
     data_share,
-    project_dot,
     sfactor,
     structure_features,
 )
@@ -53,7 +53,7 @@ _CHUNK = 4096  # atoms per projection block (bounds the float64 temporary at _CH
 __all__ = [
     "ALPHA_RANGE", "DEFAULT_FORCE_WEIGHT", "FORCE_WEIGHT_RANGE", "MODEL_KINDS", "SCALE_RANGE",
     "Fit", "ModelSpec", "Results", "coordination",
-    "evaluate", "prepare", "reference_space",
+    "evaluate", "evaluate_features", "prepare", "reference_space",
 ]
 
 MODEL_KINDS = ("linear", "sparse-kernel")
@@ -136,11 +136,16 @@ class Fit:
     nystrom : NystromMap or None
         Feature map of the sparse-kernel model.
     structure_index : numpy.ndarray of shape (n_atoms,)
-    projections : numpy.ndarray of shape (n_atoms, d), float32
+    projections : numpy.ndarray of shape (n_atoms, d) or (n_atoms, r), float32
         ``solver.projections`` of every atom's model features, stored as float32 (4 d bytes
         per atom: 5.9 kB at d = 1473; LPR within a relative 1e-5 of float64, see
         :meth:`lprviz.rigidity.RigiditySolver.projections`; local energies within ~1e-6 eV,
-        see :func:`lprviz.rigidity.project_dot`).
+        see :func:`lprviz.rigidity.project_dot`). On the solver's dual route (fewer than
+        d / 2 training structures ``r``) the fit is *thin*: these are only the ``r``
+        coordinates in the training span (``solver.thin_projections``; 4 r bytes per atom,
+        d / r times less) and :attr:`residual2` holds the rest. Use :meth:`atom_projections`
+        for the full ``d`` of some atoms, and :func:`evaluate`, :func:`lpr_sweep`,
+        :func:`scaled_norm2` rather than reading them directly.
     structure_projections : numpy.ndarray of shape (n_frames, d)
         ``solver.projections`` of every frame's mean feature row (for the PR).
     xty : numpy.ndarray of shape (d,)
@@ -161,6 +166,12 @@ class Fit:
         Reference forces (eV/A; NaN rows for frames without forces) of a force-trained fit.
     notice : str or None
         One line for the user (training frames used for energies only), else None.
+    residual2 : numpy.ndarray of shape (n_atoms,) or None
+        Thin fit only: every atom's squared scaled-feature norm outside the training span.
+    atom_rows : callable or None
+        Thin fit only: ``atom_rows(index) -> (descriptor values, atomic numbers)`` of those
+        atoms, read from the descriptors the fit was prepared from (referenced, not copied,
+        and not counted as the fit's memory); what :meth:`atom_projections` projects.
     """
 
     spec: ModelSpec
@@ -180,11 +191,27 @@ class Fit:
     force_gradients: np.ndarray | None = None
     forces: np.ndarray | None = None
     notice: str | None = None
+    residual2: np.ndarray | None = None
+    atom_rows: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]] | None = None
 
     @property
     def n_frames(self) -> int:
         """Number of frames of the dataset."""
         return len(self.train_mask)
+
+    @property
+    def thin(self) -> bool:
+        """True when :attr:`projections` hold only the training-span coordinates."""
+        return self.residual2 is not None
+
+    def atom_projections(self, index) -> np.ndarray:
+        """Full ``solver.projections`` (n, d) of the atoms ``index`` (e.g. a target set for
+        :func:`lprviz.suggest.suggest_from_projections`): the cached rows, or for a thin fit
+        the atoms' model features projected now (``O(len(index) d^2)``)."""
+        if not self.thin:
+            return self.projections[index]
+        values, numbers = self.atom_rows(np.asarray(index))
+        return self.solver.projections(self.model_features(values, numbers))
 
     def model_features(self, values: np.ndarray, atom_numbers: np.ndarray) -> np.ndarray:
         """Raw model features of descriptors ``values`` (n, d_soap) -> (n, d).
@@ -410,6 +437,17 @@ def prepare(
     xty = rows[train_mask].T @ y / scale
     if trained is not None:
         xty = xty + force_weight * trained[0].gtf / scale
+    # Thin on the dual route only: near d training structures it saves little memory, and
+    # most atoms then lie close to the span, so their residuals are formed explicitly at the
+    # cost of a second projection (measured 2.3x the prepare time at 100k atoms, r = 0.9 d).
+    thin = project and solver.route == "dual"
+    if thin:
+        projections, residual2 = solver.thin_projections(base, extra)
+    else:
+        residual2 = None
+        projections = (_projections(solver, base, extra) if project
+                       else np.empty((0, solver.n_features), dtype=np.float32))
+    raw, numbers = descriptors.values, np.asarray(descriptors.atom_numbers)
     return Fit(
         spec=spec,
         train_mask=train_mask.copy(),
@@ -418,8 +456,7 @@ def prepare(
         species=species,
         nystrom=nystrom,
         structure_index=structure_index,
-        projections=(_projections(solver, base, extra) if project
-                     else np.empty((0, solver.n_features), dtype=np.float32)),
+        projections=projections,
         structure_projections=solver.projections(rows if project else rows[:0]),
         xty=xty,
         energies=energies,
@@ -429,6 +466,10 @@ def prepare(
         force_gradients=None if trained is None else trained[1],
         forces=None if trained is None else trained[3],
         notice=None if trained is None else trained[2],
+        residual2=residual2,
+        # only a thin fit needs them (and it keeps the caller's descriptors alive)
+        atom_rows=((lambda index: (np.asarray(raw[index], dtype=np.float64), numbers[index]))
+                   if thin else None),
     )
 
 
@@ -554,8 +595,8 @@ def _check_model_size(dataset, descriptors: Descriptors, spec: ModelSpec, n_trai
 def evaluate(fit: Fit, alpha: float) -> Results:
     """LPR, undetermined flags, local energies, totals and PR at one ``alpha``.
 
-    Cost: one pass over the cached (float32) projections for the LPR and undetermined flags
-    together, one float32 product for the local energies (``O(n_atoms d)`` each) and one
+    Cost: one pass over the cached (float32) projections for the LPR, undetermined flags and
+    local energies together (``O(n_atoms d)``, ``O(n_atoms r)`` for a thin fit) and one
     ``d``-sized solve; no refactorisation.
 
     Parameters
@@ -576,14 +617,12 @@ def evaluate(fit: Fit, alpha: float) -> Results:
     """
     alpha = check_number("alpha", alpha, *ALPHA_RANGE)
     solver = fit.solver
-    P = fit.projections
     weights = solver.solve(fit.xty, alpha)
     forces_pred = None
     if fit.force_gradients is not None:
         forces_pred = predict_forces(fit.force_gradients, weights, solver.scale)
-    # P = (phi / s) V, so the local prediction (phi / s) . w = P . (V^T w)
-    local = project_dot(P, solver.eigvecs.T @ weights)
-    lpr, undetermined = solver.lpr_and_undetermined_from_projections(P, alpha)
+    lpr, undetermined, local = _block_lpr(solver, fit.projections, fit.residual2, alpha,
+                                          weights)
     return Results(
         alpha=alpha,
         train_mask=fit.train_mask,
@@ -591,20 +630,102 @@ def evaluate(fit: Fit, alpha: float) -> Results:
         undetermined=undetermined,
         local_energy=local,
         energy_pred=np.bincount(fit.structure_index, weights=local, minlength=fit.n_frames),
-        pr=solver.lpr_from_projections(fit.structure_projections, alpha),
+        pr=_block_lpr(solver, fit.structure_projections, None, alpha)[0],
         rank_diff=solver.rank_diff(alpha),
         energies=fit.energies,
         true_local_energies=fit.true_local_energies,
         data_share=data_share(lpr, scaled_norm2(fit), alpha),
-        spec=fit.spec,
-        scale=fit.scale,
-        hypers=fit.hypers,
-        n_active=None if fit.nystrom is None else len(fit.nystrom.active_index),
+        **_provenance(fit),
         forces_pred=forces_pred,
         forces=fit.forces,
-        force_weight=fit.force_weight,
         notice=fit.notice,
     )
+
+
+def evaluate_features(fit: Fit, phi_raw: np.ndarray, structure_index: np.ndarray,
+                      alphas: Sequence[float]) -> Iterator[Results]:
+    """:func:`evaluate` for atoms outside the fit's dataset, given their raw model features.
+
+    The block is projected once (thin on the solver's dual route) for every alpha; nothing
+    is kept. Used by ``lprviz lpr`` on each streamed
+    chunk of test structures.
+
+    Parameters
+    ----------
+    fit : Fit
+        From :func:`prepare` (``project=False`` is enough).
+    phi_raw : numpy.ndarray of shape (n, d)
+        Raw model features (:meth:`Fit.model_features`) of the block's atoms.
+    structure_index : numpy.ndarray of int, shape (n,)
+        Structure ``0 .. m-1`` of each atom, sorted.
+    alphas : sequence of float
+        Regularisers (each in :data:`ALPHA_RANGE`).
+
+    Yields
+    ------
+    Results
+        One per alpha (the first also pays the projection), for the block's ``m``
+        structures: none is a training structure and their reference energies are unknown
+        (NaN); the PR is that of each structure's mean feature row.
+    """
+    alphas = [check_number("alpha", a, *ALPHA_RANGE) for a in alphas]
+    solver = fit.solver
+    phi = np.asarray(phi_raw, dtype=np.float64)
+    structure_index = np.asarray(structure_index)
+    if phi.ndim != 2 or phi.shape[0] != structure_index.shape[0]:
+        raise InputError(f"features: expected one row per atom ({structure_index.shape[0]}), "
+                         f"got shape {phi.shape}")
+    n_frames = int(structure_index.max()) + 1 if structure_index.size else 0
+    rows = structure_features(phi, structure_index, n_frames, convention="mean")
+    if solver.route == "dual":
+        (P, rho2), (Q, rho2_rows) = (solver.thin_projections(x, dtype=np.float64)
+                                     for x in (phi, rows))
+        norm2 = np.einsum("ij,ij->i", P, P) + rho2
+    else:
+        (P, rho2), (Q, rho2_rows) = (solver.projections(phi), None), (solver.projections(rows),
+                                                                     None)
+        norm2 = np.einsum("ij,ij->i", P, P)
+    for alpha in alphas:
+        lpr, undetermined, local = _block_lpr(solver, P, rho2, alpha,
+                                              solver.solve(fit.xty, alpha))
+        yield Results(
+            alpha=alpha,
+            train_mask=np.zeros(n_frames, dtype=bool),
+            lpr=lpr,
+            undetermined=undetermined,
+            local_energy=local,
+            energy_pred=np.bincount(structure_index, weights=local, minlength=n_frames),
+            pr=_block_lpr(solver, Q, rho2_rows, alpha)[0],
+            rank_diff=solver.rank_diff(alpha),
+            energies=np.full(n_frames, np.nan),
+            data_share=data_share(lpr, norm2, alpha),
+            **_provenance(fit),
+        )
+
+
+def _block_lpr(solver: RigiditySolver, P: np.ndarray, rho2: np.ndarray | None, alpha: float,
+               weights: np.ndarray | None = None):
+    """LPR, undetermined flags and (with the model's ``weights``) local predictions of atoms
+    with projections ``P``: thin (training-span coordinates, ``rho2`` given) or full; one
+    pass over ``P``. The third value is None without ``weights``."""
+    if rho2 is not None:
+        if weights is None:
+            return (*solver.lpr_and_undetermined_from_thin(P, rho2, alpha), None)
+        # X^T y lies in the training span, so does w: (phi / s) . w = P . (W^T w)
+        return solver.lpr_and_undetermined_from_thin(P, rho2, alpha,
+                                                     dot=solver.thin_basis.T @ weights)
+    if weights is None:
+        return (*solver.lpr_and_undetermined_from_projections(P, alpha), None)
+    # P = (phi / s) V, so the local prediction (phi / s) . w = P . (V^T w)
+    return solver.lpr_and_undetermined_from_projections(P, alpha,
+                                                        dot=solver.eigvecs.T @ weights)
+
+
+def _provenance(fit: Fit) -> dict:
+    """The model fields of :class:`Results` (small copies of the fit's)."""
+    return {"spec": fit.spec, "scale": fit.scale, "hypers": fit.hypers,
+            "n_active": None if fit.nystrom is None else len(fit.nystrom.active_index),
+            "force_weight": fit.force_weight}
 
 
 def coordination(frames, cutoff: float) -> np.ndarray:
@@ -640,14 +761,34 @@ def scaled_norm2(fit: Fit) -> np.ndarray:
     """``|x̂_k|^2`` of every atom's scaled model features (n_atoms,), cached per ``fit``.
 
     ``fit.projections`` are the scaled features in the solver's orthonormal eigenbasis, so
-    their row norms are those of the scaled features.
+    their row norms are those of the scaled features (a thin fit adds the out-of-span part).
     """
     out = _NORM2.get(fit)
     if out is None:
         P = fit.projections
         out = np.einsum("ij,ij->i", P, P)
+        if fit.thin:
+            out = out + fit.residual2
         _NORM2[fit] = out
     return out
 
 
-__all__ += ["scaled_norm2"]
+def lpr_sweep(fit: Fit, alphas: Sequence[float]) -> np.ndarray:
+    """LPR of every atom at each of ``alphas`` in one pass over the cached projections.
+
+    Parameters
+    ----------
+    fit : Fit
+    alphas : sequence of float
+        Regularisers (``>= 0``).
+
+    Returns
+    -------
+    numpy.ndarray of shape (n_alphas, n_atoms)
+    """
+    if fit.thin:
+        return fit.solver.lpr_sweep_from_thin(fit.projections, fit.residual2, alphas)
+    return fit.solver.lpr_sweep_from_projections(fit.projections, alphas)
+
+
+__all__ += ["lpr_sweep", "scaled_norm2"]

@@ -17,6 +17,7 @@ import html
 from collections.abc import Mapping, Sequence
 
 import numpy as np
+import pandas as pd
 import plotly.colors as pcolors
 import plotly.graph_objects as go
 
@@ -36,6 +37,31 @@ from lprviz.maps import pca_2d  # noqa: E402, F401
 def escape(text: object) -> str:
     """HTML-escape any user-provided text (names, groups) for hover labels and HTML."""
     return html.escape(str(text), quote=True)
+
+
+def _escaped_array(texts: Sequence[object]) -> np.ndarray:
+    """Escaped texts as one numpy string array: plotly validates and copies an array at
+    once, where a list costs a Python step per point (measured 0.6 s at 100k atoms)."""
+    return np.asarray([escape(t) for t in texts], dtype=str)
+
+
+def category_codes(categories) -> tuple[np.ndarray, list[str]]:
+    """Integer code of every entry and the labels in order of first appearance.
+
+    Parameters
+    ----------
+    categories : sequence of str or pandas.Categorical
+        A Categorical (e.g. cached per dataset) is used as is: its codes and categories.
+
+    Returns
+    -------
+    codes : numpy.ndarray of int, shape (n,)
+    labels : list of str
+    """
+    if isinstance(categories, pd.Categorical):
+        return np.asarray(categories.codes), [str(c) for c in categories.categories]
+    codes, uniques = pd.factorize(np.asarray(categories).astype(str))
+    return codes, [str(u) for u in uniques]
 
 
 # --------------------------------------------------------------------------- colour mapping
@@ -490,7 +516,8 @@ def parity_figure(
         Energies per atom; frames with a NaN reference are left out.
     is_train : numpy.ndarray of bool, shape (n_frames,)
     groups, names : sequences of str of length n_frames
-        Colour and hover text (escaped).
+        Colour and hover text (escaped). Hover values are formatted by plotly.js (4
+        significant digits), not per point here.
 
     Returns
     -------
@@ -501,12 +528,13 @@ def parity_figure(
     ref = np.asarray(energy_ref, dtype=float)
     pred = np.asarray(energy_pred, dtype=float)
     is_train = np.asarray(is_train, dtype=bool)
-    groups = np.asarray([str(g) for g in groups])
+    codes, labels = category_codes(groups)
+    names = _escaped_array(names)
     traces = []
     ok = np.isfinite(ref) & np.isfinite(pred)
-    for gi, g in enumerate(dict.fromkeys(groups)):
+    for gi, g in enumerate(labels):
         for split, mask_split, symbol in (("train", is_train, "circle"), ("test", ~is_train, "x")):
-            sel = np.flatnonzero((groups == g) & mask_split & ok)
+            sel = np.flatnonzero((codes == gi) & mask_split & ok)
             if sel.size == 0:
                 continue
             traces.append(
@@ -517,10 +545,9 @@ def parity_figure(
                     name=f"{escape(g)} ({split})",
                     marker={"color": _group_color(gi), "symbol": symbol, "size": 7},
                     customdata=sel,
-                    hovertext=[escape(names[i]) for i in sel],
-                    text=[f"ref {format_number(ref[i], 4)}<br>pred {format_number(pred[i], 4)}"
-                          for i in sel],
-                    hovertemplate="%{hovertext}<br>%{text}<extra></extra>",
+                    hovertext=names[sel],
+                    hovertemplate="%{hovertext}<br>ref %{x:.4~g}<br>pred %{y:.4~g}"
+                                  "<extra></extra>",
                 )
             )
     if ok.any():
@@ -617,18 +644,22 @@ def lpr_distribution_figure(
     Parameters
     ----------
     lpr : numpy.ndarray of shape (n_atoms,)
-    categories : sequence of str of length n_atoms
+    categories : sequence of str of length n_atoms, or pandas.Categorical
+        (:func:`category_codes`; pass a cached Categorical to skip relabelling every atom).
     """
     lpr = np.asarray(lpr, dtype=float)
-    cats = np.asarray([str(c) for c in categories])
+    codes, labels = category_codes(categories)
+    good = np.isfinite(lpr) & (lpr > 0)
+    log_lpr = np.log10(np.where(good, lpr, 1.0))
     traces = []
     shown = []
-    for i, c in enumerate(dict.fromkeys(cats)):
-        v = lpr[(cats == c) & np.isfinite(lpr) & (lpr > 0)]
+    for i, c in enumerate(labels):
+        sel = (codes == i) & good
+        v = lpr[sel]
         if v.size == 0:
             continue
         # Box statistics in log space, sent as numbers: the figure stays small at 20k atoms.
-        q1, med, q3 = 10 ** np.percentile(np.log10(v), [25, 50, 75])
+        q1, med, q3 = 10 ** np.percentile(log_lpr[sel], [25, 50, 75])
         shown.append(v)
         traces.append(
             go.Box(
@@ -692,6 +723,7 @@ def environment_map_figure(
     log: bool = True,
     colormap: str = LPR_COLORMAP,
     hover: Sequence[str] | None = None,
+    hover_escaped: bool = False,
     label: str = "LPR",
     customdata: np.ndarray | None = None,
 ) -> go.Figure:
@@ -702,7 +734,8 @@ def environment_map_figure(
     coords : numpy.ndarray of shape (n_atoms, 2)
     values : numpy.ndarray of shape (n_atoms,)
     hover : sequence of str, optional
-        Hover text per atom (escaped here).
+        Hover text per atom (escaped here, unless ``hover_escaped``: the caller did, e.g.
+        once for texts it caches).
     customdata : numpy.ndarray of int, shape (n_atoms,), optional
         Atom index of each point (default ``arange(n_atoms)``), for linked selection.
 
@@ -728,7 +761,8 @@ def environment_map_figure(
                              "ticktext": ticktext},
             },
             customdata=np.arange(len(values)) if customdata is None else customdata,
-            hovertext=[escape(h) for h in hover] if hover is not None else None,
+            hovertext=(None if hover is None else np.asarray(hover, dtype=str) if hover_escaped
+                       else _escaped_array(hover)),
             hovertemplate="%{hovertext}<extra></extra>" if hover is not None else None,
         )
     )

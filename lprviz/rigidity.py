@@ -73,7 +73,9 @@ descriptor lies wholly in the null space); the two agree whenever
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
+import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -101,6 +103,8 @@ _CHUNK = 4096
 # Rows per block of the per-alpha pass (P**2) @ W: a 256 x d block of squares stays in cache
 # (measured 2-4x faster than 4096-row blocks at d = 1470, benchmarks/bench_lpr.py).
 _PASS_CHUNK = 256
+# Passes over at least this many rows run in two halves on two threads (_sq_dot).
+_SPLIT_ROWS = 32 * _PASS_CHUNK
 # Dual route: |x|^2 - |P|^2 is trusted for the out-of-span residual while it keeps at least
 # this share of |x|^2 (relative error <= eps / _CANCEL); below it the residual is explicit.
 _CANCEL = 1e-3
@@ -495,6 +499,16 @@ class RigiditySolver:
             self._eigvals, self._eigvecs = e, V
         return self._eigvals, self._eigvecs
 
+    def _span(self) -> tuple[np.ndarray, np.ndarray]:
+        """Eigenvalues (ascending) and orthonormal basis (d, r) of the training rows' span:
+        the thin SVD on the dual route; on the primal route the eigenpairs past the
+        ``d - n_structures`` that are exactly 0 (all of them when ``n_structures >= d``)."""
+        if self.route == "dual":
+            return self._svd()
+        e, V = self._eig()
+        n_zero = max(self.n_features - self.n_structures, 0)
+        return e[n_zero:], V[:, n_zero:]
+
     def _e_max(self) -> float:
         if self.route == "dual":
             e = self._svd()[0]
@@ -517,10 +531,10 @@ class RigiditySolver:
         return max(self.n_features * _EPS * (self._e_max() + alpha), _TINY)
 
     def _thin_weights(self, alphas: Sequence[float], floored_only: bool = False):
-        """Dual route: 1/(s_j^2 + alpha) per singular direction (r, k) and the null-space
-        weight (k,) for each alpha, floored as in the module docstring (with
-        ``floored_only``: zero where not floored, for the undetermined share)."""
-        e, _ = self._svd()
+        """1/(s_j^2 + alpha) per direction of the span (r, k) and the null-space weight (k,)
+        for each alpha, floored as in the module docstring (with ``floored_only``: zero where
+        not floored, for the undetermined share)."""
+        e, _ = self._span()
         cols, null = [], []
         for a in alphas:
             a = _check_alpha(a)
@@ -534,6 +548,13 @@ class RigiditySolver:
             null.append(inv0)
         return np.stack(cols, axis=1), np.asarray(null)
 
+    def _thin_lpr_and_floored_weights(self, alpha: float):
+        """Dual route: :meth:`_thin_weights` of ``alpha`` for 1/LPR and for its floored part
+        (the undetermined share), as two columns."""
+        W_all, w_all = self._thin_weights([alpha])
+        W_fl, w_fl = self._thin_weights([alpha], floored_only=True)
+        return np.hstack([W_all, W_fl]), np.concatenate([w_all, w_fl])
+
     def _thin_u(
         self, X_raw: np.ndarray, W_thin: np.ndarray, w_null: np.ndarray, cols=None
     ) -> np.ndarray:
@@ -546,20 +567,107 @@ class RigiditySolver:
         for start in range(0, X_raw.shape[0], _CHUNK):
             Xc = X_raw[start : start + _CHUNK] / self.scale
             P = Xc @ B
-            norm2 = np.einsum("ij,ij->i", Xc, Xc)
-            rho2 = norm2 - np.einsum("ij,ij->i", P, P)
-            near = rho2 < _CANCEL * norm2
-            if near.any():
-                # In or near the training span: form the residual explicitly.
-                R = -(P[near] @ W.T)
-                if cols is None:
-                    R += Xc[near]
-                else:
-                    R[:, cols] += Xc[near]
-                rho2[near] = np.einsum("ij,ij->i", R, R)
-            rho2 = np.maximum(rho2, 0.0)
+            rho2 = self._residual2(P, np.einsum("ij,ij->i", Xc, Xc), Xc.__getitem__, cols)
             u[start : start + _CHUNK] = _sq_dot(P, W_thin) + rho2[:, None] * w_null[None, :]
         return u
+
+    def _residual2(self, P: np.ndarray, norm2: np.ndarray, rows, cols=None) -> np.ndarray:
+        """Out-of-span squared norms ``|x̂|^2 - |P|^2`` of scaled vectors with span
+        coordinates ``P``, formed explicitly where that difference would cancel
+        (``rows(mask)`` gives those scaled vectors, restricted to ``cols`` when given)."""
+        _, W = self._span()
+        rho2 = norm2 - np.einsum("ij,ij->i", P, P)
+        near = rho2 < _CANCEL * norm2
+        if near.any():
+            # In or near the training span: form the residual explicitly.
+            R = -(P[near] @ W.T)
+            if cols is None:
+                R += rows(near)
+            else:
+                R[:, cols] += rows(near)
+            rho2[near] = np.einsum("ij,ij->i", R, R)
+        return np.maximum(rho2, 0.0)
+
+    @property
+    def thin_basis(self) -> np.ndarray:
+        """Orthonormal basis ``W`` (n_features, r) of the training rows' span, ascending
+        eigenvalues (``r = min(n_structures, d)``: right singular vectors on the dual route,
+        the eigenvectors of the nonzero eigenvalues on the primal one); what
+        :meth:`thin_projections` project on."""
+        return self._span()[1]
+
+    def thin_projections(
+        self, X_raw, X_extra=None, *, dtype=np.float32
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """What every later LPR of these vectors needs, ``r + 1`` numbers each.
+
+        The coordinates ``P = x̂ W`` in the training span (:attr:`thin_basis`) and the
+        out-of-span squared norm ``rho^2`` (eigenvalue 0), with the cancellation guard of the
+        module docstring; then :meth:`lpr_and_undetermined_from_thin` and
+        :meth:`lpr_sweep_from_thin` answer any alpha as :meth:`lpr` does. Smaller than
+        :meth:`projections` by ``d / r`` when there are fewer training structures than
+        features (either route).
+
+        Parameters
+        ----------
+        X_raw : numpy.ndarray of shape (n, k)
+            Raw descriptors; with ``X_extra``, their first ``k`` columns only.
+        X_extra : numpy.ndarray of shape (n, n_features - k), optional
+            The remaining columns (so callers need not stack two blocks into one copy).
+        dtype : numpy.float32 or numpy.float64
+            Storage type of ``P`` (``rho^2`` is float64: it comes from a difference).
+
+        Returns
+        -------
+        P : numpy.ndarray of shape (n, r)
+        rho2 : numpy.ndarray of shape (n,)
+        """
+        X = _as_2d(X_raw, "X")
+        E = None if X_extra is None else _as_2d(X_extra, "X_extra")
+        width = X.shape[1] + (0 if E is None else E.shape[1])
+        if width != self.n_features or (E is not None and E.shape[0] != X.shape[0]):
+            raise InputError(f"X: expected {self.n_features} features (as in training), "
+                             f"got {width}")
+        W = self.thin_basis
+        k = X.shape[1]
+        P = np.empty((X.shape[0], W.shape[1]), dtype=dtype)
+        rho2 = np.empty(X.shape[0])
+        for start in range(0, X.shape[0], _CHUNK):
+            Xc = X[start : start + _CHUNK] / self.scale
+            Pc = Xc @ W[:k]
+            norm2 = np.einsum("ij,ij->i", Xc, Xc)
+            if E is not None:
+                Ec = E[start : start + _CHUNK] / self.scale
+                Pc += Ec @ W[k:]
+                norm2 += np.einsum("ij,ij->i", Ec, Ec)
+
+            def rows(mask, Xc=Xc, Ec=None if E is None else Ec):
+                return Xc[mask] if Ec is None else np.hstack([Xc[mask], Ec[mask]])
+
+            rho2[start : start + _CHUNK] = self._residual2(Pc, norm2, rows)
+            P[start : start + _CHUNK] = Pc
+        return P, rho2
+
+    def lpr_sweep_from_thin(self, P: np.ndarray, rho2: np.ndarray,
+                            alphas: Sequence[float]) -> np.ndarray:
+        """:meth:`lpr_sweep` from :meth:`thin_projections` (one pass over ``P``).
+
+        Returns
+        -------
+        numpy.ndarray of shape (n_alphas, n)
+        """
+        W_thin, w_null = self._thin_weights(alphas)
+        return _invert(_sq_dot(P, W_thin) + np.asarray(rho2)[:, None] * w_null[None, :]).T
+
+    def lpr_and_undetermined_from_thin(
+        self, P: np.ndarray, rho2: np.ndarray, alpha: float, *, dot: np.ndarray | None = None
+    ):
+        """:meth:`lpr_and_undetermined` from :meth:`thin_projections` (one pass over ``P``):
+        returns ``(lpr, undetermined)``, arrays of shape (n,); with ``dot`` (shape (r,)),
+        ``P @ dot`` from the same pass as a third value (e.g. local predictions, where
+        ``dot = W^T w``)."""
+        W_thin, w_null = self._thin_lpr_and_floored_weights(alpha)
+        return _lpr_pass(P, W_thin, dot, rho2, w_null)
 
     def _effective(self, alpha: float) -> np.ndarray:
         """Eigenvalues of X^T X + alpha I floored at the numerical resolution."""
@@ -684,8 +792,8 @@ class RigiditySolver:
         return self.lpr_and_undetermined_from_projections(P, alpha)[1]
 
     def lpr_and_undetermined_from_projections(
-        self, P: np.ndarray, alpha: float
-    ) -> tuple[np.ndarray, np.ndarray]:
+        self, P: np.ndarray, alpha: float, *, dot: np.ndarray | None = None
+    ):
         """:meth:`lpr_from_projections` and :meth:`undetermined_from_projections` in one
         pass over ``P`` (squaring ``P`` dominates the cost of a new alpha).
 
@@ -695,18 +803,21 @@ class RigiditySolver:
             Output of :meth:`projections`.
         alpha : float
             Regulariser (``>= 0``).
+        dot : numpy.ndarray of shape (n_features,), optional
+            Also return ``P @ dot`` from the same pass (e.g. local predictions, where
+            ``dot = V^T w``), as :func:`project_dot` would.
 
         Returns
         -------
         lpr : numpy.ndarray of shape (n,)
         undetermined : numpy.ndarray of bool of shape (n,)
+        linear : numpy.ndarray of shape (n,)
+            Only with ``dot``.
         """
         alpha = _check_alpha(alpha)
         inv = 1.0 / self._effective(alpha)
         floored = self._eigvals + alpha <= self._resolution(alpha)
-        w = np.stack([inv, np.where(floored, inv, 0.0)], axis=1)
-        u = _sq_dot(P, w)
-        return _invert(u[:, 0]), u[:, 1] > _UNDETERMINED_SHARE * u[:, 0]
+        return _lpr_pass(P, np.stack([inv, np.where(floored, inv, 0.0)], axis=1), dot)
 
     # ------------------------------------------------------------------ rigidities
     def lpr(self, X_atoms_raw, alpha: float) -> np.ndarray:
@@ -757,9 +868,7 @@ class RigiditySolver:
         returns ``(lpr, undetermined)``, arrays of shape (n,)."""
         if self.route == "dual":
             X = self._check_features(X_atoms_raw)
-            W_all, w_all = self._thin_weights([alpha])
-            W_fl, w_fl = self._thin_weights([alpha], floored_only=True)
-            u = self._thin_u(X, np.hstack([W_all, W_fl]), np.concatenate([w_all, w_fl]))
+            u = self._thin_u(X, *self._thin_lpr_and_floored_weights(alpha))
             return _invert(u[:, 0]), u[:, 1] > _UNDETERMINED_SHARE * u[:, 0]
         return self.lpr_and_undetermined_from_projections(self.projections(X_atoms_raw), alpha)
 
@@ -951,11 +1060,14 @@ def _accumulate(
     return gram, sumsq, n_atoms, n_structures, rows
 
 
-def _sq_dot(P: np.ndarray, W: np.ndarray) -> np.ndarray:
-    """``(P**2) @ W`` in cache-sized blocks (never more than one block of ``P**2``).
+def _sq_dot(P: np.ndarray, W: np.ndarray, dot: np.ndarray | None = None):
+    """``(P**2) @ W`` in cache-sized blocks (never more than one block of ``P**2``); with
+    ``dot``, also ``P @ dot`` from the same blocks (one read of ``P`` for both), returned as
+    a second value.
 
     float32 ``P`` stays float32 (``W`` is rounded to float32 too): the squares are positive,
     so the sums lose no more than float32 round-off, and the pass reads half the bytes.
+    ``P @ dot`` then carries float32 round-off as in :func:`project_dot`.
     """
     P = np.asarray(P)
     W = np.asarray(W, dtype=np.float64)
@@ -963,16 +1075,69 @@ def _sq_dot(P: np.ndarray, W: np.ndarray) -> np.ndarray:
     if P.dtype != np.float32 or not np.all(W < 1e30):
         P = P.astype(np.float64, copy=False)
     W = W.astype(P.dtype, copy=False)
-    out = np.empty((P.shape[0], W.shape[1]))
-    buf = np.empty((min(_PASS_CHUNK, P.shape[0]), P.shape[1]), dtype=P.dtype)
-    # Memory-bound: one thread reads as fast as two, and a 2-thread GEMM with a few columns
-    # collapses (measured 6x slower) when another process holds a core.
-    with _one_thread(W.shape[1] > 1 and P.shape[0] > _PASS_CHUNK):
-        for start in range(0, P.shape[0], _PASS_CHUNK):
-            Pc = P[start : start + _PASS_CHUNK]
-            sq = np.multiply(Pc, Pc, out=buf[: Pc.shape[0]])
-            out[start : start + _PASS_CHUNK] = sq @ W
-    return out
+    n = P.shape[0]
+    out = np.empty((n, W.shape[1]))
+    linear = None if dot is None else np.empty(n)
+    v = None if dot is None else np.asarray(dot, dtype=np.float64).astype(P.dtype)
+
+    def blocks(lo: int, hi: int) -> None:
+        buf = np.empty((min(_PASS_CHUNK, hi - lo), P.shape[1]), dtype=P.dtype)
+        for start in range(lo, hi, _PASS_CHUNK):
+            stop = min(start + _PASS_CHUNK, hi)
+            Pc = P[start:stop]
+            if v is not None:
+                linear[start:stop] = Pc @ v
+            sq = np.multiply(Pc, Pc, out=buf[: stop - start])
+            out[start:stop] = sq @ W
+
+    # Memory-bound: a 2-thread BLAS call with a few columns collapses (measured 6x slower)
+    # when another process holds a core, so BLAS runs on one thread; large passes are split
+    # in two halves run by two Python threads instead, which share a busy core gracefully
+    # and read at twice the bandwidth of one on an idle machine.
+    halves = n >= _SPLIT_ROWS and (os.cpu_count() or 1) > 1
+    with _one_thread(halves or ((W.shape[1] > 1 or v is not None) and n > _PASS_CHUNK)):
+        if halves:
+            mid = n // 2 // _PASS_CHUNK * _PASS_CHUNK
+            other = _executor().submit(blocks, mid, n)
+            blocks(0, mid)
+            other.result()
+        else:
+            blocks(0, n)
+    return out if dot is None else (out, linear)
+
+
+_POOL: concurrent.futures.ThreadPoolExecutor | None = None
+
+
+def _executor() -> concurrent.futures.ThreadPoolExecutor:
+    """One worker thread for the second half of large passes (:func:`_sq_dot`)."""
+    global _POOL
+    if _POOL is None:
+        _POOL = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="lprviz-pass")
+    return _POOL
+
+
+def _lpr_pass(P: np.ndarray, W: np.ndarray, dot: np.ndarray | None,
+              rho2: np.ndarray | None = None, w_null: np.ndarray | None = None):
+    """``(lpr, undetermined[, P @ dot])`` from one pass over projections ``P``.
+
+    ``W`` (r, 2): weights of 1/LPR and of its floored share (:meth:`RigiditySolver.
+    undetermined`); ``rho2 * w_null`` adds the out-of-span term of thin projections. The
+    floored column is dropped when it is all zero (above the resolution: nothing can be
+    undetermined), which makes the pass a one-column product.
+    """
+    floored = bool(W[:, 1].any() or (w_null is not None and w_null[1]))
+    if not floored:
+        W = W[:, :1]
+        w_null = None if w_null is None else w_null[:1]
+    u = _sq_dot(P, W, dot)
+    u, linear = u if dot is not None else (u, None)
+    if rho2 is not None:
+        u = u + np.asarray(rho2)[:, None] * w_null[None, :]
+    undetermined = (u[:, 1] > _UNDETERMINED_SHARE * u[:, 0] if floored
+                    else np.zeros(u.shape[0], dtype=bool))
+    out = _invert(u[:, 0]), undetermined
+    return out if dot is None else (*out, linear)
 
 
 _CONTROLLER: ThreadpoolController | None = None

@@ -305,6 +305,7 @@ def test_a_files_own_split_is_the_default_training_set():
 @pytest.mark.parametrize("page", ["explore", "learn"])
 def test_local_error_vs_lpr_shown_where_true_local_energies_exist(app, page):
     """The sceptic's picture: on EMT data the lowest-LPR test atoms carry the large errors."""
+    app.session_state["explore_tab"] = "Local error vs LPR"  # Explore runs its open tab only
     app.switch_page(f"lprviz/app/pages/{page}.py").run()
     _ok(app)
     metrics = {m.label: m.value for m in app.metric}

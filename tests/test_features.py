@@ -127,6 +127,24 @@ def test_memory_and_disk_cache(monkeypatch, tmp_path):
         compute_soap(frames, SoapHypers(cutoff=4.5, max_radial=3, max_angular=2))
 
 
+@pytest.mark.parametrize("cache", [True, False])
+def test_repeated_structures_are_featurised_once_per_call(monkeypatch, cache):
+    frames = _mixed_frames()
+    repeated = [frames[0], frames[1], frames[0].copy(), frames[2], frames[1].copy()]
+    calls = []
+    real = features._featurise
+
+    def counting(chunk, *args, **kwargs):
+        calls.extend(len(a) for a in chunk)
+        return real(chunk, *args, **kwargs)
+
+    monkeypatch.setattr(features, "_featurise", counting)
+    got = compute_soap(repeated, SMALL, cache=cache)
+    assert sorted(calls) == sorted(len(a) for a in frames[:3])  # each distinct one once
+    ref = _reference_dense(repeated, SMALL, got.species)
+    np.testing.assert_allclose(got.values, ref, rtol=1e-10, atol=1e-12)
+
+
 def test_featomic_upgrade_is_a_new_cache_key(monkeypatch):
     import featomic
 

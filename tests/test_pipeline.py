@@ -8,11 +8,19 @@ from ase.build import bulk, molecule
 from reference_data import mlearn_dir
 from skmatter.metrics import local_prediction_rigidity as skmatter_lpr
 
-from lprviz import datasets
+from lprviz import datasets, rigidity
 from lprviz.errors import InputError
 from lprviz.features import SoapHypers, compute_soap
 from lprviz.models import fit_ridge
-from lprviz.pipeline import ModelSpec, coordination, evaluate, prepare
+from lprviz.pipeline import (
+    ModelSpec,
+    coordination,
+    evaluate,
+    evaluate_features,
+    lpr_sweep,
+    prepare,
+    scaled_norm2,
+)
 from lprviz.rigidity import RigiditySolver, sfactor
 
 HYPERS = SoapHypers(cutoff=4.5, max_radial=4, max_angular=3)
@@ -100,6 +108,75 @@ def test_new_alpha_does_not_refactorise(emt, monkeypatch):
     # LPR increases with alpha (docs/science.md §7.5)
     # (float32 projections: to their 1e-5 bound)
     assert all(np.all(hi >= lo * (1 - 1e-5)) for lo, hi in zip(lprs, lprs[1:], strict=False))
+
+
+@pytest.mark.parametrize("alpha", [1e-8, 1e-5, 1e-2, 1e2])
+def test_thin_fit_equals_full_projections(emt, monkeypatch, alpha):
+    """Few training frames (dual route): the thin fit (r coordinates + out-of-span norm per
+    atom) gives what every atom's full d-column projections give, training atoms included,
+    as does the same model's full fit on the primal route."""
+    data, desc, train = emt
+    train_atoms = np.flatnonzero(train[desc.structure_index])[:50]
+    some = np.concatenate([train_atoms, [0, len(desc.values) - 1]])
+
+    def outputs(fit):
+        return (evaluate(fit, alpha), scaled_norm2(fit), lpr_sweep(fit, [alpha, 1.0]),
+                fit.atom_projections(some))
+
+    thin = prepare(data, desc, train, ModelSpec())
+    assert thin.thin and thin.solver.route == "dual"
+    assert thin.projections.shape[1] == thin.solver.n_structures
+    assert thin.projections.nbytes * 10 < len(desc.values) * thin.solver.n_features * 4
+    dual_out = outputs(thin)  # (the route is read per call: before forcing the primal one)
+    monkeypatch.setattr(rigidity, "_DUAL_SHARE", 0.0)
+    primal = prepare(data, desc, train, ModelSpec())
+    assert not primal.thin and primal.solver.route == "primal"
+    # reference: full projections of every atom on the primal solver
+    solver = primal.solver
+    P = solver.projections(primal.model_features(desc.values, desc.atom_numbers))
+    lpr, undetermined = solver.lpr_and_undetermined_from_projections(P, alpha)
+    local = P @ (solver.eigvecs.T @ solver.solve(primal.xty, alpha))
+    rtol = 1e-5  # float32 projections (measured <= 3e-7)
+    for res, norm2, sweep, P_some in (dual_out, outputs(primal)):
+        np.testing.assert_allclose(res.lpr, lpr, rtol=rtol)
+        np.testing.assert_array_equal(res.undetermined, undetermined)
+        np.testing.assert_allclose(res.local_energy, local, rtol=0,
+                                   atol=1e-5 * np.abs(local).max())
+        np.testing.assert_allclose(norm2, np.einsum("ij,ij->i", P, P), rtol=rtol)
+        np.testing.assert_allclose(sweep, solver.lpr_sweep_from_projections(P, [alpha, 1.0]),
+                                   rtol=rtol)
+        # full-basis projections of some atoms: same Gram (null-space bases may differ by a
+        # rotation; the full fit stores them as float32)
+        P_some = np.asarray(P_some, dtype=np.float64)
+        np.testing.assert_allclose(P_some @ P_some.T, P[some] @ P[some].T, rtol=1e-5,
+                                   atol=1e-6)
+    np.testing.assert_allclose(dual_out[0].pr, evaluate(primal, alpha).pr, rtol=1e-6)
+
+
+@pytest.mark.parametrize("baseline", [True, False])
+def test_evaluate_features_equals_evaluate_on_the_same_atoms(emt, baseline):
+    """A block of raw model features (here some training and some test frames of the
+    dataset itself) gets what evaluate gives those atoms, at every alpha of one call."""
+    data, desc, train = emt
+    fit = prepare(data, desc, train, ModelSpec(baseline=baseline))
+    frames = np.concatenate([np.flatnonzero(train)[:3], np.flatnonzero(~train)[:5]])
+    atoms = np.concatenate([np.flatnonzero(desc.structure_index == f) for f in frames])
+    block_index = np.repeat(np.arange(frames.size), np.asarray(data.frame_sizes)[frames])
+    phi = fit.model_features(desc.values[atoms], desc.atom_numbers[atoms])
+    alphas = [1e-8, 1e-4, 1.0]
+    for alpha, got in zip(alphas, evaluate_features(fit, phi, block_index, alphas),
+                          strict=True):
+        ref = evaluate(fit, alpha)
+        np.testing.assert_allclose(got.lpr, ref.lpr[atoms], rtol=1e-5)
+        np.testing.assert_array_equal(got.undetermined, ref.undetermined[atoms])
+        np.testing.assert_allclose(got.local_energy, ref.local_energy[atoms], rtol=0,
+                                   atol=1e-5 * np.abs(ref.local_energy).max())
+        np.testing.assert_allclose(got.energy_pred, ref.energy_pred[frames], rtol=1e-5)
+        np.testing.assert_allclose(got.pr, ref.pr[frames], rtol=1e-6)
+        np.testing.assert_allclose(got.data_share, ref.data_share[atoms], rtol=1e-5, atol=1e-7)
+        assert got.rank_diff == ref.rank_diff and not got.train_mask.any()
+    with pytest.raises(InputError, match="alpha"):
+        next(evaluate_features(fit, phi, block_index, [-1.0]))
 
 
 def test_sparse_kernel_matches_solver_on_model_features(emt):

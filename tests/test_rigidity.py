@@ -9,6 +9,7 @@ from skmatter.datasets import load_degenerate_CH4_manifold
 from skmatter.metrics import componentwise_prediction_rigidity as sk_cpr
 from skmatter.metrics import local_prediction_rigidity as sk_lpr
 
+from lprviz import rigidity
 from lprviz.errors import InputError
 from lprviz.rigidity import (
     RigiditySolver,
@@ -548,6 +549,13 @@ def test_dual_route_against_high_precision_including_training_rows(alpha):
     ref = _mp_lpr(rows, atoms, alpha, digits=40)
     np.testing.assert_allclose(dual.lpr(atoms, alpha), ref, rtol=1e-10)
     np.testing.assert_allclose(dual.pr(rows, alpha), ref[:n], rtol=1e-10)
+    # thin projections (r numbers + the out-of-span norm per atom), columns given in two
+    # blocks, keep that accuracy for every alpha of a sweep
+    P, rho2 = dual.thin_projections(atoms[:, :25], atoms[:, 25:], dtype=np.float64)
+    assert P.shape == (len(atoms), n)
+    sweep = dual.lpr_sweep_from_thin(P, rho2, [alpha, 10 * alpha])
+    np.testing.assert_allclose(sweep[0], ref, rtol=1e-10)
+    np.testing.assert_allclose(sweep[1], dual.lpr(atoms, 10 * alpha), rtol=1e-10)
     # the primal route squares the condition number: fine at practical alpha only
     if alpha >= 1e-4:
         np.testing.assert_allclose(_primal(dual).lpr(atoms, alpha), ref, rtol=1e-10)
@@ -581,6 +589,15 @@ def test_dual_equals_primal_on_every_output(alpha):
     np.testing.assert_allclose(
         dual.lpr_from_projections(P, alpha), primal.lpr(atoms, alpha), rtol=rtol
     )
+    lpr, undetermined = dual.lpr_and_undetermined_from_thin(*dual.thin_projections(
+        atoms, dtype=np.float64), alpha)
+    np.testing.assert_allclose(lpr, primal.lpr(atoms, alpha), rtol=rtol)
+    np.testing.assert_array_equal(undetermined, primal.undetermined(atoms, alpha))
+    # the primal route has the same thin form (its eigenvectors of nonzero eigenvalues)
+    lpr, undetermined = primal.lpr_and_undetermined_from_thin(*primal.thin_projections(
+        atoms, dtype=np.float64), alpha)
+    np.testing.assert_allclose(lpr, primal.lpr(atoms, alpha), rtol=rtol)
+    np.testing.assert_array_equal(undetermined, primal.undetermined(atoms, alpha))
     np.testing.assert_allclose(np.sort(dual.eigvals), np.sort(primal.eigvals), atol=1e-12)
 
 
@@ -616,3 +633,20 @@ def test_float32_projections_lpr_within_bound(n_structures):
         np.testing.assert_allclose(
             solver.lpr_sweep_from_projections(P32, [alpha])[0], lpr32, rtol=1e-6
         )  # float32 sums in another order
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_squared_pass_in_two_halves_equals_explicit_products(monkeypatch, dtype):
+    """rigidity._sq_dot splits large passes over two threads: same (P**2) @ W and P @ v."""
+    rng = np.random.default_rng(40)
+    P = rng.standard_normal((1000, 30)).astype(dtype)
+    W, v = rng.random((30, 2)), rng.standard_normal(30)
+    single = rigidity._sq_dot(P, W, v)
+    monkeypatch.setattr(rigidity, "_SPLIT_ROWS", 300)
+    monkeypatch.setattr(rigidity.os, "cpu_count", lambda: 2)
+    halves = rigidity._sq_dot(P, W, v)
+    P64 = P.astype(np.float64)
+    rtol = 1e-12 if dtype == np.float64 else 1e-5
+    for got in (single, halves):
+        np.testing.assert_allclose(got[0], (P64**2) @ W, rtol=rtol)
+        np.testing.assert_allclose(got[1], P64 @ v, rtol=0, atol=rtol * np.abs(P64).sum(1).max())

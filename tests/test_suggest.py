@@ -159,7 +159,7 @@ def test_pipeline_projections_predict_the_refit_at_fixed_scale():
     surface_atoms = np.flatnonzero(np.asarray(ds.groups)[ds.structure_index] == "surface")
     pool = np.flatnonzero(~train)
     sug = suggest_from_projections(
-        fit.solver, fit.projections[surface_atoms], fit.structure_projections[pool], alpha, 2
+        fit.solver, fit.atom_projections(surface_atoms), fit.structure_projections[pool], alpha, 2
     )
     np.testing.assert_allclose(sug.curve[0], np.mean(np.log(res.lpr[surface_atoms])))
     new_train = train.copy()

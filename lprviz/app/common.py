@@ -25,6 +25,15 @@ import streamlit as st
 from lprviz import insight_plots, validation
 from lprviz.errors import InputError
 
+#: Most points a per-atom scatter sends to the browser: a fixed stride keeps the payload and
+#: the figure's build time flat (100k atoms would cost more than the whole LPR update).
+MAX_SCATTER_POINTS = 6000
+
+
+def every_kth(n: int, at_most: int = MAX_SCATTER_POINTS) -> np.ndarray:
+    """Indices ``0, k, 2k...`` of at most ~``at_most`` of ``n`` items (all when fewer)."""
+    return np.arange(0, n, max(1, n // at_most))
+
 
 @st.cache_resource(show_spinner="Getting 3Dmol.js for the 3D viewer...")
 def script_url() -> str | None:
@@ -78,15 +87,19 @@ def local_error_section(ds, res, *, key: str) -> validation.LocalErrorCheck | No
     test_atoms = ~res.train_mask[ds.structure_index]
     atoms = test_atoms if test_atoms.sum() >= 2 else np.ones_like(test_atoms)
     check = validation.local_error_check(res.lpr[atoms], res.local_error[atoms])
-    st.plotly_chart(insight_plots.error_vs_lpr_figure(check.lpr, check.abs_error,
-                                                      check.low_lpr, threshold=check.threshold),
+    drawn = every_kth(check.lpr.size)  # the statistics below use every atom
+    st.plotly_chart(insight_plots.error_vs_lpr_figure(check.lpr[drawn], check.abs_error[drawn],
+                                                      check.low_lpr[drawn],
+                                                      threshold=check.threshold),
                     key=key)
     c1, c2, c3 = st.columns(3)
     c1.metric("Large errors among lowest-LPR 5%", f"{check.frac_large_low:.0%}")
     c2.metric("Large errors among the rest", f"{check.frac_large_rest:.0%}")
     c3.metric("Rank correlation |error| vs 1/LPR", f"{check.spearman:.2f}")
+    thinned = (f" (the plot shows every {check.lpr.size // drawn.size}th of "
+               f"{check.lpr.size} atoms)" if drawn.size < check.lpr.size else "")
     st.caption(f"Large = above the 90th percentile of |local error| ({check.threshold:.3g} eV); "
-               "test atoms.")
+               f"test atoms{thinned}.")
     return check
 
 

@@ -70,7 +70,7 @@ def _body(settings: state.Settings) -> None:
         st.info("No candidate structures: every structure of these groups is in training.")
         return
 
-    P, Q = fit.projections[target], fit.structure_projections[pool]
+    P, Q = fit.atom_projections(target), fit.structure_projections[pool]
     sug = suggest.suggest_from_projections(fit.solver, P, Q, alpha, k)
     chosen = pool[sug.chosen]
     st.caption(f"Target: {target.size} atoms, geometric-mean LPR {np.exp(sug.curve[0]):.4g}; "
