@@ -13,7 +13,8 @@ mlearn Si test set when it is present), in one process:
   entry after clearing memory; then the per-structure memory cache alone).
 
 Model loading is done before the timings (one load per process, ``lprviz.backbones._load``).
-Usage: ``python benchmarks/bench_backbones.py [--frames 300] [--quick] [--threads N]``.
+Usage: ``python benchmarks/bench_backbones.py [--frames 300] [--si-frames N] [--quick]
+[--threads N]``.
 Prints; asserts nothing.
 """
 
@@ -80,6 +81,7 @@ def bench(label, frames, name):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--frames", type=int, default=300, help="emt-alloys frames (of 300)")
+    parser.add_argument("--si-frames", type=int, default=None, help="Si test frames (all)")
     parser.add_argument("--quick", action="store_true", help="40 frames, 3 Si frames")
     parser.add_argument("--threads", type=int, default=None, help="torch threads")
     args = parser.parse_args()
@@ -98,7 +100,7 @@ def main() -> None:
                              / "shared" / "data" / "mlearn_zuo2020")) / "Si_test.json"
     if si.is_file():
         frames = datasets.load(str(si)).frames
-        sets.append(("mlearn Si test", frames[:3] if args.quick else frames))
+        sets.append(("mlearn Si test", frames[:3 if args.quick else args.si_frames]))
     for name in backbones.BACKBONES:
         backbones._load(name)
     print("| data | model | frames / atoms | features | model energy | ratio | disk hit "

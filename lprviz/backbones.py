@@ -33,6 +33,7 @@ import importlib.metadata
 import importlib.util
 import io
 import os
+import threading
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -144,6 +145,8 @@ class _Readout:
 
     def __init__(self) -> None:
         self._captured: list[Any] = []
+        # one model per process, shared by the app's sessions: one forward pass at a time
+        self._lock = threading.Lock()
 
     def _hook(self, _module: Any, inputs: tuple, _output: Any) -> None:
         self._captured.append(inputs[0].detach())
@@ -152,13 +155,14 @@ class _Readout:
         """Features ``(sum of atoms, width)`` float64 of a batch, in frame order."""
         import torch
 
-        self._captured.clear()
-        with torch.no_grad(), warnings.catch_warnings():
+        with self._lock, torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the packages' deprecation chatter
+            self._captured.clear()
             self._forward(frames, labels)
-        if len(self._captured) != 1:
-            raise RuntimeError(f"{self.name}: readout hook fired {len(self._captured)} times")
-        values = self._captured.pop().to(torch.float64).cpu().numpy()
+            if len(self._captured) != 1:
+                raise RuntimeError(f"{self.name}: readout hook fired {len(self._captured)} "
+                                   "times")
+            values = self._captured.pop().to(torch.float64).cpu().numpy()
         return self._post(values, frames)
 
     def _forward(self, frames: Sequence[ase.Atoms], labels: Sequence[str]) -> None:

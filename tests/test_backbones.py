@@ -187,8 +187,12 @@ def test_deterministic_and_independent_of_batching(emt_frames, name):
     first = _features(emt_frames, name, batch_size=16)
     again = _features(emt_frames, name, batch_size=16)
     np.testing.assert_array_equal(first, again)  # same process, same inputs
-    one_by_one = _features(emt_frames, name, batch_size=1)
+    import torch
+
+    threads = torch.get_num_threads()
+    one_by_one = _features(emt_frames, name, batch_size=1, threads=1)
     np.testing.assert_allclose(one_by_one, first, rtol=0, atol=REL * np.abs(first).max())
+    assert torch.get_num_threads() == threads  # restored after the call
 
 
 @pytest.mark.parametrize("name", backbones.BACKBONES)
