@@ -331,7 +331,12 @@ def last_layer_features(
     if empty:
         raise InputError(f"{empty[0]}: a structure without atoms has no {spec.label} features")
 
-    readout = _load(name)
+    try:
+        readout = _load(name)
+    except (ImportError, OSError) as exc:  # installed but broken (e.g. a torch ABI mismatch)
+        raise InputError(f"{spec.label} could not be loaded ({type(exc).__name__}: "
+                         f"{str(exc).splitlines()[0] if str(exc) else ''}); reinstall: "
+                         f"{_INSTALL}") from None
     _check_species(frames, labels, readout, spec)
     sizes = np.array([len(a) for a in frames], dtype=np.int64)
     total = int(sizes.sum())

@@ -309,3 +309,15 @@ def test_import_does_not_load_torch():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, timeout=120)
     assert out.stdout.split() == ["False", "False", "False"]
+
+
+def test_broken_install_is_one_line_input_error(monkeypatch):
+    _require("sevenn")
+
+    def broken(_name):
+        raise ImportError("libtorch_cpu.so: cannot open shared object file\nmore detail")
+
+    monkeypatch.setattr(backbones, "_load", broken)
+    with pytest.raises(InputError, match=r"SevenNet could not be loaded \(ImportError") as info:
+        backbones.last_layer_features([ase.Atoms("Cu")], "sevenn")
+    assert "\n" not in str(info.value) and "lprviz[nn]" in str(info.value)
