@@ -18,7 +18,7 @@ halved loss, features divided by the scale). All per-atom arrays are in dataset 
 from __future__ import annotations
 
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 import numpy as np
@@ -120,6 +120,8 @@ class Fit:
         Reference local energies when the dataset has them (EMT sets).
     hypers : lprviz.features.SoapHypers or None
         SOAP hyper-parameters of the descriptors (for provenance in exported files).
+    features : dict of str to str
+        Where the descriptors come from (``Descriptors.provenance``, :mod:`lprviz.sources`).
     """
 
     spec: ModelSpec
@@ -135,6 +137,7 @@ class Fit:
     energies: np.ndarray
     true_local_energies: np.ndarray | None = None
     hypers: SoapHypers | None = None
+    features: dict[str, str] = field(default_factory=dict)
 
     @property
     def n_frames(self) -> int:
@@ -185,6 +188,8 @@ class Results:
         small copies, so cached results do not keep the fit's projections alive): its
         :class:`ModelSpec`, feature scale, SOAP hyper-parameters and, for the sparse kernel,
         the number of active environments actually used.
+    features : dict of str to str or None
+        Where the descriptors come from (:attr:`Fit.features`).
     """
 
     alpha: float
@@ -202,6 +207,7 @@ class Results:
     scale: float | None = None
     hypers: SoapHypers | None = None
     n_active: int | None = None
+    features: dict[str, str] | None = None
 
     @property
     def local_error(self) -> np.ndarray | None:
@@ -347,6 +353,7 @@ def prepare(
         energies=energies,
         true_local_energies=getattr(dataset, "true_local_energies", None),
         hypers=getattr(descriptors, "hypers", None),
+        features=dict(getattr(descriptors, "provenance", None) or {}),
     )
 
 
@@ -477,6 +484,7 @@ def evaluate(fit: Fit, alpha: float) -> Results:
         scale=fit.scale,
         hypers=fit.hypers,
         n_active=None if fit.nystrom is None else len(fit.nystrom.active_index),
+        features=fit.features,
     )
 
 
