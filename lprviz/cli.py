@@ -133,8 +133,10 @@ def _check_numbers(args: argparse.Namespace) -> None:
         if value is not None:
             check_number("--" + field.replace("_", "-"), value, low, high,
                          integer=field.startswith("max_"))
-    if getattr(args, "n_sparse", None) is not None:
-        check_number("--n-sparse", args.n_sparse, *ModelSpec.RANGES["n_sparse"], integer=True)
+    for field in ("n_sparse", "nn_hidden", "nn_seed"):
+        if getattr(args, field, None) is not None:
+            check_number("--" + field.replace("_", "-"), getattr(args, field),
+                         *ModelSpec.RANGES[field.removeprefix("nn_")], integer=True)
     if getattr(args, "scale", None) is not None:
         check_number("--scale", args.scale, *SCALE_RANGE)
     if hasattr(args, "k"):  # suggest
@@ -474,7 +476,8 @@ def _cmd_lpr(args: argparse.Namespace) -> int:
     alphas = _parse_alphas(args.alpha)
     _check_numbers(args)
     source, kind = _feature_source(args)
-    spec = ModelSpec(kind=kind, baseline=args.baseline, n_sparse=args.n_sparse)
+    spec = ModelSpec(kind=kind, baseline=args.baseline, n_sparse=args.n_sparse,
+                     hidden=args.nn_hidden, seed=args.nn_seed)
     _refuse_input_as_output(args.output, "-o", {
         "--train": args.train, "--test": args.test, "--dataset": args.dataset,
         "--reference-train": args.reference_train})
@@ -492,7 +495,8 @@ def _cmd_lpr(args: argparse.Namespace) -> int:
         desc_train = store.descriptors(train_frames, progress)
     scale, nystrom, provenance = _reference_space(args, reference, data, desc_train, spec,
                                                   steps, store=store, features=source)
-    with steps(f"factorising the model of {train_frames.size} training structures"):
+    what = "training the network and factorising" if kind == "nn" else "factorising"
+    with steps(f"{what} the model of {train_frames.size} training structures"):
         fit = prepare(data.subset(train_frames), desc_train,
                       np.ones(train_frames.size, dtype=bool), spec, scale=scale,
                       nystrom=nystrom, project=False)
@@ -757,6 +761,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "on SOAP; its last hidden layer gives the LLPR), or a pretrained "
                         "backbone whose last-layer features get a linear readout refit on "
                         "the training set (needs pip install 'lprviz[nn]')")
+    p.add_argument("--nn-hidden", type=int, default=32,
+                   help="nn model: width of the hidden layers (default 32)")
+    p.add_argument("--nn-seed", type=int, default=0, help="nn model: training seed (default 0)")
     p.add_argument("--features-array", metavar="NAME",
                    help="features from the per-atom array NAME of the input files (e.g. "
                         "descriptors written into the extxyz) instead of SOAP")

@@ -156,6 +156,9 @@ def provenance(ds, results, extra: Mapping[str, object] | None = None) -> dict[s
             n_active = getattr(first, "n_active", None)
             out["n_sparse"] = int(spec.n_sparse if n_active is None else n_active)
             out["zeta"] = int(spec.zeta)
+        if spec.kind == "nn":
+            out["nn_hidden"] = int(spec.hidden)
+            out["nn_seed"] = int(spec.seed)
     hypers = getattr(first, "hypers", None)
     # the feature source (lprviz.sources): SOAP unless the results say otherwise
     out.update(getattr(first, "features", None) or ({"features": "soap"} if hypers else {}))

@@ -27,6 +27,7 @@ from lprviz.errors import InputError
 from lprviz.features import Descriptors, SoapHypers
 from lprviz.limits import check_number, get_limits
 from lprviz.models import NystromMap, append_baseline, composition_features, fit_nystrom
+from lprviz.nn import NNFeatureMap, fit_nn, torch_missing
 from lprviz.rigidity import (
     RigiditySolver,
     data_share,
@@ -42,7 +43,7 @@ __all__ = [
     "evaluate", "prepare", "reference_space",
 ]
 
-MODEL_KINDS = ("linear", "sparse-kernel")
+MODEL_KINDS = ("linear", "sparse-kernel", "nn")
 
 #: Accepted regulariser values (features are scaled to |x|^2 ~ 1, so alpha >> 1 already
 #: means the data no longer matter; far larger values overflow the LPR).
@@ -58,9 +59,12 @@ class ModelSpec:
 
     Parameters
     ----------
-    kind : {"linear", "sparse-kernel"}
-        Ridge regression on the SOAP vectors, or sparse kernel ridge (Nyström features of
-        ``(x̂ . ŷ)^zeta`` with ``n_sparse`` FPS-selected active environments).
+    kind : {"linear", "sparse-kernel", "nn"}
+        Ridge regression on the SOAP vectors, sparse kernel ridge (Nyström features of
+        ``(x̂ . ŷ)^zeta`` with ``n_sparse`` FPS-selected active environments), or the linear
+        readout of a small neural network trained on the training frames' SOAP
+        (:mod:`lprviz.nn`; its LPR is the last-layer prediction rigidity). "nn" needs torch
+        (``pip install 'lprviz[nn]'``).
     baseline : bool
         Append per-species one-hot columns (a composition baseline that is part of the
         model and of the LPR; see :func:`lprviz.models.append_baseline`).
@@ -68,20 +72,29 @@ class ModelSpec:
         Number of active environments (sparse-kernel only).
     zeta : int
         Kernel exponent (sparse-kernel only).
+    hidden : int
+        Width of the network's hidden layers (nn only): its last-layer feature count.
+    seed : int
+        Seed of the network's initial weights and held-out frames (nn only).
     """
 
     kind: str = "linear"
     baseline: bool = True
     n_sparse: int = 500
     zeta: int = 2
+    hidden: int = 32
+    seed: int = 0
 
     #: Accepted ranges (inclusive). The model width ``d`` has its own limit, checked by
     #: :func:`prepare` (``Limits.max_features``).
-    RANGES: ClassVar[dict[str, tuple[int, int]]] = {"n_sparse": (1, 1_000_000), "zeta": (1, 10)}
+    RANGES: ClassVar[dict[str, tuple[int, int]]] = {
+        "n_sparse": (1, 1_000_000), "zeta": (1, 10), "hidden": (1, 1024), "seed": (0, 2**31 - 1)}
 
     def __post_init__(self) -> None:
         if self.kind not in MODEL_KINDS:
             raise InputError(f"model: expected one of {', '.join(MODEL_KINDS)}, got {self.kind!r}")
+        if self.kind == "nn" and torch_missing() is not None:
+            raise InputError(f"model nn: {torch_missing()}")
         for name, (low, high) in self.RANGES.items():
             object.__setattr__(self, name, check_number(name, getattr(self, name), low, high,
                                                         integer=True))
@@ -122,6 +135,8 @@ class Fit:
         SOAP hyper-parameters of the descriptors (for provenance in exported files).
     features : dict of str to str
         Where the descriptors come from (``Descriptors.provenance``, :mod:`lprviz.sources`).
+    nn : lprviz.nn.NNFeatureMap or None
+        The trained network of the nn model (its last hidden layer are the model features).
     """
 
     spec: ModelSpec
@@ -138,6 +153,7 @@ class Fit:
     true_local_energies: np.ndarray | None = None
     hypers: SoapHypers | None = None
     features: dict[str, str] = field(default_factory=dict)
+    nn: NNFeatureMap | None = None
 
     @property
     def n_frames(self) -> int:
@@ -150,7 +166,12 @@ class Fit:
         Use this to add structures to :attr:`solver` (``solver.with_structures``) or to
         compute the LPR of new atoms with the same model.
         """
-        phi = self.nystrom.transform(values) if self.nystrom is not None else values
+        if self.nystrom is not None:
+            phi = self.nystrom.transform(values)
+        elif self.nn is not None:
+            phi = self.nn.transform(values, atom_numbers)
+        else:
+            phi = values
         if self.spec.baseline:
             phi = append_baseline(phi, atom_numbers, self.species, scale=self.scale)
         return np.asarray(phi, dtype=np.float64)
@@ -235,6 +256,7 @@ def prepare(
     *,
     scale: float | None = None,
     nystrom: NystromMap | None = None,
+    nn: NNFeatureMap | None = None,
     project: bool = True,
 ) -> Fit:
     """Build the alpha-independent part of a model and its LPR.
@@ -257,6 +279,9 @@ def prepare(
         choosing one from the training atoms. To compare two training sets, pass set A's
         ``fit.nystrom`` and ``fit.scale`` when preparing set B: otherwise B lives in a
         different feature space and its LPR is not comparable (it may even drop).
+    nn : lprviz.nn.NNFeatureMap, optional
+        nn model only: reuse this trained network instead of training one on the training
+        frames (to compare training sets in one feature space, as ``nystrom``).
     project : bool
         Compute the projections of every atom and frame (what :func:`evaluate` needs). With
         False they are left empty (shape ``(0, d)``) and no full eigenbasis is built: for
@@ -306,12 +331,24 @@ def prepare(
 
     atom_train = train_mask[structure_index]
     _check_model_size(dataset, descriptors, spec, int(atom_train.sum()), nystrom)
+    if nystrom is not None and spec.kind != "sparse-kernel":
+        raise InputError("nystrom: a feature map only applies to the sparse-kernel model")
+    if nn is not None and spec.kind != "nn":
+        raise InputError("nn: a trained network only applies to the nn model")
     if spec.kind == "sparse-kernel":
         if nystrom is None:
             nystrom = fit_nystrom(values[atom_train], spec.n_sparse, zeta=spec.zeta)
         base = nystrom.transform(values)
-    elif nystrom is not None:
-        raise InputError("nystrom: a feature map only applies to the sparse-kernel model")
+    elif spec.kind == "nn":
+        if nn is None:
+            sizes = np.bincount(structure_index, minlength=n_frames)
+            if np.any(sizes[train_mask] == 0):
+                raise InputError(f"dataset '{dataset.name}': a training frame has no atom")
+            nn = fit_nn(values[atom_train], descriptors.atom_numbers[atom_train],
+                        np.cumsum(train_mask)[structure_index[atom_train]] - 1,
+                        energies[train_mask], species=descriptors.species,
+                        hidden=spec.hidden, seed=spec.seed)
+        base = nn.transform(values, descriptors.atom_numbers)
     else:
         base = values
     # Row norms of all atoms once: the sfactor of the training atoms without copying them,
@@ -354,6 +391,7 @@ def prepare(
         true_local_energies=getattr(dataset, "true_local_energies", None),
         hypers=getattr(descriptors, "hypers", None),
         features=dict(getattr(descriptors, "provenance", None) or {}),
+        nn=nn,
     )
 
 
@@ -400,6 +438,10 @@ def reference_space(
         Feature map on environments chosen among the reference atoms (sparse kernel), else None.
     """
     spec = ModelSpec() if spec is None else spec
+    if spec.kind == "nn":
+        raise InputError("reference training set: not for the nn model (its features are "
+                         "trained on the training energies; pass a trained network to "
+                         "prepare(nn=...) instead)")
     chosen = np.asarray(descriptors.values, dtype=np.float64)[np.asarray(atom_mask, dtype=bool)]
     if chosen.shape[0] == 0:
         raise InputError("reference training set: no atoms selected")
@@ -416,6 +458,8 @@ def _check_model_size(dataset, descriptors: Descriptors, spec: ModelSpec, n_trai
     if spec.kind == "sparse-kernel":
         base = nystrom.n_features if nystrom is not None else min(spec.n_sparse, n_train_atoms)
         what = f"{base} active environments"
+    elif spec.kind == "nn":
+        base, what = spec.hidden, f"{spec.hidden} last-layer features"
     else:
         base = int(np.shape(descriptors.values)[1])
         what = f"{base} SOAP features ({n_species} species)"
