@@ -1,6 +1,6 @@
 """Calibrated uncertainties from the LPR: fit alpha and an overall factor on held-out data.
 
-Read as a Bayesian linear model (docs/science.md "Neural networks: LLPR"), the ridge readout
+Read as a Bayesian linear model (docs/science.md §12), the ridge readout
 with the halved loss of docs/science.md §3 has the posterior predictive variance
 
 .. math:: \\sigma_k^2 = c / \\mathrm{LPR}_k(\\alpha), \\qquad

@@ -18,7 +18,7 @@ Sources:
 * a backbone name (``"chgnet"``, ``"sevenn"``) — the last-layer features of a pretrained
   universal potential (:mod:`lprviz.backbones`, the optional ``lprviz[nn]`` extra). For a
   frozen backbone the LPR is that of its linear readout *refit on the chosen training set*
-  (the last-layer prediction rigidity, docs/science.md "Neural networks: LLPR").
+  (the last-layer prediction rigidity, docs/science.md §12).
 
 Only SOAP has descriptor blocks (for the LCPR) and hyper-parameters; the other sources give
 ``blocks == {}`` and ``hypers is None``, and record themselves in ``Descriptors.provenance``

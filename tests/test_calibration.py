@@ -1,6 +1,6 @@
 """Tests of lprviz.calibration: recovering (alpha, factor) of the Bayesian model.
 
-Under the Bayesian reading of ridge (docs/science.md "Neural networks: LLPR"), with
+Under the Bayesian reading of ridge (docs/science.md §12), with
 ``w ~ N(0, c/alpha I)``, training noise ``N(0, c)`` and the ridge fit at ``alpha``, the error
 of a prediction ``x . w_hat`` is ``N(0, c / LPR(x))``. Data drawn that way must give back
 ``alpha`` and ``c`` within sampling error.

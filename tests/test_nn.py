@@ -1,7 +1,7 @@
 """Tests of lprviz.nn and the nn model: training, determinism and the LLPR.
 
 The LLPR of the nn model is the LPR of a ridge readout on the network's last hidden layer
-(docs/science.md "Neural networks: LLPR"): checked against scikit-matter's
+(docs/science.md §12): checked against scikit-matter's
 ``local_prediction_rigidity`` on the extracted features (§7.1) and against a committee of
 networks trained with other seeds (Spearman reported).
 """
@@ -12,13 +12,14 @@ import ase.io
 import numpy as np
 import pytest
 from optional import require_torch
+from reference_data import emt_subset
 from scipy.stats import spearmanr
 from skmatter.metrics import local_prediction_rigidity as skmatter_lpr
 
-from lprviz import datasets, nn, pipeline
+from lprviz import nn, pipeline
 from lprviz.cli import main
 from lprviz.errors import InputError
-from lprviz.features import SoapHypers, compute_soap
+from lprviz.features import SoapHypers
 from lprviz.pipeline import ModelSpec, evaluate, prepare
 
 HYPERS = SoapHypers(cutoff=4.5, max_radial=3, max_angular=2)
@@ -29,13 +30,7 @@ HIDDEN = 16
 def emt():
     """120 frames of the shipped EMT set (every group), 80 of them training, with SOAP."""
     require_torch()
-    full = datasets.load("emt-alloys")
-    rng = np.random.default_rng(1)
-    data = full.subset(np.sort(rng.choice(len(full.frames), size=120, replace=False)))
-    desc = compute_soap(data.frames, HYPERS, species=full.species, cache=False)
-    train = np.zeros(len(data.frames), dtype=bool)
-    train[rng.choice(len(data.frames), size=80, replace=False)] = True
-    return data, desc, train
+    return emt_subset(120, 80, HYPERS, seed=1)
 
 
 @pytest.fixture(scope="module")
@@ -101,10 +96,14 @@ def test_llpr_follows_committee_spread(emt, nn_fit, capsys):
     assert np.isfinite(rho) and rho > 0
 
 
-def test_nn_model_without_torch_is_one_line(monkeypatch):
+def test_nn_model_without_torch_is_one_line(monkeypatch, tmp_path, capsys):
     monkeypatch.setattr(pipeline, "torch_missing", lambda: nn.INSTALL_HINT)
     with pytest.raises(InputError, match=r"pip install 'lprviz\[nn\]'"):
         ModelSpec(kind="nn")
+    code = main(["lpr", "--dataset", "emt-alloys", "--train-groups", "bulk-pure",
+                 "--model", "nn", "-q", "-o", str(tmp_path / "out.extxyz")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "\n" not in err and "pip install 'lprviz[nn]'" in err
 
 
 def test_cli_model_nn(tmp_path):
