@@ -260,7 +260,8 @@ def descriptors_for(
             raise InputError(reason)
         module = _backbones()
         values = np.asarray(module.last_layer_features(
-            dataset.frames, source.kind, cache=cache, progress=progress), dtype=np.float64)
+            dataset.frames, source.kind, cache=cache, progress=progress, names=dataset.names),
+            dtype=np.float64)
         if values.ndim != 2 or values.shape[0] != dataset.n_atoms:
             raise RuntimeError(f"{source.kind}: last-layer features of shape {values.shape} "
                                f"for {dataset.n_atoms} atoms")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import ase.io
 import numpy as np
-from optional import require_torch
+from optional import require_backbone, require_torch
 from streamlit.testing.v1 import AppTest
 
 from lprviz import datasets, sources
@@ -84,3 +84,17 @@ def test_nn_model_renders_with_its_caption():
     assert "Calibrated uncertainties" in [h.value for h in at.subheader]
     at.sidebar.selectbox(key="features_label").set_value(ARRAY_LABEL).run()
     _ok(at)  # nn on the file's array
+
+
+def test_backbone_source_renders_with_its_caption():
+    require_backbone("chgnet")
+    at = _uploaded_with_split()
+    features = at.sidebar.selectbox(key="features_label")
+    assert "CHGNet" in features.options
+    features.set_value("CHGNet").run()
+    _ok(at)
+    assert "for a frozen backbone, the LPR is that of the readout refit" in _captions(at)
+    for page in ("explore", "validate"):
+        at.switch_page(f"lprviz/app/pages/{page}.py").run()
+        _ok(at)
+    assert "Calibrated uncertainties" in [h.value for h in at.subheader]

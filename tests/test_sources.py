@@ -197,7 +197,9 @@ def test_backbone_without_the_extra_is_one_line(monkeypatch, files, tmp_path, ca
             return None
 
         @staticmethod
-        def last_layer_features(frames, name, *, batch_size=16, cache=True, progress=None):
+        def last_layer_features(frames, name, *, batch_size=16, cache=True, progress=None,
+                                names=None):
+            assert len(names) == len(frames)
             return np.concatenate([np.asarray(a.arrays["feat"]) for a in frames])
 
         @staticmethod
