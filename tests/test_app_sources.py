@@ -53,6 +53,15 @@ def _captions(at: AppTest) -> str:
     return " ".join(c.value for c in at.sidebar.caption)
 
 
+def _render(at: AppTest, pages: tuple[str, ...]) -> None:
+    """Run ``pages`` in turn (the last one Validate) without errors; Validate draws the
+    calibration."""
+    for page in pages:
+        at.switch_page(f"lprviz/app/pages/{page}.py").run()
+        _ok(at)
+    assert "Calibrated uncertainties" in [h.value for h in at.subheader]
+
+
 def test_array_source_renders_every_insight_page():
     at = _uploaded_with_split()
     _ok(at)
@@ -61,12 +70,8 @@ def test_array_source_renders_every_insight_page():
     features.set_value(ARRAY_LABEL).run()
     _ok(at)
     assert not [s for s in at.sidebar.selectbox if s.key == "soap_preset"]  # SOAP only
-    for page in ("explore", "compare", "improve", "validate"):
-        at.switch_page(f"lprviz/app/pages/{page}.py").run()
-        _ok(at)
-    # Validate: the array has no SOAP blocks (LCPR says so), calibration is drawn
-    assert any("needs SOAP features" in i.value for i in at.info)
-    assert "Calibrated uncertainties" in [h.value for h in at.subheader]
+    _render(at, ("explore", "compare", "improve", "validate"))
+    assert any("needs SOAP features" in i.value for i in at.info)  # no LCPR blocks
     if sources.backbone_unavailable("chgnet") is not None:  # hidden, with how to add it
         assert "CHGNet" not in features.options
         assert "pip install 'lprviz[nn]'" in _captions(at)
@@ -78,10 +83,7 @@ def test_nn_model_renders_with_its_caption():
     at.sidebar.radio(key="model_kind").set_value("nn").run()
     _ok(at)
     assert "LLPR" in _captions(at)
-    for page in ("explore", "validate"):
-        at.switch_page(f"lprviz/app/pages/{page}.py").run()
-        _ok(at)
-    assert "Calibrated uncertainties" in [h.value for h in at.subheader]
+    _render(at, ("explore", "validate"))
     at.sidebar.selectbox(key="features_label").set_value(ARRAY_LABEL).run()
     _ok(at)  # nn on the file's array
 
@@ -94,7 +96,4 @@ def test_backbone_source_renders_with_its_caption():
     features.set_value("CHGNet").run()
     _ok(at)
     assert "for a frozen backbone, the LPR is that of the readout refit" in _captions(at)
-    for page in ("explore", "validate"):
-        at.switch_page(f"lprviz/app/pages/{page}.py").run()
-        _ok(at)
-    assert "Calibrated uncertainties" in [h.value for h in at.subheader]
+    _render(at, ("explore", "validate"))
