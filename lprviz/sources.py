@@ -41,7 +41,7 @@ from lprviz.features import SOAP_PRESETS, Descriptors, SoapHypers, compute_soap
 
 __all__ = [
     "BACKBONE_LABELS", "FeatureSource", "array_names", "backbone_names",
-    "backbone_unavailable", "descriptors_for", "from_key", "read_array",
+    "backbone_unavailable", "descriptors_for", "from_key", "key_label", "read_array",
 ]
 
 #: Display names of the pretrained backbones lprviz knows about (the names themselves come
@@ -136,6 +136,11 @@ class FeatureSource:
         if self.kind == "array":
             return f"per-atom array '{self.array}'"
         return BACKBONE_LABELS.get(self.kind, self.kind)
+
+
+def key_label(key: str) -> str:
+    """What a user reads for an app key: ``"SOAP 'default'"``, ``"per-atom array 'x'"``..."""
+    return f"SOAP '{key}'" if key in SOAP_PRESETS else from_key(key).label
 
 
 def from_key(key: str) -> FeatureSource:

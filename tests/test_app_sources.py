@@ -70,6 +70,8 @@ def test_array_source_renders_every_insight_page():
     features.set_value(ARRAY_LABEL).run()
     _ok(at)
     assert not [s for s in at.sidebar.selectbox if s.key == "soap_preset"]  # SOAP only
+    at.switch_page("lprviz/app/pages/explore.py").run()
+    assert "per-atom array 'feat'." in " ".join(c.value for c in at.caption)
     _render(at, ("explore", "compare", "improve", "validate"))
     assert any("needs SOAP features" in i.value for i in at.info)  # no LCPR blocks
     if sources.backbone_unavailable("chgnet") is not None:  # hidden, with how to add it

@@ -172,6 +172,8 @@ def test_source_keys_round_trip_and_bad_kinds():
     for key in ("default", "fast", "array:mace_desc"):
         assert sources.from_key(key).key == key
     assert sources.from_key("array:x").label == "per-atom array 'x'"
+    assert sources.key_label("array:x") == "per-atom array 'x'"
+    assert sources.key_label("fast") == "SOAP 'fast'"
     with pytest.raises(InputError, match="features: expected one of"):
         sources.FeatureSource("magic")
     with pytest.raises(InputError, match="features-array"):

@@ -234,8 +234,7 @@ def descriptors(source: str, preset: str) -> features.Descriptors:
     progress bar while featurising."""
     def compute() -> features.Descriptors:
         ds = dataset(source)
-        features_source = sources.from_key(preset)
-        what = f"SOAP '{preset}'" if features_source.kind == "soap" else features_source.label
+        features_source, what = sources.from_key(preset), sources.key_label(preset)
         bar = st.progress(0.0, text=f"Featurising {ds.n_atoms} atoms ({what})...")
 
         def progress(done: int, total: int) -> None:
