@@ -17,6 +17,7 @@ from scipy.stats import spearmanr
 from skmatter.metrics import local_prediction_rigidity as skmatter_lpr
 
 from lprviz import nn, pipeline
+from lprviz.calibration import calibrate
 from lprviz.cli import main
 from lprviz.errors import InputError
 from lprviz.features import SoapHypers
@@ -94,6 +95,12 @@ def test_llpr_follows_committee_spread(emt, nn_fit, capsys):
         print(f"\nSpearman(1/LLPR, 4-seed committee spread) on {test_atoms.sum()} test atoms: "
               f"{rho:.2f}")
     assert np.isfinite(rho) and rho > 0
+
+
+def test_nn_calibration_is_finite_and_positive(nn_fit):
+    cal = calibrate(nn_fit, evaluate(nn_fit, 1e-4))
+    assert np.isfinite(cal.factor) and cal.factor > 0 and cal.alpha > 0
+    assert np.all(np.isfinite(cal.sigma_atoms)) and np.all(cal.sigma_atoms > 0)
 
 
 def test_nn_model_without_torch_is_one_line(monkeypatch, tmp_path, capsys):

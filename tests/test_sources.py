@@ -84,6 +84,16 @@ def test_cli_features_array_equals_scikit_matter(files, tmp_path):
     info = frames[0].info
     assert info["lprviz_features"] == "array" and info["lprviz_features_array"] == "feat"
     assert not any(k.startswith("lprviz_soap_") for k in info)
+    # a reference file is read through the same source: the training file itself as the
+    # reference fixes the scale the run would pick anyway
+    ref_out = tmp_path / "ref.extxyz"
+    assert main(["lpr", "--train", str(train), "--test", str(test), "--features-array", "feat",
+                 "--alpha", "1e-4,1e-2", "--no-baseline", "-q", "--reference-train",
+                 str(train), "-o", str(ref_out)]) == 0
+    with_ref = ase.io.read(ref_out, ":")
+    assert with_ref[0].info["lprviz_scale_from"] == "reference"
+    np.testing.assert_allclose(np.concatenate([a.arrays["lpr"] for a in with_ref]),
+                               np.concatenate([a.arrays["lpr"] for a in frames]), rtol=1e-10)
     # the baseline is part of the model: its LPR differs, but stays finite and positive
     out2 = tmp_path / "out2.extxyz"
     assert main(["lpr", "--train", str(train), "--test", str(test), "--features-array", "feat",
