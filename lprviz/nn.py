@@ -71,8 +71,14 @@ class NNFeatureMap:
     history : numpy.ndarray of shape (n_epochs, 2)
         Training and held-out loss per epoch (halved mean square, standardised units).
     best_epoch : int
-        Epoch whose weights were kept.
+        Epoch whose weights were kept (``history[best_epoch, 1]`` is their held-out loss).
     seed : int
+    target_shift : numpy.ndarray of shape (n_species,)
+        Per-species energies per atom of the least-squares composition baseline (eV).
+    target_scale : float
+        Spread of the energies per atom after the baseline (eV): the unit of the targets.
+    held_out : numpy.ndarray of shape (n_frames,), bool
+        Training frames held out for early stopping.
     """
 
     species: tuple[int, ...]
@@ -85,6 +91,7 @@ class NNFeatureMap:
     seed: int
     target_shift: np.ndarray = field(default_factory=lambda: np.zeros(0))
     target_scale: float = 1.0
+    held_out: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
 
     @property
     def n_features(self) -> int:
@@ -234,15 +241,15 @@ def _train(torch, values, onehot, structure_index, sizes, target, val, mean, std
         per_atom = torch.zeros(n_frames, dtype=dtype).index_add_(0, idx, local) * inv_size
         sq = 0.5 * (per_atom - t) ** 2
         loss = (sq * train_w).sum()
-        loss.backward()
-        opt.step()
-        val_loss = float((sq.detach() * val_w).sum()) if n_val else float(loss)
+        val_loss = float((sq.detach() * val_w).sum()) if n_val else float(loss.detach())
         history.append((float(loss.detach()), val_loss))
-        if val_loss < best:
+        if val_loss < best:  # the weights that gave this loss, before the step below
             best, best_epoch = val_loss, epoch
             best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
         elif epoch - best_epoch >= patience:
             break
+        loss.backward()
+        opt.step()
         if progress is not None and epoch % 20 == 0:
             progress(epoch, max_epochs)
     net.load_state_dict(best_state)
@@ -253,5 +260,5 @@ def _train(torch, values, onehot, structure_index, sizes, target, val, mean, std
         species=species, mean=mean, std=std, weights=as_np[:2],
         readout=(as_np[2][0][:, 0].copy(), float(as_np[2][1][0])),
         history=np.asarray(history), best_epoch=best_epoch, seed=seed,
-        target_shift=shift, target_scale=spread,
+        target_shift=shift, target_scale=spread, held_out=val.copy(),
     )

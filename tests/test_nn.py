@@ -52,6 +52,25 @@ def test_training_loss_is_finite_and_decreasing(nn_fit):
     assert np.all(np.diff(window[::10]) < 0)  # decreasing over 10-epoch windows
 
 
+def test_kept_weights_give_the_best_held_out_loss(emt, nn_fit):
+    """The numpy forward pass of the kept weights reproduces the held-out loss the torch
+    loop recorded for them (halved mean square of standardised energies per atom)."""
+    data, desc, train = emt
+    net = nn_fit.nn
+    frames = np.flatnonzero(train)
+    atoms = train[data.structure_index]
+    local = net.predict_local(desc.values[atoms], desc.atom_numbers[atoms])
+    sidx = np.cumsum(train)[data.structure_index[atoms]] - 1
+    sizes = np.bincount(sidx)
+    pred = np.bincount(sidx, weights=local) / sizes
+    resid = (pred - data.energies[frames] / sizes) / net.target_scale
+    held = net.held_out
+    assert held.shape == (frames.size,) and 0 < held.sum() < frames.size
+    loss = 0.5 * np.mean(resid[held] ** 2)
+    assert loss == pytest.approx(net.history[net.best_epoch, 1], rel=1e-4, abs=1e-7)
+    assert net.history[net.best_epoch, 1] == net.history[:, 1].min()
+
+
 def test_llpr_equals_scikit_matter_on_last_layer_features(emt, nn_fit):
     data, desc, train = emt
     F = nn_fit.nn.transform(desc.values, desc.atom_numbers)
