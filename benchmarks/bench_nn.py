@@ -11,7 +11,7 @@
   readouts on the network's last-layer features (``validation.committee_check``).
 
 Training set: bulk, vacancy and interstitial groups (the rest is the test set).
-Usage: ``python benchmarks/bench_nn.py [--preset fast] [--repeat 5]``. Prints ratios;
+Usage: ``python benchmarks/bench_nn.py [--preset fast] [--repeat 20]``. Prints ratios;
 asserts nothing.
 """
 
@@ -43,7 +43,7 @@ def _best(fn, repeat: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="default", choices=list(SOAP_PRESETS))
-    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--repeat", type=int, default=20)
     args = parser.parse_args()
     data = datasets.load("emt-alloys")
     train = np.isin(data.groups, TRAIN_GROUPS)
