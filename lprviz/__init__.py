@@ -4,6 +4,9 @@ The pipeline reads ``datasets -> features -> models & rigidity -> views``:
 
 - :mod:`lprviz.datasets` loads, validates and fetches structures;
 - :mod:`lprviz.features` computes SOAP power-spectrum descriptors (featomic);
+- :mod:`lprviz.sources` takes per-atom features from SOAP, an array in the file or a
+  pretrained backbone; :mod:`lprviz.nn` trains a small network whose last layer gives the
+  LLPR; :mod:`lprviz.calibration` turns 1/LPR into calibrated uncertainties;
 - :mod:`lprviz.rigidity` computes LPR, PR and LCPR (Chong et al., JCTC 19, 8020 (2023));
 - :mod:`lprviz.models` fits ridge / sparse-kernel models and committees;
 - :mod:`lprviz.pipeline` ties them together for the CLI and the app;
@@ -24,6 +27,8 @@ _LAZY = {
     "load": "lprviz.datasets",
     "compute_soap": "lprviz.features",
     "SoapHypers": "lprviz.features",
+    "FeatureSource": "lprviz.sources",
+    "descriptors_for": "lprviz.sources",
     "ModelSpec": "lprviz.pipeline",
     "prepare": "lprviz.pipeline",
     "evaluate": "lprviz.pipeline",

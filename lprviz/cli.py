@@ -133,8 +133,10 @@ def _check_numbers(args: argparse.Namespace) -> None:
         if value is not None:
             check_number("--" + field.replace("_", "-"), value, low, high,
                          integer=field.startswith("max_"))
-    if getattr(args, "n_sparse", None) is not None:
-        check_number("--n-sparse", args.n_sparse, *ModelSpec.RANGES["n_sparse"], integer=True)
+    for field in ("n_sparse", "nn_hidden", "nn_seed"):
+        if getattr(args, field, None) is not None:
+            check_number("--" + field.replace("_", "-"), getattr(args, field),
+                         *ModelSpec.RANGES[field.removeprefix("nn_")], integer=True)
     if getattr(args, "scale", None) is not None:
         check_number("--scale", args.scale, *SCALE_RANGE)
     if getattr(args, "forces", False):
@@ -201,9 +203,10 @@ def _soap_hypers(args: argparse.Namespace):
 
     from lprviz.features import SOAP_PRESETS
 
-    if args.preset not in SOAP_PRESETS:
+    preset = "default" if args.preset is None else args.preset
+    if preset not in SOAP_PRESETS:
         raise InputError(
-            f"--preset: expected one of {', '.join(SOAP_PRESETS)}, got {args.preset!r}"
+            f"--preset: expected one of {', '.join(SOAP_PRESETS)}, got {preset!r}"
         )
     overrides = {
         "cutoff": args.cutoff,
@@ -212,8 +215,38 @@ def _soap_hypers(args: argparse.Namespace):
         "gaussian_width": args.gaussian_width,
     }
     return dataclasses.replace(
-        SOAP_PRESETS[args.preset], **{k: v for k, v in overrides.items() if v is not None}
+        SOAP_PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None}
     )
+
+
+def _feature_source(args: argparse.Namespace):
+    """The :class:`lprviz.sources.FeatureSource` of ``lprviz lpr`` and the model kind of its
+    readout: SOAP (with the preset and overrides), ``--features-array NAME`` or a backbone
+    given as ``--model chgnet|sevenn`` (a linear readout on its last-layer features)."""
+    from lprviz import sources
+
+    soap = [o for o, v in (("--preset", args.preset), ("--cutoff", args.cutoff),
+                           ("--max-radial", args.max_radial),
+                           ("--max-angular", args.max_angular),
+                           ("--gaussian-width", args.gaussian_width)) if v is not None]
+    backbone = args.model in sources.backbone_names()
+    if args.features_array is not None or backbone:
+        what = (f"--features-array {args.features_array}" if args.features_array is not None
+                else f"--model {args.model}")
+        if soap:
+            raise InputError(f"{soap[0]}: a SOAP option, but {what} takes its features "
+                             "from elsewhere; drop the SOAP options")
+        if args.features_array is not None and (backbone or args.model == "nn"):
+            raise InputError(f"--features-array: not with --model {args.model} (it has "
+                             "features of its own)")
+    if backbone:
+        reason = sources.backbone_unavailable(args.model)
+        if reason is not None:
+            raise InputError(f"--model {args.model}: {reason}")
+        return sources.FeatureSource(args.model), "linear"
+    if args.features_array is not None:
+        return sources.FeatureSource("array", array=args.features_array), args.model
+    return sources.FeatureSource("soap", hypers=_soap_hypers(args)), args.model
 
 
 def _reference_set(args: argparse.Namespace, data):
@@ -251,15 +284,17 @@ def _reference_set(args: argparse.Namespace, data):
     return ref
 
 
-def _reference_space(args, reference, data, desc, spec, steps, store=None):
+def _reference_space(args, reference, data, desc, spec, steps, store=None, features=None):
     """Scale and active set fixed by the reference (``args.scale`` and None without one) and
     their provenance entries. With a :class:`_FrameDescriptors` ``store`` (``lprviz lpr``),
-    reference frames of ``data`` are featurised through it (once per distinct structure)."""
+    reference frames of ``data`` are featurised through it (once per distinct structure);
+    a reference file through ``features`` (:class:`lprviz.sources.FeatureSource`, default
+    the SOAP of ``desc.hypers``)."""
     import numpy as np
 
     from lprviz.export import group_summary
-    from lprviz.features import compute_soap
     from lprviz.pipeline import reference_space
+    from lprviz.sources import FeatureSource, descriptors_for
 
     if reference is None:
         origin = "training" if args.scale is None else "option"
@@ -269,14 +304,16 @@ def _reference_space(args, reference, data, desc, spec, steps, store=None):
         if store is None:
             ref_desc, atoms = desc, reference[data.structure_index]
         else:
-            with steps("SOAP of the reference", bar=True) as progress:
+            with steps(f"{store.source.label} of the reference", bar=True) as progress:
                 ref_desc = store.descriptors(np.flatnonzero(reference), progress)
             atoms = np.ones(len(ref_desc.values), dtype=bool)
     else:
         groups, source = reference.groups, args.reference_train
-        with steps("SOAP of the reference", bar=True) as progress:
-            ref_desc = compute_soap(reference.frames, desc.hypers, species=desc.species,
-                                    progress=progress, cache=store is None)
+        if features is None:
+            features = FeatureSource("soap", hypers=desc.hypers)
+        with steps(f"{features.label} of the reference", bar=True) as progress:
+            ref_desc = descriptors_for(reference, features, species=desc.species,
+                                       progress=progress, cache=store is None)
         atoms = np.ones(reference.n_atoms, dtype=bool)
     with steps("reference feature space"):
         scale, nystrom = reference_space(ref_desc, atoms, spec)
@@ -286,7 +323,8 @@ def _reference_space(args, reference, data, desc, spec, steps, store=None):
 
 
 class _FrameDescriptors:
-    """SOAP of the frames of one dataset, each distinct structure featurised at most once.
+    """Features of the frames of one dataset (a :class:`lprviz.sources.FeatureSource`),
+    each distinct structure featurised at most once.
 
     Frames featurised for training (or the reference) are kept and reused when the same
     structure appears again (a test file that repeats training frames), as are structures
@@ -294,17 +332,23 @@ class _FrameDescriptors:
     and not kept, so test frames can stream through in chunks.
     """
 
-    def __init__(self, data, hypers, species):
+    def __init__(self, data, source, species):
         from collections import Counter
 
         from lprviz.features import structure_key
+        from lprviz.sources import read_array
 
-        self.data, self.hypers, self.species = data, hypers, tuple(species)
+        self.data, self.source, self.species = data, source, tuple(species)
+        if source.kind == "array":
+            # checked once over the whole dataset, so a bad frame is named by its index
+            # before any work (chunks below read frames of subsets)
+            read_array(data, source.array)
         self.keys = [structure_key(a) for a in data.frames]
         counts = Counter(self.keys)
         self.repeated = {k for k, n in counts.items() if n > 1}  # kept when first seen
         self.kept: dict[bytes, object] = {}  # structure key -> (n_atoms, d) array
         self.blocks: dict = {}
+        self.provenance: dict = {}
 
     def descriptors(self, frames, progress=None, *, keep: bool = True):
         """:class:`lprviz.features.Descriptors` of ``frames`` (indices, in order)."""
@@ -322,13 +366,14 @@ class _FrameDescriptors:
             .astype(np.int64),
             species=self.species,
             blocks=self.blocks,
-            hypers=self.hypers,
+            hypers=self.source.hypers,
+            provenance=self.provenance,
         )
 
     def _values(self, frames, progress, *, keep: bool) -> list:
         import numpy as np
 
-        from lprviz.features import compute_soap
+        from lprviz.sources import descriptors_for
 
         first: dict[bytes, int] = {}
         for i in frames:  # distinct structures not featurised yet, in order
@@ -338,10 +383,9 @@ class _FrameDescriptors:
         new = {}
         if first:
             todo = list(first.values())
-            desc = compute_soap([self.data.frames[i] for i in todo], self.hypers,
-                                species=self.species, progress=progress, cache=False,
-                                names=[self.data.names[i] for i in todo])
-            self.blocks = desc.blocks
+            desc = descriptors_for(self.data.subset(todo), self.source, species=self.species,
+                                   progress=progress, cache=False)
+            self.blocks, self.provenance = desc.blocks, desc.provenance
             sizes = np.asarray(self.data.frame_sizes)[todo]
             for key, part in zip(first, np.split(desc.values, np.cumsum(sizes)[:-1]),
                                  strict=True):
@@ -446,8 +490,9 @@ def _cmd_lpr(args: argparse.Namespace) -> int:
     steps = _Steps(enabled=not args.quiet)
     alphas = _parse_alphas(args.alpha)
     _check_numbers(args)
-    hypers = _soap_hypers(args)
-    spec = ModelSpec(kind=args.model, baseline=args.baseline, n_sparse=args.n_sparse)
+    source, kind = _feature_source(args)
+    spec = ModelSpec(kind=kind, baseline=args.baseline, n_sparse=args.n_sparse,
+                     hidden=args.nn_hidden, seed=args.nn_seed)
     _refuse_input_as_output(args.output, "-o", {
         "--train": args.train, "--test": args.test, "--dataset": args.dataset,
         "--reference-train": args.reference_train})
@@ -455,16 +500,20 @@ def _cmd_lpr(args: argparse.Namespace) -> int:
         data, train = _lpr_inputs(args)
         reference = _reference_set(args, data)
     species = getattr(reference, "species", data.species)  # a reference file fixes them
-    store = _FrameDescriptors(data, hypers, species)
+    checking = (steps(f"checking {source.label}") if source.kind == "array"
+                else contextlib.nullcontext())
+    with checking:
+        store = _FrameDescriptors(data, source, species)
     train_frames = np.flatnonzero(train)
     test_frames = np.flatnonzero(~train)
-    with steps("SOAP", bar=True) as progress:  # of the training structures
+    with steps(source.label, bar=True) as progress:  # of the training structures
         desc_train = store.descriptors(train_frames, progress)
     scale, nystrom, provenance = _reference_space(args, reference, data, desc_train, spec,
-                                                  steps, store=store)
+                                                  steps, store=store, features=source)
     force_weight = args.force_weight if args.forces else None
-    what = " (energies and forces)" if args.forces else ""
-    with steps(f"factorising the model of {train_frames.size} training structures{what}"):
+    what = "training the network and factorising" if kind == "nn" else "factorising"
+    forces_what = " (energies and forces)" if args.forces else ""
+    with steps(f"{what} the model of {train_frames.size} training structures{forces_what}"):
         fit = prepare(data.subset(train_frames), desc_train,
                       np.ones(train_frames.size, dtype=bool), spec, scale=scale,
                       nystrom=nystrom, project=False, force_weight=force_weight)
@@ -479,7 +528,8 @@ def _cmd_lpr(args: argparse.Namespace) -> int:
     n_test_atoms = int(np.asarray(data.frame_sizes)[test_frames].sum())
     summary = []
     # the streamed phases, reported as steps of their own (times summed over chunks)
-    times = dict.fromkeys(["SOAP of the test structures",
+    featurise = f"{source.label} of the test structures"
+    times = dict.fromkeys([featurise,
                            *(["SOAP gradients of the test structures"] if args.forces else []),
                            *(f"LPR at alpha={a:g}" for a in alphas),
                            *(["LCPR per descriptor block"] if args.lcpr else []),
@@ -494,7 +544,7 @@ def _cmd_lpr(args: argparse.Namespace) -> int:
             desc = store.descriptors(chunk, keep=False)
             phi = fit.model_features(desc.values, desc.atom_numbers)
             del desc
-            times["SOAP of the test structures"] += time.perf_counter() - start
+            times[featurise] += time.perf_counter() - start
             grads = None
             if args.forces:
                 start = time.perf_counter()
@@ -716,6 +766,7 @@ def build_parser() -> argparse.ArgumentParser:
     """Build the argument parser of the ``lprviz`` command."""
     from lprviz import __version__
     from lprviz.pipeline import DEFAULT_FORCE_WEIGHT, MODEL_KINDS
+    from lprviz.sources import backbone_names
 
     parser = argparse.ArgumentParser(prog="lprviz", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"lprviz {__version__}")
@@ -728,12 +779,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train-groups", help="comma-separated groups of --dataset to train on")
     p.add_argument("--alpha", default="1e-4",
                    help="regulariser(s), comma-separated (default 1e-4)")
-    p.add_argument("--model", choices=MODEL_KINDS, default="linear")
+    p.add_argument("--model", choices=(*MODEL_KINDS, *backbone_names()), default="linear",
+                   help="readout model: linear / sparse-kernel / nn (a small network trained "
+                        "on SOAP; its last hidden layer gives the LLPR), or a pretrained "
+                        "backbone whose last-layer features get a linear readout refit on "
+                        "the training set (needs pip install 'lprviz[nn]')")
+    p.add_argument("--nn-hidden", type=int, default=32,
+                   help="nn model: width of the hidden layers (default 32)")
+    p.add_argument("--nn-seed", type=int, default=0, help="nn model: training seed (default 0)")
+    p.add_argument("--features-array", metavar="NAME",
+                   help="features from the per-atom array NAME of the input files (e.g. "
+                        "descriptors written into the extxyz) instead of SOAP")
     p.add_argument("--n-sparse", type=int, default=500,
                    help="active environments of the sparse-kernel model (default 500)")
     p.add_argument("--baseline", action=argparse.BooleanOptionalAction, default=True,
                    help="per-species composition baseline in the model (default on)")
-    p.add_argument("--preset", default="default", help="SOAP preset: fast, default, accurate")
+    p.add_argument("--preset", default=None,
+                   help="SOAP preset: fast, default (the default), accurate")
     p.add_argument("--cutoff", type=float, help="SOAP cutoff radius in A (overrides preset)")
     p.add_argument("--max-radial", type=int, help="SOAP largest radial index (inclusive)")
     p.add_argument("--max-angular", type=int, help="SOAP largest angular channel l")

@@ -138,9 +138,10 @@ def provenance(ds, results, extra: Mapping[str, object] | None = None) -> dict[s
     -------
     dict
         Plain identifiers -> int, float, bool or plain string: the lprviz version, dataset,
-        model kind, baseline, active environments and zeta (sparse kernel), SOAP
-        hyper-parameters, feature scale and where it came from, and the training set's size
-        and groups.
+        model kind, baseline, active environments and zeta (sparse kernel), the feature
+        source (``features``: soap, array, a backbone; ``features_array``,
+        ``features_model``, ``features_model_version``), SOAP hyper-parameters, feature
+        scale and where it came from, and the training set's size and groups.
     """
     from lprviz import __version__
 
@@ -155,7 +156,12 @@ def provenance(ds, results, extra: Mapping[str, object] | None = None) -> dict[s
             n_active = getattr(first, "n_active", None)
             out["n_sparse"] = int(spec.n_sparse if n_active is None else n_active)
             out["zeta"] = int(spec.zeta)
+        if spec.kind == "nn":
+            out["nn_hidden"] = int(spec.hidden)
+            out["nn_seed"] = int(spec.seed)
     hypers = getattr(first, "hypers", None)
+    # the feature source (lprviz.sources): SOAP unless the results say otherwise
+    out.update(getattr(first, "features", None) or ({"features": "soap"} if hypers else {}))
     if hypers is not None:
         for key, value in dataclasses.asdict(hypers).items():
             out[f"soap_{key}"] = value

@@ -152,8 +152,11 @@ class Descriptors:
     blocks : dict of str to numpy.ndarray of int
         Column indices per species pair (``"Cu-Cu"``, ``"Cu-Pt"``...) and per angular channel
         (``"l=0"``...), e.g. for component-wise LPR.
-    hypers : SoapHypers
-        Hyper-parameters used.
+    hypers : SoapHypers or None
+        Hyper-parameters used (None for features that are not SOAP, :mod:`lprviz.sources`).
+    provenance : dict of str to str
+        Where the features come from, for exported files (``{"features": "array",
+        "features_array": "mace"}``; empty for :func:`compute_soap`, which means SOAP).
     """
 
     values: np.ndarray
@@ -161,7 +164,8 @@ class Descriptors:
     atom_numbers: np.ndarray
     species: tuple[int, ...]
     blocks: dict[str, np.ndarray] = field(default_factory=dict)
-    hypers: SoapHypers = field(default_factory=SoapHypers)
+    hypers: SoapHypers | None = field(default_factory=SoapHypers)
+    provenance: dict[str, str] = field(default_factory=dict)
 
     @property
     def n_frames(self) -> int:

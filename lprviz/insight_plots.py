@@ -14,6 +14,7 @@ from lprviz.plots import escape, format_number, format_numbers, log10_ticks_axis
 
 __all__ = [
     "addition_figure",
+    "calibration_figure",
     "error_vs_lpr_figure",
     "lcpr_figure",
     "spread_figure",
@@ -178,4 +179,46 @@ def lcpr_figure(names: Sequence[str], lcpr: np.ndarray, lpr: float,
                   annotation_text=f"LPR {format_number(lpr)}", annotation_position="top left")
     fig.update_layout(yaxis=log_axis(lcpr, lpr, title="LCPR"), xaxis={"title": "block"},
                       margin=_MARGIN, height=380, legend={"font": {"size": 10}})
+    return fig
+
+
+def calibration_figure(predicted: np.ndarray, observed: np.ndarray, counts: np.ndarray,
+                       *, sigma: np.ndarray | None = None,
+                       errors: np.ndarray | None = None) -> go.Figure:
+    """Calibration plot: observed RMSE against predicted uncertainty per bin (log-log).
+
+    Parameters
+    ----------
+    predicted, observed : numpy.ndarray of shape (n_bins,)
+        RMS predicted uncertainty and RMS observed error of each bin (eV), e.g.
+        :func:`lprviz.calibration.calibration_curve`.
+    counts : numpy.ndarray of shape (n_bins,)
+        Structures per bin (hover).
+    sigma, errors : numpy.ndarray of shape (n,), optional
+        Every structure's predicted uncertainty and |error|, drawn faintly behind the bins.
+    """
+    predicted, observed = np.asarray(predicted, float), np.asarray(observed, float)
+    fig = go.Figure()
+    if sigma is not None and errors is not None:
+        err = np.abs(np.asarray(errors, float))
+        err = np.maximum(err, err[err > 0].min() if np.any(err > 0) else 1e-12)
+        fig.add_trace(go.Scattergl(x=np.asarray(sigma, float), y=err, mode="markers",
+                                   name="held-out structures (|error|)",
+                                   marker={"size": 4, "color": _RANDOM, "opacity": 0.4}))
+    both = np.concatenate([predicted, observed])
+    both = both[np.isfinite(both) & (both > 0)]
+    if both.size:
+        ends = [both.min(), both.max()]
+        fig.add_trace(go.Scatter(x=ends, y=ends, mode="lines", name="perfect calibration",
+                                 line={"color": "#444", "dash": "dot"}))
+    fig.add_trace(go.Scatter(
+        x=predicted, y=observed, mode="lines+markers", name="binned RMSE",
+        marker={"size": 8, "color": _GUIDED},
+        text=[f"predicted {format_number(a)} eV<br>observed {format_number(b)} eV<br>{int(n)} "
+              "structures" for a, b, n in zip(predicted, observed, counts, strict=True)],
+        hovertemplate="%{text}<extra></extra>"))
+    fig.update_layout(xaxis=log_axis(predicted, sigma if sigma is not None else predicted,
+                                     title="predicted uncertainty (eV)"),
+                      yaxis=log_axis(observed, title="observed error (eV)"),
+                      margin=_MARGIN, height=380)
     return fig

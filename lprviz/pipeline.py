@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 import numpy as np
@@ -41,6 +41,7 @@ from lprviz.models import (
     fit_nystrom,
     predict_forces,
 )
+from lprviz.nn import NNFeatureMap, fit_nn, torch_missing
 from lprviz.rigidity import (
     RigiditySolver,
     data_share,
@@ -56,7 +57,7 @@ __all__ = [
     "evaluate", "evaluate_features", "prepare", "reference_space",
 ]
 
-MODEL_KINDS = ("linear", "sparse-kernel")
+MODEL_KINDS = ("linear", "sparse-kernel", "nn")
 
 #: Accepted regulariser values (features are scaled to |x|^2 ~ 1, so alpha >> 1 already
 #: means the data no longer matter; far larger values overflow the LPR).
@@ -80,9 +81,12 @@ class ModelSpec:
 
     Parameters
     ----------
-    kind : {"linear", "sparse-kernel"}
-        Ridge regression on the SOAP vectors, or sparse kernel ridge (Nyström features of
-        ``(x̂ . ŷ)^zeta`` with ``n_sparse`` FPS-selected active environments).
+    kind : {"linear", "sparse-kernel", "nn"}
+        Ridge regression on the SOAP vectors, sparse kernel ridge (Nyström features of
+        ``(x̂ . ŷ)^zeta`` with ``n_sparse`` FPS-selected active environments), or the linear
+        readout of a small neural network trained on the training frames' SOAP
+        (:mod:`lprviz.nn`; its LPR is the last-layer prediction rigidity). "nn" needs torch
+        (``pip install 'lprviz[nn]'``).
     baseline : bool
         Append per-species one-hot columns (a composition baseline that is part of the
         model and of the LPR; see :func:`lprviz.models.append_baseline`).
@@ -94,6 +98,10 @@ class ModelSpec:
         Train on forces too with this weight :math:`\\lambda_F` (A^2/atom^2), as
         ``prepare(..., force_weight=)`` (which overrides it); None: energies only. Part of the
         spec so every cache keyed by the model tells force-trained fits apart.
+    hidden : int
+        Width of the network's hidden layers (nn only): its last-layer feature count.
+    seed : int
+        Seed of the network's initial weights and held-out frames (nn only).
     """
 
     kind: str = "linear"
@@ -101,14 +109,19 @@ class ModelSpec:
     n_sparse: int = 500
     zeta: int = 2
     force_weight: float | None = None
+    hidden: int = 32
+    seed: int = 0
 
     #: Accepted ranges (inclusive). The model width ``d`` has its own limit, checked by
     #: :func:`prepare` (``Limits.max_features``).
-    RANGES: ClassVar[dict[str, tuple[int, int]]] = {"n_sparse": (1, 1_000_000), "zeta": (1, 10)}
+    RANGES: ClassVar[dict[str, tuple[int, int]]] = {
+        "n_sparse": (1, 1_000_000), "zeta": (1, 10), "hidden": (1, 1024), "seed": (0, 2**31 - 1)}
 
     def __post_init__(self) -> None:
         if self.kind not in MODEL_KINDS:
             raise InputError(f"model: expected one of {', '.join(MODEL_KINDS)}, got {self.kind!r}")
+        if self.kind == "nn" and torch_missing() is not None:
+            raise InputError(f"model nn: {torch_missing()}")
         for name, (low, high) in self.RANGES.items():
             object.__setattr__(self, name, check_number(name, getattr(self, name), low, high,
                                                         integer=True))
@@ -172,6 +185,10 @@ class Fit:
         Thin fit only: ``atom_rows(index) -> (descriptor values, atomic numbers)`` of those
         atoms, read from the descriptors the fit was prepared from (referenced, not copied,
         and not counted as the fit's memory); what :meth:`atom_projections` projects.
+    features : dict of str to str
+        Where the descriptors come from (``Descriptors.provenance``, :mod:`lprviz.sources`).
+    nn : lprviz.nn.NNFeatureMap or None
+        The trained network of the nn model (its last hidden layer are the model features).
     """
 
     spec: ModelSpec
@@ -193,6 +210,8 @@ class Fit:
     notice: str | None = None
     residual2: np.ndarray | None = None
     atom_rows: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]] | None = None
+    features: dict[str, str] = field(default_factory=dict)
+    nn: NNFeatureMap | None = None
 
     @property
     def n_frames(self) -> int:
@@ -219,7 +238,12 @@ class Fit:
         Use this to add structures to :attr:`solver` (``solver.with_structures``) or to
         compute the LPR of new atoms with the same model.
         """
-        phi = self.nystrom.transform(values) if self.nystrom is not None else values
+        if self.nystrom is not None:
+            phi = self.nystrom.transform(values)
+        elif self.nn is not None:
+            phi = self.nn.transform(values, atom_numbers)
+        else:
+            phi = values
         if self.spec.baseline:
             phi = append_baseline(phi, atom_numbers, self.species, scale=self.scale)
         return np.asarray(phi, dtype=np.float64)
@@ -265,6 +289,8 @@ class Results:
         :math:`\\lambda_F` of the model (provenance).
     notice : str or None
         The fit's one-line notice (training frames used for energies only), for display.
+    features : dict of str to str or None
+        Where the descriptors come from (:attr:`Fit.features`).
     """
 
     alpha: float
@@ -286,6 +312,7 @@ class Results:
     forces: np.ndarray | None = None
     force_weight: float | None = None
     notice: str | None = None
+    features: dict[str, str] | None = None
 
     @property
     def local_error(self) -> np.ndarray | None:
@@ -313,6 +340,7 @@ def prepare(
     *,
     scale: float | None = None,
     nystrom: NystromMap | None = None,
+    nn: NNFeatureMap | None = None,
     project: bool = True,
     force_weight: float | None = None,
 ) -> Fit:
@@ -336,6 +364,9 @@ def prepare(
         choosing one from the training atoms. To compare two training sets, pass set A's
         ``fit.nystrom`` and ``fit.scale`` when preparing set B: otherwise B lives in a
         different feature space and its LPR is not comparable (it may even drop).
+    nn : lprviz.nn.NNFeatureMap, optional
+        nn model only: reuse this trained network instead of training one on the training
+        frames (to compare training sets in one feature space, as ``nystrom``).
     project : bool
         Compute the projections of every atom and frame (what :func:`evaluate` needs). With
         False they are left empty (shape ``(0, d)``) and no full eigenbasis is built: for
@@ -391,12 +422,24 @@ def prepare(
 
     atom_train = train_mask[structure_index]
     _check_model_size(dataset, descriptors, spec, int(atom_train.sum()), nystrom)
+    if nystrom is not None and spec.kind != "sparse-kernel":
+        raise InputError("nystrom: a feature map only applies to the sparse-kernel model")
+    if nn is not None and spec.kind != "nn":
+        raise InputError("nn: a trained network only applies to the nn model")
     if spec.kind == "sparse-kernel":
         if nystrom is None:
             nystrom = fit_nystrom(values[atom_train], spec.n_sparse, zeta=spec.zeta)
         base = nystrom.transform(values)
-    elif nystrom is not None:
-        raise InputError("nystrom: a feature map only applies to the sparse-kernel model")
+    elif spec.kind == "nn":
+        if nn is None:
+            sizes = np.bincount(structure_index, minlength=n_frames)
+            if np.any(sizes[train_mask] == 0):
+                raise InputError(f"dataset '{dataset.name}': a training frame has no atom")
+            nn = fit_nn(values[atom_train], descriptors.atom_numbers[atom_train],
+                        np.cumsum(train_mask)[structure_index[atom_train]] - 1,
+                        energies[train_mask], species=descriptors.species,
+                        hidden=spec.hidden, seed=spec.seed)
+        base = nn.transform(values, descriptors.atom_numbers)
     else:
         base = values
     # Row norms of all atoms once: the sfactor of the training atoms without copying them,
@@ -423,6 +466,9 @@ def prepare(
         force_weight = spec.force_weight
     if force_weight is not None:
         force_weight = check_number("force_weight", force_weight, *FORCE_WEIGHT_RANGE)
+        if spec.kind == "nn" or getattr(descriptors, "hypers", None) is None:
+            raise InputError("forces: training on forces needs SOAP features and the linear or "
+                             "sparse-kernel model (no position gradients of this source)")
         trained = _force_training(dataset, descriptors, train_mask, base.shape[1],
                                   0 if extra is None else extra.shape[1], nystrom, project)
         solver = RigiditySolver.from_rows(
@@ -470,6 +516,8 @@ def prepare(
         # only a thin fit needs them (and it keeps the caller's descriptors alive)
         atom_rows=((lambda index: (np.asarray(raw[index], dtype=np.float64), numbers[index]))
                    if thin else None),
+        features=dict(getattr(descriptors, "provenance", None) or {}),
+        nn=nn,
     )
 
 
@@ -554,6 +602,10 @@ def reference_space(
         Feature map on environments chosen among the reference atoms (sparse kernel), else None.
     """
     spec = ModelSpec() if spec is None else spec
+    if spec.kind == "nn":
+        raise InputError("reference training set: not for the nn model (its features are "
+                         "trained on the training energies; pass a trained network to "
+                         "prepare(nn=...) instead)")
     chosen = np.asarray(descriptors.values, dtype=np.float64)[np.asarray(atom_mask, dtype=bool)]
     if chosen.shape[0] == 0:
         raise InputError("reference training set: no atoms selected")
@@ -570,6 +622,8 @@ def _check_model_size(dataset, descriptors: Descriptors, spec: ModelSpec, n_trai
     if spec.kind == "sparse-kernel":
         base = nystrom.n_features if nystrom is not None else min(spec.n_sparse, n_train_atoms)
         what = f"{base} active environments"
+    elif spec.kind == "nn":
+        base, what = spec.hidden, f"{spec.hidden} last-layer features"
     else:
         base = int(np.shape(descriptors.values)[1])
         what = f"{base} SOAP features ({n_species} species)"
@@ -725,7 +779,7 @@ def _provenance(fit: Fit) -> dict:
     """The model fields of :class:`Results` (small copies of the fit's)."""
     return {"spec": fit.spec, "scale": fit.scale, "hypers": fit.hypers,
             "n_active": None if fit.nystrom is None else len(fit.nystrom.active_index),
-            "force_weight": fit.force_weight}
+            "force_weight": fit.force_weight, "features": fit.features}
 
 
 def coordination(frames, cutoff: float) -> np.ndarray:

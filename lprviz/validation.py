@@ -374,12 +374,15 @@ def fit_blocks(fit, descriptors) -> dict[str, np.ndarray]:
     Raises
     ------
     InputError
-        For the sparse-kernel model: its Nyström features do not split into SOAP blocks.
+        For the sparse-kernel and nn models: their features do not split into SOAP blocks;
+        for features that are not SOAP (:mod:`lprviz.sources`): they have no blocks.
     """
-    if fit.nystrom is not None:
-        raise InputError(
-            "LCPR per SOAP block needs the linear model (Nystrom features mix all blocks)"
-        )
+    if fit.spec.kind != "linear":
+        raise InputError(f"LCPR per SOAP block needs the linear model ({fit.spec.kind} "
+                         "features mix all blocks)")
+    if not descriptors.blocks:
+        raise InputError("LCPR per descriptor block needs SOAP features (per-atom arrays and "
+                         "backbone features have no blocks)")
     d_soap = descriptors.values.shape[1]
     blocks = {name: np.asarray(cols) for name, cols in descriptors.blocks.items()}
     if fit.solver.n_features > d_soap:

@@ -5,7 +5,8 @@ Some tests check the whole pipeline on real data: the mlearn Si files of Zuo et 
 ``$LPRVIZ_MLEARN_DIR``, else in ``shared/data/mlearn_zuo2020`` beside the repository (where
 this project's CI lays them); with neither they skip and say so. ``.ci/run`` sets
 ``LPRVIZ_REQUIRE_REFERENCE_DATA=1`` when the folder is there, so that a test that cannot find
-files that are present fails instead of skipping.
+files that are present fails instead of skipping. :func:`emt_subset` gives the tests' small
+random subsets of the shipped EMT set with their SOAP.
 """
 
 from __future__ import annotations
@@ -29,3 +30,21 @@ def mlearn_dir() -> Path:
     if os.environ.get("LPRVIZ_REQUIRE_REFERENCE_DATA") == "1":
         pytest.fail(message, pytrace=False)
     pytest.skip(message)
+
+
+def emt_subset(n_frames: int, n_train: int, hypers, *, seed: int):
+    """``(data, descriptors, train_mask)``: ``n_frames`` random frames of the shipped
+    emt-alloys set (every group), their SOAP with ``hypers`` (the full set's species) and
+    ``n_train`` of them as the training set."""
+    import numpy as np
+
+    from lprviz import datasets
+    from lprviz.features import compute_soap
+
+    full = datasets.load("emt-alloys")
+    rng = np.random.default_rng(seed)
+    data = full.subset(np.sort(rng.choice(len(full.frames), size=n_frames, replace=False)))
+    desc = compute_soap(data.frames, hypers, species=full.species, cache=False)
+    train = np.zeros(len(data.frames), dtype=bool)
+    train[rng.choice(len(data.frames), size=n_train, replace=False)] = True
+    return data, desc, train

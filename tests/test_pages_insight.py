@@ -78,8 +78,8 @@ def test_validate_page_sections():
     table = at.dataframe[0].value
     assert {"name", "group", "atoms", "composition", "PR"} <= set(table.columns)
     assert np.all(np.diff(table["PR"].to_numpy()) >= 0)
-    # LCPR bars, local errors, trade-off (EMT has reference local energies)
-    assert len(at.get("plotly_chart")) == 3
+    # calibration, LCPR bars, local errors, trade-off (EMT has reference local energies)
+    assert len(at.get("plotly_chart")) == 4
     labels = [m.label for m in at.metric]
     assert "Large errors among lowest-LPR 5%" in labels
     low = float(at.metric[0].value.rstrip("%"))
@@ -88,7 +88,7 @@ def test_validate_page_sections():
 
     at.toggle(key="val_committee").set_value(True).run()
     _no_errors(at)
-    assert len(at.get("plotly_chart")) == 4
+    assert len(at.get("plotly_chart")) == 5
 
 
 def _markdown(at: AppTest) -> str:

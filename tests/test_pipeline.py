@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from ase.build import bulk, molecule
-from reference_data import mlearn_dir
+from reference_data import emt_subset, mlearn_dir
 from skmatter.metrics import local_prediction_rigidity as skmatter_lpr
 
 from lprviz import datasets, rigidity
@@ -29,13 +29,7 @@ HYPERS = SoapHypers(cutoff=4.5, max_radial=4, max_angular=3)
 @pytest.fixture(scope="module")
 def emt():
     """A 60-frame subset of the shipped EMT set (every group), with descriptors."""
-    full = datasets.load("emt-alloys")
-    rng = np.random.default_rng(0)
-    data = full.subset(np.sort(rng.choice(len(full.frames), size=60, replace=False)))
-    desc = compute_soap(data.frames, HYPERS, species=full.species, cache=False)
-    train = np.zeros(len(data.frames), dtype=bool)
-    train[rng.choice(len(data.frames), size=40, replace=False)] = True
-    return data, desc, train
+    return emt_subset(60, 40, HYPERS, seed=0)
 
 
 def _per_frame(values, structure_index, frames):

@@ -39,7 +39,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from lprviz import datasets, features, pipeline, validation
+from lprviz import datasets, features, pipeline, sources, validation
 
 T = TypeVar("T")
 
@@ -231,7 +231,9 @@ def dataset(source: str) -> datasets.Dataset:
 
 
 def descriptors(source: str, preset: str) -> features.Descriptors:
-    """SOAP descriptors of every atom of ``source``; a progress bar while featurising.
+    """Per-atom features of every atom of ``source``: ``preset`` is the feature source's key
+    (:func:`lprviz.sources.from_key`: a SOAP preset, ``"array:NAME"``, a backbone); a
+    progress bar while featurising.
 
     Kept as float32 (half the server's largest array: 0.56 instead of 1.12 GiB at 100k
     atoms, d = 1473); every consumer computes in float64 from these rounded values.
@@ -241,17 +243,17 @@ def descriptors(source: str, preset: str) -> features.Descriptors:
     """
     def compute() -> features.Descriptors:
         ds = dataset(source)
-        bar = st.progress(0.0, text=f"Featurising {ds.n_atoms} atoms (SOAP '{preset}')...")
+        features_source, what = sources.from_key(preset), sources.key_label(preset)
+        bar = st.progress(0.0, text=f"Featurising {ds.n_atoms} atoms ({what})...")
 
         def progress(done: int, total: int) -> None:
             bar.progress(min(1.0, done / max(total, 1)),
-                         text=f"Featurising (SOAP '{preset}'): {done}/{total} atoms")
+                         text=f"Featurising ({what}): {done}/{total} atoms")
 
         try:
             # An upload's descriptors stay out of the disk cache: it would outlive the session.
-            desc = features.compute_soap(ds.frames, features.SOAP_PRESETS[preset],
-                                         species=ds.species, progress=progress,
-                                         cache=not _is_upload(source))
+            desc = sources.descriptors_for(ds, features_source, progress=progress,
+                                           cache=not _is_upload(source))
             return dataclasses.replace(desc, values=desc.values.astype(np.float32))
         finally:
             bar.empty()
@@ -274,10 +276,12 @@ def fit(source: str, preset: str, train: tuple[int, ...], spec: pipeline.ModelSp
         mask = np.zeros(len(ds.frames), dtype=bool)
         mask[list(train)] = True
         what = f"{len(train)} training structures"
-        with st.spinner(f"Factorising the model of {what} ({spec.kind})..."):
+        step = "Training the network and factorising" if spec.kind == "nn" else "Factorising"
+        with st.spinner(f"{step} the model of {what} ({spec.kind})..."):
             if ref is None:
                 return pipeline.prepare(ds, desc, mask, spec)
-            return pipeline.prepare(ds, desc, mask, spec, scale=ref.scale, nystrom=ref.nystrom)
+            return pipeline.prepare(ds, desc, mask, spec, scale=ref.scale, nystrom=ref.nystrom,
+                                    nn=ref.nn)
 
     return FITS.get((source, preset, tuple(train), spec, reference), compute)
 
@@ -401,3 +405,15 @@ def composition_lesson(source: str, preset: str, alpha: float):
             return lessons.composition_lesson(ds, desc, alpha=alpha)
 
     return DERIVED.get((source, "composition_lesson", preset, alpha), compute)
+
+
+def calibration(source: str, preset: str, train: tuple[int, ...], spec: pipeline.ModelSpec,
+                alpha: float):
+    """:func:`lprviz.calibration.calibrate` of the model at ``alpha`` (held-out structures)."""
+    from lprviz.calibration import calibrate
+
+    def compute():
+        model = fit(source, preset, train, spec)
+        return calibrate(model, results(source, preset, train, spec, None, alpha))
+
+    return DERIVED.get((source, "calibration", preset, tuple(train), spec, alpha), compute)

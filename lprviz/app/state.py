@@ -25,7 +25,8 @@ from pathlib import Path
 import numpy as np
 import streamlit as st
 
-from lprviz import datasets, features, pipeline, selection
+from lprviz import datasets, features, nn, pipeline, selection
+from lprviz import sources as feature_sources
 from lprviz.app import caches, uploads
 from lprviz.app.common import plain_text
 from lprviz.errors import InputError
@@ -86,7 +87,8 @@ class Settings:
     source: str  # what caches.dataset loads: a dataset name, a stored upload's path, or
     # caches.combined_source(training file, test file)
     label: str  # what the user sees (dataset name or uploaded file name)
-    preset: str  # SOAP preset
+    preset: str  # the feature source's key (lprviz.sources.from_key): a SOAP preset name,
+    # "array:NAME" or a backbone name; every cached step is keyed by it
     spec: pipeline.ModelSpec
     split: Split | None = None  # uploads only: the chosen train/test split
 
@@ -179,11 +181,18 @@ def sidebar() -> Settings:
                          key="upload", on_change=_on_upload)
         if "_upload_error" in st.session_state:
             st.error(plain_text(st.session_state.pop("_upload_error")))
-        st.selectbox("SOAP preset", list(features.SOAP_PRESETS), key="soap_preset",
-                     help="Cutoff 5 A sees second neighbours, which is what separates a "
-                          "surface atom from bulk; 'fast' is coarser.")
-        st.radio("Model", list(pipeline.MODEL_KINDS), key="model_kind", horizontal=True,
-                 help="Linear ridge on SOAP, or sparse kernel ridge (Nystrom features).")
+    label = st.session_state["dataset_label"]
+    source = registry.get(label, sources.get(label, label))
+    with st.sidebar:
+        key = _features_choice(source)
+        kinds = [k for k in pipeline.MODEL_KINDS if k != "nn" or nn.torch_missing() is None]
+        if st.session_state["model_kind"] not in kinds:
+            st.session_state["model_kind"] = kinds[0]
+        st.radio("Model", kinds, key="model_kind", horizontal=True,
+                 help="Linear ridge on the features, sparse kernel ridge (Nystrom features), "
+                      "or the linear readout of a small neural network trained on them (its "
+                      "LPR is the last-layer LPR, LLPR).")
+        _features_caption(key, st.session_state["model_kind"])
         forces = st.toggle("Train on forces too", key="train_forces",
                            help="Fit energies and forces (frames without forces count for "
                                 "energies only): the LPR of a potential trained like real "
@@ -196,11 +205,9 @@ def sidebar() -> Settings:
                 value=pipeline.DEFAULT_FORCE_WEIGHT, format="%g", key="force_weight",
                 help="lambda_F of the squared force errors (eV/A) against energies per atom; "
                      "the default makes forces and energies add about equal curvature.")
-    label = st.session_state["dataset_label"]
-    source = registry.get(label, sources.get(label, label))
     if label in sources:
         qp["dataset"] = label
-    current = Settings(source=source, label=label, preset=st.session_state["soap_preset"],
+    current = Settings(source=source, label=label, preset=key,
                        spec=pipeline.ModelSpec(kind=st.session_state["model_kind"],
                                                force_weight=force_weight))
     st.session_state[_SETTINGS] = current  # the split controls may fail: keep a value
@@ -210,6 +217,53 @@ def sidebar() -> Settings:
         st.session_state[_SPLIT_SHOWN] = None
     st.session_state[_SETTINGS] = current
     return current
+
+
+# --------------------------------------------------------------------------- features
+
+
+def _features_choice(source: str) -> str:
+    """Draw the "Features" choice (and the SOAP preset for SOAP); return the source's key
+    (:func:`lprviz.sources.from_key`)."""
+    try:
+        arrays = feature_sources.array_names(caches.dataset(source).frames)
+    except InputError:  # the dataset's own error shows on the page
+        arrays = []
+    options = {"SOAP": None}
+    options.update({f"per-atom array '{name}'": f"array:{name}" for name in arrays})
+    names = feature_sources.backbone_names()
+    usable = [b for b in names if feature_sources.backbone_unavailable(b) is None]
+    options.update({feature_sources.BACKBONE_LABELS.get(b, b): b for b in usable})
+    if st.session_state.get("features_label") not in options:
+        st.session_state["features_label"] = "SOAP"
+    choice = st.selectbox("Features", list(options), key="features_label",
+                          help="SOAP computed here, a numeric per-atom array of your file "
+                               "(e.g. descriptors or latent features of another model), or "
+                               "the last-layer features of a pretrained potential.")
+    if options[choice] is not None:
+        return options[choice]
+    st.selectbox("SOAP preset", list(features.SOAP_PRESETS), key="soap_preset",
+                 help="Cutoff 5 A sees second neighbours, which is what separates a "
+                      "surface atom from bulk; 'fast' is coarser.")
+    return st.session_state["soap_preset"]
+
+
+def _features_caption(key: str, kind: str) -> None:
+    """One line saying what is computed, and how to add the neural-network sources."""
+    source = feature_sources.from_key(key)
+    if source.kind not in ("soap", "array"):
+        st.caption(f"{source.label}: for a frozen backbone, the LPR is that of the readout "
+                   "refit on the chosen training set.")
+    elif kind == "nn":
+        st.caption("nn: the LLPR of a network trained here on the training set; the LPR is "
+                   "that of its readout refit on the chosen training set.")
+    missing = [source.label for source in map(feature_sources.FeatureSource,
+                                              feature_sources.backbone_names())
+               if feature_sources.backbone_unavailable(source.kind) is not None]
+    if nn.torch_missing() is not None:
+        missing.append("the nn model")
+    if missing:
+        st.caption(f"{', '.join(missing)}: pip install 'lprviz[nn]'")
 
 
 # --------------------------------------------------------------------------- user data split

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from lprviz import plots, rigidity, selection
+from lprviz import plots, rigidity, selection, sources
 from lprviz.app import caches, common, state
 from lprviz.viewer import structure_html
 
@@ -109,7 +109,8 @@ def _alpha_dependent(settings: state.Settings) -> None:
         f"{ds.n_atoms} atoms; training set "
         f"{n_train} structures, test {len(ds.frames) - n_train} structures (edit on the "
         f"*Training set* page); alpha = {alpha:.3g}; "
-        f"model {settings.spec.kind}, SOAP '{settings.preset}'."
+        f"model {settings.spec.kind}, "
+        f"{common.plain_text(sources.key_label(settings.preset))}."
     )
     und = np.asarray(res.undetermined, dtype=bool)
     if und.any():

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import streamlit as st
 
-from lprviz import insight_plots, plots, validation
+from lprviz import calibration, insight_plots, plots, validation
 from lprviz.app import caches, common, state
 from lprviz.errors import InputError
 from lprviz.viewer import structure_html
@@ -97,12 +97,39 @@ def _pr_section(settings, ds, res) -> int:
     return frame
 
 
+def _calibration_section(settings, ds, train, alpha, frame: int) -> None:
+    st.subheader("Calibrated uncertainties")
+    try:
+        cal = caches.calibration(settings.source, settings.preset, train, settings.spec, alpha)
+    except InputError as exc:
+        st.info(common.plain_text(str(exc)))
+        return
+    st.plotly_chart(insight_plots.calibration_figure(
+        *calibration.calibration_curve(cal.sigma_frames, cal.errors),
+        sigma=cal.sigma_frames, errors=cal.errors), key="val_calibration")
+    st.caption(f"sigma_k^2 = c / LPR_k(alpha_u), with c = {plots.format_number(cal.factor)} "
+               f"eV^2 and alpha_u = {plots.format_number(cal.alpha)} fitted by maximum "
+               f"likelihood to the total-energy errors of {cal.frames.size} held-out structures "
+               "(the model's predictions stay those at the slider's alpha). Points on the "
+               "dotted line are calibrated.")
+    sel = ds.atoms_of(frame)
+    sigma = cal.sigma_atoms[sel]
+    html = structure_html(ds.frames[frame], sigma, vmin=float(cal.sigma_atoms.min()),
+                          vmax=float(cal.sigma_atoms.max()) * 1.0001, log=True,
+                          colormap=plots.LPR_COLORMAP, atom_info={"sigma (eV)": sigma},
+                          title=f"{ds.names[frame]}: calibrated uncertainty of local energies",
+                          colorbar_label="sigma (eV)", width=620, height=380,
+                          script_url=common.script_url())
+    st.iframe(html, height=470)
+
+
 def _body(settings: state.Settings) -> None:
     ds = caches.dataset(settings.source)
     alpha = state.alpha_slider()
     train = state.training_frames(settings)
     res = state.current_results(settings, alpha)
     frame = _pr_section(settings, ds, res)
+    _calibration_section(settings, ds, train, alpha, frame)
     _lcpr_section(settings, ds, res, train, alpha, frame)
     st.subheader("|Local error| vs LPR")
     common.local_error_section(ds, res, key="val_errors")
