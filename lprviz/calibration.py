@@ -134,7 +134,9 @@ def calibrate(fit, results, *, alphas: np.ndarray = ALPHA_GRID) -> Calibration:
     alphas = np.asarray(alphas, dtype=np.float64)
     pr_sweep = fit.solver.lpr_sweep_from_projections(fit.structure_projections[held], alphas)
     alpha, factor, nll = fit_calibration(errors / sizes, pr_sweep, alphas)
-    lpr = fit.solver.lpr_from_projections(fit.projections, alpha)
+    from lprviz.pipeline import lpr_sweep  # thin or full projections alike
+
+    lpr = lpr_sweep(fit, [alpha])[0]
     pr = pr_sweep[int(np.argmin(nll))]
     return Calibration(alpha=alpha, factor=factor, alphas=alphas, nll=nll,
                        sigma_atoms=np.sqrt(factor / lpr), frames=held, errors=errors,
