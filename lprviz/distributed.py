@@ -1,0 +1,510 @@
+"""``lprviz lpr`` on a Dask cluster (``--workers N`` or ``--scheduler ADDRESS``).
+
+The client reads the input in chunks of frames (never the whole file) and sends each chunk
+to the workers; the workers featurise (:func:`lprviz.features.compute_soap`) and do all
+per-atom work. Three passes over the input:
+
+1. a scan on the client: species (they fix the descriptor layout), groups, frame counts;
+2. training chunks: each worker task returns the raw ``X^T X``, ``X^T y`` and sums of
+   squares of its chunk's mean rows, and these are added pairwise on the workers (a tree of
+   partial sums), so only ``d x d`` matrices and ``d``-vectors travel. The client builds the
+   :class:`~lprviz.rigidity.RigiditySolver` (:meth:`~lprviz.rigidity.RigiditySolver.from_gram`)
+   and factorises it once; the fitted model is broadcast to the workers;
+3. test chunks: each task featurises, evaluates (:func:`lprviz.cli._chunk_results`, the
+   serial command's own per-chunk function) and returns the chunk's extxyz text and its
+   :class:`~lprviz.summary.ChunkSummary`; the client writes the texts in frame order with a
+   bounded number of chunks in flight.
+
+Client memory is ``O(d^2)`` plus a bounded number of chunks (and, with ``--summary``, 9 bytes
+per test atom). Only the linear model is distributed: the sparse-kernel model's FPS needs
+all training descriptors in one place. A killed worker's tasks are re-run by Dask on the
+others (their inputs are held by the scheduler), so the result is unchanged.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import re
+import time
+from collections import Counter, deque
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from lprviz.errors import InputError
+
+__all__ = ["DASK_HINT", "connect", "iter_chunks", "reduce_training", "run_lpr"]
+
+DASK_HINT = "pip install 'lprviz[dask]'"
+
+#: Test or training atoms per task (as the serial command's chunks).
+CHUNK_ATOMS = 4000
+
+#: Seconds to wait for a ``--scheduler`` before giving up.
+CONNECT_TIMEOUT = 10.0
+
+# Suffixes read frame by frame with ase.io.iread; other formats (mlearn JSON, compressed
+# files) are one document and are loaded whole, then cut into chunks.
+_STREAMED = (".xyz", ".extxyz", "")
+
+
+def _distributed():
+    try:
+        import distributed
+    except ImportError:
+        raise InputError(f"--workers/--scheduler need Dask: {DASK_HINT}") from None
+    return distributed
+
+
+@contextlib.contextmanager
+def connect(workers: int | None = None, scheduler: str | None = None, *,
+            timeout: float = CONNECT_TIMEOUT, memory_limit: str | float = "auto"):
+    """A ``distributed.Client``: of a new ``LocalCluster`` of ``workers`` processes (one
+    thread each, ``memory_limit`` per worker) or of the running ``scheduler``; both closed
+    on exit (also on Ctrl-C).
+
+    Raises
+    ------
+    InputError
+        Dask missing, ``workers < 1``, or a scheduler not reached within ``timeout`` seconds.
+    """
+    dd = _distributed()
+    if (workers is None) == (scheduler is None):
+        raise InputError("give one of --workers N or --scheduler ADDRESS")
+    with contextlib.ExitStack() as stack:
+        if scheduler is not None:
+            try:
+                client = dd.Client(scheduler, timeout=timeout)
+            except (OSError, TimeoutError, ValueError) as exc:
+                msg = " ".join(str(exc).split())[:160] or type(exc).__name__
+                raise InputError(f"--scheduler {scheduler}: cannot reach a Dask scheduler "
+                                 f"within {timeout:g} s ({msg})") from None
+        else:
+            if workers < 1:
+                raise InputError(f"--workers: expected at least 1, got {workers}")
+            # featomic's thread pool would otherwise use every core in every worker
+            cluster = stack.enter_context(dd.LocalCluster(
+                n_workers=workers, threads_per_worker=1, processes=True,
+                memory_limit=memory_limit, dashboard_address=None, silence_logs=logging.ERROR,
+                env={"RAYON_NUM_THREADS": "1"}))
+            client = dd.Client(cluster)
+        stack.enter_context(client)
+        yield client
+
+
+# ------------------------------------------------------------------------- reading
+@dataclass
+class _Source:
+    """An input resolved to a streamable file (``path``) or a loaded dataset (``data``)."""
+
+    name: str
+    label: str
+    path: Path | None = None
+    data: object = None
+
+
+def _resolve(value: str) -> _Source:
+    from lprviz import datasets
+    from lprviz.datasets import registry
+
+    if value in registry._SHIPPED:
+        path = registry.shipped_dir() / registry._SHIPPED[value].filename
+        return _Source(value, path.name, path=path)
+    path = Path(value).expanduser()
+    if value not in registry._imported_files() and path.is_file() \
+            and path.suffix.lower() in _STREAMED:
+        return _Source(path.name, path.name, path=path)
+    data = datasets.load(value)  # names, JSON and compressed files: loaded whole
+    return _Source(data.name, data.name, data=data)
+
+
+def _chunk_dataset(source: _Source, frames, start: int):
+    """A Dataset of ``frames`` (the file's frames ``start...``), checked as ``load`` does."""
+    from lprviz.datasets import readers, registry
+
+    meta = {"groups": readers._groups_from_info(frames, None, source=source.label),
+            "names": [str(a.info.get("name", f"{source.label}#{start + i}"))
+                      for i, a in enumerate(frames)],
+            "splits": [readers._split_from_info(a) for a in frames]}
+    for a in frames:
+        readers._energy_to_calc(a)
+    try:
+        return registry._build(source.name, frames, meta, source=source.label,
+                               max_atoms=max(readers.DEFAULT_MAX_ATOMS, sum(map(len, frames))),
+                               provenance=f"file {source.label}", licence="")
+    except InputError as exc:  # frame numbers of the file, not of the chunk
+        raise InputError(re.sub(r"frame (\d+)", lambda m: f"frame {start + int(m[1])}",
+                                str(exc), count=1)) from None
+
+
+def iter_chunks(value: str, chunk_atoms: int = CHUNK_ATOMS) -> Iterator[tuple[int, object]]:
+    """``(first_frame, Dataset)`` chunks of about ``chunk_atoms`` atoms of an input.
+
+    An extxyz file is read frame by frame (``ase.io.iread``) after the count walk of
+    :mod:`lprviz.datasets.readers`; each chunk passes :func:`lprviz.datasets.validate_frames`
+    (limits of :mod:`lprviz.limits`), messages naming the file's frame numbers. Other inputs
+    (dataset names of JSON files, compressed files) are loaded whole and cut into chunks.
+
+    Raises
+    ------
+    InputError
+        As :func:`lprviz.datasets.load` would, for the first bad frame.
+    """
+    import ase.io
+
+    from lprviz.datasets import readers
+
+    source = _resolve(value)
+    if source.data is not None:
+        data = source.data
+        sizes = np.asarray(data.frame_sizes)
+        start = 0
+        for stop in _cuts(sizes, chunk_atoms):
+            yield start, data.subset(np.arange(start, stop))
+            start = stop
+        return
+    head = readers._sniff(source.path, source.label)
+    if not head or not readers._is_text(head):
+        raise InputError(f"{source.label}: expected an extended XYZ text file")
+    readers._check_xyz_counts(source.path, max_atoms=2**62, label=source.label)
+    frames, start, atoms = [], 0, 0
+    try:
+        for a in ase.io.iread(source.path, index=":", format="extxyz"):
+            frames.append(a)
+            atoms += len(a)
+            if atoms >= chunk_atoms:
+                yield start, _chunk_dataset(source, frames, start)
+                start, frames, atoms = start + len(frames), [], 0
+    except InputError:
+        raise
+    except Exception as exc:  # ASE raises many types for malformed files
+        msg = " ".join(str(exc).split())[:200] or type(exc).__name__
+        raise InputError(f"{source.label}: cannot read structures ({msg})") from None
+    if frames:
+        yield start, _chunk_dataset(source, frames, start)
+    elif start == 0:
+        raise InputError(f"{source.label}: no structures found")
+
+
+def _cuts(sizes: np.ndarray, chunk_atoms: int) -> list[int]:
+    """Frame indices ending chunks of at least ``chunk_atoms`` atoms (the last may be less)."""
+    out, atoms = [], 0
+    for i, n in enumerate(sizes):
+        atoms += int(n)
+        if atoms >= chunk_atoms:
+            out.append(i + 1)
+            atoms = 0
+    if not out or out[-1] != len(sizes):
+        out.append(len(sizes))
+    return out
+
+
+@dataclass
+class _Plan:
+    """What the first pass learns: where training and test frames come from."""
+
+    name: str
+    species: tuple[int, ...]
+    train_groups: Counter
+    n_train: int
+    n_test: int
+    n_test_atoms: int
+
+
+def _inputs(args) -> list[tuple[str, str | None]]:
+    """``(input, role)`` pairs: role "train", "test", or None (split by ``--train-groups``)."""
+    if args.dataset is not None:
+        if args.train is not None or args.test is not None:
+            raise InputError("give either --dataset with --train-groups, or --train and --test")
+        if not args.train_groups:
+            raise InputError("--dataset: also give --train-groups G1,G2 (test = the other groups)")
+        return [(args.dataset, None)]
+    if args.train is None or args.test is None:
+        raise InputError("give --train TRAIN and --test TEST (or --dataset NAME --train-groups)")
+    return [(args.train, "train"), (args.test, "test")]
+
+
+def _train_mask(chunk, role, wanted: list[str]) -> np.ndarray:
+    if role is not None:
+        return np.full(len(chunk.frames), role == "train")
+    return np.isin(chunk.groups, wanted)
+
+
+def _scan(args, chunk_atoms: int) -> _Plan:
+    """First pass: species, groups and sizes; the checks the serial command makes on the
+    whole dataset (groups exist, training frames have energies, a test frame exists)."""
+    wanted = [g.strip() for g in (args.train_groups or "").split(",") if g.strip()]
+    species: set[int] = set()
+    groups: Counter = Counter()
+    train_groups: Counter = Counter()
+    n_train = n_test = n_test_atoms = 0
+    names = []
+    for value, role in _inputs(args):
+        seen = False
+        for start, chunk in iter_chunks(value, chunk_atoms):
+            seen = True
+            if start == 0:
+                names.append(chunk.name)
+            species.update(int(z) for z in np.unique(chunk.atom_numbers))
+            groups.update(chunk.groups.tolist())
+            train = _train_mask(chunk, role, wanted)
+            missing = np.flatnonzero(train & ~chunk.has_energy)
+            if missing.size:
+                raise InputError(f"{value}: frame {start + missing[0]} has no energy; "
+                                 "training frames need energies")
+            train_groups.update(chunk.groups[train].tolist())
+            n_train += int(train.sum())
+            n_test += int((~train).sum())
+            n_test_atoms += int(np.asarray(chunk.frame_sizes)[~train].sum())
+        if not seen:
+            raise InputError(f"{value}: contains no structures")
+    if args.dataset is not None:
+        unknown = [g for g in wanted if g not in groups]
+        if unknown:
+            raise InputError(f"--train-groups: dataset '{names[0]}' has no group "
+                             f"{', '.join(unknown)}; groups are {', '.join(sorted(groups))}")
+        if n_test == 0:
+            raise InputError(f"dataset '{names[0]}': --train-groups leave no test frame")
+    return _Plan("+".join(names), tuple(sorted(species)), train_groups, n_train, n_test,
+                 n_test_atoms)
+
+
+# ------------------------------------------------------------------------- worker tasks
+def _train_partial(chunk, hypers, species, baseline: bool) -> dict:
+    """Raw sums of one training chunk: ``M^T M`` and ``M^T y`` of the mean rows
+    ``M = [SOAP rows, composition rows]`` (composition unscaled), the SOAP sum of squares,
+    atom and row counts, and the rows themselves (for the dual route while few)."""
+    from lprviz.features import compute_soap
+    from lprviz.models import composition_features
+    from lprviz.rigidity import structure_features
+
+    desc = compute_soap(chunk.frames, hypers, species=species, cache=False, names=chunk.names)
+    n = len(chunk.frames)
+    norm2 = np.einsum("ij,ij->i", desc.values, desc.values)
+    if not np.all(np.isfinite(norm2)):
+        raise InputError(f"descriptors of dataset '{chunk.name}' contain NaN or inf")
+    rows = structure_features(desc.values, desc.structure_index, n, convention="mean")
+    if baseline:
+        comp = composition_features(desc.atom_numbers, species)
+        rows = np.hstack([rows, structure_features(comp, desc.structure_index, n)])
+    y = chunk.energies / np.asarray(chunk.frame_sizes)
+    return {"gram": rows.T @ rows, "xty": rows.T @ y, "sumsq": float(norm2.sum()),
+            "n_atoms": int(len(norm2)), "n_structures": n, "rows": _few_rows(rows)}
+
+
+def _few_rows(rows: np.ndarray | None) -> np.ndarray | None:
+    from lprviz.rigidity import _DUAL_SHARE
+
+    if rows is None or rows.shape[0] >= _DUAL_SHARE * rows.shape[1]:
+        return None
+    return rows
+
+
+def _add_partials(a: dict, b: dict) -> dict:
+    """Sum of two training partials (rows kept, in order, while they stay few)."""
+    rows = None
+    if a["rows"] is not None and b["rows"] is not None:
+        rows = _few_rows(np.vstack([a["rows"], b["rows"]]))
+    return {"gram": a["gram"] + b["gram"], "xty": a["xty"] + b["xty"],
+            "sumsq": a["sumsq"] + b["sumsq"], "n_atoms": a["n_atoms"] + b["n_atoms"],
+            "n_structures": a["n_structures"] + b["n_structures"], "rows": rows}
+
+
+def _test_chunk(chunk, first: int, fit, weights, alphas, provenance: dict,
+                n_sample: int, summarise: bool):
+    """extxyz text and summary of one test chunk (frames ``first...`` of the output)."""
+    from lprviz.cli import _chunk_results
+    from lprviz.export import annotated_frames, write_extxyz
+    from lprviz.features import compute_soap
+    from lprviz.summary import chunk_summary
+
+    desc = compute_soap(chunk.frames, fit.hypers, species=fit.species, cache=False,
+                        names=chunk.names)
+    phi = fit.model_features(desc.values, desc.atom_numbers)
+    del desc
+    times = Counter()
+    frames = np.arange(len(chunk.frames))
+    results = _chunk_results(fit, weights, alphas, chunk, frames[:0], frames, phi, times)
+    annotated = annotated_frames(chunk, results, include_training=False,
+                                 extra_provenance=provenance)
+    buf = io.StringIO()
+    write_extxyz(buf, annotated)
+    part = None
+    if summarise:
+        part = chunk_summary(first + frames, chunk.names, chunk.groups.tolist(),
+                             chunk.frame_sizes, chunk.atom_numbers, results[0].lpr,
+                             results[0].undetermined, n_sample=n_sample, annotated=annotated)
+    return buf.getvalue(), part, dict(times)
+
+
+# ------------------------------------------------------------------------- client side
+def _bounded(futures: deque, limit: int):
+    """Wait for the oldest futures until at most ``limit`` are unfinished (bounds the
+    chunks the client and the scheduler hold)."""
+    dd = _distributed()
+    while len(futures) > limit:
+        dd.wait([futures.popleft()])
+
+
+def reduce_training(client, chunks, hypers, species, baseline: bool, *,
+                    in_flight: int) -> dict:
+    """Sum the training partials of ``chunks`` (Datasets) on the workers, pairwise as a
+    binary tree (a binary counter of partial sums: at most log2(n) pending), and return
+    the total (``M^T M``, ``M^T y``, counts)."""
+    stack: list[tuple[int, object]] = []  # (level, future of a partial sum), in frame order
+    pending: deque = deque()
+    for chunk in chunks:
+        future = client.submit(_train_partial, chunk, hypers, species, baseline, pure=False)
+        pending.append(future)
+        _bounded(pending, in_flight)
+        level = 0
+        while stack and stack[-1][0] == level:
+            future = client.submit(_add_partials, stack.pop()[1], future, pure=False)
+            level += 1
+        stack.append((level, future))
+    if not stack:
+        raise InputError("no training frame")
+    total = stack.pop()[1]
+    while stack:
+        total = client.submit(_add_partials, stack.pop()[1], total, pure=False)
+    return total.result()
+
+
+def _fit_from_partial(total: dict, spec, hypers, species, scale):
+    """The client's :class:`lprviz.pipeline.Fit` from the reduced sums (what ``prepare``
+    builds from the stacked rows): scale from the sum of squares unless fixed, composition
+    columns multiplied by the scale, one factorisation."""
+    from lprviz.limits import get_limits
+    from lprviz.pipeline import Fit
+    from lprviz.rigidity import RigiditySolver
+
+    d = total["gram"].shape[0]
+    if d > get_limits().max_features:
+        raise InputError(f"model: {d} features, more than the limit of "
+                         f"{get_limits().max_features} (LPRVIZ_MAX_FEATURES)")
+    if scale is None:
+        scale = float(np.sqrt(total["sumsq"] / max(total["n_atoms"], 1)))
+    column = np.ones(d)
+    if spec.baseline:
+        column[d - len(species):] = scale
+    gram = total["gram"] * column[:, None] * column[None, :]
+    rows = None if total["rows"] is None else total["rows"] * column
+    solver = RigiditySolver.from_gram(gram, scale=scale, n_structures=total["n_structures"],
+                                      rows_raw=rows)
+    n = total["n_structures"]
+    return Fit(spec=spec, train_mask=np.ones(n, dtype=bool), solver=solver, scale=float(scale),
+               species=tuple(species), nystrom=None, structure_index=np.zeros(0, dtype=np.int64),
+               projections=np.empty((0, d), dtype=np.float32),
+               structure_projections=np.empty((0, d)), xty=total["xty"] * column / scale,
+               energies=np.full(n, np.nan), hypers=hypers)
+
+
+def _check_supported(args) -> None:
+    for option, given in (("--model sparse-kernel", args.model != "linear"),
+                          ("--reference-train", args.reference_train is not None),
+                          ("--reference-train-groups", args.reference_train_groups is not None),
+                          ("--lcpr", args.lcpr)):
+        if given:
+            raise InputError(f"{option}: not available with --workers/--scheduler (the "
+                             "distributed run supports the linear model with --scale)")
+
+
+def run_lpr(args, steps, alphas, hypers, spec, summary=None, *,
+            chunk_atoms: int = CHUNK_ATOMS) -> tuple[int, int, list]:
+    """``lprviz lpr`` on Dask: scan, reduce the training Gram on the workers, factorise,
+    stream the test chunks into ``args.output`` in frame order.
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        The command line (inputs, ``workers``/``scheduler``, ``output``, ``scale``...).
+    steps : callable
+        The command's step reporter (``with steps(label):``).
+    alphas : list of float
+    hypers : lprviz.features.SoapHypers
+    spec : lprviz.pipeline.ModelSpec
+    summary : lprviz.summary.SummaryCollector, optional
+        Receives every test chunk's summary, in frame order.
+    chunk_atoms : int
+        Atoms per task.
+
+    Returns
+    -------
+    (n_test_frames, n_test_atoms, list of per-chunk LPR arrays of the first alpha)
+    """
+    _check_supported(args)
+    try:
+        return _run(args, steps, alphas, hypers, spec, summary, chunk_atoms)
+    except _distributed().KilledWorker as exc:
+        raise InputError(f"a task failed on several workers in a row (workers killed or out "
+                         f"of memory): {' '.join(str(exc).split())[:200]}") from None
+
+
+def _run(args, steps, alphas, hypers, spec, summary, chunk_atoms):
+    from lprviz.cli import _write_atomically
+    from lprviz.export import group_summary
+
+    wanted = [g.strip() for g in (args.train_groups or "").split(",") if g.strip()]
+    with connect(args.workers, args.scheduler) as client:
+        n_workers = max(len(client.scheduler_info()["workers"]), 1)
+        in_flight = 2 * n_workers + 1
+        with steps("scanning the input"):
+            plan = _scan(args, chunk_atoms)
+
+        def chunks(train: bool):
+            for value, role in _inputs(args):
+                for _, chunk in iter_chunks(value, chunk_atoms):
+                    mask = _train_mask(chunk, role, wanted)
+                    keep = np.flatnonzero(mask if train else ~mask)
+                    if keep.size:
+                        yield chunk.subset(keep)
+
+        with steps(f"SOAP and X^T X of {plan.n_train} training structures on {n_workers} "
+                   "workers"):
+            total = reduce_training(client, chunks(True), hypers, plan.species,
+                                    spec.baseline, in_flight=in_flight)
+        with steps(f"factorising the model of {plan.n_train} training structures"):
+            fit = _fit_from_partial(total, spec, hypers, plan.species, args.scale)
+            weights = [fit.solver.solve(fit.xty, a) for a in alphas]
+            del total
+        provenance = {"dataset": plan.name, "n_train_frames": plan.n_train,
+                      "train_groups": group_summary(
+                          [g for g, n in plan.train_groups.items() for _ in range(n)]),
+                      "scale_from": "training" if args.scale is None else "option"}
+        [fit_future] = client.scatter([fit], broadcast=True)
+        lprs: list = []
+        times: Counter = Counter()
+
+        def write(fh) -> None:
+            pending: deque = deque()
+            first = 0
+            start = time.perf_counter()
+
+            def drain(limit: int) -> None:
+                while len(pending) > limit:
+                    text, part, chunk_times = pending.popleft().result()
+                    fh.write(text)
+                    times.update(chunk_times)
+                    lprs.append(part.lpr)
+                    if summary is not None:
+                        summary.add(part)
+
+            for chunk in chunks(False):
+                pending.append(client.submit(
+                    _test_chunk, chunk, first, fit_future, weights, alphas, provenance,
+                    getattr(summary, "n_sample", 0), True, pure=False))
+                first += len(chunk.frames)
+                drain(in_flight)
+            drain(0)
+            times["LPR, SOAP and extxyz of the test structures on the workers (wall)"] = \
+                time.perf_counter() - start
+
+        with steps(f"LPR of {plan.n_test} test structures ({plan.n_test_atoms} atoms) on "
+                   f"{n_workers} workers"):
+            _write_atomically(args.output, "-o", write)
+    steps.report({k: v for k, v in times.items() if "wall" in k})
+    return plan.n_test, plan.n_test_atoms, lprs
