@@ -62,7 +62,7 @@ def _distributed():
 
 @contextlib.contextmanager
 def connect(workers: int | None = None, scheduler: str | None = None, *,
-            timeout: float = CONNECT_TIMEOUT, memory_limit: str | float = "auto"):
+            timeout: float | None = None, memory_limit: str | float = "auto"):
     """A ``distributed.Client``: of a new ``LocalCluster`` of ``workers`` processes (one
     thread each, ``memory_limit`` per worker) or of the running ``scheduler``; both closed
     on exit (also on Ctrl-C).
@@ -73,6 +73,7 @@ def connect(workers: int | None = None, scheduler: str | None = None, *,
         Dask missing, ``workers < 1``, or a scheduler not reached within ``timeout`` seconds.
     """
     dd = _distributed()
+    timeout = CONNECT_TIMEOUT if timeout is None else timeout
     if (workers is None) == (scheduler is None):
         raise InputError("give one of --workers N or --scheduler ADDRESS")
     with contextlib.ExitStack() as stack:
@@ -292,8 +293,13 @@ def _train_partial(chunk, hypers, species, baseline: bool) -> dict:
         comp = composition_features(desc.atom_numbers, species)
         rows = np.hstack([rows, structure_features(comp, desc.structure_index, n)])
     y = chunk.energies / np.asarray(chunk.frame_sizes)
+    few = _few_rows(rows)
     return {"gram": rows.T @ rows, "xty": rows.T @ y, "sumsq": float(norm2.sum()),
-            "n_atoms": int(len(norm2)), "n_structures": n, "rows": _few_rows(rows)}
+            "n_atoms": int(len(norm2)), "n_structures": n, "rows": few,
+            "y": None if few is None else y,
+            "numbers": None if few is None else desc.atom_numbers,
+            "norm2": None if few is None else norm2,
+            "sizes": None if few is None else np.asarray(chunk.frame_sizes)}
 
 
 def _few_rows(rows: np.ndarray | None) -> np.ndarray | None:
@@ -304,14 +310,21 @@ def _few_rows(rows: np.ndarray | None) -> np.ndarray | None:
     return rows
 
 
+def _same(value):
+    return value
+
+
 def _add_partials(a: dict, b: dict) -> dict:
     """Sum of two training partials (rows kept, in order, while they stay few)."""
+    out = {"gram": a["gram"] + b["gram"], "xty": a["xty"] + b["xty"],
+           "sumsq": a["sumsq"] + b["sumsq"], "n_atoms": a["n_atoms"] + b["n_atoms"],
+           "n_structures": a["n_structures"] + b["n_structures"]}
     rows = None
     if a["rows"] is not None and b["rows"] is not None:
         rows = _few_rows(np.vstack([a["rows"], b["rows"]]))
-    return {"gram": a["gram"] + b["gram"], "xty": a["xty"] + b["xty"],
-            "sumsq": a["sumsq"] + b["sumsq"], "n_atoms": a["n_atoms"] + b["n_atoms"],
-            "n_structures": a["n_structures"] + b["n_structures"], "rows": rows}
+    for key in ("y", "numbers", "sizes", "norm2"):
+        out[key] = None if rows is None else np.concatenate([a[key], b[key]])
+    return {**out, "rows": rows}
 
 
 def _test_chunk(chunk, first: int, fit, weights, alphas, provenance: dict,
@@ -379,27 +392,40 @@ def _fit_from_partial(total: dict, spec, hypers, species, scale):
     builds from the stacked rows): scale from the sum of squares unless fixed, composition
     columns multiplied by the scale, one factorisation."""
     from lprviz.limits import get_limits
+    from lprviz.models import composition_features
     from lprviz.pipeline import Fit
-    from lprviz.rigidity import RigiditySolver
+    from lprviz.rigidity import RigiditySolver, structure_features
 
     d = total["gram"].shape[0]
     if d > get_limits().max_features:
         raise InputError(f"model: {d} features, more than the limit of "
                          f"{get_limits().max_features} (LPRVIZ_MAX_FEATURES)")
-    if scale is None:
-        scale = float(np.sqrt(total["sumsq"] / max(total["n_atoms"], 1)))
-    column = np.ones(d)
-    if spec.baseline:
-        column[d - len(species):] = scale
-    gram = total["gram"] * column[:, None] * column[None, :]
-    rows = None if total["rows"] is None else total["rows"] * column
-    solver = RigiditySolver.from_gram(gram, scale=scale, n_structures=total["n_structures"],
-                                      rows_raw=rows)
+    if scale is None:  # with few rows, summed in prepare()'s order (see below)
+        sumsq = total["sumsq"] if total["norm2"] is None else total["norm2"].sum()
+        scale = float(np.sqrt(sumsq / max(total["n_atoms"], 1)))
     n = total["n_structures"]
+    if total["rows"] is not None:
+        # Few rows (the dual route): the ridge weights are then so ill-conditioned that
+        # rounding the scale or the composition rows differently moves local energies by
+        # ~1e-10, so scale, rows, solver and X^T y are built exactly as prepare() builds them.
+        rows = total["rows"].copy()
+        if spec.baseline:
+            comp = scale * composition_features(total["numbers"], species)
+            rows[:, d - len(species):] = structure_features(
+                comp, np.repeat(np.arange(n), total["sizes"]), n)
+        solver = RigiditySolver.from_rows(rows, scale=scale)
+        xty = rows.T @ total["y"]
+    else:
+        column = np.ones(d)
+        if spec.baseline:
+            column[d - len(species):] = scale
+        solver = RigiditySolver.from_gram(total["gram"] * column[:, None] * column[None, :],
+                                          scale=scale, n_structures=n)
+        xty = total["xty"] * column
     return Fit(spec=spec, train_mask=np.ones(n, dtype=bool), solver=solver, scale=float(scale),
                species=tuple(species), nystrom=None, structure_index=np.zeros(0, dtype=np.int64),
                projections=np.empty((0, d), dtype=np.float32),
-               structure_projections=np.empty((0, d)), xty=total["xty"] * column / scale,
+               structure_projections=np.empty((0, d)), xty=xty / scale,
                energies=np.full(n, np.nan), hypers=hypers)
 
 
@@ -414,7 +440,7 @@ def _check_supported(args) -> None:
 
 
 def run_lpr(args, steps, alphas, hypers, spec, summary=None, *,
-            chunk_atoms: int = CHUNK_ATOMS) -> tuple[int, int, list]:
+            chunk_atoms: int | None = None) -> tuple[int, int, list]:
     """``lprviz lpr`` on Dask: scan, reduce the training Gram on the workers, factorise,
     stream the test chunks into ``args.output`` in frame order.
 
@@ -429,14 +455,15 @@ def run_lpr(args, steps, alphas, hypers, spec, summary=None, *,
     spec : lprviz.pipeline.ModelSpec
     summary : lprviz.summary.SummaryCollector, optional
         Receives every test chunk's summary, in frame order.
-    chunk_atoms : int
-        Atoms per task.
+    chunk_atoms : int, optional
+        Atoms per task (default :data:`CHUNK_ATOMS`).
 
     Returns
     -------
     (n_test_frames, n_test_atoms, list of per-chunk LPR arrays of the first alpha)
     """
     _check_supported(args)
+    chunk_atoms = CHUNK_ATOMS if chunk_atoms is None else chunk_atoms
     try:
         return _run(args, steps, alphas, hypers, spec, summary, chunk_atoms)
     except _distributed().KilledWorker as exc:
@@ -475,7 +502,9 @@ def _run(args, steps, alphas, hypers, spec, summary, chunk_atoms):
                       "train_groups": group_summary(
                           [g for g, n in plan.train_groups.items() for _ in range(n)]),
                       "scale_from": "training" if args.scale is None else "option"}
-        [fit_future] = client.scatter([fit], broadcast=True)
+        # A task, not scattered data: if every worker holding the model dies, the scheduler
+        # recomputes it from the task (scattered data would be lost with its workers).
+        fit_future = client.submit(_same, fit, pure=False)
         lprs: list = []
         times: Counter = Counter()
 
