@@ -43,12 +43,17 @@ print(json.dumps({"code": code, "wall": wall, "rss": rss}))
 
 
 def run(argv: list[str]) -> dict:
+    """Wall time, client peak RSS and the step lines (``label... done in t s``) of one run."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    load = os.getloadavg()[0]
     proc = subprocess.run([sys.executable, "-c", _CLIENT, *argv], env=env,
                           capture_output=True, text=True, check=False)
     if proc.returncode:
         raise SystemExit(f"lprviz failed:\n{proc.stderr}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    out["steps"] = [line.strip() for line in proc.stderr.splitlines() if "done in" in line]
+    out["load"] = (load, os.getloadavg()[0])
+    return out
 
 
 def main() -> None:
@@ -68,24 +73,34 @@ def main() -> None:
           f"(the client makes three)")
     runs = {}
     with tempfile.TemporaryDirectory(prefix="lprviz-bench-") as tmp:
+        # reference: the same client on the 7.8k-atom set (its RSS without the big data)
+        small = run(["lpr", "--dataset", "emt-alloys", "--train-groups", TRAIN_GROUPS,
+                     "--preset", args.preset, "-o", str(Path(tmp) / "small.extxyz"),
+                     "--summary", str(Path(tmp) / "small.json"), "--workers", "1"])
+        print(f"reference, emt-alloys (7,844 atoms), --workers 1: client peak RSS "
+              f"{small['rss'] / 2**20:.0f} MiB")
         for workers in [int(w) for w in args.workers.split(",")]:
             out = Path(tmp) / f"out{workers}.extxyz"
             summary = Path(tmp) / f"summary{workers}.json"
             res = run(["lpr", "--dataset", path, "--train-groups", TRAIN_GROUPS,
-                       "--preset", args.preset, "-q", "-o", str(out),
+                       "--preset", args.preset, "-o", str(out),
                        "--summary", str(summary), "--workers", str(workers)])
             runs[workers] = res
             test_atoms = json.loads(summary.read_text())["quantiles"][0]["count"]
             print(f"--workers {workers}: wall {res['wall']:.1f} s "
                   f"({1e6 * res['wall'] / n_atoms:.0f} us per atom), client peak RSS "
                   f"{res['rss'] / 2**20:.0f} MiB; {test_atoms} test atoms, output "
-                  f"{out.stat().st_size / 2**20:.0f} MiB")
+                  f"{out.stat().st_size / 2**20:.0f} MiB; load average {res['load'][0]:.1f} "
+                  f"before, {res['load'][1]:.1f} after (2 cores)")
+            for line in res["steps"]:
+                print(f"    {line}")
             out.unlink()
     if 1 in runs:
         for workers, res in runs.items():
             if workers != 1:
-                print(f"speed-up of {workers} workers over 1: {runs[1]['wall'] / res['wall']:.2f}x"
-                      f" (ideal {workers}x on {os.cpu_count()} cores)")
+                print(f"speed-up of {workers} workers over 1: "
+                      f"{runs[1]['wall'] / res['wall']:.2f}x (ideal {workers}x on "
+                      f"{os.cpu_count()} cores)")
 
 
 if __name__ == "__main__":
