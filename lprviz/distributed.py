@@ -1,10 +1,12 @@
 """``lprviz lpr`` on a Dask cluster (``--workers N`` or ``--scheduler ADDRESS``).
 
-The client reads the input in chunks of frames (never the whole file) and sends each chunk
-to the workers; the workers featurise (:func:`lprviz.features.compute_soap`) and do all
-per-atom work. Three passes over the input:
+The client cuts an extxyz input into blocks of whole frames (their text: a line walk, no
+parsing; never the whole file in memory) and sends each block to the workers, which parse
+and check it (:func:`lprviz.datasets.validate_frames`), featurise
+(:func:`lprviz.features.compute_soap`) and do all per-atom work. Three passes over the input:
 
-1. a scan on the client: species (they fix the descriptor layout), groups, frame counts;
+1. a scan on the workers: species (they fix the descriptor layout), groups, frame counts,
+   energies of the training frames;
 2. training chunks: each worker task returns the raw ``X^T X``, ``X^T y`` and sums of
    squares of its chunk's mean rows, and these are added pairwise on the workers (a tree of
    partial sums), so only ``d x d`` matrices and ``d``-vectors travel. The client builds the
@@ -15,10 +17,11 @@ per-atom work. Three passes over the input:
    :class:`~lprviz.summary.ChunkSummary`; the client writes the texts in frame order with a
    bounded number of chunks in flight.
 
-Client memory is ``O(d^2)`` plus a bounded number of chunks (and, with ``--summary``, 9 bytes
-per test atom). Only the linear model is distributed: the sparse-kernel model's FPS needs
-all training descriptors in one place. A killed worker's tasks are re-run by Dask on the
-others (their inputs are held by the scheduler), so the result is unchanged.
+Client memory is ``O(d^2)`` plus a bounded number of chunks, 4 bytes per test atom for the
+closing line's median and, with ``--summary``, 9 more. Only the linear model is distributed:
+the sparse-kernel model's FPS needs all training descriptors in one place. A killed worker's
+tasks are re-run by Dask on the others (their inputs are held by the scheduler), so the
+result is unchanged.
 """
 
 from __future__ import annotations
@@ -142,53 +145,111 @@ def _chunk_dataset(source: _Source, frames, start: int):
                                 str(exc), count=1)) from None
 
 
+@dataclass
+class _Block:
+    """The text of consecutive extxyz frames ``start...`` of a file, parsed on a worker."""
+
+    text: str
+    name: str
+    label: str
+    start: int
+
+
+def _text_blocks(source: _Source, chunk_atoms: int) -> Iterator[_Block]:
+    """Blocks of whole frames of about ``chunk_atoms`` atoms: the walk of
+    ``readers._check_xyz_counts`` (count line, comment, one line per atom, ``VEC`` lines;
+    stop at the first blank line), each comment's ``Properties`` checked on the way."""
+    from lprviz.datasets import readers
+
+    label = source.label
+    head = readers._sniff(source.path, label)
+    if not head or not readers._is_text(head):
+        raise InputError(f"{label}: expected an extended XYZ text file")
+    lines: list[str] = []
+    start = frame = atoms = 0
+    try:
+        with open(source.path) as fh:  # default encoding and newlines, as ase.io.read
+            line = fh.readline()
+            while line.strip():
+                try:
+                    n = int(line)
+                except ValueError:
+                    raise InputError(f"{label}: frame {frame}: expected the number of atoms, "
+                                     f"got {line.strip()[:40]!r}") from None
+                if n < 1:
+                    raise InputError(f"{label}: frame {frame}: has {n} atoms")
+                comment = fh.readline()
+                readers._check_properties(comment, f"{label}: frame {frame}")
+                lines += [line, comment]
+                for _ in range(n):
+                    row = fh.readline()
+                    if not row:
+                        raise InputError(f"{label}: frame {frame}: the file ends inside the "
+                                         f"frame ({n} atoms claimed)")
+                    lines.append(row)
+                line = fh.readline()
+                while line.lstrip().startswith("VEC"):
+                    lines.append(line)
+                    line = fh.readline()
+                frame += 1
+                atoms += n
+                if atoms >= chunk_atoms:
+                    yield _Block("".join(lines), source.name, label, start)
+                    lines, start, atoms = [], frame, 0
+    except UnicodeDecodeError:
+        raise InputError(f"{label}: not a UTF-8 text file") from None
+    if lines:
+        yield _Block("".join(lines), source.name, label, start)
+    elif frame == 0:
+        raise InputError(f"{label}: no structures found")
+
+
+def _materialise(item):
+    """The Dataset of a chunk: parsed and checked from a :class:`_Block`, or as given."""
+    import ase.io
+
+    if not isinstance(item, _Block):
+        return item
+    try:
+        frames = ase.io.read(io.StringIO(item.text), index=":", format="extxyz")
+    except Exception as exc:  # ASE raises many types for malformed files
+        msg = " ".join(str(exc).split())[:200] or type(exc).__name__
+        raise InputError(f"{item.label}: cannot read structures from frame {item.start} on "
+                         f"({msg})") from None
+    return _chunk_dataset(_Source(item.name, item.label), list(frames), item.start)
+
+
+def _items(value: str, chunk_atoms: int) -> Iterator[tuple[int, object]]:
+    """``(first_frame, chunk)``: :class:`_Block` texts of an extxyz file, else Datasets cut
+    from the whole input (mlearn JSON and compressed files are one document)."""
+    source = _resolve(value)
+    if source.data is None:
+        for block in _text_blocks(source, chunk_atoms):
+            yield block.start, block
+        return
+    data = source.data
+    start = 0
+    for stop in _cuts(np.asarray(data.frame_sizes), chunk_atoms):
+        yield start, data.subset(np.arange(start, stop))
+        start = stop
+
+
 def iter_chunks(value: str, chunk_atoms: int = CHUNK_ATOMS) -> Iterator[tuple[int, object]]:
     """``(first_frame, Dataset)`` chunks of about ``chunk_atoms`` atoms of an input.
 
-    An extxyz file is read frame by frame (``ase.io.iread``) after the count walk of
-    :mod:`lprviz.datasets.readers`; each chunk passes :func:`lprviz.datasets.validate_frames`
-    (limits of :mod:`lprviz.limits`), messages naming the file's frame numbers. Other inputs
-    (dataset names of JSON files, compressed files) are loaded whole and cut into chunks.
+    An extxyz file is cut into blocks of whole frames by a line walk (no parsing), each
+    parsed and checked with :func:`lprviz.datasets.validate_frames` (limits of
+    :mod:`lprviz.limits`; messages name the file's frame numbers). Other inputs (dataset
+    names of JSON files, compressed files) are loaded whole and cut into chunks. The
+    distributed run does the same, the parsing on the workers.
 
     Raises
     ------
     InputError
         As :func:`lprviz.datasets.load` would, for the first bad frame.
     """
-    import ase.io
-
-    from lprviz.datasets import readers
-
-    source = _resolve(value)
-    if source.data is not None:
-        data = source.data
-        sizes = np.asarray(data.frame_sizes)
-        start = 0
-        for stop in _cuts(sizes, chunk_atoms):
-            yield start, data.subset(np.arange(start, stop))
-            start = stop
-        return
-    head = readers._sniff(source.path, source.label)
-    if not head or not readers._is_text(head):
-        raise InputError(f"{source.label}: expected an extended XYZ text file")
-    readers._check_xyz_counts(source.path, max_atoms=2**62, label=source.label)
-    frames, start, atoms = [], 0, 0
-    try:
-        for a in ase.io.iread(source.path, index=":", format="extxyz"):
-            frames.append(a)
-            atoms += len(a)
-            if atoms >= chunk_atoms:
-                yield start, _chunk_dataset(source, frames, start)
-                start, frames, atoms = start + len(frames), [], 0
-    except InputError:
-        raise
-    except Exception as exc:  # ASE raises many types for malformed files
-        msg = " ".join(str(exc).split())[:200] or type(exc).__name__
-        raise InputError(f"{source.label}: cannot read structures ({msg})") from None
-    if frames:
-        yield start, _chunk_dataset(source, frames, start)
-    elif start == 0:
-        raise InputError(f"{source.label}: no structures found")
+    for start, item in _items(value, chunk_atoms):
+        yield start, _materialise(item)
 
 
 def _cuts(sizes: np.ndarray, chunk_atoms: int) -> list[int]:
@@ -235,34 +296,63 @@ def _train_mask(chunk, role, wanted: list[str]) -> np.ndarray:
     return np.isin(chunk.groups, wanted)
 
 
-def _scan(args, chunk_atoms: int) -> _Plan:
-    """First pass: species, groups and sizes; the checks the serial command makes on the
-    whole dataset (groups exist, training frames have energies, a test frame exists)."""
+def _split(item, role, wanted: list[str], train: bool):
+    """The training (or test) frames of a chunk."""
+    chunk = _materialise(item)
+    mask = _train_mask(chunk, role, wanted)
+    return chunk.subset(np.flatnonzero(mask if train else ~mask))
+
+
+def _scan_chunk(item, role, wanted: list[str], value: str, start: int) -> dict:
+    """What the scan needs of one chunk (a worker task)."""
+    chunk = _materialise(item)
+    train = _train_mask(chunk, role, wanted)
+    missing = np.flatnonzero(train & ~chunk.has_energy)
+    if missing.size:
+        raise InputError(f"{value}: frame {start + missing[0]} has no energy; training "
+                         "frames need energies")
+    return {"name": chunk.name, "species": set(np.unique(chunk.atom_numbers).tolist()),
+            "groups": Counter(chunk.groups.tolist()),
+            "train_groups": Counter(chunk.groups[train].tolist()),
+            "n_train": int(train.sum()), "n_test": int((~train).sum()),
+            "n_test_atoms": int(np.asarray(chunk.frame_sizes)[~train].sum())}
+
+
+def _ordered(client, tasks, in_flight: int):
+    """Results of ``tasks`` (``(function, *args)``), submitted with at most ``in_flight``
+    unfinished, yielded in submission order."""
+    pending: deque = deque()
+    for task in tasks:
+        pending.append(client.submit(*task, pure=False))
+        while len(pending) > in_flight:
+            yield pending.popleft().result()
+    while pending:
+        yield pending.popleft().result()
+
+
+def _scan(client, args, chunk_atoms: int, in_flight: int) -> tuple[_Plan, list[int]]:
+    """First pass, on the workers: species, groups and sizes; the checks the serial command
+    makes on the whole dataset (groups exist, training frames have energies, a test frame
+    exists). Also the number of test frames of each chunk (where its output frames start)."""
     wanted = [g.strip() for g in (args.train_groups or "").split(",") if g.strip()]
     species: set[int] = set()
     groups: Counter = Counter()
     train_groups: Counter = Counter()
     n_train = n_test = n_test_atoms = 0
-    names = []
+    names, test_per_chunk = [], []
     for value, role in _inputs(args):
-        seen = False
-        for start, chunk in iter_chunks(value, chunk_atoms):
-            seen = True
-            if start == 0:
-                names.append(chunk.name)
-            species.update(int(z) for z in np.unique(chunk.atom_numbers))
-            groups.update(chunk.groups.tolist())
-            train = _train_mask(chunk, role, wanted)
-            missing = np.flatnonzero(train & ~chunk.has_energy)
-            if missing.size:
-                raise InputError(f"{value}: frame {start + missing[0]} has no energy; "
-                                 "training frames need energies")
-            train_groups.update(chunk.groups[train].tolist())
-            n_train += int(train.sum())
-            n_test += int((~train).sum())
-            n_test_atoms += int(np.asarray(chunk.frame_sizes)[~train].sum())
-        if not seen:
-            raise InputError(f"{value}: contains no structures")
+        tasks = ((_scan_chunk, item, role, wanted, value, start)
+                 for start, item in _items(value, chunk_atoms))
+        for i, part in enumerate(_ordered(client, tasks, in_flight)):
+            if i == 0:
+                names.append(part["name"])
+            species |= part["species"]
+            groups.update(part["groups"])
+            train_groups.update(part["train_groups"])
+            n_train += part["n_train"]
+            n_test += part["n_test"]
+            n_test_atoms += part["n_test_atoms"]
+            test_per_chunk.append(part["n_test"])
     if args.dataset is not None:
         unknown = [g for g in wanted if g not in groups]
         if unknown:
@@ -270,19 +360,25 @@ def _scan(args, chunk_atoms: int) -> _Plan:
                              f"{', '.join(unknown)}; groups are {', '.join(sorted(groups))}")
         if n_test == 0:
             raise InputError(f"dataset '{names[0]}': --train-groups leave no test frame")
-    return _Plan("+".join(names), tuple(sorted(species)), train_groups, n_train, n_test,
+    plan = _Plan("+".join(names), tuple(sorted(species)), train_groups, n_train, n_test,
                  n_test_atoms)
+    return plan, test_per_chunk
 
 
 # ------------------------------------------------------------------------- worker tasks
-def _train_partial(chunk, hypers, species, baseline: bool) -> dict:
-    """Raw sums of one training chunk: ``M^T M`` and ``M^T y`` of the mean rows
+def _train_partial(item, role, wanted: list[str], hypers, species,
+                   baseline: bool) -> dict | None:
+    """Raw sums of the training frames of one chunk: ``M^T M`` and ``M^T y`` of the mean rows
     ``M = [SOAP rows, composition rows]`` (composition unscaled), the SOAP sum of squares,
-    atom and row counts, and the rows themselves (for the dual route while few)."""
+    atom and row counts, and the rows themselves (for the dual route while few). None when
+    the chunk has no training frame."""
     from lprviz.features import compute_soap
     from lprviz.models import composition_features
     from lprviz.rigidity import structure_features
 
+    chunk = _split(item, role, wanted, train=True)
+    if not chunk.frames:
+        return None
     desc = compute_soap(chunk.frames, hypers, species=species, cache=False, names=chunk.names)
     n = len(chunk.frames)
     norm2 = np.einsum("ij,ij->i", desc.values, desc.values)
@@ -314,8 +410,10 @@ def _same(value):
     return value
 
 
-def _add_partials(a: dict, b: dict) -> dict:
+def _add_partials(a: dict | None, b: dict | None) -> dict | None:
     """Sum of two training partials (rows kept, in order, while they stay few)."""
+    if a is None or b is None:
+        return b if a is None else a
     out = {"gram": a["gram"] + b["gram"], "xty": a["xty"] + b["xty"],
            "sumsq": a["sumsq"] + b["sumsq"], "n_atoms": a["n_atoms"] + b["n_atoms"],
            "n_structures": a["n_structures"] + b["n_structures"]}
@@ -327,14 +425,18 @@ def _add_partials(a: dict, b: dict) -> dict:
     return {**out, "rows": rows}
 
 
-def _test_chunk(chunk, first: int, fit, weights, alphas, provenance: dict,
-                n_sample: int, summarise: bool):
-    """extxyz text and summary of one test chunk (frames ``first...`` of the output)."""
+def _test_chunk(item, role, wanted: list[str], first: int, fit, weights, alphas,
+                provenance: dict, n_sample: int):
+    """extxyz text, summary and phase times of the test frames of one chunk (frames
+    ``first...`` of the output); None when it has none."""
     from lprviz.cli import _chunk_results
     from lprviz.export import annotated_frames, write_extxyz
     from lprviz.features import compute_soap
     from lprviz.summary import chunk_summary
 
+    chunk = _split(item, role, wanted, train=False)
+    if not chunk.frames:
+        return None
     desc = compute_soap(chunk.frames, fit.hypers, species=fit.species, cache=False,
                         names=chunk.names)
     phi = fit.model_features(desc.values, desc.atom_numbers)
@@ -346,11 +448,9 @@ def _test_chunk(chunk, first: int, fit, weights, alphas, provenance: dict,
                                  extra_provenance=provenance)
     buf = io.StringIO()
     write_extxyz(buf, annotated)
-    part = None
-    if summarise:
-        part = chunk_summary(first + frames, chunk.names, chunk.groups.tolist(),
-                             chunk.frame_sizes, chunk.atom_numbers, results[0].lpr,
-                             results[0].undetermined, n_sample=n_sample, annotated=annotated)
+    part = chunk_summary(first + frames, chunk.names, chunk.groups.tolist(),
+                         chunk.frame_sizes, chunk.atom_numbers, results[0].lpr,
+                         results[0].undetermined, n_sample=n_sample, annotated=annotated)
     return buf.getvalue(), part, dict(times)
 
 
@@ -365,13 +465,15 @@ def _bounded(futures: deque, limit: int):
 
 def reduce_training(client, chunks, hypers, species, baseline: bool, *,
                     in_flight: int) -> dict:
-    """Sum the training partials of ``chunks`` (Datasets) on the workers, pairwise as a
-    binary tree (a binary counter of partial sums: at most log2(n) pending), and return
-    the total (``M^T M``, ``M^T y``, counts)."""
+    """Sum the training partials of ``chunks`` (``(chunk, role, wanted)``: a Dataset or
+    block, its role or None and the training groups) on the workers, pairwise as a binary
+    tree (a binary counter of partial sums: at most log2(n) pending), and return the total
+    (``M^T M``, ``M^T y``, counts)."""
     stack: list[tuple[int, object]] = []  # (level, future of a partial sum), in frame order
     pending: deque = deque()
-    for chunk in chunks:
-        future = client.submit(_train_partial, chunk, hypers, species, baseline, pure=False)
+    for item, role, wanted in chunks:
+        future = client.submit(_train_partial, item, role, wanted, hypers, species, baseline,
+                               pure=False)
         pending.append(future)
         _bounded(pending, in_flight)
         level = 0
@@ -379,12 +481,13 @@ def reduce_training(client, chunks, hypers, species, baseline: bool, *,
             future = client.submit(_add_partials, stack.pop()[1], future, pure=False)
             level += 1
         stack.append((level, future))
-    if not stack:
-        raise InputError("no training frame")
-    total = stack.pop()[1]
+    total = stack.pop()[1] if stack else None
     while stack:
         total = client.submit(_add_partials, stack.pop()[1], total, pure=False)
-    return total.result()
+    total = None if total is None else total.result()
+    if total is None:
+        raise InputError("no training frame")
+    return total
 
 
 def _fit_from_partial(total: dict, spec, hypers, species, scale):
@@ -479,20 +582,17 @@ def _run(args, steps, alphas, hypers, spec, summary, chunk_atoms):
     with connect(args.workers, args.scheduler) as client:
         n_workers = max(len(client.scheduler_info()["workers"]), 1)
         in_flight = 2 * n_workers + 1
-        with steps("scanning the input"):
-            plan = _scan(args, chunk_atoms)
+        with steps(f"scanning the input on {n_workers} workers"):
+            plan, test_per_chunk = _scan(client, args, chunk_atoms, in_flight)
 
-        def chunks(train: bool):
+        def chunks():  # the input again, chunk by chunk (the same cuts as the scan)
             for value, role in _inputs(args):
-                for _, chunk in iter_chunks(value, chunk_atoms):
-                    mask = _train_mask(chunk, role, wanted)
-                    keep = np.flatnonzero(mask if train else ~mask)
-                    if keep.size:
-                        yield chunk.subset(keep)
+                for _, item in _items(value, chunk_atoms):
+                    yield item, role, wanted
 
         with steps(f"SOAP and X^T X of {plan.n_train} training structures on {n_workers} "
                    "workers"):
-            total = reduce_training(client, chunks(True), hypers, plan.species,
+            total = reduce_training(client, chunks(), hypers, plan.species,
                                     spec.baseline, in_flight=in_flight)
         with steps(f"factorising the model of {plan.n_train} training structures"):
             fit = _fit_from_partial(total, spec, hypers, plan.species, args.scale)
@@ -509,26 +609,20 @@ def _run(args, steps, alphas, hypers, spec, summary, chunk_atoms):
         times: Counter = Counter()
 
         def write(fh) -> None:
-            pending: deque = deque()
-            first = 0
             start = time.perf_counter()
-
-            def drain(limit: int) -> None:
-                while len(pending) > limit:
-                    text, part, chunk_times = pending.popleft().result()
-                    fh.write(text)
-                    times.update(chunk_times)
-                    lprs.append(part.lpr)
-                    if summary is not None:
-                        summary.add(part)
-
-            for chunk in chunks(False):
-                pending.append(client.submit(
-                    _test_chunk, chunk, first, fit_future, weights, alphas, provenance,
-                    getattr(summary, "n_sample", 0), True, pure=False))
-                first += len(chunk.frames)
-                drain(in_flight)
-            drain(0)
+            firsts = np.concatenate([[0], np.cumsum(test_per_chunk)])
+            tasks = ((_test_chunk, item, role, wanted_, int(first), fit_future, weights,
+                      alphas, provenance, getattr(summary, "n_sample", 0))
+                     for (item, role, wanted_), first in zip(chunks(), firsts, strict=False))
+            for out in _ordered(client, tasks, in_flight):
+                if out is None:  # a chunk of training frames only
+                    continue
+                text, part, chunk_times = out
+                fh.write(text)
+                times.update(chunk_times)
+                lprs.append(part.lpr.astype(np.float32))  # the closing line's median
+                if summary is not None:
+                    summary.add(part)
             times["LPR, SOAP and extxyz of the test structures on the workers (wall)"] = \
                 time.perf_counter() - start
 

@@ -286,3 +286,31 @@ def test_collector_is_independent_of_chunking():
     csv = io.StringIO()
     SummaryCollector(1.0).write_csv(csv)  # empty run: header only
     assert csv.getvalue().startswith("by,key,count")
+
+
+def test_train_and_test_files_equal_serial(tmp_path, cluster, capsys, monkeypatch):
+    """--train/--test files (blocks parsed on the workers) == serial; a bad frame deep in the
+    test file is a one-line error naming the file's frame number, exit 2."""
+    import lprviz.distributed as dmod
+
+    lc, _ = cluster
+    monkeypatch.setattr(dmod, "CHUNK_ATOMS", 500)
+    frames = ase.io.read(REPO / "lprviz" / "data" / "emt-alloys.extxyz", index=":")
+    train, test = tmp_path / "train.extxyz", tmp_path / "test.extxyz"
+    ase.io.write(train, frames[::3])
+    ase.io.write(test, [a for i, a in enumerate(frames) if i % 3])
+    argv = ["lpr", "--train", str(train), "--test", str(test), *SMALL, "-q"]
+    assert main([*argv, "-o", str(tmp_path / "serial.extxyz")]) == 0
+    assert main([*argv, "-o", str(tmp_path / "dist.extxyz"),
+                 "--scheduler", lc.scheduler_address]) == 0
+    serial = ase.io.read(tmp_path / "serial.extxyz", index=":")
+    _assert_same(serial, ase.io.read(tmp_path / "dist.extxyz", index=":"), rtol=2e-10)
+    assert serial[0].info["lprviz_dataset"] == "train.extxyz+test.extxyz"
+    bad = [a for i, a in enumerate(frames) if i % 3]
+    bad[150].positions[2, 1] = np.inf
+    ase.io.write(test, bad)
+    capsys.readouterr()
+    code = main([*argv, "-o", str(tmp_path / "bad.extxyz"), "--scheduler", lc.scheduler_address])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1
+    assert "test.extxyz: frame 150: positions contain NaN or inf" in err
