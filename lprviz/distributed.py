@@ -463,15 +463,32 @@ def _bounded(futures: deque, limit: int):
         dd.wait([futures.popleft()])
 
 
+#: Training chunks per round of the reduction. Each round's partial sums are added as a tree
+#: on the workers and the round's total is fetched and added on the client: the scheduler
+#: keeps every input of a pending sum (to recompute it if a worker dies), so rounds bound
+#: what it holds to two rounds of chunks, at the price of one d x d transfer per round.
+ROUND_CHUNKS = 32
+
+
 def reduce_training(client, chunks, hypers, species, baseline: bool, *,
                     in_flight: int) -> dict:
     """Sum the training partials of ``chunks`` (``(chunk, role, wanted)``: a Dataset or
-    block, its role or None and the training groups) on the workers, pairwise as a binary
-    tree (a binary counter of partial sums: at most log2(n) pending), and return the total
-    (``M^T M``, ``M^T y``, counts)."""
+    block, its role or None and the training groups) and return the total (``M^T M``,
+    ``M^T y``, counts): pairwise on the workers as a binary tree (a binary counter: at most
+    log2(n) pending sums) within rounds of :data:`ROUND_CHUNKS` chunks, the rounds' totals
+    added on the client in frame order while the next round runs."""
     stack: list[tuple[int, object]] = []  # (level, future of a partial sum), in frame order
     pending: deque = deque()
-    for item, role, wanted in chunks:
+    rounds: deque = deque()
+    total = None
+
+    def collapse():
+        top = stack.pop()[1]
+        while stack:
+            top = client.submit(_add_partials, stack.pop()[1], top, pure=False)
+        return top
+
+    for n, (item, role, wanted) in enumerate(chunks, start=1):
         future = client.submit(_train_partial, item, role, wanted, hypers, species, baseline,
                                pure=False)
         pending.append(future)
@@ -481,10 +498,14 @@ def reduce_training(client, chunks, hypers, species, baseline: bool, *,
             future = client.submit(_add_partials, stack.pop()[1], future, pure=False)
             level += 1
         stack.append((level, future))
-    total = stack.pop()[1] if stack else None
-    while stack:
-        total = client.submit(_add_partials, stack.pop()[1], total, pure=False)
-    total = None if total is None else total.result()
+        if n % ROUND_CHUNKS == 0:
+            rounds.append(collapse())
+            while len(rounds) > 1:
+                total = _add_partials(total, rounds.popleft().result())
+    if stack:
+        rounds.append(collapse())
+    while rounds:
+        total = _add_partials(total, rounds.popleft().result())
     if total is None:
         raise InputError("no training frame")
     return total

@@ -107,6 +107,7 @@ def test_scheduler_equals_serial_and_tasks_ran_on_workers(tmp_path, cluster, mon
 
     lc, client = cluster
     monkeypatch.setattr(dmod, "CHUNK_ATOMS", 300)  # ~26 chunks, several in flight
+    monkeypatch.setattr(dmod, "ROUND_CHUNKS", 4)  # training sums fetched in rounds
     serial = _run(tmp_path, "serial", [])
     with distributed.get_task_stream(client) as stream:
         dist = _run(tmp_path, "dist", ["--scheduler", lc.scheduler_address])
