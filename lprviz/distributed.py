@@ -18,10 +18,10 @@ and check it (:func:`lprviz.datasets.validate_frames`), featurise
    bounded number of chunks in flight.
 
 Client memory is ``O(d^2)`` plus a bounded number of chunks, 4 bytes per test atom for the
-closing line's median and, with ``--summary``, 9 more. Only the linear model is distributed:
-the sparse-kernel model's FPS needs all training descriptors in one place. A killed worker's
-tasks are re-run by Dask on the others (their inputs are held by the scheduler), so the
-result is unchanged.
+closing line's median and, with ``--summary``, 10 more. Only the linear model is
+distributed: the sparse-kernel model's FPS needs all training descriptors in one place. A
+killed worker's tasks are re-run by Dask on the others (their inputs are held by the
+scheduler), so the result is unchanged.
 """
 
 from __future__ import annotations

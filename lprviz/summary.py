@@ -7,8 +7,9 @@ structures and atoms. Each chunk of test frames gives a :class:`ChunkSummary`
 :class:`SummaryCollector` merges them in frame order.
 
 Quantiles are exact (numpy's default linear interpolation) over float32 copies of the LPR:
-the collector keeps one float32 value, a group code (int32) and a species code (uint8) per
-atom, 9 bytes per atom (90 MB at 10^7 atoms); float32 keeps 7 significant digits, far
+the collector keeps one float32 value, a group code (int32), a species code (uint8) and the
+undetermined flag per atom, 10 bytes per atom (100 MB at 10^7 atoms); float32 keeps 7
+significant digits, far
 below any difference that matters on a log scale. The lowest structures and atoms, and the
 extxyz text of the ``n_sample`` lowest structures, are bounded top-k lists.
 """

@@ -315,3 +315,61 @@ def test_train_and_test_files_equal_serial(tmp_path, cluster, capsys, monkeypatc
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1
     assert "test.extxyz: frame 150: positions contain NaN or inf" in err
+
+
+def test_ctrl_c_closes_the_cluster(tmp_path):
+    """SIGINT during a --workers run: exit 130, one line, and no worker process left."""
+    import psutil
+
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    code = ("import sys, lprviz.distributed as d; d.CHUNK_ATOMS = 200; "
+            "from lprviz.cli import main; sys.exit(main(sys.argv[1:]))")
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, "lpr", "--dataset", "emt-alloys", "--train-groups",
+         TRAIN_GROUPS, *SMALL, "-o", str(tmp_path / "out.extxyz"), "--workers", "2"],
+        env=env, stderr=subprocess.PIPE, text=True)
+    parent = psutil.Process(proc.pid)
+    deadline = time.monotonic() + 120
+    workers = []
+    while time.monotonic() < deadline and proc.poll() is None:
+        workers = [p for p in parent.children(recursive=True) if p.status() != "zombie"]
+        if len(workers) >= 2:  # the two worker processes (their nannies run in the client)
+            break
+        time.sleep(0.2)
+    assert len(workers) >= 2, proc.stderr.read() if proc.poll() is not None else workers
+    time.sleep(2)  # into the run
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130
+    assert err.strip().splitlines()[-1] == "lprviz: interrupted"
+    _, alive = psutil.wait_procs(workers, timeout=30)
+    assert not alive, [p.pid for p in alive]
+    assert not (tmp_path / "out.extxyz").exists()
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    (["--summary", "run.txt"], "expected a .csv or .json"),
+    (["--sample", "3"], "--sample: also give --summary"),
+    (["--workers", "0"], "--workers: expected at least 1"),
+])
+def test_bad_summary_and_worker_options(tmp_path, capsys, extra, message):
+    code = main(["lpr", "--dataset", "emt-alloys", "--train-groups", TRAIN_GROUPS,
+                 "-o", str(tmp_path / "out.extxyz"), *extra])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and message in err
+
+
+def test_csv_summary_files(tmp_path):
+    """--summary x.csv writes the quantile table and the two lowest-LPR tables beside it."""
+    import csv
+
+    frames = _run(tmp_path, "serial", ["--summary", str(tmp_path / "s.csv")])
+    with open(tmp_path / "s.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    lpr = np.concatenate([a.arrays["lpr"] for a in frames])
+    assert rows[0]["by"] == "all" and int(rows[0]["count"]) == lpr.size
+    np.testing.assert_allclose(float(rows[0]["q50"]), np.median(lpr), rtol=1e-6)
+    with open(tmp_path / "s.lowest_atoms.csv", newline="") as fh:
+        atoms = list(csv.DictReader(fh))
+    np.testing.assert_allclose(float(atoms[0]["lpr"]), lpr.min(), rtol=1e-12)
+    assert (tmp_path / "s.lowest_structures.csv").is_file()
