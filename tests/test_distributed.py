@@ -40,7 +40,7 @@ def _cache(tmp_path, monkeypatch):
 def cluster():
     """A LocalCluster of 2 worker processes, one thread each, and a client of it."""
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                  dashboard_address=None, silence_logs=50) as lc, \
+                                  dashboard_address=":0", silence_logs=50) as lc, \
             distributed.Client(lc) as client:
         yield lc, client
 
@@ -373,3 +373,27 @@ def test_csv_summary_files(tmp_path):
         atoms = list(csv.DictReader(fh))
     np.testing.assert_allclose(float(atoms[0]["lpr"]), lpr.min(), rtol=1e-12)
     assert (tmp_path / "s.lowest_structures.csv").is_file()
+
+
+def test_scheduler_without_workers_or_with_another_version(tmp_path, cluster, capsys,
+                                                           monkeypatch):
+    import lprviz
+    import lprviz.distributed as dmod
+
+    monkeypatch.setattr(dmod, "CONNECT_TIMEOUT", 1.0)
+    argv = ["lpr", "--dataset", "emt-alloys", "--train-groups", TRAIN_GROUPS,
+            "-o", str(tmp_path / "out.extxyz")]
+    with distributed.LocalCluster(n_workers=0, processes=True, dashboard_address=":0",
+                                  silence_logs=50) as empty:
+        assert main([*argv, "--scheduler", empty.scheduler_address]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no worker connected within 1 s" in err
+    lc, client = cluster
+    version = lprviz.__version__
+    client.run(lambda: setattr(__import__("lprviz"), "__version__", "0.0.0-other"))
+    try:
+        assert main([*argv, "--scheduler", lc.scheduler_address]) == 2
+    finally:
+        client.run(lambda: setattr(__import__("lprviz"), "__version__", version))
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "has lprviz 0.0.0-other" in err and "2 of 2" in err
