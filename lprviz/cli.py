@@ -814,11 +814,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "the same lprviz version)")
     p.add_argument("--summary", default=None, metavar="PATH",
                    help="also write per-group/per-species LPR quantiles and the lowest-LPR "
-                        "structures and atoms (.json, or .csv plus "
-                        "PATH.lowest_structures.csv and PATH.lowest_atoms.csv)")
+                        "structures and atoms (run.json, or run.csv plus "
+                        "run.lowest_structures.csv and run.lowest_atoms.csv)")
     p.add_argument("--sample", type=int, default=0, metavar="N",
-                   help="with --summary: also write the N lowest-LPR structures to "
-                        "PATH.sample.extxyz")
+                   help="with --summary run.json: also write the N lowest-LPR structures to "
+                        "run.sample.extxyz")
     p.add_argument("-q", "--quiet", action="store_true",
                    help="no progress (steps and times on stderr) or summary")
     p.add_argument("-o", "--output", required=True,
