@@ -496,6 +496,15 @@ def _cmd_lpr(args: argparse.Namespace) -> int:
     _refuse_input_as_output(args.output, "-o", {
         "--train": args.train, "--test": args.test, "--dataset": args.dataset,
         "--reference-train": args.reference_train})
+    collector = _summary_collector(args, alphas)
+    if args.workers is not None or args.scheduler is not None:
+        from lprviz.distributed import run_lpr
+
+        if source.kind != "soap":
+            raise InputError(f"{source.label}: not available with --workers/--scheduler (the "
+                             "distributed run computes SOAP features)")
+        n_frames, _, lprs = run_lpr(args, steps, alphas, source.hypers, spec, collector)
+        return _finish_lpr(args, steps, collector, n_frames, lprs, alphas[0])
     with steps("loading structures"):
         data, train = _lpr_inputs(args)
         reference = _reference_set(args, data)
@@ -561,10 +570,14 @@ def _cmd_lpr(args: argparse.Namespace) -> int:
                 times["LCPR per descriptor block"] += time.perf_counter() - start
             start = time.perf_counter()
             part = data.subset(np.concatenate([train_frames, chunk]))
-            write_extxyz(fh, annotated_frames(part, results, include_training=False,
-                                              atom_arrays=lcpr, extra_provenance=provenance))
+            annotated = annotated_frames(part, results, include_training=False,
+                                         atom_arrays=lcpr, extra_provenance=provenance)
+            write_extxyz(fh, annotated)
             times[f"writing {args.output}"] += time.perf_counter() - start
             summary.append(results[0].lpr[-len(phi):])
+            if collector is not None:
+                _summarise_chunk(collector, data, chunk, np.searchsorted(test_frames, chunk),
+                                 results[0], summary[-1], annotated)
             done += len(phi)
             progress(done, n_test_atoms)
 
@@ -574,11 +587,76 @@ def _cmd_lpr(args: argparse.Namespace) -> int:
         if not args.quiet:
             print(file=sys.stderr, flush=True)  # ends the line of the test-structure bar
     steps.report(times)
+    return _finish_lpr(args, steps, collector, test_frames.size, summary, alphas[0])
+
+
+def _summary_collector(args: argparse.Namespace, alphas: list[float]):
+    """The :class:`lprviz.summary.SummaryCollector` of ``--summary`` (None without it)."""
+    if args.summary is None:
+        if args.sample:
+            raise InputError("--sample: also give --summary PATH (the sample is written next "
+                             "to it)")
+        return None
+    if Path(args.summary).suffix.lower() not in (".csv", ".json"):
+        raise InputError(f"--summary {args.summary}: expected a .csv or .json file name")
+    if not 0 <= args.sample <= 10_000:
+        raise InputError(f"--sample: expected 0..10000 structures, got {args.sample}")
+    inputs = {"--train": args.train, "--test": args.test, "--dataset": args.dataset,
+              "--reference-train": args.reference_train}
+    for path in _summary_files(args):
+        _refuse_input_as_output(path, "--summary", inputs)
+    from lprviz.summary import SummaryCollector
+
+    return SummaryCollector(alphas[0], n_sample=args.sample)
+
+
+def _summary_files(args: argparse.Namespace) -> list[str]:
+    """``--summary`` and the files written next to it (CSV tables, ``--sample``)."""
+    path = Path(args.summary)
+    out = [str(path)]
+    if path.suffix.lower() == ".csv":
+        out += [str(path.with_suffix(f".{t}.csv")) for t in ("lowest_structures", "lowest_atoms")]
+    if args.sample:
+        out.append(str(path.with_suffix(".sample.extxyz")))
+    return out
+
+
+def _summarise_chunk(collector, data, chunk, out_frames, first, lpr, annotated) -> None:
+    """Add one serial test chunk to ``collector`` (``lpr``: the chunk's atoms, first alpha)."""
+    import numpy as np
+
+    from lprviz.summary import chunk_summary
+
+    atoms = np.concatenate([np.arange(data.frame_starts[f], data.frame_starts[f + 1])
+                            for f in chunk])
+    collector.add(chunk_summary(
+        out_frames, [data.names[f] for f in chunk], data.groups[chunk].tolist(),
+        np.asarray(data.frame_sizes)[chunk], data.atom_numbers[atoms], lpr,
+        first.undetermined[-len(lpr):], n_sample=collector.n_sample, annotated=annotated))
+
+
+def _finish_lpr(args, steps, collector, n_frames: int, lprs: list, alpha: float) -> int:
+    """Write the ``--summary`` files and print the closing line of ``lprviz lpr``."""
+    import numpy as np
+
+    if collector is not None:
+        files = _summary_files(args)
+        with steps(f"writing {args.summary}"):
+            if files[0].lower().endswith(".json"):
+                _write_atomically(files[0], "--summary", collector.write_json)
+            else:
+                for path, table in zip(files, ("quantiles", "lowest_structures",
+                                               "lowest_atoms"), strict=False):
+                    _write_atomically(path, "--summary",
+                                      lambda fh, t=table: collector.write_csv(fh, t), newline="")
+            if args.sample:
+                _write_atomically(files[-1], "--sample",
+                                  lambda fh: fh.write(collector.sample_text()))
     if not args.quiet:
-        lpr = np.concatenate(summary) if summary else np.zeros(0)
+        lpr = np.concatenate(lprs) if lprs else np.zeros(0)
         print(
-            f"wrote {test_frames.size} structures ({lpr.size} atoms) to {args.output}; "
-            f"LPR at alpha={alphas[0]:g}: median {np.median(lpr):.3g}, min {lpr.min():.3g}",
+            f"wrote {n_frames} structures ({lpr.size} atoms) to {args.output}; "
+            f"LPR at alpha={alpha:g}: median {np.median(lpr):.3g}, min {lpr.min():.3g}",
             file=sys.stderr,
         )
     return 0
@@ -827,6 +905,19 @@ def build_parser() -> argparse.ArgumentParser:
                         f"Default {DEFAULT_FORCE_WEIGHT:g}: "
                         "forces and energies then add about equal curvature to the model "
                         "on the shipped emt-alloys data and real Si (docs/science.md §12)")
+    p.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="run on a local Dask cluster of N worker processes (linear model; "
+                        "needs pip install 'lprviz[dask]')")
+    p.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                   help="run on a running Dask scheduler, e.g. tcp://host:8786 (workers need "
+                        "the same lprviz version)")
+    p.add_argument("--summary", default=None, metavar="PATH",
+                   help="also write per-group/per-species LPR quantiles and the lowest-LPR "
+                        "structures and atoms (run.json, or run.csv plus "
+                        "run.lowest_structures.csv and run.lowest_atoms.csv)")
+    p.add_argument("--sample", type=int, default=0, metavar="N",
+                   help="with --summary run.json: also write the N lowest-LPR structures to "
+                        "run.sample.extxyz")
     p.add_argument("-q", "--quiet", action="store_true",
                    help="no progress (steps and times on stderr) or summary")
     p.add_argument("-o", "--output", required=True,

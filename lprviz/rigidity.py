@@ -374,6 +374,44 @@ class RigiditySolver:
         return cls._from_raw_gram(gram, scale, n_structures, convention, rows)
 
     @classmethod
+    def from_gram(
+        cls,
+        gram_raw: np.ndarray,
+        *,
+        scale: float,
+        n_structures: int,
+        convention: str = "mean",
+        rows_raw: np.ndarray | None = None,
+    ) -> RigiditySolver:
+        """Build from an accumulated raw :math:`\\mathbf{X}^\\top\\mathbf{X}` (e.g. partial
+        sums reduced on Dask workers, :mod:`lprviz.distributed`).
+
+        Parameters
+        ----------
+        gram_raw : numpy.ndarray of shape (n_features, n_features)
+            Sum of ``rows.T @ rows`` of the raw (unscaled) structure rows.
+        scale : float
+            Descriptor scale.
+        n_structures : int
+            Number of training structures summed into ``gram_raw``.
+        convention : {"mean", "sum"}
+            What the rows were.
+        rows_raw : numpy.ndarray of shape (n_structures, n_features), optional
+            The raw rows themselves, when few (they give the same dual route as
+            :meth:`from_rows`).
+
+        Returns
+        -------
+        RigiditySolver
+        """
+        gram = _as_2d(gram_raw, "gram")
+        if gram.shape[0] != gram.shape[1] or n_structures < 1:
+            raise InputError(f"gram: expected a square matrix of at least one structure, got "
+                             f"shape {gram.shape} of {n_structures} structures")
+        return cls._from_raw_gram(gram, scale, n_structures, _check_convention(convention),
+                                  rows_raw)
+
+    @classmethod
     def _from_raw_gram(
         cls,
         gram_raw: np.ndarray,

@@ -28,6 +28,7 @@ def main() -> None:
             st.Page(PAGES / "validate.py", title="Validate", url_path="validate"),
             st.Page(PAGES / "learn.py", title="Learn", url_path="learn"),
             st.Page(PAGES / "export.py", title="Export", url_path="export"),
+            st.Page(PAGES / "summary.py", title="Summary", url_path="summary"),
         ]
     )
     with common.guarded():
