@@ -44,7 +44,8 @@ def _picker_options(page, label: str) -> list[str]:
 def test_upload_names_structures_after_the_file_and_a_random_split_gives_test(app_url,
                                                                                browser):
     ARTIFACTS.mkdir(exist_ok=True)
-    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    # tall: the split control sits below Features, Model and the forces toggle
+    page = browser.new_page(viewport={"width": 1400, "height": 1400})
     page.goto(app_url, wait_until="domcontentloaded")
     _settled_canvas(page)  # the default dataset is up
     page.locator("section[data-testid='stSidebar'] input[type=file]").first.set_input_files(
