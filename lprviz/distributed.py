@@ -296,7 +296,8 @@ def _cuts(sizes: np.ndarray, chunk_atoms: int) -> list[int]:
 
 @dataclass
 class _Plan:
-    """What the first pass learns: where training and test frames come from."""
+    """What the first pass learns: where training and test frames come from, and the blocks
+    of the training sums (:mod:`lprviz.gramsum`)."""
 
     name: str
     species: tuple[int, ...]
@@ -304,6 +305,8 @@ class _Plan:
     n_train: int
     n_test: int
     n_test_atoms: int
+    stops: np.ndarray  # block ends among the training rows (gramsum.block_stops)
+    first_rows: list[int]  # index of each chunk's first training row
 
 
 def _inputs(args) -> list[tuple[str, str | None]]:
@@ -344,6 +347,7 @@ def _scan_chunk(item, role, wanted: list[str], value: str, start: int) -> dict:
             "groups": Counter(chunk.groups.tolist()),
             "train_groups": Counter(chunk.groups[train].tolist()),
             "n_train": int(train.sum()), "n_test": int((~train).sum()),
+            "train_sizes": np.asarray(chunk.frame_sizes, dtype=np.int32)[train],
             "n_test_atoms": int(np.asarray(chunk.frame_sizes)[~train].sum())}
 
 
@@ -362,13 +366,17 @@ def _ordered(client, tasks, in_flight: int):
 def _scan(client, args, chunk_atoms: int, in_flight: int) -> tuple[_Plan, list[int]]:
     """First pass, on the workers: species, groups and sizes; the checks the serial command
     makes on the whole dataset (groups exist, training frames have energies, a test frame
-    exists). Also the number of test frames of each chunk (where its output frames start)."""
+    exists). Also the number of test frames of each chunk (where its output frames start)
+    and the atoms of every training frame (4 bytes each: they fix the blocks of the
+    training sums, :func:`lprviz.gramsum.block_stops`)."""
+    from lprviz.gramsum import block_stops
+
     wanted = [g.strip() for g in (args.train_groups or "").split(",") if g.strip()]
     species: set[int] = set()
     groups: Counter = Counter()
     train_groups: Counter = Counter()
     n_train = n_test = n_test_atoms = 0
-    names, test_per_chunk = [], []
+    names, test_per_chunk, first_rows, train_sizes = [], [], [], []
     for value, role in _inputs(args):
         tasks = ((_scan_chunk, item, role, wanted, value, start)
                  for start, item in _items(value, chunk_atoms))
@@ -378,6 +386,8 @@ def _scan(client, args, chunk_atoms: int, in_flight: int) -> tuple[_Plan, list[i
             species |= part["species"]
             groups.update(part["groups"])
             train_groups.update(part["train_groups"])
+            first_rows.append(n_train)
+            train_sizes.append(part["train_sizes"])
             n_train += part["n_train"]
             n_test += part["n_test"]
             n_test_atoms += part["n_test_atoms"]
@@ -390,18 +400,20 @@ def _scan(client, args, chunk_atoms: int, in_flight: int) -> tuple[_Plan, list[i
         if n_test == 0:
             raise InputError(f"dataset '{names[0]}': --train-groups leave no test frame")
     plan = _Plan("+".join(names), tuple(sorted(species)), train_groups, n_train, n_test,
-                 n_test_atoms)
+                 n_test_atoms, block_stops(np.concatenate(train_sizes)), first_rows)
     return plan, test_per_chunk
 
 
 # ------------------------------------------------------------------------- worker tasks
-def _train_partial(item, role, wanted: list[str], hypers, species,
-                   baseline: bool) -> dict | None:
-    """Raw sums of the training frames of one chunk: ``M^T M`` and ``M^T y`` of the mean rows
+def _train_partial(item, role, wanted: list[str], hypers, species, baseline: bool,
+                   first_row: int, stops: np.ndarray) -> dict | None:
+    """Raw sums of the training frames of one chunk (training rows ``first_row...``): the
+    :class:`lprviz.gramsum.Partial` of ``M^T M`` and ``M^T y`` of the mean rows
     ``M = [SOAP rows, composition rows]`` (composition unscaled), the SOAP sum of squares,
     atom and row counts, and the rows themselves (for the dual route while few). None when
     the chunk has no training frame."""
     from lprviz.features import compute_soap
+    from lprviz.gramsum import partial
     from lprviz.models import composition_features
     from lprviz.rigidity import structure_features
 
@@ -419,7 +431,7 @@ def _train_partial(item, role, wanted: list[str], hypers, species,
         rows = np.hstack([rows, structure_features(comp, desc.structure_index, n)])
     y = chunk.energies / np.asarray(chunk.frame_sizes)
     few = _few_rows(rows)
-    return {"gram": rows.T @ rows, "xty": rows.T @ y, "sumsq": float(norm2.sum()),
+    return {"sums": partial(rows, y, first_row, stops), "sumsq": float(norm2.sum()),
             "n_atoms": int(len(norm2)), "n_structures": n, "rows": few,
             "y": None if few is None else y,
             "numbers": None if few is None else desc.atom_numbers,
@@ -439,11 +451,14 @@ def _same(value):
     return value
 
 
-def _add_partials(a: dict | None, b: dict | None) -> dict | None:
-    """Sum of two training partials (rows kept, in order, while they stay few)."""
+def _add_partials(a: dict | None, b: dict | None, stops: np.ndarray) -> dict | None:
+    """Sum of two training partials of consecutive chunks (rows kept, in order, while they
+    stay few); ``M^T M`` and ``M^T y`` in :mod:`lprviz.gramsum`'s order."""
+    from lprviz.gramsum import merge
+
     if a is None or b is None:
         return b if a is None else a
-    out = {"gram": a["gram"] + b["gram"], "xty": a["xty"] + b["xty"],
+    out = {"sums": merge(a["sums"], b["sums"], stops),
            "sumsq": a["sumsq"] + b["sumsq"], "n_atoms": a["n_atoms"] + b["n_atoms"],
            "n_structures": a["n_structures"] + b["n_structures"]}
     rows = None
@@ -500,12 +515,15 @@ ROUND_CHUNKS = 32
 
 
 def reduce_training(client, chunks, hypers, species, baseline: bool, *,
-                    in_flight: int) -> dict:
+                    in_flight: int, first_rows: list[int], stops: np.ndarray) -> dict:
     """Sum the training partials of ``chunks`` (``(chunk, role, wanted)``: a Dataset or
-    block, its role or None and the training groups) and return the total (``M^T M``,
-    ``M^T y``, counts): pairwise on the workers as a binary tree (a binary counter: at most
-    log2(n) pending sums) within rounds of :data:`ROUND_CHUNKS` chunks, the rounds' totals
-    added on the client in frame order while the next round runs."""
+    block, its role or None and the training groups; ``first_rows`` their first training
+    rows, ``stops`` the blocks of :func:`lprviz.gramsum.block_stops`) and return the total
+    (``M^T M``, ``M^T y`` as a :class:`lprviz.gramsum.Partial`, counts): pairwise on the
+    workers as a binary tree (a binary counter: at most log2(n) pending sums) within rounds
+    of :data:`ROUND_CHUNKS` chunks, the rounds' totals added on the client in frame order
+    while the next round runs. Where the partials meet, the sums follow gramsum's one order,
+    so the result is the serial run's to the last bit."""
     stack: list[tuple[int, object]] = []  # (level, future of a partial sum), in frame order
     pending: deque = deque()
     rounds: deque = deque()
@@ -514,27 +532,28 @@ def reduce_training(client, chunks, hypers, species, baseline: bool, *,
     def collapse():
         top = stack.pop()[1]
         while stack:
-            top = client.submit(_add_partials, stack.pop()[1], top, pure=False)
+            top = client.submit(_add_partials, stack.pop()[1], top, stops, pure=False)
         return top
 
-    for n, (item, role, wanted) in enumerate(chunks, start=1):
+    for n, ((item, role, wanted), first) in enumerate(zip(chunks, first_rows, strict=False),
+                                                      start=1):
         future = client.submit(_train_partial, item, role, wanted, hypers, species, baseline,
-                               pure=False)
+                               first, stops, pure=False)
         pending.append(future)
         _bounded(pending, in_flight)
         level = 0
         while stack and stack[-1][0] == level:
-            future = client.submit(_add_partials, stack.pop()[1], future, pure=False)
+            future = client.submit(_add_partials, stack.pop()[1], future, stops, pure=False)
             level += 1
         stack.append((level, future))
         if n % ROUND_CHUNKS == 0:
             rounds.append(collapse())
             while len(rounds) > 1:
-                total = _add_partials(total, rounds.popleft().result())
+                total = _add_partials(total, rounds.popleft().result(), stops)
     if stack:
         rounds.append(collapse())
     while rounds:
-        total = _add_partials(total, rounds.popleft().result())
+        total = _add_partials(total, rounds.popleft().result(), stops)
     if total is None:
         raise InputError("no training frame")
     return total
@@ -544,37 +563,35 @@ def _fit_from_partial(total: dict, spec, hypers, species, scale):
     """The client's :class:`lprviz.pipeline.Fit` from the reduced sums (what ``prepare``
     builds from the stacked rows): scale from the sum of squares unless fixed, composition
     columns multiplied by the scale, one factorisation."""
+    from lprviz.gramsum import scaled
+    from lprviz.gramsum import total as tree_total
     from lprviz.limits import get_limits
     from lprviz.models import composition_features
     from lprviz.pipeline import Fit
     from lprviz.rigidity import RigiditySolver, structure_features
 
-    d = total["gram"].shape[0]
+    n_baseline = len(species) if spec.baseline else 0
+    sums = tree_total(total["sums"])
+    d = sums[0].shape[0]
     if d > get_limits().max_features:
         raise InputError(f"model: {d} features, more than the limit of "
                          f"{get_limits().max_features} (LPRVIZ_MAX_FEATURES)")
     if scale is None:  # with few rows, summed in prepare()'s order (see below)
         sumsq = total["sumsq"] if total["norm2"] is None else total["norm2"].sum()
         scale = float(np.sqrt(sumsq / max(total["n_atoms"], 1)))
+    gram, xty = scaled(sums, scale, n_baseline)
     n = total["n_structures"]
+    rows = None
     if total["rows"] is not None:
         # Few rows (the dual route): the ridge weights are then so ill-conditioned that
         # rounding the scale or the composition rows differently moves local energies by
-        # ~1e-10, so scale, rows, solver and X^T y are built exactly as prepare() builds them.
+        # ~1e-10, so scale and rows are built exactly as prepare() builds them.
         rows = total["rows"].copy()
-        if spec.baseline:
+        if n_baseline:
             comp = scale * composition_features(total["numbers"], species)
-            rows[:, d - len(species):] = structure_features(
+            rows[:, d - n_baseline:] = structure_features(
                 comp, np.repeat(np.arange(n), total["sizes"]), n)
-        solver = RigiditySolver.from_rows(rows, scale=scale)
-        xty = rows.T @ total["y"]
-    else:
-        column = np.ones(d)
-        if spec.baseline:
-            column[d - len(species):] = scale
-        solver = RigiditySolver.from_gram(total["gram"] * column[:, None] * column[None, :],
-                                          scale=scale, n_structures=n)
-        xty = total["xty"] * column
+    solver = RigiditySolver.from_gram(gram, scale=scale, n_structures=n, rows_raw=rows)
     return Fit(spec=spec, train_mask=np.ones(n, dtype=bool), solver=solver, scale=float(scale),
                species=tuple(species), nystrom=None, structure_index=np.zeros(0, dtype=np.int64),
                projections=np.empty((0, d), dtype=np.float32),
@@ -645,7 +662,8 @@ def _run(args, steps, alphas, hypers, spec, summary, chunk_atoms):
         with steps(f"SOAP and X^T X of {plan.n_train} training structures on {n_workers} "
                    "workers"):
             total = reduce_training(client, chunks(), hypers, plan.species,
-                                    spec.baseline, in_flight=in_flight)
+                                    spec.baseline, in_flight=in_flight,
+                                    first_rows=plan.first_rows, stops=plan.stops)
         with steps(f"factorising the model of {plan.n_train} training structures"):
             fit = _fit_from_partial(total, spec, hypers, plan.species, args.scale)
             del total

@@ -33,6 +33,7 @@ from lprviz.forces import (
     position_gradients,
     reference_forces,
 )
+from lprviz.gramsum import model_sums
 from lprviz.limits import check_number, get_limits
 from lprviz.models import (
     NystromMap,
@@ -471,16 +472,21 @@ def prepare(
                              "sparse-kernel model (no position gradients of this source)")
         trained = _force_training(dataset, descriptors, train_mask, base.shape[1],
                                   0 if extra is None else extra.shape[1], nystrom, project)
-        solver = RigiditySolver.from_rows(
-            rows[train_mask & (sizes > 0)], scale=scale, convention="mean",
-            extra_gram=force_weight * trained[0].gram, n_extra_rows=trained[0].n_rows,
+    # X^T X and X^T y in lprviz.gramsum's fixed order (a distributed run sums the same way)
+    keep = train_mask & (sizes > 0)
+    y = energies[keep] / sizes[keep]
+    gram, xty = model_sums(rows[keep], y, sizes[keep], scale, None if extra is None else
+                           structure_features(composition_features(
+                               dataset.atom_numbers, species), structure_index, n_frames)[keep])
+    xty = xty / scale
+    if trained is not None:
+        solver = RigiditySolver.from_gram(
+            gram + force_weight * trained[0].gram, scale=scale, n_structures=int(keep.sum()),
+            n_extra_rows=trained[0].n_rows,
         )
     else:
-        solver = RigiditySolver.from_rows(
-            rows[train_mask & (sizes > 0)], scale=scale, convention="mean"
-        )
-    y = energies[train_mask] / sizes[train_mask]
-    xty = rows[train_mask].T @ y / scale
+        solver = RigiditySolver.from_gram(gram, scale=scale, n_structures=int(keep.sum()),
+                                          rows_raw=rows[keep])
     if trained is not None:
         xty = xty + force_weight * trained[0].gtf / scale
     # Thin on the dual route only: near d training structures it saves little memory, and

@@ -382,6 +382,7 @@ class RigiditySolver:
         n_structures: int,
         convention: str = "mean",
         rows_raw: np.ndarray | None = None,
+        n_extra_rows: int = 0,
     ) -> RigiditySolver:
         """Build from an accumulated raw :math:`\\mathbf{X}^\\top\\mathbf{X}` (e.g. partial
         sums reduced on Dask workers, :mod:`lprviz.distributed`).
@@ -398,7 +399,10 @@ class RigiditySolver:
             What the rows were.
         rows_raw : numpy.ndarray of shape (n_structures, n_features), optional
             The raw rows themselves, when few (they give the same dual route as
-            :meth:`from_rows`).
+            :meth:`from_rows`); ignored with ``n_extra_rows``.
+        n_extra_rows : int
+            Data rows in ``gram_raw`` besides the structure rows (weighted force rows, see
+            :meth:`from_rows`); the route is then primal.
 
         Returns
         -------
@@ -408,8 +412,10 @@ class RigiditySolver:
         if gram.shape[0] != gram.shape[1] or n_structures < 1:
             raise InputError(f"gram: expected a square matrix of at least one structure, got "
                              f"shape {gram.shape} of {n_structures} structures")
-        return cls._from_raw_gram(gram, scale, n_structures, _check_convention(convention),
-                                  rows_raw)
+        solver = cls._from_raw_gram(gram, scale, n_structures, _check_convention(convention),
+                                    None if n_extra_rows else rows_raw)
+        solver.n_extra_rows = int(n_extra_rows)
+        return solver
 
     @classmethod
     def _from_raw_gram(

@@ -17,7 +17,7 @@ import ase.io
 import numpy as np
 import pytest
 
-from lprviz import features
+from lprviz import features, gramsum
 from lprviz.cli import main
 from lprviz.summary import QUANTILES, SummaryCollector, chunk_summary
 
@@ -28,6 +28,7 @@ TRAIN_GROUPS = "bulk-pure,bulk-alloy,vacancy,surface"
 # small SOAP: d = 6 pairs x 3^2 x 3 + 3 = 165 features for 190 training rows (primal route)
 SMALL = ["--preset", "fast", "--max-radial", "2", "--max-angular", "2"]
 WIDE = ["--preset", "fast"]  # d = 603 > 2 x 190 rows: the dual (thin SVD) route
+ALPHAS = "1e-6,1e-4,1e-2"
 
 
 @pytest.fixture(autouse=True)
@@ -93,8 +94,8 @@ def _assert_same(serial, other, rtol=1e-10):
 
 def test_local_workers_equal_serial_dual_route(tmp_path):
     """--workers 2 (the command's own LocalCluster) == serial, few rows for many features."""
-    serial = _run(tmp_path, "serial", [], soap=WIDE)
-    dist = _run(tmp_path, "dist", ["--workers", "2"], soap=WIDE)
+    serial = _run(tmp_path, "serial", [], soap=WIDE, alpha=ALPHAS)
+    dist = _run(tmp_path, "dist", ["--workers", "2"], soap=WIDE, alpha=ALPHAS)
     assert len(serial) == 110
     _assert_same(serial, dist)
     assert not any(a.info["in_training"] for a in dist)
@@ -108,13 +109,14 @@ def test_scheduler_equals_serial_and_tasks_ran_on_workers(tmp_path, cluster, mon
     lc, client = cluster
     monkeypatch.setattr(dmod, "CHUNK_ATOMS", 300)  # ~26 chunks, several in flight
     monkeypatch.setattr(dmod, "ROUND_CHUNKS", 4)  # training sums fetched in rounds
-    serial = _run(tmp_path, "serial", [])
+    # blocks of the training sums smaller than chunks and cut across them (lprviz.gramsum)
+    monkeypatch.setattr(gramsum, "BLOCK_ATOMS", 230)
+    serial = _run(tmp_path, "serial", [], alpha=ALPHAS)
     with distributed.get_task_stream(client) as stream:
-        dist = _run(tmp_path, "dist", ["--scheduler", lc.scheduler_address])
-    # Primal route: X^T X summed chunk by chunk rounds differently from one product of all
-    # rows; at alpha = 1e-4 that moves a few LPRs by up to ~1.2e-10 (the serial command
-    # moves them by ~3e-11 when its training frames are merely reversed).
-    _assert_same(serial, dist, rtol=2e-10)
+        dist = _run(tmp_path, "dist", ["--scheduler", lc.scheduler_address], alpha=ALPHAS)
+    # Primal route: X^T X is summed in gramsum's one order in both runs (summed chunk by
+    # chunk instead, a few LPRs moved by up to 1.2e-10 at alpha = 1e-4).
+    _assert_same(serial, dist)
     pids = client.run(os.getpid)
     assert len(pids) == 2 and os.getpid() not in pids.values()
     ran = {}
@@ -192,7 +194,7 @@ def test_killed_worker_gives_the_same_result(tmp_path, cluster, phase):
     _, err = proc.communicate(timeout=300)
     assert killed is not None, "the run ended before a worker could be killed"
     assert proc.returncode == 0, err
-    _assert_same(serial, ase.io.read(out, index=":"), rtol=2e-10)
+    _assert_same(serial, ase.io.read(out, index=":"), )
     client.wait_for_workers(2, timeout=60)  # the nanny restarts it for the next test
 
 
@@ -305,7 +307,7 @@ def test_train_and_test_files_equal_serial(tmp_path, cluster, capsys, monkeypatc
     assert main([*argv, "-o", str(tmp_path / "dist.extxyz"),
                  "--scheduler", lc.scheduler_address]) == 0
     serial = ase.io.read(tmp_path / "serial.extxyz", index=":")
-    _assert_same(serial, ase.io.read(tmp_path / "dist.extxyz", index=":"), rtol=2e-10)
+    _assert_same(serial, ase.io.read(tmp_path / "dist.extxyz", index=":"), )
     assert serial[0].info["lprviz_dataset"] == "train.extxyz+test.extxyz"
     bad = [a for i, a in enumerate(frames) if i % 3]
     bad[150].positions[2, 1] = np.inf
