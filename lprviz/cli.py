@@ -501,8 +501,11 @@ def _cmd_lpr(args: argparse.Namespace) -> int:
         from lprviz.distributed import run_lpr
 
         if source.kind != "soap":
-            raise InputError(f"{source.label}: not available with --workers/--scheduler (the "
-                             "distributed run computes SOAP features)")
+            option = (f"--features-array {args.features_array}" if source.kind == "array"
+                      else f"--model {args.model}")
+            raise InputError(f"{option} ({source.label}): not available with --workers/"
+                             "--scheduler (the distributed run computes SOAP features on its "
+                             "workers)")
         n_frames, _, lprs = run_lpr(args, steps, alphas, source.hypers, spec, collector)
         return _finish_lpr(args, steps, collector, n_frames, lprs, alphas[0])
     with steps("loading structures"):

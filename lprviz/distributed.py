@@ -17,11 +17,16 @@ and check it (:func:`lprviz.datasets.validate_frames`), featurise
    :class:`~lprviz.summary.ChunkSummary`; the client writes the texts in frame order with a
    bounded number of chunks in flight.
 
+The sparse-kernel model adds a pass before 2: the workers return the training atoms' SOAP,
+the client gathers them (at most ``LPRVIZ_MAX_ARRAY_BYTES``), picks the active environments
+by FPS (:func:`lprviz.models.fit_nystrom`, as the serial run) and broadcasts the Nyström
+map; the workers then sum the Nyström features' ``X^T X`` as for the linear model.
+
 Client memory is ``O(d^2)`` plus a bounded number of chunks, 4 bytes per test atom for the
-closing line's median and, with ``--summary``, 10 more. Only the linear model is
-distributed: the sparse-kernel model's FPS needs all training descriptors in one place. A
-killed worker's tasks are re-run by Dask on the others (their inputs are held by the
-scheduler), so the result is unchanged.
+closing line's median and, with ``--summary``, 10 more (the sparse kernel: plus the
+training SOAP during FPS). Sums follow :mod:`lprviz.gramsum`'s order, so the results are
+the serial run's. A killed worker's tasks are re-run by Dask on the others (their inputs
+are held by the scheduler), so the result is unchanged.
 """
 
 from __future__ import annotations
@@ -39,7 +44,8 @@ import numpy as np
 
 from lprviz.errors import InputError
 
-__all__ = ["DASK_HINT", "connect", "iter_chunks", "reduce_training", "run_lpr"]
+__all__ = ["DASK_HINT", "connect", "gather_training", "iter_chunks", "reduce_training",
+           "run_lpr"]
 
 DASK_HINT = "pip install 'lprviz[dask]'"
 
@@ -305,6 +311,7 @@ class _Plan:
     n_train: int
     n_test: int
     n_test_atoms: int
+    n_train_atoms: int
     stops: np.ndarray  # block ends among the training rows (gramsum.block_stops)
     first_rows: list[int]  # index of each chunk's first training row
 
@@ -400,18 +407,31 @@ def _scan(client, args, chunk_atoms: int, in_flight: int) -> tuple[_Plan, list[i
         if n_test == 0:
             raise InputError(f"dataset '{names[0]}': --train-groups leave no test frame")
     plan = _Plan("+".join(names), tuple(sorted(species)), train_groups, n_train, n_test,
-                 n_test_atoms, block_stops(np.concatenate(train_sizes)), first_rows)
+                 n_test_atoms, int(sum(int(t.sum()) for t in train_sizes)),
+                 block_stops(np.concatenate(train_sizes)), first_rows)
     return plan, test_per_chunk
 
 
 # ------------------------------------------------------------------------- worker tasks
+def _train_descriptors(item, role, wanted: list[str], hypers, species) -> np.ndarray | None:
+    """SOAP of the training atoms of one chunk (for the sparse kernel's FPS on the client)."""
+    from lprviz.features import compute_soap
+
+    chunk = _split(item, role, wanted, train=True)
+    if not chunk.frames:
+        return None
+    desc = compute_soap(chunk.frames, hypers, species=species, cache=False, names=chunk.names)
+    return np.asarray(desc.values, dtype=np.float64)
+
+
 def _train_partial(item, role, wanted: list[str], hypers, species, baseline: bool,
-                   first_row: int, stops: np.ndarray) -> dict | None:
+                   first_row: int, stops: np.ndarray, nystrom=None) -> dict | None:
     """Raw sums of the training frames of one chunk (training rows ``first_row...``): the
     :class:`lprviz.gramsum.Partial` of ``M^T M`` and ``M^T y`` of the mean rows
-    ``M = [SOAP rows, composition rows]`` (composition unscaled), the SOAP sum of squares,
-    atom and row counts, and the rows themselves (for the dual route while few). None when
-    the chunk has no training frame."""
+    ``M = [base rows, composition rows]`` (base: SOAP, or its Nyström features with
+    ``nystrom``; composition unscaled), the base's sum of squares, atom and row counts, and
+    the rows themselves (for the dual route while few). None when the chunk has no training
+    frame."""
     from lprviz.features import compute_soap
     from lprviz.gramsum import partial
     from lprviz.models import composition_features
@@ -422,20 +442,22 @@ def _train_partial(item, role, wanted: list[str], hypers, species, baseline: boo
         return None
     desc = compute_soap(chunk.frames, hypers, species=species, cache=False, names=chunk.names)
     n = len(chunk.frames)
-    norm2 = np.einsum("ij,ij->i", desc.values, desc.values)
+    base = np.asarray(desc.values, dtype=np.float64)
+    if nystrom is not None:
+        base = nystrom.transform(base)
+    norm2 = np.einsum("ij,ij->i", base, base)
     if not np.all(np.isfinite(norm2)):
         raise InputError(f"descriptors of dataset '{chunk.name}' contain NaN or inf")
-    rows = structure_features(desc.values, desc.structure_index, n, convention="mean")
+    rows = structure_features(base, desc.structure_index, n, convention="mean")
     if baseline:
         comp = composition_features(desc.atom_numbers, species)
         rows = np.hstack([rows, structure_features(comp, desc.structure_index, n)])
     y = chunk.energies / np.asarray(chunk.frame_sizes)
     few = _few_rows(rows)
-    return {"sums": partial(rows, y, first_row, stops), "sumsq": float(norm2.sum()),
+    return {"sums": partial(rows, y, norm2, chunk.frame_sizes, first_row, stops),
             "n_atoms": int(len(norm2)), "n_structures": n, "rows": few,
             "y": None if few is None else y,
             "numbers": None if few is None else desc.atom_numbers,
-            "norm2": None if few is None else norm2,
             "sizes": None if few is None else np.asarray(chunk.frame_sizes)}
 
 
@@ -459,12 +481,12 @@ def _add_partials(a: dict | None, b: dict | None, stops: np.ndarray) -> dict | N
     if a is None or b is None:
         return b if a is None else a
     out = {"sums": merge(a["sums"], b["sums"], stops),
-           "sumsq": a["sumsq"] + b["sumsq"], "n_atoms": a["n_atoms"] + b["n_atoms"],
+           "n_atoms": a["n_atoms"] + b["n_atoms"],
            "n_structures": a["n_structures"] + b["n_structures"]}
     rows = None
     if a["rows"] is not None and b["rows"] is not None:
         rows = _few_rows(np.vstack([a["rows"], b["rows"]]))
-    for key in ("y", "numbers", "sizes", "norm2"):
+    for key in ("y", "numbers", "sizes"):
         out[key] = None if rows is None else np.concatenate([a[key], b[key]])
     return {**out, "rows": rows}
 
@@ -514,8 +536,46 @@ def _bounded(futures: deque, limit: int):
 ROUND_CHUNKS = 32
 
 
+def gather_training(client, chunks, hypers, species, n_atoms: int, *,
+                    in_flight: int) -> np.ndarray:
+    """The training atoms' SOAP, gathered from the workers in frame order (the sparse
+    kernel's FPS needs them in one place), into one ``n_atoms x d`` float64 array.
+
+    Raises
+    ------
+    InputError
+        When ``n_atoms x d`` floats exceed ``Limits.max_array_bytes`` (checked once the
+        first chunk gives ``d``, before the rest is gathered).
+    """
+    from lprviz.limits import get_limits
+
+    limit = get_limits().max_array_bytes
+    out, at = None, 0
+    tasks = ((_train_descriptors, item, role, wanted, hypers, species)
+             for item, role, wanted in chunks)
+    for values in _ordered(client, tasks, in_flight):
+        if values is None:
+            continue
+        if out is None:
+            size = n_atoms * values.shape[1] * 8
+            if size > limit:
+                raise InputError(
+                    f"--model sparse-kernel: the {n_atoms} training atoms' descriptors "
+                    f"({n_atoms} x {values.shape[1]} floats, {size / 2**30:.2g} GiB) exceed "
+                    f"the limit of {limit / 2**30:.2g} GiB (LPRVIZ_MAX_ARRAY_BYTES) that the "
+                    "client's active-point selection may hold; use fewer training atoms or "
+                    "the linear model")
+            out = np.empty((n_atoms, values.shape[1]))
+        out[at:at + len(values)] = values
+        at += len(values)
+    if out is None or at != n_atoms:
+        raise InputError(f"training descriptors: expected {n_atoms} atoms, got {at}")
+    return out
+
+
 def reduce_training(client, chunks, hypers, species, baseline: bool, *,
-                    in_flight: int, first_rows: list[int], stops: np.ndarray) -> dict:
+                    in_flight: int, first_rows: list[int], stops: np.ndarray,
+                    nystrom=None) -> dict:
     """Sum the training partials of ``chunks`` (``(chunk, role, wanted)``: a Dataset or
     block, its role or None and the training groups; ``first_rows`` their first training
     rows, ``stops`` the blocks of :func:`lprviz.gramsum.block_stops`) and return the total
@@ -523,7 +583,8 @@ def reduce_training(client, chunks, hypers, species, baseline: bool, *,
     workers as a binary tree (a binary counter: at most log2(n) pending sums) within rounds
     of :data:`ROUND_CHUNKS` chunks, the rounds' totals added on the client in frame order
     while the next round runs. Where the partials meet, the sums follow gramsum's one order,
-    so the result is the serial run's to the last bit."""
+    so the result is the serial run's to the last bit. ``nystrom`` (a future of a
+    :class:`lprviz.models.NystromMap`, or None): the sparse kernel's feature map."""
     stack: list[tuple[int, object]] = []  # (level, future of a partial sum), in frame order
     pending: deque = deque()
     rounds: deque = deque()
@@ -538,7 +599,7 @@ def reduce_training(client, chunks, hypers, species, baseline: bool, *,
     for n, ((item, role, wanted), first) in enumerate(zip(chunks, first_rows, strict=False),
                                                       start=1):
         future = client.submit(_train_partial, item, role, wanted, hypers, species, baseline,
-                               first, stops, pure=False)
+                               first, stops, nystrom, pure=False)
         pending.append(future)
         _bounded(pending, in_flight)
         level = 0
@@ -559,7 +620,7 @@ def reduce_training(client, chunks, hypers, species, baseline: bool, *,
     return total
 
 
-def _fit_from_partial(total: dict, spec, hypers, species, scale):
+def _fit_from_partial(total: dict, spec, hypers, species, scale, nystrom=None):
     """The client's :class:`lprviz.pipeline.Fit` from the reduced sums (what ``prepare``
     builds from the stacked rows): scale from the sum of squares unless fixed, composition
     columns multiplied by the scale, one factorisation."""
@@ -576,10 +637,9 @@ def _fit_from_partial(total: dict, spec, hypers, species, scale):
     if d > get_limits().max_features:
         raise InputError(f"model: {d} features, more than the limit of "
                          f"{get_limits().max_features} (LPRVIZ_MAX_FEATURES)")
-    if scale is None:  # with few rows, summed in prepare()'s order (see below)
-        sumsq = total["sumsq"] if total["norm2"] is None else total["norm2"].sum()
-        scale = float(np.sqrt(sumsq / max(total["n_atoms"], 1)))
-    gram, xty = scaled(sums, scale, n_baseline)
+    if scale is None:  # in prepare()'s order (gramsum.atom_sumsq)
+        scale = float(np.sqrt(float(sums[2]) / max(total["n_atoms"], 1)))
+    gram, xty = scaled(sums[:2], scale, n_baseline)
     n = total["n_structures"]
     rows = None
     if total["rows"] is not None:
@@ -593,14 +653,14 @@ def _fit_from_partial(total: dict, spec, hypers, species, scale):
                 comp, np.repeat(np.arange(n), total["sizes"]), n)
     solver = RigiditySolver.from_gram(gram, scale=scale, n_structures=n, rows_raw=rows)
     return Fit(spec=spec, train_mask=np.ones(n, dtype=bool), solver=solver, scale=float(scale),
-               species=tuple(species), nystrom=None, structure_index=np.zeros(0, dtype=np.int64),
+               species=tuple(species), nystrom=nystrom, structure_index=np.zeros(0, dtype=np.int64),
                projections=np.empty((0, d), dtype=np.float32),
                structure_projections=np.empty((0, d)), xty=xty / scale,
                energies=np.full(n, np.nan), hypers=hypers)
 
 
 def _check_supported(args) -> None:
-    for option, given in (("--model sparse-kernel", args.model != "linear"),
+    for option, given in ((f"--model {args.model}", args.model not in ("linear", "sparse-kernel")),
                           ("--reference-train", args.reference_train is not None),
                           ("--reference-train-groups", args.reference_train_groups is not None),
                           ("--lcpr", args.lcpr),
@@ -608,7 +668,8 @@ def _check_supported(args) -> None:
                           ("--features-array", getattr(args, "features_array", None) is not None)):
         if given:
             raise InputError(f"{option}: not available with --workers/--scheduler (the "
-                             "distributed run supports the linear model with --scale)")
+                             "distributed run supports the linear and sparse-kernel models "
+                             "on SOAP features, with --scale)")
 
 
 def run_lpr(args, steps, alphas, hypers, spec, summary=None, *,
@@ -646,6 +707,7 @@ def run_lpr(args, steps, alphas, hypers, spec, summary=None, *,
 def _run(args, steps, alphas, hypers, spec, summary, chunk_atoms):
     from lprviz.cli import _write_atomically
     from lprviz.export import group_summary
+    from lprviz.models import fit_nystrom
 
     wanted = [g.strip() for g in (args.train_groups or "").split(",") if g.strip()]
     with connect(args.workers, args.scheduler) as client:
@@ -659,13 +721,23 @@ def _run(args, steps, alphas, hypers, spec, summary, chunk_atoms):
                 for _, item in _items(value, chunk_atoms):
                     yield item, role, wanted
 
+        nystrom = nystrom_future = None
+        if spec.kind == "sparse-kernel":
+            with steps(f"SOAP of {plan.n_train_atoms} training atoms gathered from "
+                       f"{n_workers} workers, {spec.n_sparse} active environments (FPS)"):
+                values = gather_training(client, chunks(), hypers, plan.species,
+                                         plan.n_train_atoms, in_flight=in_flight)
+                nystrom = fit_nystrom(values, spec.n_sparse, zeta=spec.zeta)
+                del values
+                nystrom_future = client.submit(_same, nystrom, pure=False)
         with steps(f"SOAP and X^T X of {plan.n_train} training structures on {n_workers} "
                    "workers"):
             total = reduce_training(client, chunks(), hypers, plan.species,
                                     spec.baseline, in_flight=in_flight,
-                                    first_rows=plan.first_rows, stops=plan.stops)
+                                    first_rows=plan.first_rows, stops=plan.stops,
+                                    nystrom=nystrom_future)
         with steps(f"factorising the model of {plan.n_train} training structures"):
-            fit = _fit_from_partial(total, spec, hypers, plan.species, args.scale)
+            fit = _fit_from_partial(total, spec, hypers, plan.species, args.scale, nystrom)
             del total
         provenance = {"dataset": plan.name, "n_train_frames": plan.n_train,
                       "train_groups": group_summary(

@@ -26,8 +26,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["BLOCK_ATOMS", "Partial", "block_stops", "block_sums", "merge", "model_sums",
-           "ordered_sum", "partial", "scaled", "total", "training_sums"]
+__all__ = ["BLOCK_ATOMS", "Partial", "atom_sumsq", "block_stops", "block_sums", "merge",
+           "model_sums", "ordered_sum", "partial", "scaled", "total", "training_sums"]
 
 #: Atoms per block of training frames. Larger blocks cost fewer, bigger products (measured
 #: in benchmarks/bench_gramsum.py against one multi-threaded GEMM of all rows).
@@ -79,11 +79,16 @@ def block_sums(rows: np.ndarray, y: np.ndarray) -> Sums:
         return rows.T @ rows, rows.T @ y
 
 
-def _add(a: Sums, b: Sums) -> Sums:
-    return a[0] + b[0], a[1] + b[1]
+def _add(a: tuple, b: tuple) -> tuple:
+    return tuple(x + z for x, z in zip(a, b, strict=True))
 
 
-def ordered_sum(parts: Sequence[Sums]) -> Sums:
+def _atom_stops(sizes: np.ndarray, stops: np.ndarray) -> np.ndarray:
+    """Atom index ending each block of frames."""
+    return np.cumsum(np.asarray(sizes, dtype=np.int64))[stops - 1] if len(stops) else stops
+
+
+def ordered_sum(parts: Sequence[tuple]) -> tuple:
     """Sum of ``parts`` in the fixed pairwise tree: neighbours ``(0, 1), (2, 3), ...`` are
     added, an odd last part is carried up unchanged, until one is left."""
     level = list(parts)
@@ -156,15 +161,34 @@ def model_sums(rows: np.ndarray, y: np.ndarray, sizes: np.ndarray, scale: float,
     return scaled(training_sums(rows, y, block_stops(sizes)), scale, n_baseline)
 
 
+def atom_sumsq(norm2: np.ndarray, sizes: np.ndarray) -> float:
+    """Sum of the training atoms' squared norms (the feature scale's numerator) in the same
+    blocks and tree: a distributed run sums it from pieces, and the scale multiplies the
+    composition columns, so a last-bit difference here would show as one in ``X^T X``.
+
+    Parameters
+    ----------
+    norm2 : numpy.ndarray of shape (n_atoms,)
+        Squared norms of the training atoms' features, in frame order.
+    sizes : numpy.ndarray of int of shape (n_frames,)
+        Atoms of each training frame.
+    """
+    ends = _atom_stops(sizes, block_stops(sizes))
+    starts = np.concatenate([[0], ends[:-1]])
+    return float(ordered_sum([(np.sum(norm2[a:b]),) for a, b in zip(starts, ends,
+                                                                     strict=True)])[0])
+
+
 # ------------------------------------------------------------------ the tree from pieces
 @dataclass
 class Partial:
-    """Part of the tree: complete nodes ``{(level, k): sums}`` and the rows of blocks held
-    only in part ``{block: (first_row, rows, y)}``."""
+    """Part of the tree: complete nodes ``{(level, k): (R^T R, R^T y, sum of norm2)}`` and
+    the rows of blocks held only in part ``{block: (first_row, rows, y, norm2 of their
+    atoms)}``."""
 
     n_blocks: int
-    nodes: dict[tuple[int, int], Sums] = field(default_factory=dict)
-    pieces: dict[int, tuple[int, np.ndarray, np.ndarray]] = field(default_factory=dict)
+    nodes: dict[tuple[int, int], tuple] = field(default_factory=dict)
+    pieces: dict[int, tuple] = field(default_factory=dict)
 
 
 def _collapse(p: Partial) -> Partial:
@@ -187,13 +211,22 @@ def _collapse(p: Partial) -> Partial:
     return p
 
 
-def partial(rows: np.ndarray, y: np.ndarray, first_row: int, stops: np.ndarray) -> Partial:
+def _leaf(rows: np.ndarray, y: np.ndarray, norm2: np.ndarray) -> tuple:
+    return (*block_sums(rows, y), np.sum(norm2))
+
+
+def partial(rows: np.ndarray, y: np.ndarray, norm2: np.ndarray, sizes: np.ndarray,
+            first_row: int, stops: np.ndarray) -> Partial:
     """The tree's pieces from training rows ``first_row ... first_row + len(rows) - 1``.
 
     Parameters
     ----------
     rows, y : numpy.ndarray
         Consecutive training rows and their targets.
+    norm2 : numpy.ndarray
+        Squared norms of the features of their atoms (see :func:`atom_sumsq`).
+    sizes : numpy.ndarray of int
+        Atoms of each of their frames.
     first_row : int
         Index of ``rows[0]`` among all training rows.
     stops : numpy.ndarray of int
@@ -202,12 +235,14 @@ def partial(rows: np.ndarray, y: np.ndarray, first_row: int, stops: np.ndarray) 
     out = Partial(len(stops))
     lo, hi = first_row, first_row + len(rows)
     starts = np.concatenate([[0], stops[:-1]])
+    atom = np.concatenate([[0], np.cumsum(np.asarray(sizes, dtype=np.int64))])
     for b in np.flatnonzero((starts < hi) & (stops > lo)).tolist():
         s, e = max(int(starts[b]), lo), min(int(stops[b]), hi)
+        piece = (rows[s - lo:e - lo], y[s - lo:e - lo], norm2[atom[s - lo]:atom[e - lo]])
         if s == starts[b] and e == stops[b]:
-            out.nodes[(0, b)] = block_sums(rows[s - lo:e - lo], y[s - lo:e - lo])
+            out.nodes[(0, b)] = _leaf(*piece)
         else:
-            out.pieces[b] = (s, rows[s - lo:e - lo], y[s - lo:e - lo])
+            out.pieces[b] = (s, *piece)
     return _collapse(out)
 
 
@@ -222,17 +257,18 @@ def merge(a: Partial | None, b: Partial | None, stops: np.ndarray) -> Partial | 
         if block in out.pieces:
             first, second = sorted([out.pieces[block], piece], key=lambda p: p[0])
             piece = (first[0], np.vstack([first[1], second[1]]),
-                     np.concatenate([first[2], second[2]]))
+                     *(np.concatenate([u, v]) for u, v in zip(first[2:], second[2:],
+                                                               strict=True)))
         out.pieces[block] = piece
-        s, rows, y = piece
+        s, rows = piece[:2]
         if s == starts[block] and s + len(rows) == stops[block]:
             del out.pieces[block]
-            out.nodes[(0, block)] = block_sums(rows, y)
+            out.nodes[(0, block)] = _leaf(*piece[1:])
     return _collapse(out)
 
 
-def total(p: Partial) -> Sums:
-    """The root of a partial that holds every block."""
+def total(p: Partial) -> tuple:
+    """The root of a partial that holds every block: ``(R^T R, R^T y, sum of norm2)``."""
     if p.pieces or len(p.nodes) != 1:
         raise ValueError(f"gramsum: incomplete sums ({len(p.nodes)} nodes, "
                          f"{len(p.pieces)} blocks in pieces)")

@@ -135,12 +135,26 @@ class NystromMap:
         """Kernel rows ``(x̂ . m̂)^zeta`` against the active set, shape (n, M)."""
         return (_normalise(X) @ self.active.T) ** self.zeta
 
-    def transform(self, X: np.ndarray, *, chunk: int = 20000) -> np.ndarray:
-        """Nyström features of descriptors ``X`` (n, d) -> (n, r), computed in chunks."""
+    def transform(self, X: np.ndarray, *, chunk: int = 256) -> np.ndarray:
+        """Nyström features of descriptors ``X`` (n, d) -> (n, r), computed in chunks.
+
+        Every product has the same shape (``chunk`` rows, the last chunk padded with zeros)
+        and runs on one BLAS thread: a BLAS product's rounding depends on its shape and
+        thread count, and a row's features must not depend on which rows it is computed
+        with (the serial run transforms all atoms at once, a distributed run chunk by
+        chunk; at small alpha the LPR amplifies a last-bit difference to ~1e-9).
+        """
+        from lprviz.rigidity import _one_thread
+
         X = np.asarray(X, dtype=np.float64)
         out = np.empty((X.shape[0], self.n_features))
-        for start in range(0, X.shape[0], chunk):
-            out[start : start + chunk] = self.kernel(X[start : start + chunk]) @ self.projector
+        block = np.zeros((chunk, X.shape[1]))
+        with _one_thread():
+            for start in range(0, X.shape[0], chunk):
+                rows = X[start : start + chunk]
+                block[: len(rows)] = rows
+                block[len(rows):] = 0.0
+                out[start : start + len(rows)] = (self.kernel(block) @ self.projector)[: len(rows)]
         return out
 
 

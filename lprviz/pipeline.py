@@ -33,7 +33,7 @@ from lprviz.forces import (
     position_gradients,
     reference_forces,
 )
-from lprviz.gramsum import model_sums
+from lprviz.gramsum import atom_sumsq, model_sums
 from lprviz.limits import check_number, get_limits
 from lprviz.models import (
     NystromMap,
@@ -449,7 +449,8 @@ def prepare(
     if not np.all(np.isfinite(norm2)):
         raise InputError(f"descriptors of dataset '{dataset.name}' contain NaN or inf")
     if scale is None:
-        scale = float(np.sqrt(norm2[atom_train].sum() / max(int(atom_train.sum()), 1)))
+        scale = float(np.sqrt(atom_sumsq(norm2[atom_train], np.bincount(
+            structure_index, minlength=n_frames)[train_mask]) / max(int(atom_train.sum()), 1)))
     scale = float(scale)
     species = tuple(descriptors.species)
     # The model features are [base, scale * one-hot species] (models.append_baseline); they

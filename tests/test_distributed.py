@@ -157,10 +157,28 @@ def test_without_dask_names_the_extra(tmp_path, capsys, monkeypatch):
     assert code == 2 and err.count("\n") == 1 and "pip install 'lprviz[dask]'" in err
 
 
-def test_unsupported_options_are_refused(tmp_path, capsys):
-    code = main(["lpr", "--dataset", "emt-alloys", "--train-groups", TRAIN_GROUPS, "--lcpr",
-                 "-o", str(tmp_path / "out.extxyz"), "--workers", "2"])
-    assert code == 2 and "--lcpr" in capsys.readouterr().err
+@pytest.mark.parametrize("extra, named", [
+    (["--lcpr"], "--lcpr"),
+    (["--forces"], "--forces"),
+    (["--reference-train", "emt-alloys"], "--reference-train"),
+    (["--reference-train-groups", "bulk-pure"], "--reference-train-groups"),
+    (["--model", "nn"], "--model nn"),
+    (["--features-array", "lpr"], "--features-array lpr"),
+    (["--model", "chgnet"], "--model chgnet"),
+])
+def test_unsupported_options_are_refused(tmp_path, capsys, extra, named):
+    """What still runs only serially: a one-line error naming the option, before any work
+    (no cluster is started: --scheduler points nowhere)."""
+    from lprviz import sources
+
+    if named == "--model chgnet" and sources.backbone_unavailable("chgnet"):
+        pytest.skip(sources.backbone_unavailable("chgnet"))
+    code = main(["lpr", "--dataset", "emt-alloys", "--train-groups", TRAIN_GROUPS, *extra,
+                 "-o", str(tmp_path / "out.extxyz"), "--scheduler", "tcp://127.0.0.1:9"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert err.startswith(f"lprviz: error: {named}"), err
+    assert "not available with --workers/--scheduler" in err
 
 
 @pytest.mark.parametrize("phase", ["_train_partial", "_test_chunk"])
@@ -399,3 +417,37 @@ def test_scheduler_without_workers_or_with_another_version(tmp_path, cluster, ca
         client.run(lambda: setattr(__import__("lprviz"), "__version__", version))
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "has lprviz 0.0.0-other" in err and "2 of 2" in err
+
+
+@pytest.mark.parametrize("soap", [SMALL, WIDE], ids=["primal", "dual"])
+def test_sparse_kernel_equals_serial(tmp_path, cluster, monkeypatch, soap):
+    """Sparse kernel: FPS on the client over the training SOAP gathered from the workers, the
+    Nystrom map broadcast, features and sums on the workers == serial, at three alphas.
+    120 active environments: 123 features for 190 training rows (primal route); 400: 403
+    features (dual route)."""
+    import lprviz.distributed as dmod
+
+    lc, _ = cluster
+    monkeypatch.setattr(dmod, "CHUNK_ATOMS", 400)
+    monkeypatch.setattr(gramsum, "BLOCK_ATOMS", 300)
+    n_sparse = "120" if soap is SMALL else "400"
+    extra = ["--model", "sparse-kernel", "--n-sparse", n_sparse]
+    serial = _run(tmp_path, "serial", extra, soap=soap, alpha=ALPHAS)
+    dist = _run(tmp_path, "dist", [*extra, "--scheduler", lc.scheduler_address], soap=soap,
+                alpha=ALPHAS)
+    _assert_same(serial, dist)
+    linear = _run(tmp_path, "linear", [], soap=soap, alpha=ALPHAS)
+    assert not np.allclose(_columns(linear)["lpr"], _columns(dist)["lpr"], rtol=1e-3)
+
+
+def test_sparse_kernel_descriptors_over_the_limit_is_one_line(tmp_path, capsys, cluster,
+                                                              monkeypatch):
+    lc, _ = cluster
+    monkeypatch.setenv("LPRVIZ_MAX_ARRAY_BYTES", str(1 << 20))
+    code = main(["lpr", "--dataset", "emt-alloys", "--train-groups", TRAIN_GROUPS, *SMALL,
+                 "--model", "sparse-kernel", "-q", "-o", str(tmp_path / "out.extxyz"),
+                 "--scheduler", lc.scheduler_address])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1
+    assert "LPRVIZ_MAX_ARRAY_BYTES" in err and "training atoms" in err
+    assert not (tmp_path / "out.extxyz").exists()

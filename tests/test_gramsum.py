@@ -65,18 +65,26 @@ def test_pieces_of_any_chunking_give_the_serial_bits(seed):
     serial sums; summing the same block products left to right changes the last bits (so the
     equality would catch a change of order)."""
     rows, y, sizes = _data(seed=seed)
-    stops = gramsum.block_stops(sizes, 300)
-    serial = gramsum.training_sums(rows, y, stops)
     rng = np.random.default_rng(seed)
+    norm2 = rng.random(sizes.sum()) * 10.0 ** rng.integers(-8, 8, sizes.sum())  # per atom
+    monkey = pytest.MonkeyPatch()
+    monkey.setattr(gramsum, "BLOCK_ATOMS", 300)
+    with monkey.context():
+        stops = gramsum.block_stops(sizes)
+        serial = gramsum.training_sums(rows, y, stops)
+        sumsq = gramsum.atom_sumsq(norm2, sizes)
+    atom = np.concatenate([[0], np.cumsum(sizes)])
     cuts = np.unique(np.concatenate([[0], rng.integers(0, len(y), 12), [len(y)]]))
     with threadpool_limits(2, user_api="blas"):
-        parts = [gramsum.partial(rows[a:b], y[a:b], int(a), stops)
-                 for a, b in zip(cuts[:-1], cuts[1:], strict=True)]
+        parts = [gramsum.partial(rows[a:b], y[a:b], norm2[atom[a]:atom[b]], sizes[a:b], int(a),
+                                 stops) for a, b in zip(cuts[:-1], cuts[1:], strict=True)]
     while len(parts) > 1:
         i = int(rng.integers(0, len(parts) - 1))
         parts[i:i + 2] = [gramsum.merge(parts[i], parts[i + 1], stops)]
     got = gramsum.total(parts[0])
     assert np.array_equal(got[0], serial[0]) and np.array_equal(got[1], serial[1])
+    assert float(got[2]) == sumsq
+    np.testing.assert_allclose(sumsq, norm2.sum(), rtol=1e-13)
 
     starts = np.concatenate([[0], stops[:-1]])
     blocks = [gramsum.block_sums(rows[s:e], y[s:e]) for s, e in zip(starts, stops, strict=True)]
@@ -88,4 +96,5 @@ def test_incomplete_pieces_are_refused():
     rows, y, sizes = _data()
     stops = gramsum.block_stops(sizes, 300)
     with pytest.raises(ValueError, match="incomplete"):
-        gramsum.total(gramsum.partial(rows[:50], y[:50], 0, stops))
+        gramsum.total(gramsum.partial(rows[:50], y[:50], np.ones(sizes[:50].sum()), sizes[:50],
+                                      0, stops))
