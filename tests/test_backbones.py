@@ -47,12 +47,7 @@ def emt_frames() -> list[ase.Atoms]:
     return picked
 
 
-@pytest.fixture(autouse=True)
-def _private_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("LPRVIZ_CACHE_DIR", str(tmp_path / "cache"))
-    lpr_features.clear_memory_cache()
-    yield
-    lpr_features.clear_memory_cache()
+pytestmark = pytest.mark.usefixtures("isolated_cache")
 
 
 def _features(frames, name, **kw):

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 # EMT frames (its EMT stores forces with the energy) and the autouse cache fixture
-from test_cli_lpr import HYPERS, SOAP_ARGS, _cache, _emt_frames  # noqa: F401
+from test_cli_lpr import HYPERS, SOAP_ARGS, _emt_frames
 
 from lprviz import datasets
 from lprviz.cli import build_parser, main
@@ -15,6 +15,8 @@ from lprviz.features import compute_soap
 from lprviz.forces import position_gradients
 from lprviz.models import predict_forces
 from lprviz.pipeline import DEFAULT_FORCE_WEIGHT, ModelSpec, prepare
+
+pytestmark = pytest.mark.usefixtures("isolated_cache")
 
 
 @pytest.fixture

@@ -18,10 +18,7 @@ SOAP_ARGS = ["--cutoff", "4.0", "--max-radial", "3", "--max-angular", "2"]
 HYPERS = SoapHypers(cutoff=4.0, max_radial=3, max_angular=2)
 
 
-@pytest.fixture(autouse=True)
-def _cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("LPRVIZ_CACHE_DIR", str(tmp_path / "cache"))
-    features.clear_memory_cache()
+pytestmark = pytest.mark.usefixtures("isolated_cache")
 
 
 def _emt_frames(n, seed, *, energies=True):

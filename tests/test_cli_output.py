@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lprviz import export, features
+from lprviz import export
 from lprviz.cli import main
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -21,10 +21,7 @@ SOAP = ["--cutoff", "3.5", "--max-radial", "2", "--max-angular", "1"]
 OLD = "old output, must survive\n"
 
 
-@pytest.fixture(autouse=True)
-def _cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("LPRVIZ_CACHE_DIR", str(tmp_path / "cache"))
-    features.clear_memory_cache()
+pytestmark = pytest.mark.usefixtures("isolated_cache")
 
 
 @pytest.fixture

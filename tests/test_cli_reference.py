@@ -15,7 +15,6 @@ import ase.io
 import numpy as np
 import pytest
 
-from lprviz import features
 from lprviz.cli import main
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -25,10 +24,7 @@ SMALL = ["bulk-pure"]
 LARGE = ["bulk-pure", "bulk-alloy"]
 
 
-@pytest.fixture(autouse=True)
-def _cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("LPRVIZ_CACHE_DIR", str(tmp_path / "cache"))
-    features.clear_memory_cache()
+pytestmark = pytest.mark.usefixtures("isolated_cache")
 
 
 def _lpr_by_atom(path: Path) -> dict[str, np.ndarray]:

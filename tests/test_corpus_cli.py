@@ -20,7 +20,7 @@ import ase.io
 import numpy as np
 import pytest
 
-from lprviz import datasets, features
+from lprviz import datasets
 from lprviz.cli import main
 from lprviz.errors import InputError
 
@@ -46,10 +46,7 @@ def valid(tmp_path_factory):
     return write_valid(d / "train.extxyz", 8, 1), write_valid(d / "test.extxyz", 3, 2)
 
 
-@pytest.fixture(autouse=True)
-def _cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("LPRVIZ_CACHE_DIR", str(tmp_path / "cache"))
-    features.clear_memory_cache()
+pytestmark = pytest.mark.usefixtures("isolated_cache")
 
 
 def test_corpus_is_large_and_varied(corpus):

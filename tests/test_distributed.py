@@ -17,7 +17,7 @@ import ase.io
 import numpy as np
 import pytest
 
-from lprviz import features, gramsum
+from lprviz import gramsum
 from lprviz.cli import main
 from lprviz.summary import QUANTILES, SummaryCollector, chunk_summary
 
@@ -31,10 +31,7 @@ WIDE = ["--preset", "fast"]  # d = 603 > 2 x 190 rows: the dual (thin SVD) route
 ALPHAS = "1e-6,1e-4,1e-2"
 
 
-@pytest.fixture(autouse=True)
-def _cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("LPRVIZ_CACHE_DIR", str(tmp_path / "cache"))
-    features.clear_memory_cache()
+pytestmark = pytest.mark.usefixtures("isolated_cache")
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,9 @@ from ase.build import bulk, molecule
 
 from lprviz import datasets, features
 from lprviz.features import compute_soap
-from tests.test_features import SMALL, _isolated_cache  # noqa: F401 - autouse fixture
+from tests.test_features import SMALL
+
+pytestmark = pytest.mark.usefixtures("isolated_cache")
 
 
 def _frames():

@@ -18,12 +18,7 @@ from lprviz.features import SOAP_PRESETS, SoapHypers, compute_soap
 SMALL = SoapHypers(cutoff=4.0, max_radial=3, max_angular=2)
 
 
-@pytest.fixture(autouse=True)
-def _isolated_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("LPRVIZ_CACHE_DIR", str(tmp_path / "cache"))
-    features.clear_memory_cache()
-    yield
-    features.clear_memory_cache()
+pytestmark = pytest.mark.usefixtures("isolated_cache")
 
 
 def _mixed_frames() -> list[Atoms]:

@@ -14,7 +14,6 @@ from ase import Atoms
 from ase.build import bulk
 from ase.calculators.emt import EMT
 
-from lprviz import features
 from lprviz.datasets import Dataset
 from lprviz.features import SoapHypers, compute_soap
 from lprviz.pipeline import ModelSpec, evaluate, prepare
@@ -25,10 +24,7 @@ HYPERS = SoapHypers(cutoff=3.5, max_radial=2, max_angular=1)
 mpmath.mp.dps = 50
 
 
-@pytest.fixture(autouse=True)
-def _cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("LPRVIZ_CACHE_DIR", str(tmp_path / "cache"))
-    features.clear_memory_cache()
+pytestmark = pytest.mark.usefixtures("isolated_cache")
 
 
 def _mp_inverse_quadratic(rows: np.ndarray, x: np.ndarray, alpha: float) -> float:
