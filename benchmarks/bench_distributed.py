@@ -17,6 +17,7 @@ whether splitting the work adds any. A reference run on a set 4.4x smaller (same
 one d x d eigendecomposition on the client) shows what of the client's RSS grows with atoms.
 
     python benchmarks/bench_distributed.py [--copies 26] [--preset default] [--workers 1,2]
+        [--model linear|sparse-kernel] [--ref-copies 6]
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ def _cpu() -> float:
     return use.ru_utime + use.ru_stime
 
 
-def run(n_workers: int, path: str, preset: str, tmp: str) -> dict:
+def run(n_workers: int, path: str, preset: str, tmp: str, model: str = "linear") -> dict:
     """One ``lprviz lpr --scheduler`` run on a new LocalCluster of ``n_workers``."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     with distributed.LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True,
@@ -65,6 +66,7 @@ def run(n_workers: int, path: str, preset: str, tmp: str) -> dict:
         before = client.run(_cpu)
         load = os.getloadavg()[0]
         argv = ["lpr", "--dataset", path, "--train-groups", TRAIN_GROUPS, "--preset", preset,
+                "--model", model,
                 "-o", str(Path(tmp) / "out.extxyz"), "--summary", str(Path(tmp) / "s.json"),
                 "--scheduler", cluster.scheduler_address]
         proc = subprocess.run([sys.executable, "-c", _CLIENT, *argv], env=env,
@@ -85,6 +87,8 @@ def main() -> None:
     parser.add_argument("--copies", type=int, default=26)
     parser.add_argument("--preset", default="default")
     parser.add_argument("--workers", default="1,2")
+    parser.add_argument("--model", default="linear", choices=("linear", "sparse-kernel"),
+                        help="sparse-kernel: the client also gathers the training SOAP for FPS")
     parser.add_argument("--ref-copies", type=int, default=6,
                         help="copies of the client-RSS reference set (default 6: 47k atoms)")
     args = parser.parse_args()
@@ -92,12 +96,13 @@ def main() -> None:
     n_atoms = 7844 * args.copies
     print(f"{path}: {n_atoms} atoms; {os.cpu_count()} cores")
     with tempfile.TemporaryDirectory(prefix="lprviz-bench-") as tmp:
-        small = run(1, replicated_emt(args.ref_copies, rattle=0.01), args.preset, tmp)
+        small = run(1, replicated_emt(args.ref_copies, rattle=0.01), args.preset, tmp,
+                    args.model)
         print(f"reference, x{args.ref_copies} ({7844 * args.ref_copies} atoms), 1 worker: "
               f"wall {small['wall']:.1f} s, client peak RSS {small['rss'] / 2**20:.0f} MiB")
         runs = {}
         for workers in [int(w) for w in args.workers.split(",")]:
-            res = runs[workers] = run(workers, path, args.preset, tmp)
+            res = runs[workers] = run(workers, path, args.preset, tmp, args.model)
             print(f"{workers} worker(s): wall {res['wall']:.1f} s "
                   f"({1e6 * res['wall'] / n_atoms:.0f} us per atom); workers' CPU "
                   f"{res['workers_cpu']:.1f} s ({1e6 * res['workers_cpu'] / n_atoms:.0f} us "
