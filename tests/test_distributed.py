@@ -178,20 +178,24 @@ def test_unsupported_options_are_refused(tmp_path, capsys, extra, named):
     assert "not available with --workers/--scheduler" in err
 
 
-@pytest.mark.parametrize("phase", ["_train_partial", "_test_chunk"])
-def test_killed_worker_gives_the_same_result(tmp_path, cluster, phase):
-    """SIGKILL a worker process while it runs a training or a test task: Dask re-runs its
-    tasks (and recomputes from their inputs the partial sums it held) on the nanny's
-    replacement and the other worker."""
+@pytest.mark.parametrize("phase, model", [
+    ("_train_partial", []), ("_test_chunk", []),
+    ("_train_descriptors", ["--model", "sparse-kernel", "--n-sparse", "120"]),
+])
+def test_killed_worker_gives_the_same_result(tmp_path, cluster, phase, model):
+    """SIGKILL a worker process while it runs a training, a test task or (sparse kernel) a
+    task returning training SOAP for the FPS: Dask re-runs its tasks (and recomputes from
+    their inputs the partial sums it held) on the nanny's replacement and the other
+    worker."""
     lc, client = cluster
-    serial = _run(tmp_path, "serial", [])
+    serial = _run(tmp_path, "serial", model)
     out = tmp_path / "dist.extxyz"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     code = ("import sys, lprviz.distributed as d; d.CHUNK_ATOMS = 200; "
             "from lprviz.cli import main; sys.exit(main(sys.argv[1:]))")
     proc = subprocess.Popen(
         [sys.executable, "-c", code, "lpr", "--dataset", "emt-alloys", "--train-groups",
-         TRAIN_GROUPS, *SMALL, "--alpha", "1e-4,1e-2", "-q", "-o", str(out),
+         TRAIN_GROUPS, *SMALL, "--alpha", "1e-4,1e-2", "-q", "-o", str(out), *model,
          "--scheduler", lc.scheduler_address],
         env=env, stderr=subprocess.PIPE, text=True)
     killed = None
@@ -200,7 +204,7 @@ def test_killed_worker_gives_the_same_result(tmp_path, cluster, phase):
         held = client.has_what()
         busy = [w for w, keys in client.processing().items()
                 if any(phase in str(k) for k in keys)
-                and (phase == "_test_chunk" or any("_add_partials" in str(k)
+                and (phase != "_train_partial" or any("_add_partials" in str(k)
                                                    for k in held.get(w, ())))]
         if busy:
             killed = client.run(os.getpid, workers=[busy[0]])[busy[0]]
