@@ -83,19 +83,28 @@ def _add(a: tuple, b: tuple) -> tuple:
     return tuple(x + z for x, z in zip(a, b, strict=True))
 
 
+def _add_into(a: tuple, b: tuple) -> tuple:
+    """``a + b`` written into ``a``'s arrays (the same bits as :func:`_add`, no new d x d
+    array per addition)."""
+    return tuple(np.add(x, z, out=x) if isinstance(x, np.ndarray) and x.ndim else x + z
+                 for x, z in zip(a, b, strict=True))
+
+
 def _atom_stops(sizes: np.ndarray, stops: np.ndarray) -> np.ndarray:
     """Atom index ending each block of frames."""
     return np.cumsum(np.asarray(sizes, dtype=np.int64))[stops - 1] if len(stops) else stops
 
 
-def ordered_sum(parts: Sequence[tuple]) -> tuple:
-    """Sum of ``parts`` in the fixed pairwise tree: neighbours ``(0, 1), (2, 3), ...`` are
-    added, an odd last part is carried up unchanged, until one is left."""
+def ordered_sum(parts: Sequence[tuple], *, inplace: bool = False) -> tuple:
+    """Sum of ``parts`` (tuples of arrays or numbers, added entry by entry) in the fixed
+    pairwise tree: neighbours ``(0, 1), (2, 3), ...`` are added, an odd last part is carried
+    up unchanged, until one is left. With ``inplace`` the parts' arrays are overwritten."""
     level = list(parts)
     if not level:
         raise ValueError("ordered_sum: no parts")
+    add = _add_into if inplace else _add
     while len(level) > 1:
-        nxt = [_add(level[i], level[i + 1]) for i in range(0, len(level) - 1, 2)]
+        nxt = [add(level[i], level[i + 1]) for i in range(0, len(level) - 1, 2)]
         if len(level) % 2:
             nxt.append(level[-1])
         level = nxt
@@ -120,7 +129,8 @@ def training_sums(rows: np.ndarray, y: np.ndarray, stops: np.ndarray) -> Sums:
     """
     starts = np.concatenate([[0], stops[:-1]])
     return ordered_sum([block_sums(rows[s:e], y[s:e]) for s, e in zip(starts, stops,
-                                                                       strict=True)])
+                                                                       strict=True)],
+                       inplace=True)
 
 
 def scaled(sums: Sums, scale: float, n_baseline: int) -> Sums:
