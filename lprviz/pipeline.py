@@ -646,12 +646,74 @@ def _check_model_size(dataset, descriptors: Descriptors, spec: ModelSpec, n_trai
         )
 
 
-def evaluate(fit: Fit, alpha: float) -> Results:
+@dataclass(eq=False)
+class AlphaGrid:
+    """What :func:`evaluate` needs per atom at a fixed set of alphas (slider positions),
+    computed for one :class:`Fit` by :func:`alpha_grid` in one pass over its projections.
+
+    Attributes
+    ----------
+    alphas : numpy.ndarray of shape (k,)
+    lpr : numpy.ndarray of shape (k, n_atoms)
+        float32 when the fit's projections are (4 bytes per atom and alpha).
+    undetermined : numpy.ndarray of bool of shape (k, n_atoms)
+    local_energy : numpy.ndarray of shape (k, n_atoms)
+        Same dtype as ``lpr``.
+    pr : numpy.ndarray of shape (k, n_frames)
+    owner : weakref.ref
+        The fit it was computed for (a weak reference: the grid does not keep it alive).
+    """
+
+    alphas: np.ndarray
+    lpr: np.ndarray
+    undetermined: np.ndarray
+    local_energy: np.ndarray
+    pr: np.ndarray
+    owner: weakref.ref
+
+    def index(self, alpha: float) -> int | None:
+        """Row of ``alpha`` (equal to a grid alpha within a relative 1e-12), else None."""
+        hits = np.flatnonzero(np.abs(self.alphas - alpha) <= 1e-12 * abs(alpha))
+        return int(hits[0]) if hits.size else None
+
+
+def alpha_grid(fit: Fit, alphas: Sequence[float]) -> AlphaGrid:
+    """LPR, undetermined flags, local energies and PR of every atom/frame at each of
+    ``alphas``, from one pass over ``fit.projections`` (one ``(P * P) @ W`` and one
+    ``P @ D`` product with a column per alpha, float32 where the projections are).
+
+    Parameters
+    ----------
+    fit : Fit
+        From :func:`prepare`.
+    alphas : sequence of float
+        Regularisers (each in :data:`ALPHA_RANGE`).
+
+    Returns
+    -------
+    AlphaGrid
+        Pass it to :func:`evaluate` (``grid=``): an alpha on the grid then costs O(n_atoms)
+        copies instead of a pass over the projections.
+    """
+    alphas = np.asarray([check_number("alpha", a, *ALPHA_RANGE) for a in alphas])
+    solver = fit.solver
+    weights = np.stack([solver.solve(fit.xty, a) for a in alphas], axis=1)
+    # Local energies: P . (B^T w) with B the basis the projections are in (as _block_lpr).
+    basis = solver.thin_basis if fit.thin else solver.eigvecs
+    lpr, undetermined, local = solver.lpr_grid(fit.projections, alphas, rho2=fit.residual2,
+                                               dots=basis.T @ weights)
+    pr = solver.lpr_grid(fit.structure_projections, alphas)[0]
+    return AlphaGrid(alphas=alphas, lpr=lpr, undetermined=undetermined, local_energy=local,
+                     pr=pr.astype(np.float64), owner=weakref.ref(fit))
+
+
+def evaluate(fit: Fit, alpha: float, *, grid: AlphaGrid | None = None) -> Results:
     """LPR, undetermined flags, local energies, totals and PR at one ``alpha``.
 
     Cost: one pass over the cached (float32) projections for the LPR, undetermined flags and
     local energies together (``O(n_atoms d)``, ``O(n_atoms r)`` for a thin fit) and one
-    ``d``-sized solve; no refactorisation.
+    ``d``-sized solve; no refactorisation. With a ``grid`` holding ``alpha``, no pass:
+    ``O(n_atoms)``.
 
     Parameters
     ----------
@@ -659,6 +721,8 @@ def evaluate(fit: Fit, alpha: float) -> Results:
         From :func:`prepare`.
     alpha : float
         Regulariser (on scaled features), ``>= 0``.
+    grid : AlphaGrid, optional
+        :func:`alpha_grid` of ``fit``; used when ``alpha`` is one of its alphas.
 
     Returns
     -------
@@ -675,8 +739,16 @@ def evaluate(fit: Fit, alpha: float) -> Results:
     forces_pred = None
     if fit.force_gradients is not None:
         forces_pred = predict_forces(fit.force_gradients, weights, solver.scale)
-    lpr, undetermined, local = _block_lpr(solver, fit.projections, fit.residual2, alpha,
-                                          weights)
+    if grid is not None and grid.owner() is not fit:
+        raise InputError("grid: computed for another fit; use alpha_grid(fit, alphas)")
+    row = None if grid is None else grid.index(alpha)
+    if row is None:
+        lpr, undetermined, local = _block_lpr(solver, fit.projections, fit.residual2, alpha,
+                                              weights)
+        pr = _block_lpr(solver, fit.structure_projections, None, alpha)[0]
+    else:
+        lpr, local = (grid.lpr[row].astype(np.float64), grid.local_energy[row].astype(np.float64))
+        undetermined, pr = grid.undetermined[row].copy(), grid.pr[row].copy()
     return Results(
         alpha=alpha,
         train_mask=fit.train_mask,
@@ -684,7 +756,7 @@ def evaluate(fit: Fit, alpha: float) -> Results:
         undetermined=undetermined,
         local_energy=local,
         energy_pred=np.bincount(fit.structure_index, weights=local, minlength=fit.n_frames),
-        pr=_block_lpr(solver, fit.structure_projections, None, alpha)[0],
+        pr=pr,
         rank_diff=solver.rank_diff(alpha),
         energies=fit.energies,
         true_local_energies=fit.true_local_energies,
@@ -845,4 +917,4 @@ def lpr_sweep(fit: Fit, alphas: Sequence[float]) -> np.ndarray:
     return fit.solver.lpr_sweep_from_projections(fit.projections, alphas)
 
 
-__all__ += ["lpr_sweep", "scaled_norm2"]
+__all__ += ["AlphaGrid", "alpha_grid", "lpr_sweep", "scaled_norm2"]
