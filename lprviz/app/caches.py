@@ -7,8 +7,9 @@ cache              holds (key starts with the dataset source)  bound (``LPRVIZ_A
 ``DESCRIPTORS``    :class:`lprviz.features.Descriptors`         3/8
 ``FITS``           :class:`lprviz.pipeline.Fit` (factorisation,  3/8
                    float32 projections of every atom)
-``DERIVED``        results per alpha, coordination, maps,       1/8
-                   alpha sweeps, committees
+``DERIVED``        results per alpha, alpha grids (every slider  1/8
+                   position), coordination, maps, alpha
+                   sweeps, committees
 =================  ==========================================  ===============================
 
 The budget is ``LPRVIZ_APP_CACHE_MB`` for the whole server (default: a quarter of the
@@ -286,11 +287,32 @@ def fit(source: str, preset: str, train: tuple[int, ...], spec: pipeline.ModelSp
     return FITS.get((source, preset, tuple(train), spec, reference), compute)
 
 
+def alpha_grid(source: str, preset: str, train: tuple[int, ...], spec: pipeline.ModelSpec,
+               reference: tuple[int, ...] | None,
+               alphas: tuple[float, ...]) -> pipeline.AlphaGrid:
+    """:func:`lprviz.pipeline.alpha_grid` of the cached fit: every slider position's per-atom
+    values from one pass over the projections (41 positions x 100k atoms: ~38 MB)."""
+    def compute() -> pipeline.AlphaGrid:
+        f = fit(source, preset, train, spec, reference)
+        with st.spinner(f"LPR at the {len(alphas)} positions of the alpha slider..."):
+            return pipeline.alpha_grid(f, alphas)
+
+    return DERIVED.get((source, "grid", preset, tuple(train), spec, reference, tuple(alphas)),
+                       compute)
+
+
 def results(source: str, preset: str, train: tuple[int, ...], spec: pipeline.ModelSpec,
-            reference: tuple[int, ...] | None, alpha: float) -> pipeline.Results:
-    """:func:`lprviz.pipeline.evaluate` of the cached fit at ``alpha``."""
+            reference: tuple[int, ...] | None, alpha: float,
+            grid_alphas: tuple[float, ...] | None = None) -> pipeline.Results:
+    """:func:`lprviz.pipeline.evaluate` of the cached fit at ``alpha``; when ``alpha`` is one
+    of ``grid_alphas`` (the slider's positions), read from the cached :func:`alpha_grid`."""
     def compute() -> pipeline.Results:
-        return pipeline.evaluate(fit(source, preset, train, spec, reference), alpha)
+        f = fit(source, preset, train, spec, reference)
+        on_grid = grid_alphas is not None and bool(
+            np.any(np.abs(np.asarray(grid_alphas) - alpha) <= 1e-12 * alpha))
+        grid = (alpha_grid(source, preset, train, spec, reference, grid_alphas) if on_grid
+                else None)
+        return pipeline.evaluate(f, alpha, grid=grid)
 
     return DERIVED.get((source, "results", preset, tuple(train), spec, reference, alpha),
                        compute)
@@ -354,11 +376,18 @@ def environment_map(source: str, preset: str) -> np.ndarray:
 
 
 def group_lpr_sweep(source: str, preset: str, train: tuple[int, ...], spec: pipeline.ModelSpec,
-                    alphas: tuple[float, ...]) -> tuple[np.ndarray, np.ndarray]:
+                    alphas: tuple[float, ...], grid_alphas: tuple[float, ...] | None = None,
+                    ) -> tuple[np.ndarray, np.ndarray]:
     """Median LPR of each group's atoms at each of ``alphas``: (group labels, (n_alphas,
-    n_groups) medians), from the cached fit (one product over the projections; only the
-    medians are kept, so an alpha change costs nothing here)."""
+    n_groups) medians), from the cached :func:`alpha_grid` of ``grid_alphas`` when it holds
+    them all, else one product over the fit's projections (only the medians are kept, so an
+    alpha change costs nothing here)."""
     def compute() -> tuple[np.ndarray, np.ndarray]:
+        if grid_alphas is not None:
+            grid = alpha_grid(source, preset, train, spec, None, grid_alphas)
+            rows = [grid.index(a) for a in alphas]
+            if None not in rows:  # every alpha is a slider position: no pass
+                return datasets.per_group_median(grid.lpr[rows], dataset(source).atom_groups)
         f = fit(source, preset, train, spec)
         with st.spinner(f"LPR at {len(alphas)} values of alpha..."):
             sweep = pipeline.lpr_sweep(f, alphas)

@@ -14,7 +14,7 @@ DATA_SHARE = "data share of the rigidity"
 COLOR_BY = ("LPR", DATA_SHARE, "local prediction", "local error vs true local energy",
             "committee spread")
 COMMITTEE_MODELS = 4
-SWEEP_ALPHAS = tuple(np.logspace(-8, 2, 21).tolist())
+SWEEP_ALPHAS = state.ALPHA_POSITIONS[::2]  # every other slider position: read from its grid
 
 
 ORDERS = ("lowest LPR first (test structures)", "lowest LPR first (all)", "group", "name")
@@ -197,7 +197,8 @@ def _alpha_dependent(settings: state.Settings) -> None:
     if tab2.open:
         with tab2:
             labels, medians = caches.group_lpr_sweep(settings.source, settings.preset, train,
-                                                     settings.spec, SWEEP_ALPHAS)
+                                                     settings.spec, SWEEP_ALPHAS,
+                                                     grid_alphas=state.ALPHA_POSITIONS)
             st.plotly_chart(plots.lpr_alpha_figure(np.asarray(SWEEP_ALPHAS), medians,
                                                    list(labels), current_alpha=alpha))
             st.caption("Median LPR of each group's atoms. LPR rises with alpha toward "
