@@ -33,6 +33,39 @@ def _structure_order(ds, res, how: str) -> list[int]:
     return sorted(range(n), key=lambda i: (str(ds.groups[i]), i))
 
 
+def _structure_picker(source: str, ds, res, order: list[int]) -> int:
+    """Selectbox of at most :data:`common.MAX_STRUCTURE_OPTIONS` structures in ``order``,
+    narrowed by a text filter on name and group (a browser list of thousands of options
+    costs more than the LPR update and nobody scrolls it)."""
+    query = st.text_input("Find structure", key="structure_query",
+                          placeholder="part of a name or group").strip().lower()
+    if query:
+        text = _search_text(source)
+        matches = [i for i in order if query in text[i]]
+        if matches:
+            order = matches
+        else:
+            st.info(f"No structure matches '{common.plain_text(query)}'; showing them all.")
+    shown = order[:common.MAX_STRUCTURE_OPTIONS]
+    if len(order) > len(shown):
+        st.caption(f"The first {len(shown)} of {len(order)} structures in this order; type "
+                   "in *Find structure* to reach the others.")
+    sizes = ds.frame_sizes
+    labels = {i: f"{ds.names[i]} [{ds.groups[i]}] "
+              f"({'train' if res.train_mask[i] else 'test'}, {sizes[i]} atoms)" for i in shown}
+    return st.selectbox("Structure", shown, format_func=labels.__getitem__, key="structure")
+
+
+def _search_text(source: str) -> list[str]:
+    """Lower-case "name [group]" of every structure, what *Find structure* matches, once per
+    dataset."""
+    def compute() -> list[str]:
+        ds = caches.dataset(source)
+        return [f"{n} [{g}]".lower() for n, g in zip(ds.names, ds.groups, strict=True)]
+
+    return caches.DERIVED.get((source, "search_text"), compute)
+
+
 def _clear_selection() -> None:
     # plotly selections are widget state: a new key generation draws the charts afresh
     st.session_state["_selection_gen"] = st.session_state.get("_selection_gen", 0) + 1
@@ -141,12 +174,7 @@ def _alpha_dependent(settings: state.Settings) -> None:
                       help="Back to the structure list (double-clicking the plot also "
                            "clears it).")
         else:
-            sizes = ds.frame_sizes
-            labels = {i: f"{ds.names[i]} [{ds.groups[i]}] "
-                      f"({'train' if res.train_mask[i] else 'test'}, {sizes[i]} atoms)"
-                      for i in order}
-            frame = st.selectbox("Structure", order, format_func=labels.__getitem__,
-                                 key="structure")
+            frame = _structure_picker(settings.source, ds, res, order)
         o1, o2, o3, o4 = st.columns(4)
         style = o1.radio("Style", ["sphere", "stick"], horizontal=True, key="style")
         log = o2.toggle("Log colours", value=True, key="log_colours")
