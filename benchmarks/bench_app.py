@@ -143,7 +143,9 @@ def main() -> None:
     rows = []
     for copies in (int(c) for c in args.scale.split(",")):
         proc = subprocess.run([sys.executable, __file__, "--one", str(copies), "--repeat",
-                               str(args.repeat)], capture_output=True, text=True, check=True)
+                               str(args.repeat)], capture_output=True, text=True)
+        if proc.returncode:
+            sys.exit(f"scale x{copies} failed:\n{proc.stderr[-3000:]}")
         for line in proc.stdout.splitlines():
             if line.startswith("ROW "):
                 rows.append(json.loads(line[4:]))

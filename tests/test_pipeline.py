@@ -182,6 +182,29 @@ def test_alpha_grid_equals_per_alpha_evaluate(emt, monkeypatch, route):
         evaluate(prepare(data, desc, train, ModelSpec()), 1e-4, grid=grid)
 
 
+def test_float32_descriptors_are_projected_in_float32_within_bound(emt, monkeypatch):
+    """The app's float32 descriptors (linear model, primal route) are projected by a float32
+    product: LPR within the documented bound of float64 descriptors, local energies too."""
+    import dataclasses
+
+    from lprviz import pipeline
+
+    data, desc, train = emt
+    monkeypatch.setattr(rigidity, "_DUAL_SHARE", 0.0)
+    seen = []
+    real = pipeline._projections
+    monkeypatch.setattr(pipeline, "_projections",
+                        lambda solver, base, extra: seen.append(base.dtype) or
+                        real(solver, base, extra))
+    d32 = dataclasses.replace(desc, values=desc.values.astype(np.float32))
+    f32, f64 = (prepare(data, d, train, ModelSpec()) for d in (d32, desc))
+    assert seen == [np.float32, np.float64] and f32.solver.route == "primal"
+    for alpha, rtol in ((1e-8, 1e-4), (1e-4, 1e-5), (1e-1, 1e-5), (1e2, 1e-5)):
+        a, b = evaluate(f32, alpha), evaluate(f64, alpha)
+        np.testing.assert_allclose(a.lpr, b.lpr, rtol=rtol)
+        np.testing.assert_allclose(a.local_energy, b.local_energy, rtol=0, atol=3e-5)
+
+
 @pytest.mark.parametrize("baseline", [True, False])
 def test_evaluate_features_equals_evaluate_on_the_same_atoms(emt, baseline):
     """A block of raw model features (here some training and some test frames of the
