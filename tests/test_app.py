@@ -449,3 +449,33 @@ def test_structure_picker_is_capped_and_filtered(monkeypatch):
     at.text_input(key="structure_query").set_value("no such structure zz").run()
     assert any("No structure matches" in i.value for i in at.info)
     assert len(_structure_labels(at)) == 12
+
+
+def test_group_table_equals_pandas_groupby():
+    """Explore's per-group table (one permutation per dataset, a partition per group) equals
+    a pandas groupby of the same atoms."""
+    from types import SimpleNamespace
+
+    import numpy as np
+    import pandas as pd
+
+    from lprviz import datasets
+    from lprviz.app import caches
+    from lprviz.app.pages import explore
+
+    source = datasets.DEFAULT_DATASET
+    ds = caches.dataset(source)
+    rng = np.random.default_rng(3)
+    res = SimpleNamespace(lpr=rng.lognormal(size=ds.n_atoms), data_share=rng.random(ds.n_atoms),
+                          train_mask=rng.random(len(ds.frames)) < 0.4)
+    got = explore._lpr_table(source, res)
+    df = pd.DataFrame({"group": np.asarray(ds.atom_groups).astype(str), "lpr": res.lpr,
+                       "share": res.data_share,
+                       "train": res.train_mask[ds.structure_index]})
+    ref = df.groupby("group").agg(
+        atoms=("lpr", "size"), median_lpr=("lpr", "median"), min_lpr=("lpr", "min"),
+        training_atoms=("train", "sum"), median_data_share=("share", "median")).reset_index()
+    assert list(got.columns) == list(ref.columns) and list(got["group"]) == list(ref["group"])
+    for col in ref.columns[1:]:
+        np.testing.assert_allclose(got[col].to_numpy(float), ref[col].to_numpy(float),
+                                   rtol=1e-12)
