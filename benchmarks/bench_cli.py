@@ -101,7 +101,7 @@ def main() -> None:
                          "--alpha", f"{args.alpha:g}", "-q", "-o", out])
     t = time.perf_counter()
     subprocess.run([sys.executable, "-c", "import lprviz.cli, lprviz.export, lprviz.features, "
-                    "lprviz.pipeline, featomic, ase.io"], check=True,
+                    "lprviz.pipeline, ase.io; lprviz.features.import_featomic()"], check=True,
                    env={**os.environ, "PYTHONPATH": str(ROOT)})
     t_start = time.perf_counter() - t
     t_read, t_soap, t_solve, n_test, d, n_distinct = floors(train_path, test_path, args.alpha)
