@@ -187,17 +187,18 @@ def cell_heights(cell, pbc) -> np.ndarray:
     if periodic.size == 0:
         return out
     vectors = cell[periodic]
+    k = periodic.size
+    # row i: the indices of the other periodic vectors (an empty row when k = 1)
+    others = np.array([[j for j in range(k) if j != i] for i in range(k)],
+                      dtype=int).reshape(k, k - 1)
     with np.errstate(all="ignore"):
         gram = vectors @ vectors.T
         det = np.linalg.det(gram) if np.all(np.isfinite(gram)) else math.nan
-        for k, i in enumerate(periodic):
-            others = np.delete(np.delete(gram, k, 0), k, 1)
-            sub = np.linalg.det(others) if others.size else 1.0
-            # height^2 = det(G) / det(G without vector k): volume over face area, in any
-            # number of periodic dimensions.
-            out[i] = math.sqrt(max(det, 0.0) / sub) if sub > 0 else 0.0
-            if not math.isfinite(det):
-                out[i] = math.nan
+        # height^2 = det(G) / det(G without vector i): volume over face area, in any number
+        # of periodic dimensions (the determinant of a 0 x 0 matrix is 1); one batched det.
+        sub = np.linalg.det(gram[others[:, :, None], others[:, None, :]])
+        heights = np.sqrt(max(det, 0.0) / np.where(sub > 0, sub, 1.0))
+        out[periodic] = np.where(sub > 0, heights, 0.0) if math.isfinite(det) else math.nan
     return out
 
 
