@@ -95,6 +95,9 @@ def test_slider_positions_read_from_one_cached_grid(tmp_path, monkeypatch):
     assert len(positions) == 41 and positions[0] == 1e-8 and positions[-1] == 1e2
     np.testing.assert_allclose(np.diff(np.log10(positions)), state.ALPHA_LOG10_STEP)
     assert state.ALPHA_POSITIONS[16] == 10 ** state.DEFAULT_ALPHA_LOG10  # as alpha() gives it
+    from lprviz.calibration import ALPHA_GRID  # the calibration's grid is the slider's
+
+    np.testing.assert_allclose(positions, ALPHA_GRID, rtol=1e-12)
 
     rng = np.random.default_rng(0)
     frames = []
