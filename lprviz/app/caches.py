@@ -312,6 +312,11 @@ def results(source: str, preset: str, train: tuple[int, ...], spec: pipeline.Mod
         f = fit(source, preset, train, spec, reference)
         on_grid = grid_alphas is not None and bool(
             np.any(np.abs(np.asarray(grid_alphas) - alpha) <= 1e-12 * alpha))
+        # A grid the cache could not keep would be recomputed per alpha (41 columns each
+        # time): then one pass per alpha is cheaper.
+        grid_bytes = len(grid_alphas or ()) * len(f.structure_index) * (
+            2 * f.projections.itemsize + 1)
+        on_grid = on_grid and grid_bytes <= DERIVED.max_bytes // 2
         grid = (alpha_grid(source, preset, train, spec, reference, grid_alphas) if on_grid
                 else None)
         return pipeline.evaluate(f, alpha, grid=grid)
