@@ -132,11 +132,16 @@ def test_slider_positions_read_from_one_cached_grid(tmp_path, monkeypatch):
     np.testing.assert_allclose(off.lpr, pipeline.evaluate(fit, 3e-4).lpr, rtol=1e-12)
     grid_keys = [k for k in caches.DERIVED._entries if k[1] == "grid"]
     assert len(grid_keys) == 1 and calls == [1]
+    # the fit evicted (memory pressure) and rebuilt: its grid is rebuilt with it
+    caches.FITS.clear()
+    again = caches.results(*args, positions[30], grid_alphas=state.ALPHA_POSITIONS)
+    assert calls == [1, 1]
+    np.testing.assert_allclose(again.lpr, pipeline.evaluate(fit, positions[30]).lpr, rtol=3e-6)
     # a budget too small to keep the grid: each alpha takes its own pass, no grid is built
     caches.clear()
     monkeypatch.setenv("LPRVIZ_APP_CACHE_MB", "0.05")
     small = caches.results(*args, positions[20], grid_alphas=state.ALPHA_POSITIONS)
-    assert calls == [1]
+    assert calls == [1, 1]
     np.testing.assert_allclose(small.lpr, pipeline.evaluate(fit, positions[20]).lpr,
                                rtol=1e-12)
     caches.clear()

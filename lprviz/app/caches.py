@@ -294,13 +294,18 @@ def alpha_grid(source: str, preset: str, train: tuple[int, ...], spec: pipeline.
                alphas: tuple[float, ...]) -> pipeline.AlphaGrid:
     """:func:`lprviz.pipeline.alpha_grid` of the cached fit: every slider position's per-atom
     values from one pass over the projections (41 positions x 100k atoms: ~38 MB)."""
+    f = fit(source, preset, train, spec, reference)
+
     def compute() -> pipeline.AlphaGrid:
-        f = fit(source, preset, train, spec, reference)
         with st.spinner(f"LPR at the {len(alphas)} positions of the alpha slider..."):
             return pipeline.alpha_grid(f, alphas)
 
-    return DERIVED.get((source, "grid", preset, tuple(train), spec, reference, tuple(alphas)),
-                       compute)
+    key = (source, "grid", preset, tuple(train), spec, reference, tuple(alphas))
+    grid = DERIVED.get(key, compute)
+    if grid.owner() is not f:  # the fit was evicted and rebuilt since: a grid of its own
+        DERIVED.discard(lambda k: k != key)
+        grid = DERIVED.get(key, compute)
+    return grid
 
 
 def results(source: str, preset: str, train: tuple[int, ...], spec: pipeline.ModelSpec,
