@@ -11,7 +11,7 @@ which the test file contains as well (so they must not be featurised twice). Pri
   undetermined flags of every test atom); target <= 1.3x. The CLI also pays Python start-up,
   imports, extxyz reading and writing: listed separately.
 
-    python benchmarks/bench_cli.py [--copies 13] [--alpha 1e-4]
+    python benchmarks/bench_cli.py [--copies 13] [--alpha 1e-4] [--repeat 2]
 """
 
 from __future__ import annotations
@@ -90,6 +90,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--copies", type=int, default=13)
     parser.add_argument("--alpha", type=float, default=1e-4)
+    parser.add_argument("--repeat", type=int, default=2,
+                        help="alternating CLI / floor runs; the best of each is reported")
     args = parser.parse_args()
     test_path = replicated_emt(args.copies, rattle=0.01)
     ds = datasets.load(datasets.DEFAULT_DATASET)
@@ -97,14 +99,24 @@ def main() -> None:
     ase.io.write(train_path, [ds.frames[i] for i in np.flatnonzero(np.isin(ds.groups,
                                                                            TRAIN_GROUPS))])
     out = str(Path(tempfile.gettempdir()) / "lprviz-bench-cli-out.extxyz")
-    wall, rss = run_cli(["lpr", "--train", train_path, "--test", test_path,
-                         "--alpha", f"{args.alpha:g}", "-q", "-o", out])
-    t = time.perf_counter()
-    subprocess.run([sys.executable, "-c", "import lprviz.cli, lprviz.export, lprviz.features, "
-                    "lprviz.pipeline, featomic, ase.io"], check=True,
-                   env={**os.environ, "PYTHONPATH": str(ROOT)})
-    t_start = time.perf_counter() - t
-    t_read, t_soap, t_solve, n_test, d, n_distinct = floors(train_path, test_path, args.alpha)
+    # CLI and floors alternate, the best of each kept: on a shared machine the load moves
+    # between minutes, and one pair of runs measured anywhere from 0.85x to 1.8x.
+    runs = []
+    for _ in range(args.repeat):
+        wall, rss = run_cli(["lpr", "--train", train_path, "--test", test_path,
+                             "--alpha", f"{args.alpha:g}", "-q", "-o", out])
+        t = time.perf_counter()
+        subprocess.run([sys.executable, "-c", "import lprviz.cli, lprviz.export, "
+                        "lprviz.features, lprviz.pipeline, ase.io; "
+                        "lprviz.features.import_featomic()"], check=True,
+                       env={**os.environ, "PYTHONPATH": str(ROOT)})
+        t_start = time.perf_counter() - t
+        runs.append((wall, rss, t_start, *floors(train_path, test_path, args.alpha)))
+    wall, rss, t_start = (min(r[k] for r in runs) for k in range(3))
+    t_read = min(r[3] for r in runs)
+    t_soap, t_solve = min(((r[4], r[5]) for r in runs), key=sum)  # the best floor's parts
+    n_test, d, n_distinct = runs[0][6:]
+    print(f"best of {args.repeat} alternating runs")
     dense = n_test * d * 8.0
     floor = t_soap + t_solve
     print(f"test file: {n_test} atoms ({n_distinct} distinct structures incl. training), "

@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 import tempfile
 import zipfile
 from collections import OrderedDict
@@ -46,6 +47,7 @@ __all__ = [
     "cache_dir",
     "clear_memory_cache",
     "compute_soap",
+    "import_featomic",
     "structure_key",
 ]
 
@@ -286,8 +288,29 @@ def _write_entry(path: Path, key: str, values: np.ndarray) -> None:
             tmp.unlink(missing_ok=True)
 
 
+def import_featomic():
+    """The ``featomic`` module, imported without torch unless torch is already loaded.
+
+    metatensor (under featomic) imports torch when it can, only to recognise torch arrays,
+    which lprviz never hands it: 1.1 s of a CLI run's start-up. Hiding torch during that
+    one import makes metatensor fall back to numpy; torch stays importable afterwards (the
+    nn model and the backbones import it themselves).
+    """
+    if "featomic" in sys.modules:
+        return sys.modules["featomic"]
+    hide = "torch" not in sys.modules
+    if hide:
+        sys.modules["torch"] = None  # type: ignore[assignment]  # import torch -> ImportError
+    try:
+        import featomic
+    finally:
+        if hide and sys.modules.get("torch", 0) is None:
+            del sys.modules["torch"]
+    return featomic
+
+
 def _settings_hash(hypers: SoapHypers, species: tuple[int, ...]) -> bytes:
-    import featomic
+    featomic = import_featomic()
 
     # The featomic version is part of the key: a disk cache must not outlive an upgrade
     # that changes values or column order (the entry checksum only proves it is intact).
@@ -382,7 +405,7 @@ def _featurise(
     l_of_prop: np.ndarray,
 ) -> list[np.ndarray]:
     """Dense ``(n_atoms, d)`` SOAP of each frame (one featomic call for all frames)."""
-    import featomic
+    featomic = import_featomic()
 
     calculator = featomic.SoapPowerSpectrum(**hypers.featomic_hypers())
     tensor = calculator.compute([_featomic_ready(a, hypers.cutoff) for a in frames])

@@ -52,6 +52,7 @@ from lprviz.features import (
     _remember,
     _settings_hash,
     _structure_hash,
+    import_featomic,
 )
 from lprviz.limits import get_limits
 
@@ -130,7 +131,7 @@ def _kernel_factors(values: np.ndarray, nystrom) -> tuple[np.ndarray, np.ndarray
 
 
 def _calculator(hypers: SoapHypers):
-    import featomic
+    featomic = import_featomic()
 
     # built once per call of position_gradients: construction costs ~50 ms
     return featomic.SoapPowerSpectrum(**hypers.featomic_hypers())

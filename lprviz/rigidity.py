@@ -863,6 +863,60 @@ class RigiditySolver:
         floored = self._eigvals + alpha <= self._resolution(alpha)
         return _lpr_pass(P, np.stack([inv, np.where(floored, inv, 0.0)], axis=1), dot)
 
+    def lpr_grid(
+        self, P: np.ndarray, alphas: Sequence[float], *, rho2: np.ndarray | None = None,
+        dots: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """LPR, undetermined flags and linear predictions at every one of ``alphas`` from one
+        pass over cached projections: ``(P * P) @ W`` with one weight column per alpha (and
+        one per alpha below the resolution, for the undetermined share), ``P @ dots`` from the
+        same blocks. What a fixed set of slider positions needs, computed once.
+
+        Parameters
+        ----------
+        P : numpy.ndarray of shape (n, n_features) or (n, r)
+            :meth:`projections`, or with ``rho2`` :meth:`thin_projections`; float32 stays
+            float32 (as in :meth:`lpr_and_undetermined_from_projections`).
+        alphas : sequence of float
+            Regularisers (``>= 0``).
+        rho2 : numpy.ndarray of shape (n,), optional
+            Out-of-span squared norms of thin projections.
+        dots : numpy.ndarray of shape (n_features, n_alphas) or (r, n_alphas), optional
+            One vector per alpha (e.g. ``V^T w(alpha)``): column ``a`` of the third value is
+            ``P @ dots[:, a]``.
+
+        Returns
+        -------
+        lpr : numpy.ndarray of shape (n_alphas, n)
+            In ``P``'s dtype (float32 halves the stored grid).
+        undetermined : numpy.ndarray of bool of shape (n_alphas, n)
+        linear : numpy.ndarray of shape (n_alphas, n) or None
+            In ``P``'s dtype; None without ``dots``.
+        """
+        alphas = [_check_alpha(a) for a in alphas]
+        if rho2 is None:
+            inv = np.stack([1.0 / self._effective(a) for a in alphas], axis=1)
+            floored = np.stack([self.eigvals + a <= self._resolution(a) for a in alphas],
+                               axis=1)
+            W_fl = np.where(floored, inv, 0.0)
+            any_floored = W_fl.any(axis=0)
+        else:
+            inv, w_null = self._thin_weights(alphas)
+            W_fl, w_null_fl = self._thin_weights(alphas, floored_only=True)
+            any_floored = W_fl.any(axis=0) | (w_null_fl != 0)
+        # Only alphas below the resolution can have undetermined atoms: their columns alone.
+        below = np.flatnonzero(any_floored)
+        u = _sq_dot(P, np.hstack([inv, W_fl[:, below]]), dots)
+        u, linear = u if dots is not None else (u, None)
+        if rho2 is not None:
+            u += np.asarray(rho2)[:, None] * np.concatenate([w_null, w_null_fl[below]])[None, :]
+        k = len(alphas)
+        dtype = np.float32 if np.asarray(P).dtype == np.float32 else np.float64
+        undetermined = np.zeros((k, u.shape[0]), dtype=bool)
+        undetermined[below] = (u[:, k:] > _UNDETERMINED_SHARE * u[:, below]).T
+        return (_invert(u[:, :k]).T.astype(dtype, order="C"), undetermined,
+                None if linear is None else linear.T.astype(dtype, order="C"))
+
     # ------------------------------------------------------------------ rigidities
     def lpr(self, X_atoms_raw, alpha: float) -> np.ndarray:
         """Local prediction rigidity of atoms.
@@ -1106,8 +1160,8 @@ def _accumulate(
 
 def _sq_dot(P: np.ndarray, W: np.ndarray, dot: np.ndarray | None = None):
     """``(P**2) @ W`` in cache-sized blocks (never more than one block of ``P**2``); with
-    ``dot``, also ``P @ dot`` from the same blocks (one read of ``P`` for both), returned as
-    a second value.
+    ``dot`` (a vector, or a matrix of several), also ``P @ dot`` from the same blocks (one
+    read of ``P`` for both), returned as a second value.
 
     float32 ``P`` stays float32 (``W`` is rounded to float32 too): the squares are positive,
     so the sums lose no more than float32 round-off, and the pass reads half the bytes.
@@ -1121,8 +1175,8 @@ def _sq_dot(P: np.ndarray, W: np.ndarray, dot: np.ndarray | None = None):
     W = W.astype(P.dtype, copy=False)
     n = P.shape[0]
     out = np.empty((n, W.shape[1]))
-    linear = None if dot is None else np.empty(n)
     v = None if dot is None else np.asarray(dot, dtype=np.float64).astype(P.dtype)
+    linear = None if dot is None else np.empty((n, *v.shape[1:]))
 
     def blocks(lo: int, hi: int) -> None:
         buf = np.empty((min(_PASS_CHUNK, hi - lo), P.shape[1]), dtype=P.dtype)

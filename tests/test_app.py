@@ -426,3 +426,56 @@ def test_regulariser_limited_warning_only_when_alpha_sets_the_lpr():
     (line,) = [w.value for w in high.warning if "regulariser" in w.value]
     assert "test atoms" in line
     assert (_table(high, "median data share")["median data share"] < 0.5).all()
+
+
+def test_structure_picker_is_capped_and_filtered(monkeypatch):
+    """The picker lists at most MAX_STRUCTURE_OPTIONS structures in the chosen order; the
+    text filter reaches the others (name or group), a filter matching nothing keeps all."""
+    from lprviz.app import common
+
+    monkeypatch.setattr(common, "MAX_STRUCTURE_OPTIONS", 12)
+    at = _app()
+    _ok(at)
+    labels = _structure_labels(at)
+    assert len(labels) == 12
+    assert any("The first 12 of 300 structures" in c.value for c in at.caption)
+    groups = {re.search(r"\[(.+?)\]", lab)[1] for lab in labels}
+    rare = next(g for g in ("antisite", "interstitial", "bulk-alloy", "vacancy", "surface",
+                            "bulk-pure", "cluster") if g not in groups)
+    at.text_input(key="structure_query").set_value(rare.upper()).run()
+    _ok(at)
+    found = _structure_labels(at)
+    assert found and all(rare in lab.lower() for lab in found)
+    at.text_input(key="structure_query").set_value("no such structure zz").run()
+    assert any("No structure matches" in i.value for i in at.info)
+    assert len(_structure_labels(at)) == 12
+
+
+def test_group_table_equals_pandas_groupby():
+    """Explore's per-group table (one permutation per dataset, a partition per group) equals
+    a pandas groupby of the same atoms."""
+    from types import SimpleNamespace
+
+    import numpy as np
+    import pandas as pd
+
+    from lprviz import datasets
+    from lprviz.app import caches
+    from lprviz.app.pages import explore
+
+    source = datasets.DEFAULT_DATASET
+    ds = caches.dataset(source)
+    rng = np.random.default_rng(3)
+    res = SimpleNamespace(lpr=rng.lognormal(size=ds.n_atoms), data_share=rng.random(ds.n_atoms),
+                          train_mask=rng.random(len(ds.frames)) < 0.4)
+    got = explore._lpr_table(source, res)
+    df = pd.DataFrame({"group": np.asarray(ds.atom_groups).astype(str), "lpr": res.lpr,
+                       "share": res.data_share,
+                       "train": res.train_mask[ds.structure_index]})
+    ref = df.groupby("group").agg(
+        atoms=("lpr", "size"), median_lpr=("lpr", "median"), min_lpr=("lpr", "min"),
+        training_atoms=("train", "sum"), median_data_share=("share", "median")).reset_index()
+    assert list(got.columns) == list(ref.columns) and list(got["group"]) == list(ref["group"])
+    for col in ref.columns[1:]:
+        np.testing.assert_allclose(got[col].to_numpy(float), ref[col].to_numpy(float),
+                                   rtol=1e-12)

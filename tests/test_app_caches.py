@@ -79,3 +79,69 @@ def test_release_drops_every_entry_of_a_source():
     usage = caches.usage()
     assert usage["fits"][0] == 1 and usage["fits"][2] > 0
     caches.clear()
+
+
+def test_slider_positions_read_from_one_cached_grid(tmp_path, monkeypatch):
+    """The slider's 41 positions; results at a position come from the training set's cached
+    alpha grid (one grid for every position, equal to a pass of their own), the group sweep
+    too; an alpha off the grid takes its own pass."""
+    from ase.build import bulk
+    from ase.io import write
+
+    from lprviz import pipeline
+    from lprviz.app import state
+
+    positions = np.asarray(state.ALPHA_POSITIONS)
+    assert len(positions) == 41 and positions[0] == 1e-8 and positions[-1] == 1e2
+    np.testing.assert_allclose(np.diff(np.log10(positions)), state.ALPHA_LOG10_STEP)
+    assert state.ALPHA_POSITIONS[16] == 10 ** state.DEFAULT_ALPHA_LOG10  # as alpha() gives it
+    from lprviz.calibration import ALPHA_GRID  # the calibration's grid is the slider's
+
+    np.testing.assert_allclose(positions, ALPHA_GRID, rtol=1e-12)
+
+    rng = np.random.default_rng(0)
+    frames = []
+    for i in range(12):
+        atoms = bulk("Cu", "fcc", a=3.6, cubic=True).repeat((1, 1, 2))
+        atoms.rattle(0.05, seed=i)
+        atoms.info["energy"] = float(rng.normal(-3.0, 0.1)) * len(atoms)
+        frames.append(atoms)
+    path = str(tmp_path / "cu.xyz")
+    write(path, frames, format="extxyz")
+    monkeypatch.setenv("LPRVIZ_CACHE_DIR", str(tmp_path / "cache"))
+    caches.clear()
+    calls = []
+    real = pipeline.alpha_grid
+    monkeypatch.setattr(pipeline, "alpha_grid", lambda *a: calls.append(1) or real(*a))
+    args = (path, "fast", (0, 2, 4, 6, 8), pipeline.ModelSpec(kind="linear"), None)
+    fit = caches.fit(*args[:4])
+    for alpha in (positions[16], positions[3], positions[40]):
+        got = caches.results(*args, alpha, grid_alphas=state.ALPHA_POSITIONS)
+        ref = pipeline.evaluate(fit, alpha)
+        np.testing.assert_allclose(got.lpr, ref.lpr, rtol=3e-6)
+        np.testing.assert_allclose(got.local_energy, ref.local_energy, rtol=0, atol=1e-5)
+    sweep = state.ALPHA_POSITIONS[::2]
+    labels, medians = caches.group_lpr_sweep(*args[:4], sweep,
+                                             grid_alphas=state.ALPHA_POSITIONS)
+    assert calls == [1]  # one grid served three alphas and the sweep
+    groups = caches.dataset(path).atom_groups
+    np.testing.assert_allclose(
+        medians, caches.datasets.per_group_median(pipeline.lpr_sweep(fit, sweep), groups)[1],
+        rtol=3e-6)
+    off = caches.results(*args, 3e-4, grid_alphas=state.ALPHA_POSITIONS)
+    np.testing.assert_allclose(off.lpr, pipeline.evaluate(fit, 3e-4).lpr, rtol=1e-12)
+    grid_keys = [k for k in caches.DERIVED._entries if k[1] == "grid"]
+    assert len(grid_keys) == 1 and calls == [1]
+    # the fit evicted (memory pressure) and rebuilt: its grid is rebuilt with it
+    caches.FITS.clear()
+    again = caches.results(*args, positions[30], grid_alphas=state.ALPHA_POSITIONS)
+    assert calls == [1, 1]
+    np.testing.assert_allclose(again.lpr, pipeline.evaluate(fit, positions[30]).lpr, rtol=3e-6)
+    # a budget too small to keep the grid: each alpha takes its own pass, no grid is built
+    caches.clear()
+    monkeypatch.setenv("LPRVIZ_APP_CACHE_MB", "0.05")
+    small = caches.results(*args, positions[20], grid_alphas=state.ALPHA_POSITIONS)
+    assert calls == [1, 1]
+    np.testing.assert_allclose(small.lpr, pipeline.evaluate(fit, positions[20]).lpr,
+                               rtol=1e-12)
+    caches.clear()

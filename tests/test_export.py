@@ -61,6 +61,46 @@ def test_write_extxyz_tiny_values_and_path(tmp_path):
     np.testing.assert_allclose(back.arrays["lpr"], atoms.arrays["lpr"], rtol=1e-14)
 
 
+def test_write_extxyz_round_trips_every_column_kind(tmp_path):
+    """Frames of different sizes with float, int, bool and 3-vector per-atom columns, info
+    entries and a cell: ase.io.read gives back every value (floats to full precision), and
+    the same values as ASE's own writer (which rounds floats to 8 decimals)."""
+    from ase.build import bulk, molecule
+
+    rng = np.random.default_rng(5)
+    frames = [bulk("Cu", "fcc", a=3.6, cubic=True).repeat((2, 1, 1)), molecule("CH3CH2OH")]
+    for i, atoms in enumerate(frames):
+        n = len(atoms)
+        atoms.arrays["lpr_0"] = rng.lognormal(size=n) * 10.0 ** rng.integers(-12, 3, n)
+        atoms.arrays["count"] = rng.integers(-5, 50, n)
+        atoms.arrays["undetermined_0"] = rng.random(n) < 0.5
+        atoms.arrays["forces_pred"] = rng.standard_normal((n, 3))
+        atoms.info["pr_0"] = float(rng.random())
+        atoms.info["name"] = f"frame{i}"
+    path = tmp_path / "all.extxyz"
+    export.write_extxyz(path, frames)
+    back = ase.io.read(path, ":")
+    ase.io.write(tmp_path / "ase.extxyz", frames, format="extxyz")
+    theirs = ase.io.read(tmp_path / "ase.extxyz", ":")
+    assert len(back) == len(frames)
+    for got, want, ref in zip(back, frames, theirs, strict=True):
+        np.testing.assert_allclose(got.positions, want.positions, rtol=0, atol=1e-14)
+        np.testing.assert_allclose(got.cell.array, want.cell.array)
+        assert list(got.symbols) == list(want.symbols)
+        np.testing.assert_allclose(got.arrays["lpr_0"], want.arrays["lpr_0"], rtol=1e-14)
+        np.testing.assert_allclose(got.arrays["forces_pred"], want.arrays["forces_pred"],
+                                   rtol=1e-14)
+        np.testing.assert_array_equal(got.arrays["count"], want.arrays["count"])
+        np.testing.assert_array_equal(got.arrays["undetermined_0"],
+                                      want.arrays["undetermined_0"])
+        assert got.info["pr_0"] == pytest.approx(want.info["pr_0"]) and got.info["name"] == (
+            want.info["name"])
+        np.testing.assert_allclose(got.arrays["forces_pred"], ref.arrays["forces_pred"],
+                                   atol=1e-8)
+        np.testing.assert_array_equal(got.arrays["undetermined_0"],
+                                      ref.arrays["undetermined_0"])
+
+
 def test_csv_and_chemiscope(results):
     ds, res = results
     table = pd.read_csv(io.BytesIO(export.csv_bytes(ds, res)))

@@ -208,3 +208,30 @@ def test_mixed_periodicity_equals_large_vacuum_periodic_cell():
     x = desc.per_structure()
     np.testing.assert_allclose(x[0], x[1], atol=1e-10)
     np.testing.assert_allclose(x[2], x[3], atol=1e-10)
+
+
+def test_featomic_is_imported_without_torch_and_torch_stays_importable():
+    """A fresh process: featurising does not load torch (metatensor would import it, 1.1 s),
+    the values equal those of a process where torch was loaded first, and torch can still be
+    imported afterwards."""
+    import subprocess
+    import sys
+
+    pytest.importorskip("torch")
+    script = (
+        "import sys, numpy as np\n"
+        "{first}"
+        "from ase.build import bulk\n"
+        "from lprviz.features import SoapHypers, compute_soap\n"
+        "h = SoapHypers(cutoff=3.5, max_radial=3, max_angular=2)\n"
+        "d = compute_soap([bulk('Cu', cubic=True)], h, cache=False)\n"
+        "print('torch' in sys.modules, float(np.abs(d.values).sum()))\n"
+        "import torch\n"
+        "print(torch.ones(2).sum().item())\n"
+    )
+    runs = [subprocess.run([sys.executable, "-c", script.format(first=first)],
+                           capture_output=True, text=True, check=True).stdout.split()
+            for first in ("", "import torch\n")]
+    assert runs[0][0] == "False" and runs[1][0] == "True"
+    assert float(runs[0][1]) == pytest.approx(float(runs[1][1]), rel=1e-12)
+    assert runs[0][2] == runs[1][2] == "2.0"

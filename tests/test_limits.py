@@ -310,3 +310,23 @@ def test_a_costly_frame_late_in_the_list_stops_featomic_before_any_call(monkeypa
     with pytest.raises(InputError, match="^late.xyz#5: a neighbour search"):
         compute_soap(frames, SoapHypers(), cache=False, chunk_atoms=4,
                      names=[f"late.xyz#{i}" for i in range(6)])
+
+
+def test_cell_heights_equal_volume_over_face_area_for_random_cells():
+    """Heights against cross products: volume / face area (3 periodic vectors), area / length
+    of the other vector (2), the length (1); inf where not periodic."""
+    rng = np.random.default_rng(12)
+    for _ in range(30):
+        cell = rng.normal(size=(3, 3)) * rng.uniform(1, 10)
+        a = cell
+        vol = abs(np.linalg.det(cell))
+        full = [vol / np.linalg.norm(np.cross(a[(i + 1) % 3], a[(i + 2) % 3])) for i in range(3)]
+        np.testing.assert_allclose(limits.cell_heights(cell, (True,) * 3), full, rtol=1e-10)
+        area = np.linalg.norm(np.cross(a[0], a[2]))
+        got = limits.cell_heights(cell, (True, False, True))
+        np.testing.assert_allclose(got[[0, 2]], [area / np.linalg.norm(a[2]),
+                                                 area / np.linalg.norm(a[0])], rtol=1e-10)
+        assert got[1] == np.inf
+        one = limits.cell_heights(cell, (False, True, False))
+        assert one[1] == pytest.approx(np.linalg.norm(a[1])) and np.isinf(one[[0, 2]]).all()
+    assert np.isnan(limits.cell_heights(np.full((3, 3), np.nan), (True,) * 3)).all()

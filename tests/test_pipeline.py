@@ -14,6 +14,7 @@ from lprviz.features import SoapHypers, compute_soap
 from lprviz.models import fit_ridge
 from lprviz.pipeline import (
     ModelSpec,
+    alpha_grid,
     coordination,
     evaluate,
     evaluate_features,
@@ -145,6 +146,63 @@ def test_thin_fit_equals_full_projections(emt, monkeypatch, alpha):
         np.testing.assert_allclose(P_some @ P_some.T, P[some] @ P[some].T, rtol=1e-5,
                                    atol=1e-6)
     np.testing.assert_allclose(dual_out[0].pr, evaluate(primal, alpha).pr, rtol=1e-6)
+
+
+@pytest.mark.parametrize("route", ["dual", "primal"])
+def test_alpha_grid_equals_per_alpha_evaluate(emt, monkeypatch, route):
+    """alpha_grid (one pass for 41 slider positions and alpha = 0) gives what evaluate gives
+    at each of them, training atoms included, on the thin (dual) and full (primal) fit;
+    alphas off the grid still take their own pass."""
+    data, desc, train = emt
+    if route == "primal":
+        monkeypatch.setattr(rigidity, "_DUAL_SHARE", 0.0)
+    fit = prepare(data, desc, train, ModelSpec())
+    assert fit.thin == (route == "dual") and fit.projections.dtype == np.float32
+    alphas = [0.0, *10 ** np.arange(-8, 2.01, 0.25)]
+    grid = alpha_grid(fit, alphas)
+    assert grid.lpr.dtype == np.float32 and grid.lpr.shape == (42, len(desc.values))
+    assert grid.undetermined[0].any()  # alpha = 0: the flags are exercised
+    P64 = fit.atom_projections(np.arange(len(desc.values))).astype(np.float64)
+    for alpha in alphas:
+        ref, got = evaluate(fit, alpha), evaluate(fit, alpha, grid=grid)
+        # Both sum float32 squares, in different orders (a one-column product against a
+        # 41-column one): measured <= 1.3e-6 apart, each <= 1e-6 from float64 projections.
+        np.testing.assert_allclose(got.lpr, ref.lpr, rtol=3e-6)
+        np.testing.assert_array_equal(got.undetermined, ref.undetermined)
+        np.testing.assert_allclose(got.local_energy, ref.local_energy, rtol=0, atol=2e-6)
+        np.testing.assert_allclose(got.energy_pred, ref.energy_pred, rtol=0, atol=5e-5)
+        np.testing.assert_allclose(got.pr, ref.pr, rtol=1e-10)
+        np.testing.assert_allclose(got.data_share, ref.data_share, rtol=0, atol=1e-5)
+        if not fit.thin:  # against float64 projections of the same atoms
+            lpr64 = fit.solver.lpr_from_projections(P64, alpha)
+            np.testing.assert_allclose(got.lpr, lpr64, rtol=2e-6)
+    off = evaluate(fit, 2e-4, grid=grid)  # not a grid alpha: its own pass
+    np.testing.assert_allclose(off.lpr, evaluate(fit, 2e-4).lpr, rtol=1e-12)
+    with pytest.raises(InputError, match="grid"):
+        evaluate(prepare(data, desc, train, ModelSpec()), 1e-4, grid=grid)
+
+
+def test_float32_descriptors_are_projected_in_float32_within_bound(emt, monkeypatch):
+    """The app's float32 descriptors (linear model, primal route) are projected by a float32
+    product: LPR within the documented bound of float64 descriptors, local energies too."""
+    import dataclasses
+
+    from lprviz import pipeline
+
+    data, desc, train = emt
+    monkeypatch.setattr(rigidity, "_DUAL_SHARE", 0.0)
+    seen = []
+    real = pipeline._projections
+    monkeypatch.setattr(pipeline, "_projections",
+                        lambda solver, base, extra: seen.append(base.dtype) or
+                        real(solver, base, extra))
+    d32 = dataclasses.replace(desc, values=desc.values.astype(np.float32))
+    f32, f64 = (prepare(data, d, train, ModelSpec()) for d in (d32, desc))
+    assert seen == [np.float32, np.float64] and f32.solver.route == "primal"
+    for alpha, rtol in ((1e-8, 1e-4), (1e-4, 1e-5), (1e-1, 1e-5), (1e2, 1e-5)):
+        a, b = evaluate(f32, alpha), evaluate(f64, alpha)
+        np.testing.assert_allclose(a.lpr, b.lpr, rtol=rtol)
+        np.testing.assert_allclose(a.local_energy, b.local_energy, rtol=0, atol=3e-5)
 
 
 @pytest.mark.parametrize("baseline", [True, False])

@@ -650,3 +650,41 @@ def test_squared_pass_in_two_halves_equals_explicit_products(monkeypatch, dtype)
     for got in (single, halves):
         np.testing.assert_allclose(got[0], (P64**2) @ W, rtol=rtol)
         np.testing.assert_allclose(got[1], P64 @ v, rtol=0, atol=rtol * np.abs(P64).sum(1).max())
+
+
+@pytest.mark.parametrize("n_structures", [8, 40])
+def test_lpr_grid_equals_per_alpha_passes(n_structures):
+    """RigiditySolver.lpr_grid: one pass for many alphas gives each alpha's LPR, undetermined
+    flags and P @ dots column (full float64 projections; thin ones on the dual route),
+    below the resolution (undetermined atoms) too."""
+    rng = np.random.default_rng(41)
+    d = 30
+    train = random_structures(rng, n_structures, d)
+    solver = RigiditySolver.from_structures(train)
+    atoms = np.vstack(random_structures(rng, 50, d) + train[:3])
+    alphas = [0.0, 1e-14, 1e-8, 1e-3, 1.0, 50.0]
+    dots = rng.standard_normal((d, len(alphas)))
+    P = solver.projections(atoms)
+    lpr, undetermined, linear = solver.lpr_grid(P, alphas, dots=dots)
+    assert lpr.shape == undetermined.shape == linear.shape == (len(alphas), len(atoms))
+    for a, alpha in enumerate(alphas):
+        ref_lpr, ref_und = solver.lpr_and_undetermined_from_projections(P, alpha)
+        np.testing.assert_allclose(lpr[a], ref_lpr, rtol=1e-10)
+        np.testing.assert_array_equal(undetermined[a], ref_und)
+        np.testing.assert_allclose(linear[a], P @ dots[:, a], rtol=1e-10, atol=1e-12)
+    # below the resolution some atoms are undetermined (the flags are exercised)
+    assert undetermined[0].any() == (n_structures < d) and not undetermined[-1].any()
+    if solver.route == "dual":
+        Pt, rho2 = solver.thin_projections(atoms, dtype=np.float64)
+        lpr_t, und_t, _ = solver.lpr_grid(Pt, alphas, rho2=rho2)
+        for a, alpha in enumerate(alphas):
+            ref_lpr, ref_und = solver.lpr_and_undetermined_from_thin(Pt, rho2, alpha)
+            np.testing.assert_allclose(lpr_t[a], ref_lpr, rtol=1e-10)
+            np.testing.assert_array_equal(und_t[a], ref_und)
+            if alpha >= 1e-3:  # a direct dense solve where it is well conditioned
+                np.testing.assert_allclose(lpr_t[a], explicit_lpr(
+                    scaled_rows(train, solver.scale), atoms / solver.scale, alpha), rtol=1e-8)
+    # float32 projections give a float32 grid within float32 round-off of float64
+    lpr32 = solver.lpr_grid(P.astype(np.float32), alphas)[0]
+    assert lpr32.dtype == np.float32
+    np.testing.assert_allclose(lpr32, lpr, rtol=1e-5)

@@ -7,8 +7,9 @@ cache              holds (key starts with the dataset source)  bound (``LPRVIZ_A
 ``DESCRIPTORS``    :class:`lprviz.features.Descriptors`         3/8
 ``FITS``           :class:`lprviz.pipeline.Fit` (factorisation,  3/8
                    float32 projections of every atom)
-``DERIVED``        results per alpha, coordination, maps,       1/8
-                   alpha sweeps, committees
+``DERIVED``        results per alpha, alpha grids (every slider  1/8
+                   position), coordination, maps, alpha
+                   sweeps, committees
 =================  ==========================================  ===============================
 
 The budget is ``LPRVIZ_APP_CACHE_MB`` for the whole server (default: a quarter of the
@@ -236,10 +237,12 @@ def descriptors(source: str, preset: str) -> features.Descriptors:
     progress bar while featurising.
 
     Kept as float32 (half the server's largest array: 0.56 instead of 1.12 GiB at 100k
-    atoms, d = 1473); every consumer computes in float64 from these rounded values.
-    Measured on emt-alloys against float64 descriptors: LPR within a relative 4e-6 at
-    alpha >= 1e-4 and 3e-5 at 1e-8, local energies within 3e-5 eV (the cached float32
-    projections alone give 1e-5 and 1e-6 eV).
+    atoms, d = 1473); the linear model projects them in float32 (a third of the time of the
+    largest product of a training-set change), everything else computes in float64 from
+    these rounded values. Measured on emt-alloys against float64 descriptors: LPR within a
+    relative 4e-6 at alpha >= 1e-4 and 3e-5 at 1e-8, local energies within 3e-5 eV (the
+    cached float32 projections alone give 1e-5 and 1e-6 eV); with the float32 projection
+    product (primal route) 7.5e-6 and 7e-5, local energies unchanged.
     """
     def compute() -> features.Descriptors:
         ds = dataset(source)
@@ -286,11 +289,42 @@ def fit(source: str, preset: str, train: tuple[int, ...], spec: pipeline.ModelSp
     return FITS.get((source, preset, tuple(train), spec, reference), compute)
 
 
+def alpha_grid(source: str, preset: str, train: tuple[int, ...], spec: pipeline.ModelSpec,
+               reference: tuple[int, ...] | None,
+               alphas: tuple[float, ...]) -> pipeline.AlphaGrid:
+    """:func:`lprviz.pipeline.alpha_grid` of the cached fit: every slider position's per-atom
+    values from one pass over the projections (41 positions x 100k atoms: ~38 MB)."""
+    f = fit(source, preset, train, spec, reference)
+
+    def compute() -> pipeline.AlphaGrid:
+        with st.spinner(f"LPR at the {len(alphas)} positions of the alpha slider..."):
+            return pipeline.alpha_grid(f, alphas)
+
+    key = (source, "grid", preset, tuple(train), spec, reference, tuple(alphas))
+    grid = DERIVED.get(key, compute)
+    if grid.owner() is not f:  # the fit was evicted and rebuilt since: a grid of its own
+        DERIVED.discard(lambda k: k != key)
+        grid = DERIVED.get(key, compute)
+    return grid
+
+
 def results(source: str, preset: str, train: tuple[int, ...], spec: pipeline.ModelSpec,
-            reference: tuple[int, ...] | None, alpha: float) -> pipeline.Results:
-    """:func:`lprviz.pipeline.evaluate` of the cached fit at ``alpha``."""
+            reference: tuple[int, ...] | None, alpha: float,
+            grid_alphas: tuple[float, ...] | None = None) -> pipeline.Results:
+    """:func:`lprviz.pipeline.evaluate` of the cached fit at ``alpha``; when ``alpha`` is one
+    of ``grid_alphas`` (the slider's positions), read from the cached :func:`alpha_grid`."""
     def compute() -> pipeline.Results:
-        return pipeline.evaluate(fit(source, preset, train, spec, reference), alpha)
+        f = fit(source, preset, train, spec, reference)
+        on_grid = grid_alphas is not None and bool(
+            np.any(np.abs(np.asarray(grid_alphas) - alpha) <= 1e-12 * alpha))
+        # A grid the cache could not keep would be recomputed per alpha (41 columns each
+        # time): then one pass per alpha is cheaper.
+        grid_bytes = len(grid_alphas or ()) * len(f.structure_index) * (
+            2 * f.projections.itemsize + 1)
+        on_grid = on_grid and grid_bytes <= DERIVED.max_bytes // 2
+        grid = (alpha_grid(source, preset, train, spec, reference, grid_alphas) if on_grid
+                else None)
+        return pipeline.evaluate(f, alpha, grid=grid)
 
     return DERIVED.get((source, "results", preset, tuple(train), spec, reference, alpha),
                        compute)
@@ -354,11 +388,18 @@ def environment_map(source: str, preset: str) -> np.ndarray:
 
 
 def group_lpr_sweep(source: str, preset: str, train: tuple[int, ...], spec: pipeline.ModelSpec,
-                    alphas: tuple[float, ...]) -> tuple[np.ndarray, np.ndarray]:
+                    alphas: tuple[float, ...], grid_alphas: tuple[float, ...] | None = None,
+                    ) -> tuple[np.ndarray, np.ndarray]:
     """Median LPR of each group's atoms at each of ``alphas``: (group labels, (n_alphas,
-    n_groups) medians), from the cached fit (one product over the projections; only the
-    medians are kept, so an alpha change costs nothing here)."""
+    n_groups) medians), from the cached :func:`alpha_grid` of ``grid_alphas`` when it holds
+    them all, else one product over the fit's projections (only the medians are kept, so an
+    alpha change costs nothing here)."""
     def compute() -> tuple[np.ndarray, np.ndarray]:
+        if grid_alphas is not None:
+            grid = alpha_grid(source, preset, train, spec, None, grid_alphas)
+            rows = [grid.index(a) for a in alphas]
+            if None not in rows:  # every alpha is a slider position: no pass
+                return datasets.per_group_median(grid.lpr[rows], dataset(source).atom_groups)
         f = fit(source, preset, train, spec)
         with st.spinner(f"LPR at {len(alphas)} values of alpha..."):
             sweep = pipeline.lpr_sweep(f, alphas)

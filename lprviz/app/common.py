@@ -28,6 +28,8 @@ from lprviz.errors import InputError
 #: Most points a per-atom scatter sends to the browser: a fixed stride keeps the payload and
 #: the figure's build time flat (100k atoms would cost more than the whole LPR update).
 MAX_SCATTER_POINTS = 6000
+#: Options of Explore's structure picker (the rest through its *Find structure* filter).
+MAX_STRUCTURE_OPTIONS = 500
 
 
 def every_kth(n: int, at_most: int = MAX_SCATTER_POINTS) -> np.ndarray:

@@ -32,7 +32,8 @@ from lprviz.app.common import plain_text
 from lprviz.errors import InputError
 
 __all__ = [
-    "ALPHA_LOG10_RANGE", "DEFAULT_ALPHA_LOG10", "SPLITS", "Settings", "Split", "alpha",
+    "ALPHA_LOG10_RANGE", "ALPHA_LOG10_STEP", "ALPHA_POSITIONS", "DEFAULT_ALPHA_LOG10",
+    "SPLITS", "Settings", "Split", "alpha",
     "alpha_slider", "available_sources", "current_results",
     "default_training_frames", "forget_training_frames", "frame_numbers", "keep_across_pages",
     "link_alpha_log10", "new_training_table", "set_training_frames", "settings", "sidebar",
@@ -41,6 +42,13 @@ __all__ = [
 
 DEFAULT_ALPHA_LOG10 = -4.0
 ALPHA_LOG10_RANGE = (-8.0, 2.0)
+ALPHA_LOG10_STEP = 0.25
+#: The slider's 41 alphas, as :func:`alpha` computes them; per training set the app
+#: precomputes every position in one pass (:func:`lprviz.app.caches.alpha_grid`).
+ALPHA_POSITIONS = tuple(
+    float(10 ** (ALPHA_LOG10_RANGE[0] + ALPHA_LOG10_STEP * i))
+    for i in range(round((ALPHA_LOG10_RANGE[1] - ALPHA_LOG10_RANGE[0]) / ALPHA_LOG10_STEP) + 1)
+)
 DEFAULT_PRESET = "bulk only"
 #: Widget keys drawn on some pages only, kept for the others.
 PAGE_WIDGET_KEYS = ("alpha_log10",)
@@ -399,7 +407,7 @@ def alpha_slider(*, label: str = "Regularisation alpha (log10)") -> float:
     """The log-scale alpha slider (one value for every page, mirrored in the URL)."""
     lo, hi = ALPHA_LOG10_RANGE
     st.session_state.setdefault("alpha_log10", DEFAULT_ALPHA_LOG10)
-    st.slider(label, lo, hi, step=0.25, key="alpha_log10", format="%.2f",
+    st.slider(label, lo, hi, step=ALPHA_LOG10_STEP, key="alpha_log10", format="%.2f",
               help="Larger alpha raises every LPR (toward alpha/|x|^2) at the cost of accuracy.")
     value = alpha()
     st.query_params["alpha"] = f"{value:.3g}"
@@ -480,5 +488,5 @@ def current_results(current: Settings, alpha: float, train: tuple[int, ...] | No
     if not train:
         raise InputError("training set: empty; include at least one structure")
     return caches.results(current.source, current.preset, train, current.spec, reference,
-                          alpha)
+                          alpha, grid_alphas=ALPHA_POSITIONS)
 

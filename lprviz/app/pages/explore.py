@@ -14,7 +14,7 @@ DATA_SHARE = "data share of the rigidity"
 COLOR_BY = ("LPR", DATA_SHARE, "local prediction", "local error vs true local energy",
             "committee spread")
 COMMITTEE_MODELS = 4
-SWEEP_ALPHAS = tuple(np.logspace(-8, 2, 21).tolist())
+SWEEP_ALPHAS = state.ALPHA_POSITIONS[::2]  # every other slider position: read from its grid
 
 
 ORDERS = ("lowest LPR first (test structures)", "lowest LPR first (all)", "group", "name")
@@ -31,6 +31,39 @@ def _structure_order(ds, res, how: str) -> list[int]:
     if how == "name":
         return sorted(range(n), key=lambda i: str(ds.names[i]))
     return sorted(range(n), key=lambda i: (str(ds.groups[i]), i))
+
+
+def _structure_picker(source: str, ds, res, order: list[int]) -> int:
+    """Selectbox of at most :data:`common.MAX_STRUCTURE_OPTIONS` structures in ``order``,
+    narrowed by a text filter on name and group (a browser list of thousands of options
+    costs more than the LPR update and nobody scrolls it)."""
+    query = st.text_input("Find structure", key="structure_query",
+                          placeholder="part of a name or group").strip().lower()
+    if query:
+        text = _search_text(source)
+        matches = [i for i in order if query in text[i]]
+        if matches:
+            order = matches
+        else:
+            st.info(f"No structure matches '{common.plain_text(query)}'; showing them all.")
+    shown = order[:common.MAX_STRUCTURE_OPTIONS]
+    if len(order) > len(shown):
+        st.caption(f"The first {len(shown)} of {len(order)} structures in this order; type "
+                   "in *Find structure* to reach the others.")
+    sizes = ds.frame_sizes
+    labels = {i: f"{ds.names[i]} [{ds.groups[i]}] "
+              f"({'train' if res.train_mask[i] else 'test'}, {sizes[i]} atoms)" for i in shown}
+    return st.selectbox("Structure", shown, format_func=labels.__getitem__, key="structure")
+
+
+def _search_text(source: str) -> list[str]:
+    """Lower-case "name [group]" of every structure, what *Find structure* matches, once per
+    dataset."""
+    def compute() -> list[str]:
+        ds = caches.dataset(source)
+        return [f"{n} [{g}]".lower() for n, g in zip(ds.names, ds.groups, strict=True)]
+
+    return caches.DERIVED.get((source, "search_text"), compute)
 
 
 def _clear_selection() -> None:
@@ -70,18 +103,39 @@ def _linked_atoms(ds) -> np.ndarray:
     return np.zeros(0, dtype=int)
 
 
-def _lpr_table(ds, res, groups: pd.Categorical) -> pd.DataFrame:
-    """Per-group LPR summary, groups sorted by name (``groups``: every atom's group, cached:
-    grouping by its integer codes is ~10x faster than by 100k strings)."""
-    train = np.asarray(res.train_mask, dtype=bool)[ds.structure_index]
-    df = pd.DataFrame({"group": groups,
-                       "lpr": res.lpr, "share": res.data_share, "in training": train})
-    out = df.groupby("group", observed=True).agg(
-        atoms=("lpr", "size"), median_lpr=("lpr", "median"), min_lpr=("lpr", "min"),
-        training_atoms=("in training", "sum"), median_data_share=("share", "median"))
-    out = out.reset_index()
-    out["group"] = out["group"].astype(str)
-    return out.sort_values("group", kind="stable", ignore_index=True)
+def _lpr_table(source: str, res) -> pd.DataFrame:
+    """Per-group LPR summary, groups sorted by name: each group's atoms are contiguous after
+    one permutation computed per dataset (:func:`_group_runs`), so an alpha change costs
+    one gather and a partition per group (O(n_atoms), no sort of 100k atoms)."""
+    perm, bounds, names = _group_runs(source)
+    ds = caches.dataset(source)
+    train = np.asarray(res.train_mask, dtype=bool)[ds.structure_index][perm]
+    lpr, share = res.lpr[perm], res.data_share[perm]
+    runs = [slice(lo, hi) for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)]
+    return pd.DataFrame({
+        "group": names,
+        "atoms": np.diff(bounds),
+        "median_lpr": [np.median(lpr[r]) for r in runs],
+        "min_lpr": [lpr[r].min() for r in runs],
+        "training_atoms": [int(train[r].sum()) for r in runs],
+        "median_data_share": [np.median(share[r]) for r in runs],
+    })
+
+
+def _group_runs(source: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Atom permutation that makes each group's atoms contiguous (groups sorted by name), the
+    run boundaries (n_groups + 1,) and the group names, once per dataset."""
+    def compute() -> tuple[np.ndarray, np.ndarray, list[str]]:
+        groups = caches.atom_categories(source)["group"]  # every category occurs
+        names = [str(c) for c in groups.categories]
+        order = np.argsort(names, kind="stable")  # position by name -> category
+        rank = np.empty_like(order)
+        rank[order] = np.arange(len(order))  # category -> position by name
+        keys = rank[np.asarray(groups.codes)]
+        bounds = np.concatenate([[0], np.cumsum(np.bincount(keys, minlength=len(names)))])
+        return np.argsort(keys, kind="stable"), bounds, [names[i] for i in order]
+
+    return caches.DERIVED.get((source, "group_runs"), compute)
 
 
 def _regulariser_warning(ds, res) -> None:
@@ -141,12 +195,7 @@ def _alpha_dependent(settings: state.Settings) -> None:
                       help="Back to the structure list (double-clicking the plot also "
                            "clears it).")
         else:
-            sizes = ds.frame_sizes
-            labels = {i: f"{ds.names[i]} [{ds.groups[i]}] "
-                      f"({'train' if res.train_mask[i] else 'test'}, {sizes[i]} atoms)"
-                      for i in order}
-            frame = st.selectbox("Structure", order, format_func=labels.__getitem__,
-                                 key="structure")
+            frame = _structure_picker(settings.source, ds, res, order)
         o1, o2, o3, o4 = st.columns(4)
         style = o1.radio("Style", ["sphere", "stick"], horizontal=True, key="style")
         log = o2.toggle("Log colours", value=True, key="log_colours")
@@ -174,7 +223,7 @@ def _alpha_dependent(settings: state.Settings) -> None:
 
     # full width: in the parity plot's column the six columns were cut off
     categories = caches.atom_categories(settings.source)
-    st.dataframe(plots.format_table(_lpr_table(ds, res, categories["group"])), hide_index=True,
+    st.dataframe(plots.format_table(_lpr_table(settings.source, res)), hide_index=True,
                  width="stretch", key="lpr_table")
     # Only the open tab runs (stateful tabs): the others' figures cost as much as the whole
     # LPR update at 100k atoms, for content nobody looks at.
@@ -197,7 +246,8 @@ def _alpha_dependent(settings: state.Settings) -> None:
     if tab2.open:
         with tab2:
             labels, medians = caches.group_lpr_sweep(settings.source, settings.preset, train,
-                                                     settings.spec, SWEEP_ALPHAS)
+                                                     settings.spec, SWEEP_ALPHAS,
+                                                     grid_alphas=state.ALPHA_POSITIONS)
             st.plotly_chart(plots.lpr_alpha_figure(np.asarray(SWEEP_ALPHAS), medians,
                                                    list(labels), current_alpha=alpha))
             st.caption("Median LPR of each group's atoms. LPR rises with alpha toward "
