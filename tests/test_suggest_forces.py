@@ -168,3 +168,13 @@ def test_force_pool_errors(force_case):
     with pytest.raises(InputError, match="target"):
         suggest_from_projections(fit.solver, np.ones((2, 3)), force_pool(fit, ds, pool),
                                  ALPHA, 1)
+
+
+def test_force_pool_chunks_do_not_change_rows(force_case, monkeypatch):
+    import lprviz.suggest as suggest_module
+
+    ds, _, fit, pool, _ = force_case
+    whole = force_pool(fit, ds, pool)
+    monkeypatch.setattr(suggest_module, "_POOL_CHUNK_ATOMS", 7)  # splits candidates
+    np.testing.assert_allclose(force_pool(fit, ds, pool).rows, whole.rows, rtol=1e-12,
+                               atol=1e-14 * np.abs(whole.rows).max())
