@@ -1,8 +1,9 @@
 """Time Improve on a force-trained fit: Woodbury block updates against refits.
 
 emt-alloys, linear model with the composition baseline, trained on energies and forces
-(lambda_F = 0.03) on the bulk frames; target: the surface and vacancy test atoms; pool: every
-other test frame (each adds 1 + 3 N rows).
+(lambda_F = 0.03) on the bulk frames; target: the lowest-LPR 5 % of the other atoms (the
+default of the Improve page and ``lprviz suggest``); pool: every other frame (each adds
+1 + 3 N rows).
 
 * ``force_pool`` + ``suggest_from_projections``: the blocks of every candidate projected
   once, the step-1 ranking of the whole pool, then greedy picks (block updates);
@@ -26,8 +27,8 @@ from threadpoolctl import threadpool_info
 
 from lprviz import datasets
 from lprviz.features import SOAP_PRESETS, compute_soap
-from lprviz.pipeline import DEFAULT_FORCE_WEIGHT, ModelSpec, prepare
-from lprviz.suggest import force_pool, suggest_from_projections
+from lprviz.pipeline import DEFAULT_FORCE_WEIGHT, ModelSpec, evaluate, prepare
+from lprviz.suggest import force_pool, lowest_lpr_atoms, suggest_from_projections
 
 
 def refit_gain(fit, ds, desc, frame, P_values, base, alpha):
@@ -60,8 +61,8 @@ def main() -> None:
     t_fit = time.perf_counter() - t0
     _ = fit.solver.eigvals
     pool = np.flatnonzero(~train)
-    atom_groups = groups[ds.structure_index]
-    target = np.flatnonzero(np.isin(atom_groups, ["surface", "vacancy"]))
+    rest = np.flatnonzero(~train[ds.structure_index])
+    target = rest[lowest_lpr_atoms(evaluate(fit, alpha).lpr[rest], 0.05)]
     X_t = fit.model_features(np.asarray(desc.values[target], dtype=np.float64),
                              ds.atom_numbers[target])
     P = fit.solver.projections(X_t)

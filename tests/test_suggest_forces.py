@@ -178,3 +178,44 @@ def test_force_pool_chunks_do_not_change_rows(force_case, monkeypatch):
     monkeypatch.setattr(suggest_module, "_POOL_CHUNK_ATOMS", 7)  # splits candidates
     np.testing.assert_allclose(force_pool(fit, ds, pool).rows, whole.rows, rtol=1e-12,
                                atol=1e-14 * np.abs(whole.rows).max())
+
+
+def test_cli_suggest_forces_matches_library_and_notes_missing_forces(tmp_path, capsys):
+    import ase.io
+    import pandas as pd
+
+    from lprviz.cli import _suggest_inputs, build_parser, main
+    from lprviz.features import SOAP_PRESETS
+
+    ds = datasets.load("emt-alloys")
+    groups = np.asarray(ds.groups)
+    pool_frames = [ds.frames[i] for i in np.flatnonzero(groups == "surface")[:5]]
+    bare = pool_frames[0].copy()  # positions only: no energy, no forces
+    bare.calc = None
+    paths = {"train": tmp_path / "train.extxyz", "pool": tmp_path / "pool.extxyz"}
+    ase.io.write(paths["train"], [ds.frames[i] for i in np.flatnonzero(groups == "bulk-alloy")[:8]])
+    ase.io.write(paths["pool"], [bare, *pool_frames[1:]])
+    argv = ["suggest", "--train", str(paths["train"]), "--pool", str(paths["pool"]), "-k", "2",
+            "--preset", "fast", "--random-seeds", "2", "--alpha", "1e-3"]
+    plain, forced = tmp_path / "plain.csv", tmp_path / "forced.csv"
+    assert main([*argv, "--csv", str(plain)]) == 0
+    capsys.readouterr()
+    assert main([*argv, "--forces", "--force-weight", "0.1", "--csv", str(forced)]) == 0
+    err = capsys.readouterr().err
+    assert "1 of 5 candidates have no forces" in err and "energy row only" in err
+    t0, t1 = pd.read_csv(plain), pd.read_csv(forced)
+    # the library on the same inputs
+    args = build_parser().parse_args([*argv, "--forces", "--force-weight", "0.1"])
+    data, train, pool, _ = _suggest_inputs(args)
+    desc = compute_soap(data.frames, SOAP_PRESETS["fast"], species=data.species)
+    fit = prepare(data, desc, train, ModelSpec(), force_weight=0.1)
+    rest = np.flatnonzero(~train[data.structure_index])
+    from lprviz.pipeline import evaluate
+    from lprviz.suggest import lowest_lpr_atoms
+
+    target = rest[lowest_lpr_atoms(evaluate(fit, 1e-3).lpr[rest], 0.05)]
+    sug = suggest_from_projections(fit.solver, fit.atom_projections(target),
+                                   force_pool(fit, data, pool), 1e-3, 2)
+    np.testing.assert_array_equal(t1["frame"], pool[sug.chosen])
+    np.testing.assert_allclose(t1["gain_mean_ln_lpr"], sug.gains, rtol=1e-6)
+    assert t1["lpr_factor"].iloc[-1] > 1 and t0["lpr_factor"].iloc[-1] > 1
