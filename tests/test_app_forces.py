@@ -48,6 +48,6 @@ def test_improve_with_forces_ranks_by_block_updates_and_predicts_the_refit():
     at.button(key="improve_add").click().run()
     assert not at.exception and not at.error, [e.value for e in at.exception]
     (message,) = [s.value for s in at.success if "realised" in s.value]
-    realised, predicted = (float(x) for x in re.findall(r"x([0-9.eE+-]+) ", message + " ")[:2])
+    realised, predicted = (float(x) for x in re.findall(r"x(\d[0-9.eE+-]*)[ )]", message))
     # the refit with the pick's energy and force rows realises the block-update prediction
     assert realised > 1 and abs(realised - predicted) <= 1e-3 * predicted
