@@ -1,4 +1,4 @@
-"""Time the sparse kernel's force rows (the Nyström chain rule) in blocks and on one thread.
+"""Time the sparse kernel's force rows (the Nyström chain rule) in blocks, on one BLAS thread.
 
 ``lprviz.forces.position_gradients`` with a Nyström map on emt-alloys frames (default SOAP,
 M active environments), four ways in one run: the chain rule over each featomic key at once
@@ -50,8 +50,8 @@ def main() -> None:
     try:
         for label, size, single in (("whole keys, all threads (old)", 10**12, False),
                                     ("whole keys, one thread", 10**12, True),
-                                    (f"blocks of {block}, all threads", block, False),
-                                    (f"blocks of {block}, one thread (new)", block, True)):
+                                    (f"blocks of {block}, all threads (new)", block, False),
+                                    (f"blocks of {block}, one thread", block, True)):
             forces._KERNEL_BLOCK, forces._KERNEL_ONE_THREAD = size, single
             results[label] = timed(frames, hypers, ds.species, nystrom)
             wall, cpu, _ = results[label]
@@ -59,7 +59,7 @@ def main() -> None:
     finally:
         forces._KERNEL_BLOCK, forces._KERNEL_ONE_THREAD = block, one
     (old, new) = (results["whole keys, all threads (old)"],
-                  results[f"blocks of {block}, one thread (new)"])
+                  results[f"blocks of {block}, all threads (new)"])
     diff = np.max(np.abs(old[2] - new[2])) / np.max(np.abs(old[2]))
     print(f"ratio old / new: wall {old[0] / new[0]:.2f}x, cpu {old[1] / new[1]:.2f}x; "
           f"new / featomic floor: wall {new[0] / floor[0]:.2f}x; max rel. difference {diff:.1e}")

@@ -76,7 +76,7 @@ _GEMM_BYTES = 32 << 20
 # Gradient samples per block of the sparse kernel's chain rule (3 x 512 rows x M columns:
 # 6 MB at M = 500).
 _KERNEL_BLOCK = 512
-_KERNEL_ONE_THREAD = True
+_KERNEL_ONE_THREAD = False  # measured slower (bench_forces_kernel.py); kept for the benchmark
 
 
 def has_forces(atoms: ase.Atoms) -> bool:
@@ -199,9 +199,9 @@ def _summed_gradients(
         cols = slice(off, off + width)
         active = np.ascontiguousarray(nystrom.active[:, cols].T)
         # In blocks of gradient samples: the (3 n_grad x M) products of a whole key
-        # (1 GB at 5 A, M = 500) thrashed memory; a block stays in cache. One BLAS thread:
-        # these GEMMs are many and mid-sized, and two threads on shared cores wait for
-        # each other (benchmarks/bench_forces_kernel.py).
+        # (1 GB at 5 A, M = 500) thrashed memory; a block stays in cache. BLAS keeps its
+        # threads: pinning them to one was slower in 3 of 3 runs on the loaded machine
+        # (benchmarks/bench_forces_kernel.py).
         with _one_thread(_KERNEL_ONE_THREAD):
             for lo in range(0, gv.shape[0], _KERNEL_BLOCK):
                 hi = min(lo + _KERNEL_BLOCK, gv.shape[0])
