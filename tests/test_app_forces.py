@@ -51,3 +51,16 @@ def test_improve_with_forces_ranks_by_block_updates_and_predicts_the_refit():
     realised, predicted = (float(x) for x in re.findall(r"x(\d[0-9.eE+-]*)[ )]", message))
     # the refit with the pick's energy and force rows realises the block-update prediction
     assert realised > 1 and abs(realised - predicted) <= 1e-3 * predicted
+
+
+def test_validate_committee_with_forces_tracks_the_force_trained_lpr():
+    import re
+
+    at = AppTest.from_file(APP, default_timeout=900).run()
+    at.toggle(key="train_forces").set_value(True).run()
+    at.switch_page("lprviz/app/pages/validate.py").run()
+    at.toggle(key="val_committee").set_value(True).run()
+    assert not at.exception and not at.error, [e.value for e in at.exception]
+    (caption,) = [c.value for c in at.caption if "rank correlation" in c.value]
+    spearman = float(re.search(r"rank correlation ([-0-9.]+)", caption).group(1))
+    assert spearman > 0.7

@@ -300,3 +300,17 @@ def test_forces_raise_every_groups_median_lpr_at_fixed_scale():
         assert float(after) == pytest.approx(row[lpr_cols[1]], rel=6e-3)
     n_atoms = int(ds.frame_sizes[train].sum())
     assert f"{3 * n_atoms} force components" in lesson.notice and "\n" not in lesson.notice
+
+
+@pytest.mark.parametrize("show", [True, False])
+def test_learn_forces_notice_matches_its_table(learn, show):
+    learn.toggle(key="learn_forces").set_value(show).run()
+    _ok(learn)
+    _check_viewers(learn)
+    (notice,) = [i for i, box in enumerate(learn.info) if "force components" in box.value]
+    (table,) = [i for i, df in enumerate(learn.dataframe)
+                if any("energies + forces" in str(c) for c in df.value.columns)]
+    claims = _check_notice(learn, notice)
+    _check_table_is_worded(learn, table, claims)
+    # at fixed scale the force rows raise every group's median LPR
+    assert np.all(learn.dataframe[table].value["LPR ratio"] > 1)
