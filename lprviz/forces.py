@@ -199,8 +199,8 @@ def _summed_gradients(
         cols = slice(off, off + width)
         active = np.ascontiguousarray(nystrom.active[:, cols].T)
         # In blocks of gradient samples: the (3 n_grad x M) products of a whole key
-        # (1 GB at 5 A, M = 500) thrashed memory; a block stays in cache. BLAS keeps its
-        # threads: pinning them to one was slower in 3 of 3 runs on the loaded machine
+        # (1 GB at 5 A, M = 500) thrashed memory; a block stays in cache (0.9-2.2x faster
+        # over four loaded runs). BLAS keeps its threads: pinning them to one was no faster
         # (benchmarks/bench_forces_kernel.py).
         with _one_thread(_KERNEL_ONE_THREAD):
             for lo in range(0, gv.shape[0], _KERNEL_BLOCK):
