@@ -723,7 +723,12 @@ def _cmd_suggest(args: argparse.Namespace) -> int:
 
     from lprviz.features import SOAP_PRESETS, compute_soap
     from lprviz.pipeline import ModelSpec, evaluate, prepare
-    from lprviz.suggest import lowest_lpr_atoms, random_additions, suggest_from_projections
+    from lprviz.suggest import (
+        force_pool,
+        lowest_lpr_atoms,
+        random_additions,
+        suggest_from_projections,
+    )
 
     steps = _Steps(enabled=not args.quiet)
     if args.preset not in SOAP_PRESETS:
@@ -744,8 +749,12 @@ def _cmd_suggest(args: argparse.Namespace) -> int:
     with steps("SOAP", bar=True) as progress:
         desc = compute_soap(data.frames, SOAP_PRESETS[args.preset], species=data.species,
                             progress=progress, names=data.names)
-    with steps(f"factorising the model of {int(train.sum())} training structures"):
-        fit = prepare(data, desc, train, ModelSpec(kind=args.model))
+    force_weight = args.force_weight if args.forces else None
+    forces_what = " (energies and forces)" if args.forces else ""
+    with steps(f"factorising the model of {int(train.sum())} training structures{forces_what}"):
+        fit = prepare(data, desc, train, ModelSpec(kind=args.model), force_weight=force_weight)
+    if fit.notice:
+        print(f"lprviz: note: {fit.notice}", file=sys.stderr)
     if target is None:
         with steps(f"LPR at alpha={alpha:g}"):
             res = evaluate(fit, alpha)
@@ -757,6 +766,11 @@ def _cmd_suggest(args: argparse.Namespace) -> int:
     if target.size == 0:
         raise InputError("target: no atoms selected")
     P, Q = fit.atom_projections(target), fit.structure_projections[pool]
+    if args.forces:  # each candidate adds its energy row and 3 N force rows
+        with steps(f"force rows of {pool.size} candidate structures"):
+            Q = force_pool(fit, data, pool)
+        if Q.notice:
+            print(f"lprviz: note: {Q.notice}", file=sys.stderr)
     with steps(f"ranking {pool.size} candidate structures"):
         sug = suggest_from_projections(fit.solver, P, Q, alpha, args.k)
     frames = pool[sug.chosen]
@@ -843,10 +857,27 @@ def _cmd_fetch_3dmol(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_force_options(p: argparse.ArgumentParser, effect: str) -> None:
+    """``--forces`` and ``--force-weight`` (one definition for ``lpr`` and ``suggest``);
+    ``effect`` ends the help of ``--forces``."""
+    from lprviz.pipeline import DEFAULT_FORCE_WEIGHT
+
+    p.add_argument("--forces", action="store_true",
+                   help="train on forces too (training frames need forces; frames without "
+                        "them count for energies only, with a note): the LPR of a potential "
+                        f"fitted to energies and forces; {effect}")
+    p.add_argument("--force-weight", type=float, default=DEFAULT_FORCE_WEIGHT,
+                   help="with --forces: weight lambda_F of the squared force errors, in "
+                        "A^2/atom^2 (energies enter per atom in eV/atom, forces in eV/A). "
+                        f"Default {DEFAULT_FORCE_WEIGHT:g}: "
+                        "forces and energies then add about equal curvature to the model "
+                        "on the shipped emt-alloys data and real Si (docs/science.md §12)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Build the argument parser of the ``lprviz`` command."""
     from lprviz import __version__
-    from lprviz.pipeline import DEFAULT_FORCE_WEIGHT, MODEL_KINDS
+    from lprviz.pipeline import MODEL_KINDS
     from lprviz.sources import backbone_names
 
     parser = argparse.ArgumentParser(prog="lprviz", description=__doc__.splitlines()[0])
@@ -898,16 +929,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also write per-atom LCPR of each descriptor block (species pair, "
                         "angular channel, baseline) as arrays lcpr_<block>; linear model only; a "
                         "block absent from an atom's environment gets ~1e308 (unbounded)")
-    p.add_argument("--forces", action="store_true",
-                   help="train on forces too (training frames need forces; frames without "
-                        "them count for energies only, with a note): the LPR of a potential "
-                        "fitted to energies and forces; the output gains forces_pred (eV/A)")
-    p.add_argument("--force-weight", type=float, default=DEFAULT_FORCE_WEIGHT,
-                   help="with --forces: weight lambda_F of the squared force errors, in "
-                        "A^2/atom^2 (energies enter per atom in eV/atom, forces in eV/A). "
-                        f"Default {DEFAULT_FORCE_WEIGHT:g}: "
-                        "forces and energies then add about equal curvature to the model "
-                        "on the shipped emt-alloys data and real Si (docs/science.md §12)")
+    _add_force_options(p, "the output gains forces_pred (eV/A)")
     p.add_argument("--workers", type=int, default=None, metavar="N",
                    help="run on a local Dask cluster of N worker processes (linear model; "
                         "needs pip install 'lprviz[dask]')")
@@ -944,6 +966,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--alpha", default="1e-4", help="regulariser (default 1e-4)")
     p.add_argument("--model", choices=MODEL_KINDS, default="linear")
     p.add_argument("--preset", default="default", help="SOAP preset: fast, default, accurate")
+    _add_force_options(p, "each candidate is ranked by the energy row and the 3 N force "
+                          "rows it adds (a candidate without forces: its energy row only)")
     p.add_argument("--random-seeds", type=int, default=5,
                    help="random draws of k additions to compare with (default 5; 0: none)")
     p.add_argument("--csv", help="also write the ranked table to this CSV file (replaced "

@@ -55,6 +55,7 @@ from lprviz.features import (
     import_featomic,
 )
 from lprviz.limits import get_limits
+from lprviz.rigidity import _one_thread
 
 __all__ = [
     "ForceGram",
@@ -73,6 +74,10 @@ _GRAD_CHUNK_ATOMS = 256
 # BLAS efficient at small d (2048 rows at d = 245 ran ~3x slower than one GEMM), and the
 # buffer stays bounded at any d.
 _GEMM_BYTES = 32 << 20
+# Gradient samples per block of the sparse kernel's chain rule (3 x 512 rows x M columns:
+# 6 MB at M = 500).
+_KERNEL_BLOCK = 512
+_KERNEL_ONE_THREAD = False  # measured slower (bench_forces_kernel.py); kept for the benchmark
 
 
 def has_forces(atoms: ase.Atoms) -> bool:
@@ -189,25 +194,34 @@ def _summed_gradients(
         moved = starts[gs[:, 1]] + gs[:, 2]
         gv = np.asarray(grad.values)  # (n_grad, 3, width)
         if nystrom is None:
-            contrib = gv.reshape(gv.shape[0], -1)
-        else:
-            cols = slice(off, off + width)
-            T = (gv.reshape(-1, width) @ nystrom.active[:, cols].T).reshape(gv.shape[0], 3, -1)
-            T *= f1[centre][:, None, :]
-            proj = np.einsum("gcw,gw->gc", gv, xhat[centre, cols])
-            T -= proj[:, :, None] * f2[centre][:, None, :]
-            contrib = T.reshape(gv.shape[0], -1)
-        S = scipy.sparse.csr_matrix(
-            (np.ones(len(moved)), (moved, np.arange(len(moved)))), shape=(n, len(moved))
-        )
-        summed = np.asarray(S @ contrib).reshape(n, 3, -1)
-        if nystrom is None:
-            out[:, :, off : off + width] += summed
-        else:
-            out += summed
+            out[:, :, off : off + width] += _sum_rows(moved, gv.reshape(gv.shape[0], -1),
+                                                      n).reshape(n, 3, -1)
+            continue
+        cols = slice(off, off + width)
+        active = np.ascontiguousarray(nystrom.active[:, cols].T)
+        # In blocks of gradient samples: the (3 n_grad x M) products of a whole key
+        # (1 GB at 5 A, M = 500) thrashed memory; a block stays in cache (0.9-2.2x faster
+        # over four loaded runs). BLAS keeps its threads: pinning them to one was no faster
+        # (benchmarks/bench_forces_kernel.py).
+        with _one_thread(_KERNEL_ONE_THREAD):
+            for lo in range(0, gv.shape[0], _KERNEL_BLOCK):
+                hi = min(lo + _KERNEL_BLOCK, gv.shape[0])
+                g, c = gv[lo:hi], centre[lo:hi]
+                T = (g.reshape(-1, width) @ active).reshape(hi - lo, 3, -1)
+                T *= f1[c][:, None, :]
+                proj = np.einsum("gcw,gw->gc", g, xhat[c, cols])
+                T -= proj[:, :, None] * f2[c][:, None, :]
+                out += _sum_rows(moved[lo:hi], T.reshape(hi - lo, -1), n).reshape(n, 3, -1)
     if nystrom is not None:
         out = out @ nystrom.projector
     return out
+
+
+def _sum_rows(target: np.ndarray, values: np.ndarray, n: int) -> np.ndarray:
+    """``out[t] = sum of values[i] with target[i] == t`` (n rows), as one sparse product."""
+    S = scipy.sparse.csr_matrix((np.ones(len(target)), (target, np.arange(len(target)))),
+                                shape=(n, len(target)))
+    return np.asarray(S @ values)
 
 
 def position_gradients(

@@ -32,7 +32,7 @@ from lprviz.plots import format_number
 
 __all__ = [
     "CHANGE_PATTERN", "CompositionLesson", "Lesson", "alpha_lesson", "change", "column",
-    "compare_states", "composition_lesson", "error_notice", "showcase_frames",
+    "compare_states", "composition_lesson", "error_notice", "forces_lesson", "showcase_frames",
     "small_structures_lesson", "unlike_neighbour_fraction",
 ]
 
@@ -222,6 +222,35 @@ def small_structures_lesson(dataset, before: pipeline.Results, after: pipeline.R
     if err:
         text += (" Median |local error|: "
                  + _phrases(table, ERROR, (a, b), by="group", unit="eV") + ".")
+    return Lesson(table, text)
+
+
+def forces_lesson(dataset, energies: pipeline.Results, forces: pipeline.Results) -> Lesson:
+    """Experiment 5: one training set fitted to its energies, then to energies and forces.
+
+    Both results must share the feature scale (the same training set gives it). Every
+    training structure of ``N`` atoms gives one energy but ``3 N`` force components, and a
+    force constrains how each atom's energy changes as its neighbours move: rows that reach
+    the local terms directly instead of only through their sum. So the force rows can only
+    add curvature (docs/science.md §12): no LPR falls.
+    """
+    a, b = "energies only", "energies + forces"
+    groups = np.asarray(dataset.groups).astype(str)[dataset.structure_index]
+    err = ({a: np.abs(energies.local_error), b: np.abs(forces.local_error)}
+           if forces.local_error is not None else None)
+    table = compare_states(groups, {a: energies.lpr, b: forces.lpr}, err)
+    train = np.asarray(forces.train_mask, dtype=bool)
+    n_atoms = int(np.asarray(dataset.frame_sizes)[train].sum())
+    text = (f"Notice, the same {int(train.sum())} training structures ({n_atoms} atoms) give "
+            f"{int(train.sum())} energies but {3 * n_atoms} force components (weight "
+            f"lambda_F = {format_number(forces.force_weight)} A^2/atom^2). Median LPR per "
+            "group: " + _phrases(table, LPR, (a, b), by="group") + ".")
+    if err:
+        text += (" Median |local error|: "
+                 + _phrases(table, ERROR, (a, b), by="group", unit="eV") + ".")
+    text += (" Forces tie each local energy to how it changes with its neighbours, which "
+             "the totals alone leave free; they cannot say which constant each species' "
+             "energy is measured from: only energies fix that.")
     return Lesson(table, text)
 
 

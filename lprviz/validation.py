@@ -90,6 +90,9 @@ def committee_check(
     n_models: int = 8,
     fraction: float = 0.7,
     seed: int = 0,
+    force_gradients: np.ndarray | None = None,
+    forces: np.ndarray | None = None,
+    force_weight: float | None = None,
 ) -> CommitteeCheck:
     """Train a committee on random subsets of the training frames; compare spread and LPR.
 
@@ -116,6 +119,14 @@ def committee_check(
     n_models, fraction, seed
         Committee size, fraction of training frames per member, seed
         (see :func:`lprviz.models.fit_committee`).
+    force_gradients : numpy.ndarray of shape (n_atoms, 3, d_base), optional
+        Summed position gradients of every atom (``Fit.force_gradients``): members are then
+        trained on energies and forces.
+    forces : numpy.ndarray of shape (n_atoms, 3), optional
+        Reference forces of every atom (``Fit.forces``; NaN rows: energies only).
+    force_weight : float, optional
+        :math:`\\lambda_F`; with the force terms, ``solver`` is required (the force-trained
+        solver of the full training set, ``Fit.solver``).
 
     Returns
     -------
@@ -135,7 +146,11 @@ def committee_check(
     atom_train = train_mask[structure_index]
     remap = np.full(train_mask.shape[0], -1)
     remap[train_frames] = np.arange(train_frames.size)
+    trained_on_forces = force_weight is not None
     if solver is None:
+        if trained_on_forces:
+            raise InputError("committee: with forces, pass the force-trained solver "
+                             "(Fit.solver)")
         solver = RigiditySolver.from_atoms(
             Phi[atom_train], remap[structure_index[atom_train]], scale=scale
         )
@@ -143,6 +158,9 @@ def committee_check(
     committee = fit_committee(
         Phi[atom_train], remap[structure_index[atom_train]], energies[train_frames], alpha,
         n_models=n_models, fraction=fraction, seed=seed, scale=scale,
+        force_gradients=None if force_gradients is None else force_gradients[atom_train],
+        forces=None if forces is None else np.asarray(forces)[atom_train],
+        force_weight=force_weight,
     )
     atoms = np.arange(Phi.shape[0]) if atoms is None else np.asarray(atoms, dtype=np.int64)
     spread = committee.spread(Phi[atoms])

@@ -104,7 +104,7 @@ def test_showcase_frames_rank_the_largest_change_first():
 
 APP = str(Path(__file__).resolve().parents[1] / "app.py")
 STYLE = re.compile(r'setStyle\(\{"index": \[[\d, ]*\]\},\{"sphere": \{"color": "(#[0-9a-f]{6})"')
-EXPERIMENTS = 4
+EXPERIMENTS = 5
 
 
 @pytest.fixture(scope="module")
@@ -273,3 +273,44 @@ def test_learn_error_notice_matches_its_metrics(learn, colour):
     assert low == metrics["Large errors among lowest-LPR 5%"]
     assert rest == metrics["Large errors among the rest"]
     assert ("crowd among the lowest-LPR" in text) == (low > 2 * rest)
+
+
+def test_forces_raise_every_groups_median_lpr_at_fixed_scale():
+    from lprviz import pipeline
+    from lprviz.lessons import CHANGE_PATTERN, forces_lesson
+
+    full = datasets.load("emt-alloys")
+    groups = np.asarray(full.groups)
+    ds = full.subset(np.flatnonzero(np.isin(groups, ["bulk-alloy", "surface", "vacancy",
+                                                      "cluster"]))[::3])
+    desc = features.compute_soap(ds.frames, features.SOAP_PRESETS["fast"], species=ds.species)
+    train = np.asarray(ds.groups) == "bulk-alloy"
+    plain = pipeline.prepare(ds, desc, train, pipeline.ModelSpec())
+    forced = pipeline.prepare(ds, desc, train, pipeline.ModelSpec(), force_weight=0.03)
+    assert forced.scale == pytest.approx(plain.scale, rel=1e-12)  # same training atoms
+    lesson = forces_lesson(ds, pipeline.evaluate(plain, 1e-4), pipeline.evaluate(forced, 1e-4))
+    table = lesson.table.set_index("group")
+    assert set(table.index) == {"bulk-alloy", "surface", "vacancy", "cluster"}
+    assert np.all(table["LPR ratio"] > 1.25)  # every group's median LPR rises
+    claims = CHANGE_PATTERN.findall(lesson.notice)
+    lpr_cols = [c for c in table.columns if c.startswith(LPR)]
+    for (word, _, before, after), (_, row) in zip(claims, table.iterrows(), strict=False):
+        assert word == "rise"
+        assert float(before) == pytest.approx(row[lpr_cols[0]], rel=6e-3)
+        assert float(after) == pytest.approx(row[lpr_cols[1]], rel=6e-3)
+    n_atoms = int(ds.frame_sizes[train].sum())
+    assert f"{3 * n_atoms} force components" in lesson.notice and "\n" not in lesson.notice
+
+
+@pytest.mark.parametrize("show", [True, False])
+def test_learn_forces_notice_matches_its_table(learn, show):
+    learn.toggle(key="learn_forces").set_value(show).run()
+    _ok(learn)
+    _check_viewers(learn)
+    (notice,) = [i for i, box in enumerate(learn.info) if "force components" in box.value]
+    (table,) = [i for i, df in enumerate(learn.dataframe)
+                if any("energies + forces" in str(c) for c in df.value.columns)]
+    claims = _check_notice(learn, notice)
+    _check_table_is_worded(learn, table, claims)
+    # at fixed scale the force rows raise every group's median LPR
+    assert np.all(learn.dataframe[table].value["LPR ratio"] > 1)

@@ -71,10 +71,17 @@ def _body(settings: state.Settings) -> None:
         return
 
     P, Q = fit.atom_projections(target), fit.structure_projections[pool]
+    how = "rank-1 updates"
+    if fit.force_weight is not None:  # a candidate adds its energy row and 3 N force rows
+        Q = caches.force_pool(settings.source, settings.preset, train, settings.spec,
+                              tuple(int(i) for i in pool))
+        how = "block updates by each candidate's energy and 3 N force rows"
+        if Q.notice:
+            st.info(Q.notice)
     sug = suggest.suggest_from_projections(fit.solver, P, Q, alpha, k)
     chosen = pool[sug.chosen]
     st.caption(f"Target: {target.size} atoms, geometric-mean LPR {np.exp(sug.curve[0]):.4g}; "
-               f"{pool.size} candidates; alpha = {alpha:.3g}. Gains are exact (rank-1 updates "
+               f"{pool.size} candidates; alpha = {alpha:.3g}. Gains are exact ({how} "
                "of the current factorisation at a fixed feature scale).")
     table = pd.DataFrame({
         "pick": np.arange(1, chosen.size + 1),

@@ -72,10 +72,11 @@ def _intro() -> None:
     st.latex(r"\mathrm{LPR}_k \;=\; \frac{1}{x_k^{\top}\,\left(X^{\top}X + \alpha I\right)^{-1}"
              r"x_k}")
     st.markdown(
-        "It needs no energies, only which structures are in training and $\\alpha$. Three "
-        "levers raise it: more regularisation, structures of varied composition, and small "
-        "structures that isolate an environment. Each experiment below states what its "
-        "numbers show; the structures are coloured on one scale for both settings."
+        "It needs no energies, only which structures are in training and $\\alpha$. Four "
+        "levers raise it: more regularisation, structures of varied composition, small "
+        "structures that isolate an environment, and training on forces. Each experiment "
+        "below states what its numbers show; the structures are coloured on one scale for "
+        "both settings."
     )
 
 
@@ -192,12 +193,40 @@ def _experiment_errors() -> None:
                 info={"LPR": res.lpr} if label != "LPR" else None)
 
 
+def _experiment_forces() -> None:
+    st.header("5. Add forces")
+    settings = _settings(ALLOYS)
+    forced = pipeline.ModelSpec(kind="linear", force_weight=pipeline.DEFAULT_FORCE_WEIGHT)
+    ds = caches.dataset(ALLOYS)
+    st.markdown("Real potentials are fitted to forces as well as energies. Train on bulk only "
+                "(same structures, same feature scale), once on their energies and once on "
+                "energies and forces. Each force is a derivative of the predicted energy, "
+                "so it adds rows to the normal matrix:")
+    st.latex(r"\mathrm{LPR}_k = \frac{1}{x_k^{\top}\left(X^{\top}X + \lambda_F\,"
+             r"G^{\top}G + \alpha I\right)^{-1} x_k}")
+    show = st.toggle("Train on forces too (colours the structure)", value=False,
+                     key="learn_forces")
+    base = _frames(ALLOYS, "bulk only")
+    before = caches.results(ALLOYS, PRESET, base, settings.spec, None, ALPHA)
+    after = caches.results(ALLOYS, PRESET, base, forced, None, ALPHA)
+    lesson = lessons.forces_lesson(ds, before, after)
+    st.dataframe(plots.format_table(lesson.table), hide_index=True, key="learn_t5")
+    left, right = st.columns(2)
+    left.info(common.plain_text(lesson.notice))
+    with right:
+        frames = lessons.showcase_frames(before.lpr, after.lpr, ds.structure_index,
+                                         ~before.train_mask, k=SHOWCASE)
+        lo, hi = _decades(before.lpr[_in(ds, frames)], after.lpr[_in(ds, frames)])
+        _viewer(ds, frames, (after if show else before).lpr, vmin=lo, vmax=hi, label="LPR",
+                key="learn_v5")
+
+
 def main() -> None:
     st.title("Learn: what the LPR tells you")
     _intro()
     # each experiment a fragment: its widgets rerun only it
     for experiment in (_experiment_alpha, _experiment_composition, _experiment_small,
-                       _experiment_errors):
+                       _experiment_errors, _experiment_forces):
         common.guarded_fragment(experiment)
 
 
