@@ -187,8 +187,12 @@ def percentile_ranks(values: np.ndarray) -> np.ndarray:
 
 
 def rank_agreement(lpr_a: np.ndarray, lpr_b: np.ndarray,
-                   groups: Sequence[str] | np.ndarray) -> RankAgreement:
+                   groups: Sequence[str] | np.ndarray, *, rtol: float = 1e-5) -> RankAgreement:
     """Rank agreement of two models' per-atom LPRs, overall and per group.
+
+    LPRs within a relative ``rtol`` of each other count as tied: symmetry-equivalent atoms
+    have equal LPRs, and round-off (the app's float32 features move an LPR by up to ~4e-6)
+    must not order them at random, which would move Spearman's coefficient.
 
     Parameters
     ----------
@@ -197,6 +201,8 @@ def rank_agreement(lpr_a: np.ndarray, lpr_b: np.ndarray,
         order matters).
     groups : sequence of str of length n_atoms
         Group of each atom (its structure's group).
+    rtol : float
+        Relative difference below which two LPRs tie (0: exact ties only).
 
     Returns
     -------
@@ -215,6 +221,7 @@ def rank_agreement(lpr_a: np.ndarray, lpr_b: np.ndarray,
                          f"{lpr_a.shape}, {lpr_b.shape} and {groups.shape}")
     if np.isnan(lpr_a).any() or np.isnan(lpr_b).any():
         raise InputError("rank agreement: an LPR is NaN")
+    lpr_a, lpr_b = _tie_within(lpr_a, rtol), _tie_within(lpr_b, rtol)
     names, first, inverse = np.unique(groups, return_index=True, return_inverse=True)
     rows = []
     for g in np.argsort(first, kind="stable"):  # first-seen order
@@ -225,3 +232,18 @@ def rank_agreement(lpr_a: np.ndarray, lpr_b: np.ndarray,
         spearman=spearman(lpr_a, lpr_b),
         per_group=pd.DataFrame(rows, columns=["group", "atoms", "spearman"]),
         percentile_a=percentile_ranks(lpr_a), percentile_b=percentile_ranks(lpr_b))
+
+
+def _tie_within(values: np.ndarray, rtol: float) -> np.ndarray:
+    """``values`` with each run of sorted neighbours closer than ``rtol`` (relative) set to
+    the run's first value, so ranking treats the run as a tie."""
+    if rtol <= 0 or values.size < 2:
+        return values
+    order = np.argsort(values, kind="stable")
+    v = values[order]
+    new_run = np.empty(v.size, dtype=bool)
+    new_run[0] = True
+    new_run[1:] = np.diff(v) > rtol * np.abs(v[1:])
+    out = np.empty_like(values)
+    out[order] = v[np.flatnonzero(new_run)[np.cumsum(new_run) - 1]]
+    return out

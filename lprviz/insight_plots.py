@@ -10,13 +10,21 @@ from collections.abc import Sequence
 import numpy as np
 import plotly.graph_objects as go
 
-from lprviz.plots import escape, format_number, format_numbers, log10_ticks_axis, log_axis
+from lprviz.plots import (
+    escape,
+    format_number,
+    format_numbers,
+    group_color,
+    log10_ticks_axis,
+    log_axis,
+)
 
 __all__ = [
     "addition_figure",
     "calibration_figure",
     "error_vs_lpr_figure",
     "lcpr_figure",
+    "model_scatter_figure",
     "spread_figure",
     "tradeoff_figure",
 ]
@@ -221,4 +229,34 @@ def calibration_figure(predicted: np.ndarray, observed: np.ndarray, counts: np.n
                                      title="predicted uncertainty (eV)"),
                       yaxis=log_axis(observed, title="observed error (eV)"),
                       margin=_MARGIN, height=380)
+    return fig
+
+
+def model_scatter_figure(lpr_a: np.ndarray, lpr_b: np.ndarray, groups: Sequence[str],
+                         *, label_a: str, label_b: str, spearman: float) -> go.Figure:
+    """LPR of model a against model b per atom (log-log), one colour per group.
+
+    Parameters
+    ----------
+    lpr_a, lpr_b : numpy.ndarray of shape (n,)
+    groups : sequence of str of length n
+        Each atom's group (legend order: first seen).
+    label_a, label_b : str
+        Axis titles (escaped here).
+    spearman : float
+        Rank correlation over all atoms, shown in the title.
+    """
+    lpr_a, lpr_b = np.asarray(lpr_a, float), np.asarray(lpr_b, float)
+    groups = np.asarray(groups).astype(str)
+    fig = go.Figure()
+    for i, group in enumerate(dict.fromkeys(groups.tolist())):
+        mask = groups == group
+        fig.add_trace(go.Scattergl(
+            x=lpr_a[mask], y=lpr_b[mask], mode="markers", name=escape(group),
+            marker={"size": 4, "color": group_color(i), "opacity": 0.6},
+            hovertemplate=f"{escape(group)}<br>a %{{x:.3g}}<br>b %{{y:.3g}}<extra></extra>"))
+    fig.update_layout(title=f"Spearman rank correlation {spearman:.2f}",
+                      xaxis=log_axis(lpr_a, title=f"LPR a: {escape(label_a)}"),
+                      yaxis=log_axis(lpr_b, title=f"LPR b: {escape(label_b)}"),
+                      margin=_MARGIN, height=420, legend={"title": "group"})
     return fig

@@ -98,6 +98,20 @@ def test_rank_agreement_overall_and_per_group():
     assert np.abs(diff[60:100]).max() > 10  # reversed atoms moved in rank
 
 
+def test_rank_agreement_ties_round_off_but_not_real_differences():
+    groups = ["g"] * 4
+    a = np.array([1.0, 2.0, 3.0, 4.0])
+    b = np.array([5.0, 5.0 * (1 + 1e-7), 5.0 * (1 - 1e-7), 6.0])  # three round-off twins
+    out = rank_agreement(a, b, groups)
+    np.testing.assert_allclose(out.percentile_b, [100 / 3, 100 / 3, 100 / 3, 100.0])
+    tied = np.array([5.0, 5.0, 5.0, 6.0])
+    assert out.spearman == pytest.approx(stats.spearmanr(a, tied).statistic, abs=1e-12)
+    exact = rank_agreement(a, b, groups, rtol=0.0)  # no tolerance: the twins are ordered
+    assert exact.spearman == pytest.approx(stats.spearmanr(a, b).statistic, abs=1e-12)
+    apart = rank_agreement(a, np.array([5.0, 5.01, 4.99, 6.0]), groups)  # 0.2%: real
+    assert len(set(apart.percentile_b)) == 4
+
+
 def test_rank_agreement_refuses_bad_input():
     with pytest.raises(InputError, match="one length"):
         rank_agreement(np.ones(3), np.ones(4), ["g"] * 3)
