@@ -220,11 +220,16 @@ def _soap_hypers(args: argparse.Namespace):
 
 
 def _feature_source(args: argparse.Namespace):
-    """The :class:`lprviz.sources.FeatureSource` of ``lprviz lpr`` and the model kind of its
-    readout: SOAP (with the preset and overrides), ``--features-array NAME`` or a backbone
-    given as ``--model chgnet|sevenn`` (a linear readout on its last-layer features)."""
+    """The :class:`lprviz.sources.FeatureSource` of ``lprviz lpr`` / ``suggest`` and the model
+    kind of its readout: SOAP (with the preset and overrides), ``--features-array NAME`` or a
+    backbone given as ``--model chgnet|sevenn`` (a linear readout on its last-layer
+    features)."""
     from lprviz import sources
+    from lprviz.pipeline import MODEL_KINDS
 
+    kinds = (*MODEL_KINDS, *sources.backbone_names())
+    if args.model not in kinds:
+        raise InputError(f"--model: expected one of {', '.join(kinds)}, got {args.model!r}")
     soap = [o for o, v in (("--preset", args.preset), ("--cutoff", args.cutoff),
                            ("--max-radial", args.max_radial),
                            ("--max-angular", args.max_angular),
@@ -247,6 +252,15 @@ def _feature_source(args: argparse.Namespace):
     if args.features_array is not None:
         return sources.FeatureSource("array", array=args.features_array), args.model
     return sources.FeatureSource("soap", hypers=_soap_hypers(args)), args.model
+
+
+def _model_spec(args: argparse.Namespace, kind: str):
+    """The :class:`lprviz.pipeline.ModelSpec` of the shared model options (readout ``kind``
+    from :func:`_feature_source`)."""
+    from lprviz.pipeline import ModelSpec
+
+    return ModelSpec(kind=kind, baseline=args.baseline, n_sparse=args.n_sparse,
+                     hidden=args.nn_hidden, seed=args.nn_seed)
 
 
 def _reference_set(args: argparse.Namespace, data):
@@ -485,14 +499,13 @@ def _cmd_lpr(args: argparse.Namespace) -> int:
     import numpy as np
 
     from lprviz.export import annotated_frames, write_extxyz
-    from lprviz.pipeline import ModelSpec, prepare
+    from lprviz.pipeline import prepare
 
     steps = _Steps(enabled=not args.quiet)
     alphas = _parse_alphas(args.alpha)
     _check_numbers(args)
     source, kind = _feature_source(args)
-    spec = ModelSpec(kind=kind, baseline=args.baseline, n_sparse=args.n_sparse,
-                     hidden=args.nn_hidden, seed=args.nn_seed)
+    spec = _model_spec(args, kind)
     _refuse_input_as_output(args.output, "-o", {
         "--train": args.train, "--test": args.test, "--dataset": args.dataset,
         "--reference-train": args.reference_train})
@@ -718,15 +731,12 @@ def _cmd_suggest(args: argparse.Namespace) -> int:
     import numpy as np
     import pandas as pd
 
-    from lprviz.features import SOAP_PRESETS, compute_soap
-    from lprviz.pipeline import ModelSpec, evaluate, prepare
+    from lprviz.pipeline import evaluate, prepare
+    from lprviz.sources import descriptors_for
     from lprviz.suggest import lowest_lpr_atoms, random_additions, suggest_from_projections
 
     steps = _Steps(enabled=not args.quiet)
-    if args.preset not in SOAP_PRESETS:
-        raise InputError(
-            f"--preset: expected one of {', '.join(SOAP_PRESETS)}, got {args.preset!r}"
-        )
+    source, kind = _feature_source(args)
     alphas = _parse_alphas(args.alpha)
     if len(alphas) != 1:
         raise InputError(f"--alpha: expected one number, got {args.alpha!r}")
@@ -738,11 +748,12 @@ def _cmd_suggest(args: argparse.Namespace) -> int:
             "--dataset": args.dataset})
     with steps("loading structures"):
         data, train, pool, target = _suggest_inputs(args)
-    with steps("SOAP", bar=True) as progress:
-        desc = compute_soap(data.frames, SOAP_PRESETS[args.preset], species=data.species,
-                            progress=progress, names=data.names)
-    with steps(f"factorising the model of {int(train.sum())} training structures"):
-        fit = prepare(data, desc, train, ModelSpec(kind=args.model))
+    spec = _model_spec(args, kind)
+    with steps(source.label, bar=True) as progress:
+        desc = descriptors_for(data, source, progress=progress)
+    what = "training the network and factorising" if kind == "nn" else "factorising"
+    with steps(f"{what} the model of {int(train.sum())} training structures"):
+        fit = prepare(data, desc, train, spec)
     if target is None:
         with steps(f"LPR at alpha={alpha:g}"):
             res = evaluate(fit, alpha)
@@ -840,24 +851,14 @@ def _cmd_fetch_3dmol(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """Build the argument parser of the ``lprviz`` command."""
-    from lprviz import __version__
-    from lprviz.pipeline import DEFAULT_FORCE_WEIGHT, MODEL_KINDS
+def _add_model_options(p: argparse.ArgumentParser) -> None:
+    """The feature-source and model options of ``lprviz lpr`` and ``lprviz suggest`` (read
+    back by :func:`_feature_source` and :func:`_model_spec`)."""
+    from lprviz.pipeline import MODEL_KINDS
     from lprviz.sources import backbone_names
 
-    parser = argparse.ArgumentParser(prog="lprviz", description=__doc__.splitlines()[0])
-    parser.add_argument("--version", action="version", version=f"lprviz {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    p = sub.add_parser("lpr", help="per-atom LPR of test structures")
-    p.add_argument("--train", help="training structures with energies: file or dataset name")
-    p.add_argument("--test", help="structures to compute the LPR of: file or dataset name")
-    p.add_argument("--dataset", help="one dataset split by group (use with --train-groups)")
-    p.add_argument("--train-groups", help="comma-separated groups of --dataset to train on")
-    p.add_argument("--alpha", default="1e-4",
-                   help="regulariser(s), comma-separated (default 1e-4)")
-    p.add_argument("--model", choices=(*MODEL_KINDS, *backbone_names()), default="linear",
+    kinds = (*MODEL_KINDS, *backbone_names())
+    p.add_argument("--model", metavar="{" + ",".join(kinds) + "}", default="linear",
                    help="readout model: linear / sparse-kernel / nn (a small network trained "
                         "on SOAP; its last hidden layer gives the LLPR), or a pretrained "
                         "backbone whose last-layer features get a linear readout refit on "
@@ -878,6 +879,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-radial", type=int, help="SOAP largest radial index (inclusive)")
     p.add_argument("--max-angular", type=int, help="SOAP largest angular channel l")
     p.add_argument("--gaussian-width", type=float, help="SOAP Gaussian width in A")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Build the argument parser of the ``lprviz`` command."""
+    from lprviz import __version__
+    from lprviz.pipeline import DEFAULT_FORCE_WEIGHT
+
+    parser = argparse.ArgumentParser(prog="lprviz", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"lprviz {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("lpr", help="per-atom LPR of test structures")
+    p.add_argument("--train", help="training structures with energies: file or dataset name")
+    p.add_argument("--test", help="structures to compute the LPR of: file or dataset name")
+    p.add_argument("--dataset", help="one dataset split by group (use with --train-groups)")
+    p.add_argument("--train-groups", help="comma-separated groups of --dataset to train on")
+    p.add_argument("--alpha", default="1e-4",
+                   help="regulariser(s), comma-separated (default 1e-4)")
+    _add_model_options(p)
     p.add_argument("--scale", type=float, default=None,
                    help="fixed feature scale (default: sfactor of the training atoms)")
     p.add_argument("--reference-train", metavar="FILE",
@@ -939,8 +959,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="target = this lowest-LPR fraction when no target is given (0.05)")
     p.add_argument("-k", type=int, default=10, help="structures to pick greedily (default 10)")
     p.add_argument("--alpha", default="1e-4", help="regulariser (default 1e-4)")
-    p.add_argument("--model", choices=MODEL_KINDS, default="linear")
-    p.add_argument("--preset", default="default", help="SOAP preset: fast, default, accurate")
+    _add_model_options(p)
     p.add_argument("--random-seeds", type=int, default=5,
                    help="random draws of k additions to compare with (default 5; 0: none)")
     p.add_argument("--csv", help="also write the ranked table to this CSV file (replaced "
