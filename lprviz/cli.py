@@ -299,41 +299,59 @@ def _reference_set(args: argparse.Namespace, data):
 
 
 def _reference_space(args, reference, data, desc, spec, steps, store=None, features=None):
-    """Scale and active set fixed by the reference (``args.scale`` and None without one) and
-    their provenance entries. With a :class:`_FrameDescriptors` ``store`` (``lprviz lpr``),
-    reference frames of ``data`` are featurised through it (once per distinct structure);
-    a reference file through ``features`` (:class:`lprviz.sources.FeatureSource`, default
-    the SOAP of ``desc.hypers``)."""
+    """What the reference fixes, as keyword arguments of :func:`lprviz.pipeline.prepare`
+    (``scale``, and the sparse kernel's ``nystrom`` or the nn model's trained ``nn``), and
+    their provenance entries. Without a reference: ``scale=args.scale`` only.
+
+    With ``--model nn`` the network is trained on the reference structures (they need
+    energies then), so every run with the same reference shares one network. With a
+    :class:`_FrameDescriptors` ``store`` (``lprviz lpr``), reference frames of ``data`` are
+    featurised through it (once per distinct structure); a reference file through
+    ``features`` (:class:`lprviz.sources.FeatureSource`, default the SOAP of
+    ``desc.hypers``)."""
     import numpy as np
 
     from lprviz.export import group_summary
-    from lprviz.pipeline import reference_space
+    from lprviz.pipeline import prepare, reference_space
     from lprviz.sources import FeatureSource, descriptors_for
 
+    nn_origin = {"nn_trained_on": "training"} if spec.kind == "nn" else {}
     if reference is None:
         origin = "training" if args.scale is None else "option"
-        return args.scale, None, {"scale_from": origin}
+        return {"scale": args.scale}, {"scale_from": origin, **nn_origin}
+    if features is None:
+        features = FeatureSource("soap", hypers=desc.hypers)
     if isinstance(reference, np.ndarray):  # --reference-train-groups: frames of the dataset
         groups, source = data.groups[reference], f"{data.name} groups"
-        if store is None:
-            ref_desc, atoms = desc, reference[data.structure_index]
-        else:
-            with steps(f"{store.source.label} of the reference", bar=True) as progress:
-                ref_desc = store.descriptors(np.flatnonzero(reference), progress)
-            atoms = np.ones(len(ref_desc.values), dtype=bool)
+        ref_data = data.subset(np.flatnonzero(reference))
     else:
-        groups, source = reference.groups, args.reference_train
-        if features is None:
-            features = FeatureSource("soap", hypers=desc.hypers)
-        with steps(f"{features.label} of the reference", bar=True) as progress:
-            ref_desc = descriptors_for(reference, features, species=desc.species,
+        groups, source, ref_data = reference.groups, args.reference_train, reference
+    with steps(f"{features.label} of the reference", bar=True) as progress:
+        if isinstance(reference, np.ndarray) and store is not None:
+            ref_desc = store.descriptors(np.flatnonzero(reference), progress)
+        else:
+            ref_desc = descriptors_for(ref_data, features, species=desc.species,
                                        progress=progress, cache=store is None)
-        atoms = np.ones(reference.n_atoms, dtype=bool)
+    atoms = np.ones(ref_data.n_atoms, dtype=bool)
+    provenance = {"scale_from": "reference", "reference": source,
+                  "reference_n_frames": len(groups), "reference_groups": group_summary(groups)}
+    if spec.kind == "nn":
+        missing = np.flatnonzero(~np.asarray(ref_data.has_energy, dtype=bool))
+        if missing.size:
+            option = ("--reference-train-groups" if isinstance(reference, np.ndarray)
+                      else f"--reference-train {args.reference_train}")
+            raise InputError(f"{option}: frame '{ref_data.names[missing[0]]}' has no energy "
+                             f"({missing.size} of {len(ref_data.frames)}); with --model nn "
+                             "the network is trained on the reference, which needs energies")
+        with steps(f"training the network on the {len(ref_data.frames)} reference "
+                   "structures"):
+            ref_fit = prepare(ref_data, ref_desc, np.ones(len(ref_data.frames), dtype=bool),
+                              spec, project=False)
+        return ({"scale": ref_fit.scale, "nn": ref_fit.nn},
+                {**provenance, "nn_trained_on": "reference"})
     with steps("reference feature space"):
         scale, nystrom = reference_space(ref_desc, atoms, spec)
-    return scale, nystrom, {"scale_from": "reference", "reference": source,
-                            "reference_n_frames": len(groups),
-                            "reference_groups": group_summary(groups)}
+    return {"scale": scale, "nystrom": nystrom}, provenance
 
 
 class _FrameDescriptors:
@@ -530,15 +548,15 @@ def _cmd_lpr(args: argparse.Namespace) -> int:
     test_frames = np.flatnonzero(~train)
     with steps(source.label, bar=True) as progress:  # of the training structures
         desc_train = store.descriptors(train_frames, progress)
-    scale, nystrom, provenance = _reference_space(args, reference, data, desc_train, spec,
-                                                  steps, store=store, features=source)
+    space, provenance = _reference_space(args, reference, data, desc_train, spec, steps,
+                                         store=store, features=source)
     force_weight = args.force_weight if args.forces else None
     what = "training the network and factorising" if kind == "nn" else "factorising"
     forces_what = " (energies and forces)" if args.forces else ""
     with steps(f"{what} the model of {train_frames.size} training structures{forces_what}"):
         fit = prepare(data.subset(train_frames), desc_train,
-                      np.ones(train_frames.size, dtype=bool), spec, scale=scale,
-                      nystrom=nystrom, project=False, force_weight=force_weight)
+                      np.ones(train_frames.size, dtype=bool), spec, **space,
+                      project=False, force_weight=force_weight)
         blocks = None
         if args.lcpr:
             from lprviz.validation import fit_blocks
