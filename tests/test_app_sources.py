@@ -88,6 +88,10 @@ def test_nn_model_renders_with_its_caption():
     _render(at, ("explore", "validate"))
     at.sidebar.selectbox(key="features_label").set_value(ARRAY_LABEL).run()
     _ok(at)  # nn on the file's array
+    at.switch_page("lprviz/app/pages/improve.py").run()  # Improve ranks for this model
+    _ok(at)
+    assert "Model: per-atom array 'feat', nn" in " ".join(c.value for c in at.caption)
+    assert len(at.dataframe) == 1 and np.all(at.dataframe[0].value["gain (mean ln LPR)"] > 0)
 
 
 def test_backbone_source_renders_with_its_caption():
