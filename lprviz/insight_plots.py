@@ -192,7 +192,7 @@ def lcpr_figure(names: Sequence[str], lcpr: np.ndarray, lpr: float,
 
 def calibration_figure(predicted: np.ndarray, observed: np.ndarray, counts: np.ndarray,
                        *, sigma: np.ndarray | None = None,
-                       errors: np.ndarray | None = None) -> go.Figure:
+                       errors: np.ndarray | None = None, spread: bool = False) -> go.Figure:
     """Calibration plot: observed RMSE against predicted uncertainty per bin (log-log).
 
     Parameters
@@ -204,14 +204,19 @@ def calibration_figure(predicted: np.ndarray, observed: np.ndarray, counts: np.n
         Structures per bin (hover).
     sigma, errors : numpy.ndarray of shape (n,), optional
         Every structure's predicted uncertainty and |error|, drawn faintly behind the bins.
+    spread : bool
+        The observed values are test atoms' committee spreads, not structures' errors
+        (labels only).
     """
     predicted, observed = np.asarray(predicted, float), np.asarray(observed, float)
+    points, value = (("test atoms (committee spread)", "committee spread") if spread
+                     else ("held-out structures (|error|)", "error"))
     fig = go.Figure()
     if sigma is not None and errors is not None:
         err = np.abs(np.asarray(errors, float))
         err = np.maximum(err, err[err > 0].min() if np.any(err > 0) else 1e-12)
         fig.add_trace(go.Scattergl(x=np.asarray(sigma, float), y=err, mode="markers",
-                                   name="held-out structures (|error|)",
+                                   name=points,
                                    marker={"size": 4, "color": _RANDOM, "opacity": 0.4}))
     both = np.concatenate([predicted, observed])
     both = both[np.isfinite(both) & (both > 0)]
@@ -223,11 +228,12 @@ def calibration_figure(predicted: np.ndarray, observed: np.ndarray, counts: np.n
         x=predicted, y=observed, mode="lines+markers", name="binned RMSE",
         marker={"size": 8, "color": _GUIDED},
         text=[f"predicted {format_number(a)} eV<br>observed {format_number(b)} eV<br>{int(n)} "
-              "structures" for a, b, n in zip(predicted, observed, counts, strict=True)],
+              f"{'atoms' if spread else 'structures'}"
+              for a, b, n in zip(predicted, observed, counts, strict=True)],
         hovertemplate="%{text}<extra></extra>"))
     fig.update_layout(xaxis=log_axis(predicted, sigma if sigma is not None else predicted,
                                      title="predicted uncertainty (eV)"),
-                      yaxis=log_axis(observed, title="observed error (eV)"),
+                      yaxis=log_axis(observed, title=f"observed {value} (eV)"),
                       margin=_MARGIN, height=380)
     return fig
 

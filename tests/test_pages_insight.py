@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from lprviz import datasets, features, pipeline
+from lprviz import datasets, features, pipeline, plots
 
 PAGES = Path(__file__).resolve().parent.parent / "lprviz" / "app" / "pages"
 
@@ -90,6 +90,22 @@ def test_validate_page_sections():
     at.toggle(key="val_committee").set_value(True).run()
     _no_errors(at)
     assert len(at.get("plotly_chart")) == 5
+
+    # calibrated against the committee's spread: the library's fit on that committee
+    at.radio(key="val_calibration_target").set_value("committee spread").run()
+    _no_errors(at)
+    caption = next(c.value for c in at.caption if "committee's spread" in c.value)
+    from lprviz.app import caches
+    from lprviz.calibration import calibrate_to_spread
+
+    settings = at.session_state["_settings"]
+    train = next(iter(at.session_state["train"].values()))
+    alpha = 10 ** at.session_state["alpha_log10"]
+    model = caches.fit(settings.source, settings.preset, train, settings.spec)
+    check = caches.committee(settings.source, settings.preset, train, settings.spec, alpha, 4)
+    ref = calibrate_to_spread(model, check.spread, check.atoms)
+    assert f"{check.atoms.size} test atoms" in caption
+    assert plots.format_number(ref.factor) in caption
 
 
 def _markdown(at: AppTest) -> str:
