@@ -15,7 +15,7 @@ ratios; asserts nothing.
 from __future__ import annotations
 
 import argparse
-import time
+import timeit
 
 import numpy as np
 from scipy import stats
@@ -27,12 +27,7 @@ TRAIN_GROUPS = ("bulk-pure", "bulk-alloy", "vacancy", "interstitial")
 
 
 def _best(fn, repeat: int = 5) -> float:
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
+    return min(timeit.repeat(fn, number=1, repeat=repeat))
 
 
 def rank_timing(n_atoms: int) -> None:
