@@ -20,6 +20,12 @@ whose optimum over ``c`` for fixed ``alpha`` is closed-form, :math:`c = \\langle
 app's slider). Working per atom or with totals :math:`n_A r_A` gives the same optimum (the
 ``n_A`` factors only add a constant).
 
+The committee spread can be the target instead of errors (:func:`calibrate_to_spread`): a
+committee of M models drawn from the posterior gives local predictions whose sample variance
+:math:`s_k^2` (ddof 1) satisfies :math:`(M-1) s_k^2 / \\sigma_k^2 \\sim \\chi^2_{M-1}`, whose
+log-likelihood is (M - 1) times the one above with :math:`r_k = s_k`: the same optimum, with
+:math:`\\sigma_k^2 = c / \\mathrm{LPR}_k(\\alpha)` per atom.
+
 As in the LLPR paper, the predictions themselves stay those of the model being calibrated
 (fitted at its own alpha); only the alpha of the uncertainty is fitted. The calibrated
 uncertainty of a local energy is :math:`\\sigma_k = \\sqrt{c / \\mathrm{LPR}_k}` in eV.
@@ -33,7 +39,8 @@ import numpy as np
 
 from lprviz.errors import InputError
 
-__all__ = ["ALPHA_GRID", "Calibration", "calibrate", "calibration_curve", "fit_calibration"]
+__all__ = ["ALPHA_GRID", "Calibration", "calibrate", "calibrate_to_spread", "calibration_curve",
+           "fit_calibration"]
 
 #: alpha values tried: the app's slider (log10 from -8 to 2 in steps of 0.25).
 ALPHA_GRID = 10.0 ** np.arange(-8.0, 2.0 + 1e-9, 0.25)
@@ -55,11 +62,15 @@ class Calibration:
     sigma_atoms : numpy.ndarray of shape (n_atoms,)
         Calibrated uncertainty of every atom's local energy (eV).
     frames : numpy.ndarray of int
-        The held-out frames used.
+        The held-out frames used (target ``"errors"``), or the atoms (``"spread"``).
     errors : numpy.ndarray of shape (n_held_out,)
-        Their observed errors of the total energy (eV).
+        Their observed errors of the total energy (eV), or the atoms' committee spread of the
+        local energy (eV).
     sigma_frames : numpy.ndarray of shape (n_held_out,)
-        Their calibrated uncertainty of the total energy (eV).
+        Their calibrated uncertainty of the same quantity (eV).
+    target : str
+        What was calibrated against: ``"errors"`` (:func:`calibrate`) or ``"spread"``
+        (:func:`calibrate_to_spread`).
     """
 
     alpha: float
@@ -70,6 +81,7 @@ class Calibration:
     frames: np.ndarray
     errors: np.ndarray
     sigma_frames: np.ndarray
+    target: str = "errors"
 
 
 def fit_calibration(errors: np.ndarray, pr_sweep: np.ndarray,
@@ -141,6 +153,51 @@ def calibrate(fit, results, *, alphas: np.ndarray = ALPHA_GRID) -> Calibration:
     return Calibration(alpha=alpha, factor=factor, alphas=alphas, nll=nll,
                        sigma_atoms=np.sqrt(factor / lpr), frames=held, errors=errors,
                        sigma_frames=sizes * np.sqrt(factor / pr))
+
+
+def calibrate_to_spread(fit, spread: np.ndarray, atoms: np.ndarray, *,
+                        alphas: np.ndarray = ALPHA_GRID) -> Calibration:
+    """Fit the uncertainty's alpha and factor to a committee's spread of local energies.
+
+    Parameters
+    ----------
+    fit : lprviz.pipeline.Fit
+    spread : numpy.ndarray of shape (n,)
+        Committee standard deviation (ddof 1) of the local energy of each of ``atoms`` (eV),
+        e.g. ``validation.committee_check(...)``'s spread or that of networks of different
+        seeds.
+    atoms : numpy.ndarray of int of shape (n,)
+        The atoms (dataset order) the spread belongs to; usually held-out atoms.
+    alphas : numpy.ndarray, optional
+        The grid of alphas tried.
+
+    Returns
+    -------
+    Calibration
+        ``target == "spread"``; ``frames`` holds ``atoms``, ``errors`` the spread and
+        ``sigma_frames`` the calibrated sigma of those atoms.
+
+    Raises
+    ------
+    InputError
+        Fewer than 2 atoms, a length mismatch, or a spread that is negative or not finite.
+    """
+    from lprviz.pipeline import lpr_sweep  # thin or full projections alike
+
+    spread = np.asarray(spread, dtype=np.float64)
+    atoms = np.asarray(atoms, dtype=np.int64)
+    if spread.shape != atoms.shape or spread.ndim != 1 or spread.size < 2:
+        raise InputError(f"calibration: expected one committee spread per atom (at least 2), "
+                         f"got {spread.shape} spreads for {atoms.shape} atoms")
+    if not np.all(np.isfinite(spread)) or np.any(spread < 0):
+        raise InputError("calibration: committee spread must be finite and >= 0")
+    alphas = np.asarray(alphas, dtype=np.float64)
+    sweep = lpr_sweep(fit, alphas)
+    alpha, factor, nll = fit_calibration(spread, sweep[:, atoms], alphas)
+    lpr = sweep[int(np.argmin(nll))]
+    return Calibration(alpha=alpha, factor=factor, alphas=alphas, nll=nll,
+                       sigma_atoms=np.sqrt(factor / lpr), frames=atoms, errors=spread,
+                       sigma_frames=np.sqrt(factor / lpr[atoms]), target="spread")
 
 
 def calibration_curve(sigma: np.ndarray, errors: np.ndarray, *,

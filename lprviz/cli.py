@@ -220,11 +220,16 @@ def _soap_hypers(args: argparse.Namespace):
 
 
 def _feature_source(args: argparse.Namespace):
-    """The :class:`lprviz.sources.FeatureSource` of ``lprviz lpr`` and the model kind of its
-    readout: SOAP (with the preset and overrides), ``--features-array NAME`` or a backbone
-    given as ``--model chgnet|sevenn`` (a linear readout on its last-layer features)."""
+    """The :class:`lprviz.sources.FeatureSource` of ``lprviz lpr`` / ``suggest`` and the model
+    kind of its readout: SOAP (with the preset and overrides), ``--features-array NAME`` or a
+    backbone given as ``--model chgnet|sevenn`` (a linear readout on its last-layer
+    features)."""
     from lprviz import sources
+    from lprviz.pipeline import MODEL_KINDS
 
+    kinds = (*MODEL_KINDS, *sources.backbone_names())
+    if args.model not in kinds:
+        raise InputError(f"--model: expected one of {', '.join(kinds)}, got {args.model!r}")
     soap = [o for o, v in (("--preset", args.preset), ("--cutoff", args.cutoff),
                            ("--max-radial", args.max_radial),
                            ("--max-angular", args.max_angular),
@@ -247,6 +252,15 @@ def _feature_source(args: argparse.Namespace):
     if args.features_array is not None:
         return sources.FeatureSource("array", array=args.features_array), args.model
     return sources.FeatureSource("soap", hypers=_soap_hypers(args)), args.model
+
+
+def _model_spec(args: argparse.Namespace, kind: str):
+    """The :class:`lprviz.pipeline.ModelSpec` of the shared model options (readout ``kind``
+    from :func:`_feature_source`)."""
+    from lprviz.pipeline import ModelSpec
+
+    return ModelSpec(kind=kind, baseline=args.baseline, n_sparse=args.n_sparse,
+                     hidden=args.nn_hidden, seed=args.nn_seed)
 
 
 def _reference_set(args: argparse.Namespace, data):
@@ -285,41 +299,59 @@ def _reference_set(args: argparse.Namespace, data):
 
 
 def _reference_space(args, reference, data, desc, spec, steps, store=None, features=None):
-    """Scale and active set fixed by the reference (``args.scale`` and None without one) and
-    their provenance entries. With a :class:`_FrameDescriptors` ``store`` (``lprviz lpr``),
-    reference frames of ``data`` are featurised through it (once per distinct structure);
-    a reference file through ``features`` (:class:`lprviz.sources.FeatureSource`, default
-    the SOAP of ``desc.hypers``)."""
+    """What the reference fixes, as keyword arguments of :func:`lprviz.pipeline.prepare`
+    (``scale``, and the sparse kernel's ``nystrom`` or the nn model's trained ``nn``), and
+    their provenance entries. Without a reference: ``scale=args.scale`` only.
+
+    With ``--model nn`` the network is trained on the reference structures (they need
+    energies then), so every run with the same reference shares one network. With a
+    :class:`_FrameDescriptors` ``store`` (``lprviz lpr``), reference frames of ``data`` are
+    featurised through it (once per distinct structure); a reference file through
+    ``features`` (:class:`lprviz.sources.FeatureSource`, default the SOAP of
+    ``desc.hypers``)."""
     import numpy as np
 
     from lprviz.export import group_summary
-    from lprviz.pipeline import reference_space
+    from lprviz.pipeline import prepare, reference_space
     from lprviz.sources import FeatureSource, descriptors_for
 
+    nn_origin = {"nn_trained_on": "training"} if spec.kind == "nn" else {}
     if reference is None:
         origin = "training" if args.scale is None else "option"
-        return args.scale, None, {"scale_from": origin}
+        return {"scale": args.scale}, {"scale_from": origin, **nn_origin}
+    if features is None:
+        features = FeatureSource("soap", hypers=desc.hypers)
     if isinstance(reference, np.ndarray):  # --reference-train-groups: frames of the dataset
         groups, source = data.groups[reference], f"{data.name} groups"
-        if store is None:
-            ref_desc, atoms = desc, reference[data.structure_index]
-        else:
-            with steps(f"{store.source.label} of the reference", bar=True) as progress:
-                ref_desc = store.descriptors(np.flatnonzero(reference), progress)
-            atoms = np.ones(len(ref_desc.values), dtype=bool)
+        ref_data = data.subset(np.flatnonzero(reference))
     else:
-        groups, source = reference.groups, args.reference_train
-        if features is None:
-            features = FeatureSource("soap", hypers=desc.hypers)
-        with steps(f"{features.label} of the reference", bar=True) as progress:
-            ref_desc = descriptors_for(reference, features, species=desc.species,
+        groups, source, ref_data = reference.groups, args.reference_train, reference
+    with steps(f"{features.label} of the reference", bar=True) as progress:
+        if isinstance(reference, np.ndarray) and store is not None:
+            ref_desc = store.descriptors(np.flatnonzero(reference), progress)
+        else:
+            ref_desc = descriptors_for(ref_data, features, species=desc.species,
                                        progress=progress, cache=store is None)
-        atoms = np.ones(reference.n_atoms, dtype=bool)
+    atoms = np.ones(ref_data.n_atoms, dtype=bool)
+    provenance = {"scale_from": "reference", "reference": source,
+                  "reference_n_frames": len(groups), "reference_groups": group_summary(groups)}
+    if spec.kind == "nn":
+        missing = np.flatnonzero(~np.asarray(ref_data.has_energy, dtype=bool))
+        if missing.size:
+            option = ("--reference-train-groups" if isinstance(reference, np.ndarray)
+                      else f"--reference-train {args.reference_train}")
+            raise InputError(f"{option}: frame '{ref_data.names[missing[0]]}' has no energy "
+                             f"({missing.size} of {len(ref_data.frames)}); with --model nn "
+                             "the network is trained on the reference, which needs energies")
+        with steps(f"training the network on the {len(ref_data.frames)} reference "
+                   "structures"):
+            ref_fit = prepare(ref_data, ref_desc, np.ones(len(ref_data.frames), dtype=bool),
+                              spec, project=False)
+        return ({"scale": ref_fit.scale, "nn": ref_fit.nn},
+                {**provenance, "nn_trained_on": "reference"})
     with steps("reference feature space"):
         scale, nystrom = reference_space(ref_desc, atoms, spec)
-    return scale, nystrom, {"scale_from": "reference", "reference": source,
-                            "reference_n_frames": len(groups),
-                            "reference_groups": group_summary(groups)}
+    return {"scale": scale, "nystrom": nystrom}, provenance
 
 
 class _FrameDescriptors:
@@ -485,14 +517,13 @@ def _cmd_lpr(args: argparse.Namespace) -> int:
     import numpy as np
 
     from lprviz.export import annotated_frames, write_extxyz
-    from lprviz.pipeline import ModelSpec, prepare
+    from lprviz.pipeline import prepare
 
     steps = _Steps(enabled=not args.quiet)
     alphas = _parse_alphas(args.alpha)
     _check_numbers(args)
     source, kind = _feature_source(args)
-    spec = ModelSpec(kind=kind, baseline=args.baseline, n_sparse=args.n_sparse,
-                     hidden=args.nn_hidden, seed=args.nn_seed)
+    spec = _model_spec(args, kind)
     _refuse_input_as_output(args.output, "-o", {
         "--train": args.train, "--test": args.test, "--dataset": args.dataset,
         "--reference-train": args.reference_train})
@@ -520,15 +551,15 @@ def _cmd_lpr(args: argparse.Namespace) -> int:
     test_frames = np.flatnonzero(~train)
     with steps(source.label, bar=True) as progress:  # of the training structures
         desc_train = store.descriptors(train_frames, progress)
-    scale, nystrom, provenance = _reference_space(args, reference, data, desc_train, spec,
-                                                  steps, store=store, features=source)
+    space, provenance = _reference_space(args, reference, data, desc_train, spec, steps,
+                                         store=store, features=source)
     force_weight = args.force_weight if args.forces else None
     what = "training the network and factorising" if kind == "nn" else "factorising"
     forces_what = " (energies and forces)" if args.forces else ""
     with steps(f"{what} the model of {train_frames.size} training structures{forces_what}"):
         fit = prepare(data.subset(train_frames), desc_train,
-                      np.ones(train_frames.size, dtype=bool), spec, scale=scale,
-                      nystrom=nystrom, project=False, force_weight=force_weight)
+                      np.ones(train_frames.size, dtype=bool), spec, **space,
+                      project=False, force_weight=force_weight)
         blocks = None
         if args.lcpr:
             from lprviz.validation import fit_blocks
@@ -721,8 +752,8 @@ def _cmd_suggest(args: argparse.Namespace) -> int:
     import numpy as np
     import pandas as pd
 
-    from lprviz.features import SOAP_PRESETS, compute_soap
-    from lprviz.pipeline import ModelSpec, evaluate, prepare
+    from lprviz.pipeline import evaluate, prepare
+    from lprviz.sources import descriptors_for
     from lprviz.suggest import (
         force_pool,
         lowest_lpr_atoms,
@@ -731,10 +762,7 @@ def _cmd_suggest(args: argparse.Namespace) -> int:
     )
 
     steps = _Steps(enabled=not args.quiet)
-    if args.preset not in SOAP_PRESETS:
-        raise InputError(
-            f"--preset: expected one of {', '.join(SOAP_PRESETS)}, got {args.preset!r}"
-        )
+    source, kind = _feature_source(args)
     alphas = _parse_alphas(args.alpha)
     if len(alphas) != 1:
         raise InputError(f"--alpha: expected one number, got {args.alpha!r}")
@@ -746,13 +774,14 @@ def _cmd_suggest(args: argparse.Namespace) -> int:
             "--dataset": args.dataset})
     with steps("loading structures"):
         data, train, pool, target = _suggest_inputs(args)
-    with steps("SOAP", bar=True) as progress:
-        desc = compute_soap(data.frames, SOAP_PRESETS[args.preset], species=data.species,
-                            progress=progress, names=data.names)
+    spec = _model_spec(args, kind)
+    with steps(source.label, bar=True) as progress:
+        desc = descriptors_for(data, source, progress=progress)
     force_weight = args.force_weight if args.forces else None
     forces_what = " (energies and forces)" if args.forces else ""
-    with steps(f"factorising the model of {int(train.sum())} training structures{forces_what}"):
-        fit = prepare(data, desc, train, ModelSpec(kind=args.model), force_weight=force_weight)
+    what = "training the network and factorising" if kind == "nn" else "factorising"
+    with steps(f"{what} the model of {int(train.sum())} training structures{forces_what}"):
+        fit = prepare(data, desc, train, spec, force_weight=force_weight)
     if fit.notice:
         print(f"lprviz: note: {fit.notice}", file=sys.stderr)
     if target is None:
@@ -874,24 +903,14 @@ def _add_force_options(p: argparse.ArgumentParser, effect: str) -> None:
                         "on the shipped emt-alloys data and real Si (docs/science.md §12)")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """Build the argument parser of the ``lprviz`` command."""
-    from lprviz import __version__
+def _add_model_options(p: argparse.ArgumentParser) -> None:
+    """The feature-source and model options of ``lprviz lpr`` and ``lprviz suggest`` (read
+    back by :func:`_feature_source` and :func:`_model_spec`)."""
     from lprviz.pipeline import MODEL_KINDS
     from lprviz.sources import backbone_names
 
-    parser = argparse.ArgumentParser(prog="lprviz", description=__doc__.splitlines()[0])
-    parser.add_argument("--version", action="version", version=f"lprviz {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    p = sub.add_parser("lpr", help="per-atom LPR of test structures")
-    p.add_argument("--train", help="training structures with energies: file or dataset name")
-    p.add_argument("--test", help="structures to compute the LPR of: file or dataset name")
-    p.add_argument("--dataset", help="one dataset split by group (use with --train-groups)")
-    p.add_argument("--train-groups", help="comma-separated groups of --dataset to train on")
-    p.add_argument("--alpha", default="1e-4",
-                   help="regulariser(s), comma-separated (default 1e-4)")
-    p.add_argument("--model", choices=(*MODEL_KINDS, *backbone_names()), default="linear",
+    kinds = (*MODEL_KINDS, *backbone_names())
+    p.add_argument("--model", metavar="{" + ",".join(kinds) + "}", default="linear",
                    help="readout model: linear / sparse-kernel / nn (a small network trained "
                         "on SOAP; its last hidden layer gives the LLPR), or a pretrained "
                         "backbone whose last-layer features get a linear readout refit on "
@@ -912,6 +931,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-radial", type=int, help="SOAP largest radial index (inclusive)")
     p.add_argument("--max-angular", type=int, help="SOAP largest angular channel l")
     p.add_argument("--gaussian-width", type=float, help="SOAP Gaussian width in A")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Build the argument parser of the ``lprviz`` command."""
+    from lprviz import __version__
+
+    parser = argparse.ArgumentParser(prog="lprviz", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"lprviz {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("lpr", help="per-atom LPR of test structures")
+    p.add_argument("--train", help="training structures with energies: file or dataset name")
+    p.add_argument("--test", help="structures to compute the LPR of: file or dataset name")
+    p.add_argument("--dataset", help="one dataset split by group (use with --train-groups)")
+    p.add_argument("--train-groups", help="comma-separated groups of --dataset to train on")
+    p.add_argument("--alpha", default="1e-4",
+                   help="regulariser(s), comma-separated (default 1e-4)")
+    _add_model_options(p)
     p.add_argument("--scale", type=float, default=None,
                    help="fixed feature scale (default: sfactor of the training atoms)")
     p.add_argument("--reference-train", metavar="FILE",
@@ -964,8 +1001,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="target = this lowest-LPR fraction when no target is given (0.05)")
     p.add_argument("-k", type=int, default=10, help="structures to pick greedily (default 10)")
     p.add_argument("--alpha", default="1e-4", help="regulariser (default 1e-4)")
-    p.add_argument("--model", choices=MODEL_KINDS, default="linear")
-    p.add_argument("--preset", default="default", help="SOAP preset: fast, default, accurate")
+    _add_model_options(p)
     _add_force_options(p, "each candidate is ranked by the energy row and the 3 N force "
                           "rows it adds (a candidate without forces: its energy row only)")
     p.add_argument("--random-seeds", type=int, default=5,

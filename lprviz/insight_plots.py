@@ -10,13 +10,21 @@ from collections.abc import Sequence
 import numpy as np
 import plotly.graph_objects as go
 
-from lprviz.plots import escape, format_number, format_numbers, log10_ticks_axis, log_axis
+from lprviz.plots import (
+    escape,
+    format_number,
+    format_numbers,
+    group_color,
+    log10_ticks_axis,
+    log_axis,
+)
 
 __all__ = [
     "addition_figure",
     "calibration_figure",
     "error_vs_lpr_figure",
     "lcpr_figure",
+    "model_scatter_figure",
     "spread_figure",
     "tradeoff_figure",
 ]
@@ -184,7 +192,7 @@ def lcpr_figure(names: Sequence[str], lcpr: np.ndarray, lpr: float,
 
 def calibration_figure(predicted: np.ndarray, observed: np.ndarray, counts: np.ndarray,
                        *, sigma: np.ndarray | None = None,
-                       errors: np.ndarray | None = None) -> go.Figure:
+                       errors: np.ndarray | None = None, spread: bool = False) -> go.Figure:
     """Calibration plot: observed RMSE against predicted uncertainty per bin (log-log).
 
     Parameters
@@ -196,14 +204,19 @@ def calibration_figure(predicted: np.ndarray, observed: np.ndarray, counts: np.n
         Structures per bin (hover).
     sigma, errors : numpy.ndarray of shape (n,), optional
         Every structure's predicted uncertainty and |error|, drawn faintly behind the bins.
+    spread : bool
+        The observed values are test atoms' committee spreads, not structures' errors
+        (labels only).
     """
     predicted, observed = np.asarray(predicted, float), np.asarray(observed, float)
+    points, value = (("test atoms (committee spread)", "committee spread") if spread
+                     else ("held-out structures (|error|)", "error"))
     fig = go.Figure()
     if sigma is not None and errors is not None:
         err = np.abs(np.asarray(errors, float))
         err = np.maximum(err, err[err > 0].min() if np.any(err > 0) else 1e-12)
         fig.add_trace(go.Scattergl(x=np.asarray(sigma, float), y=err, mode="markers",
-                                   name="held-out structures (|error|)",
+                                   name=points,
                                    marker={"size": 4, "color": _RANDOM, "opacity": 0.4}))
     both = np.concatenate([predicted, observed])
     both = both[np.isfinite(both) & (both > 0)]
@@ -215,10 +228,41 @@ def calibration_figure(predicted: np.ndarray, observed: np.ndarray, counts: np.n
         x=predicted, y=observed, mode="lines+markers", name="binned RMSE",
         marker={"size": 8, "color": _GUIDED},
         text=[f"predicted {format_number(a)} eV<br>observed {format_number(b)} eV<br>{int(n)} "
-              "structures" for a, b, n in zip(predicted, observed, counts, strict=True)],
+              f"{'atoms' if spread else 'structures'}"
+              for a, b, n in zip(predicted, observed, counts, strict=True)],
         hovertemplate="%{text}<extra></extra>"))
     fig.update_layout(xaxis=log_axis(predicted, sigma if sigma is not None else predicted,
                                      title="predicted uncertainty (eV)"),
-                      yaxis=log_axis(observed, title="observed error (eV)"),
+                      yaxis=log_axis(observed, title=f"observed {value} (eV)"),
                       margin=_MARGIN, height=380)
+    return fig
+
+
+def model_scatter_figure(lpr_a: np.ndarray, lpr_b: np.ndarray, groups: Sequence[str],
+                         *, label_a: str, label_b: str, spearman: float) -> go.Figure:
+    """LPR of model a against model b per atom (log-log), one colour per group.
+
+    Parameters
+    ----------
+    lpr_a, lpr_b : numpy.ndarray of shape (n,)
+    groups : sequence of str of length n
+        Each atom's group (legend order: first seen).
+    label_a, label_b : str
+        Axis titles (escaped here).
+    spearman : float
+        Rank correlation over all atoms, shown in the title.
+    """
+    lpr_a, lpr_b = np.asarray(lpr_a, float), np.asarray(lpr_b, float)
+    groups = np.asarray(groups).astype(str)
+    fig = go.Figure()
+    for i, group in enumerate(dict.fromkeys(groups.tolist())):
+        mask = groups == group
+        fig.add_trace(go.Scattergl(
+            x=lpr_a[mask], y=lpr_b[mask], mode="markers", name=escape(group),
+            marker={"size": 4, "color": group_color(i), "opacity": 0.6},
+            hovertemplate=f"{escape(group)}<br>a %{{x:.3g}}<br>b %{{y:.3g}}<extra></extra>"))
+    fig.update_layout(title=f"Spearman rank correlation {spearman:.2f}",
+                      xaxis=log_axis(lpr_a, title=f"LPR a: {escape(label_a)}"),
+                      yaxis=log_axis(lpr_b, title=f"LPR b: {escape(label_b)}"),
+                      margin=_MARGIN, height=420, legend={"title": "group"})
     return fig

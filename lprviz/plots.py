@@ -487,7 +487,8 @@ def colorbar_html(
 # --------------------------------------------------------------------------- figures
 
 
-def _group_color(i: int) -> str:
+def group_color(i: int) -> str:
+    """Colour of the ``i``-th group (the one palette of every per-group figure)."""
     return _GROUP_COLORS[i % len(_GROUP_COLORS)]
 
 
@@ -543,7 +544,7 @@ def parity_figure(
                     y=pred[sel],
                     mode="markers",
                     name=f"{escape(g)} ({split})",
-                    marker={"color": _group_color(gi), "symbol": symbol, "size": 7},
+                    marker={"color": group_color(gi), "symbol": symbol, "size": 7},
                     customdata=sel,
                     hovertext=names[sel],
                     hovertemplate="%{hovertext}<br>ref %{x:.4~g}<br>pred %{y:.4~g}"
@@ -664,7 +665,7 @@ def lpr_distribution_figure(
         traces.append(
             go.Box(
                 x=[escape(c)], q1=[q1], median=[med], q3=[q3], lowerfence=[v.min()],
-                upperfence=[v.max()], name=escape(c), marker={"color": _group_color(i)},
+                upperfence=[v.max()], name=escape(c), marker={"color": group_color(i)},
                 hovertemplate=f"{escape(c)}: median {format_number(med)}<extra>{v.size} "
                               "atoms</extra>",
             )
@@ -701,7 +702,7 @@ def lpr_alpha_figure(
         traces.append(
             go.Scatter(
                 x=alphas, y=curves[:, j], mode="lines", name=escape(labels[j]),
-                line={"color": _group_color(j)},
+                line={"color": group_color(j)},
             )
         )
     fig = go.Figure(data=traces)
@@ -792,7 +793,7 @@ def histogram_figure(
         traces.append(
             go.Histogram(
                 x=np.log10(v) if log else v, name=escape(name), opacity=0.6,
-                marker={"color": _group_color(i)},
+                marker={"color": group_color(i)},
                 xbins={"start": lo, "size": size},
             )
         )

@@ -11,7 +11,7 @@ import numpy as np
 from optional import require_backbone, require_torch
 from streamlit.testing.v1 import AppTest
 
-from lprviz import datasets, sources
+from lprviz import datasets, nn, sources
 
 APP = str(Path(__file__).resolve().parents[1] / "app.py")
 ARRAY_LABEL = "per-atom array 'feat'"
@@ -88,6 +88,10 @@ def test_nn_model_renders_with_its_caption():
     _render(at, ("explore", "validate"))
     at.sidebar.selectbox(key="features_label").set_value(ARRAY_LABEL).run()
     _ok(at)  # nn on the file's array
+    at.switch_page("lprviz/app/pages/improve.py").run()  # Improve ranks for this model
+    _ok(at)
+    assert "Model: per-atom array 'feat', nn" in " ".join(c.value for c in at.caption)
+    assert len(at.dataframe) == 1 and np.all(at.dataframe[0].value["gain (mean ln LPR)"] > 0)
 
 
 def test_backbone_source_renders_with_its_caption():
@@ -99,3 +103,31 @@ def test_backbone_source_renders_with_its_caption():
     _ok(at)
     assert "for a frozen backbone, the LPR is that of the readout refit" in _captions(at)
     _render(at, ("explore", "validate"))
+
+
+def test_compare_two_models_offers_the_sidebar_sources():
+    """Compare's "two models" offers what the sidebar offers (SOAP presets, the file's
+    array, nn and the backbones only with the extra) and ranks a SOAP model against one on
+    the file's array (and against the nn / CHGNet when installed)."""
+    at = _uploaded_with_split()
+    at.switch_page("lprviz/app/pages/compare.py").run()
+    at.radio(key="cmp_mode").set_value("two models").run()
+    _ok(at)
+    options = at.selectbox(key="cmp_features_b").options
+    assert "SOAP 'fast'" in options and ARRAY_LABEL in options
+    assert ("CHGNet" in options) == (sources.backbone_unavailable("chgnet") is None)
+    kinds = at.radio(key="cmp_kind_b").options
+    assert ("nn" in kinds) == (nn.torch_missing() is None)
+    at.selectbox(key="cmp_features_b").set_value(ARRAY_LABEL).run()
+    _ok(at)
+    (rho,) = [float(m.value) for m in at.metric if "Spearman" in m.label]
+    assert -1.0 <= rho <= 1.0
+    if nn.torch_missing() is None:
+        at.radio(key="cmp_kind_b").set_value("nn").run()
+        _ok(at)
+        assert any("LLPR" in c.value for c in at.caption)
+    if sources.backbone_unavailable("chgnet") is None:
+        at.selectbox(key="cmp_features_b").set_value("CHGNet").run()
+        at.radio(key="cmp_kind_b").set_value("linear").run()
+        _ok(at)
+        assert any("for a frozen backbone" in c.value for c in at.caption)

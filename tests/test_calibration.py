@@ -12,7 +12,13 @@ import numpy as np
 import pytest
 
 from lprviz import datasets, insight_plots
-from lprviz.calibration import ALPHA_GRID, calibrate, calibration_curve, fit_calibration
+from lprviz.calibration import (
+    ALPHA_GRID,
+    calibrate,
+    calibrate_to_spread,
+    calibration_curve,
+    fit_calibration,
+)
 from lprviz.errors import InputError
 from lprviz.features import SOAP_PRESETS, compute_soap
 from lprviz.pipeline import ModelSpec, evaluate, prepare
@@ -91,3 +97,53 @@ def test_emt_alloys_calibration_is_finite_and_positive():
     with pytest.raises(InputError, match="at least 2 structures with energies"):
         calibrate(prepare(data, desc, np.ones(len(data.frames), bool), ModelSpec()),
                   evaluate(fit, 1e-4))
+
+
+def _committee_spread(seed: int, alpha: float, members: int = 400):
+    """Committee spread of local predictions when the members are draws from the Bayesian
+    posterior N(w_hat, c (X^T X + alpha I)^-1), and the test rows' LPR sweep. All rows share
+    the members (as in a real committee), so the spreads are correlated through the members'
+    sample covariance: 400 members make it accurate to a few percent (16 gave 20-40%)."""
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(N_TRAIN, D)) * np.logspace(0, -2.5, D)
+    T = rng.normal(size=(4000, D))
+    solver = RigiditySolver.from_rows(X, scale=1.0)
+    sweep = solver.lpr_sweep_from_projections(solver.projections(T), ALPHA_GRID)
+    # explicit posterior covariance (not the solver): members w_m = L z, L L^T = c H^-1
+    chol = np.linalg.cholesky(FACTOR * np.linalg.inv(X.T @ X + alpha * np.eye(D)))
+    members_w = (chol @ rng.normal(size=(D, members))).T
+    spread = (members_w @ T.T).std(axis=0, ddof=1)
+    return spread, sweep
+
+
+def test_committee_spread_target_recovers_the_bayesian_model():
+    alpha = 1e-3
+    fits = np.array([fit_calibration(*_committee_spread(seed, alpha), ALPHA_GRID)[:2]
+                     for seed in range(4)])
+    assert np.all(np.abs(np.log10(fits[:, 0]) - np.log10(alpha)) <= 0.5 + 1e-9)
+    assert np.abs(fits[:, 1] / FACTOR - 1).max() < 0.1
+    far = fit_calibration(*_committee_spread(0, 1e-1), ALPHA_GRID)[0]
+    assert np.log10(far) > np.log10(alpha) + 1
+
+
+def test_calibrate_to_spread_on_a_pipeline_fit():
+    """Spread drawn as the sample std of 6 members around sigma_k = sqrt(c / LPR_k(alpha)) on
+    emt-alloys' held-out atoms: alpha and c come back."""
+    data = datasets.load("emt-alloys")
+    desc = compute_soap(data.frames, SOAP_PRESETS["fast"], species=data.species)
+    train = np.isin(data.groups, ["bulk-pure", "bulk-alloy", "vacancy"])
+    fit = prepare(data, desc, train, ModelSpec())
+    atoms = np.flatnonzero(~train[data.structure_index])
+    alpha, c, m = 1e-2, 2e-3, 6
+    sigma = np.sqrt(c / evaluate(fit, alpha).lpr[atoms])
+    rng = np.random.default_rng(5)
+    spread = sigma * np.sqrt(rng.chisquare(m - 1, size=atoms.size) / (m - 1))
+    cal = calibrate_to_spread(fit, spread, atoms)
+    assert cal.target == "spread" and abs(np.log10(cal.alpha) - np.log10(alpha)) <= 0.5
+    assert cal.factor == pytest.approx(c, rel=0.1)
+    np.testing.assert_allclose(cal.sigma_frames, cal.sigma_atoms[atoms])
+    assert np.mean((cal.errors / cal.sigma_frames) ** 2) == pytest.approx(1.0, rel=1e-9)
+    with pytest.raises(InputError, match="one committee spread per atom"):
+        calibrate_to_spread(fit, spread[:-1], atoms)
+    with pytest.raises(InputError, match="finite and >= 0"):
+        calibrate_to_spread(fit, -spread, atoms)

@@ -103,3 +103,54 @@ def test_reference_options_are_checked(tmp_path, capsys):
         err = capsys.readouterr().err.strip()
         assert err.startswith("lprviz: error:") and "\n" not in err and expected in err
     assert not Path(out).exists()
+
+
+def test_nn_with_a_reference_groups_set_never_lowers_lpr(tmp_path):
+    """--model nn with a reference: the network is trained once on the reference (here the
+    larger set), so both runs share its last-layer features and scale, and adding training
+    structures never lowers an LPR (what --reference-train promises for every model)."""
+    from optional import require_torch
+
+    require_torch()
+    model = ["--model", "nn", "--nn-hidden", "8"]
+    reference = ["--reference-train-groups", ",".join(LARGE)]
+    assert _lowest_ratio(tmp_path, model, reference) >= 1 - 1e-9
+    info = ase.io.read(tmp_path / "small.extxyz", 0).info
+    assert info["lprviz_nn_trained_on"] == "reference"
+    assert info["lprviz_scale_from"] == "reference"
+
+
+def test_nn_reference_file_trains_the_network_there(tmp_path, capsys):
+    from optional import require_torch
+
+    require_torch()
+    small = write_valid(tmp_path / "small.extxyz", 8, 1)
+    large = tmp_path / "large.extxyz"
+    ase.io.write(large, ase.io.read(small, ":") + ase.io.read(
+        write_valid(tmp_path / "extra.extxyz", 8, 3), ":"), format="extxyz")
+    test = write_valid(tmp_path / "test.extxyz", 4, 2, energies=False)
+    soap = ["--cutoff", "3.5", "--max-radial", "2", "--max-angular", "1", "--alpha", "1e-3",
+            "--model", "nn", "--nn-hidden", "6", "-q"]
+    lpr, info = {}, {}
+    for train, ref in ((small, []), (small, ["--reference-train", str(large)]),
+                       (large, ["--reference-train", str(large)])):
+        key = (train.stem, bool(ref))
+        out = tmp_path / f"out-{train.stem}-{bool(ref)}.extxyz"
+        assert main(["lpr", "--train", str(train), "--test", str(test), *soap, *ref,
+                     "-o", str(out)]) == 0
+        frames = ase.io.read(out, ":")
+        lpr[key] = np.concatenate([a.arrays["lpr"] for a in frames])
+        info[key] = frames[0].info
+    assert info[("small", False)]["lprviz_nn_trained_on"] == "training"
+    assert info[("small", True)]["lprviz_nn_trained_on"] == "reference"
+    assert info[("small", True)]["lprviz_feature_scale"] == pytest.approx(
+        info[("large", True)]["lprviz_feature_scale"], rel=1e-12)
+    # trained on the reference = the large training set: that run is the plain nn run on it
+    assert np.all(lpr[("large", True)] >= lpr[("small", True)] * (1 - 1e-9))
+    assert not np.allclose(lpr[("small", True)], lpr[("small", False)], rtol=1e-3)
+    # a reference without energies cannot train the network: one line
+    unlabelled = write_valid(tmp_path / "unlabelled.extxyz", 4, 1, energies=False)
+    assert main(["lpr", "--train", str(small), "--test", str(test), *soap,
+                 "--reference-train", str(unlabelled), "-o", str(tmp_path / "x.extxyz")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "needs energies" in err and "unlabelled.extxyz" in err

@@ -1,11 +1,12 @@
-"""Compare's per-structure gain/loss tables (lprviz.comparison)."""
+"""Compare's per-structure gain/loss tables and two-model rank agreement (lprviz.comparison)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
+from scipy import stats
 
-from lprviz.comparison import RATIO, gain_loss
+from lprviz.comparison import RATIO, gain_loss, percentile_ranks, rank_agreement, spearman
 from lprviz.errors import InputError
 from lprviz.rigidity import RigiditySolver
 
@@ -55,3 +56,64 @@ def test_k_limits_rows_and_shapes_are_checked():
     assert "B contains A" in out.lost_note  # the empty set is in every set
     with pytest.raises(InputError, match="LPR of A and B"):
         gain_loss(NAMES, GROUPS, SIDX, np.ones(6), lpr_b, train_a=[], train_b=[])
+
+
+def test_spearman_explicit_small_case_and_scipy():
+    # ranks a = 1 2 3 4 5, ranks b = 2 1 4 3 5: sum d^2 = 4, rho = 1 - 6*4/(5*24) = 0.8
+    a = np.array([0.1, 0.2, 0.3, 0.4, 0.5])
+    b = np.array([20.0, 10.0, 40.0, 30.0, 50.0])
+    assert spearman(a, b) == pytest.approx(0.8, abs=1e-12)
+    assert spearman(a, -b) == pytest.approx(-0.8, abs=1e-12)
+    assert spearman(a, np.exp(a)) == pytest.approx(1.0)  # monotone map: identical order
+    rng = np.random.default_rng(3)
+    x = rng.lognormal(size=200)
+    y = x * rng.lognormal(sigma=0.7, size=200)
+    y[:10] = y[0]  # ties: average ranks, as scipy
+    assert spearman(x, y) == pytest.approx(stats.spearmanr(x, y).statistic, abs=1e-12)
+    assert np.isnan(spearman(x[:1], y[:1])) and np.isnan(spearman(np.ones(5), a))
+
+
+def test_percentile_ranks_explicit():
+    np.testing.assert_allclose(percentile_ranks([3.0, 1.0, 2.0]), [100.0, 0.0, 50.0])
+    np.testing.assert_allclose(percentile_ranks([1.0, 1.0, 5.0]), [25.0, 25.0, 100.0])
+    np.testing.assert_allclose(percentile_ranks([7.0]), [50.0])
+    assert percentile_ranks(np.array([])).shape == (0,)
+
+
+def test_rank_agreement_overall_and_per_group():
+    rng = np.random.default_rng(4)
+    groups = np.array(["bulk"] * 60 + ["surface"] * 40 + ["lone"])
+    lpr_a = rng.lognormal(size=101)
+    lpr_b = lpr_a.copy()
+    lpr_b[60:100] = 1.0 / lpr_a[60:100]  # surface order reversed, bulk kept
+    out = rank_agreement(lpr_a, 3.0 * lpr_b, groups)  # a scale factor changes no rank
+    assert list(out.per_group["group"]) == ["bulk", "surface", "lone"]
+    assert list(out.per_group["atoms"]) == [60, 40, 1]
+    rho = out.per_group["spearman"].to_numpy()
+    assert rho[0] == pytest.approx(1.0) and rho[1] == pytest.approx(-1.0) and np.isnan(rho[2])
+    assert out.spearman == pytest.approx(stats.spearmanr(lpr_a, lpr_b).statistic, abs=1e-12)
+    np.testing.assert_allclose(out.percentile_a, 100 * (stats.rankdata(lpr_a) - 1) / 100)
+    diff = out.rank_difference
+    assert np.all(diff[:60] == out.percentile_b[:60] - out.percentile_a[:60])
+    assert np.abs(diff[60:100]).max() > 10  # reversed atoms moved in rank
+
+
+def test_rank_agreement_ties_round_off_but_not_real_differences():
+    groups = ["g"] * 4
+    a = np.array([1.0, 2.0, 3.0, 4.0])
+    b = np.array([5.0, 5.0 * (1 + 1e-7), 5.0 * (1 - 1e-7), 6.0])  # three round-off twins
+    out = rank_agreement(a, b, groups)
+    np.testing.assert_allclose(out.percentile_b, [100 / 3, 100 / 3, 100 / 3, 100.0])
+    tied = np.array([5.0, 5.0, 5.0, 6.0])
+    assert out.spearman == pytest.approx(stats.spearmanr(a, tied).statistic, abs=1e-12)
+    exact = rank_agreement(a, b, groups, rtol=0.0)  # no tolerance: the twins are ordered
+    assert exact.spearman == pytest.approx(stats.spearmanr(a, b).statistic, abs=1e-12)
+    apart = rank_agreement(a, np.array([5.0, 5.01, 4.99, 6.0]), groups)  # 0.2%: real
+    assert len(set(apart.percentile_b)) == 4
+
+
+def test_rank_agreement_refuses_bad_input():
+    with pytest.raises(InputError, match="one length"):
+        rank_agreement(np.ones(3), np.ones(4), ["g"] * 3)
+    with pytest.raises(InputError, match="NaN"):
+        rank_agreement(np.array([1.0, np.nan]), np.ones(2), ["g", "g"])

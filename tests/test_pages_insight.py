@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from pathlib import Path
 
@@ -9,7 +10,7 @@ import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from lprviz import datasets, features, pipeline
+from lprviz import datasets, features, pipeline, plots
 
 PAGES = Path(__file__).resolve().parent.parent / "lprviz" / "app" / "pages"
 
@@ -90,6 +91,22 @@ def test_validate_page_sections():
     _no_errors(at)
     assert len(at.get("plotly_chart")) == 5
 
+    # calibrated against the committee's spread: the library's fit on that committee
+    at.radio(key="val_calibration_target").set_value("committee spread").run()
+    _no_errors(at)
+    caption = next(c.value for c in at.caption if "committee's spread" in c.value)
+    from lprviz.app import caches
+    from lprviz.calibration import calibrate_to_spread
+
+    settings = at.session_state["_settings"]
+    train = next(iter(at.session_state["train"].values()))
+    alpha = 10 ** at.session_state["alpha_log10"]
+    model = caches.fit(settings.source, settings.preset, train, settings.spec)
+    check = caches.committee(settings.source, settings.preset, train, settings.spec, alpha, 4)
+    ref = calibrate_to_spread(model, check.spread, check.atoms)
+    assert f"{check.atoms.size} test atoms" in caption
+    assert plots.format_number(ref.factor) in caption
+
 
 def _markdown(at: AppTest) -> str:
     return " ".join(m.value for m in at.markdown)
@@ -134,3 +151,43 @@ def test_validate_page_explains_the_lcpr_blocks():
     assert LCPR_BLOCKS_EXPLANATION.split("(")[0] in _markdown(at)
     table = at.dataframe[0].value
     assert {"min LPR", "median LPR"} <= set(table.columns)  # human headers (format_table)
+
+
+def test_compare_two_models_rank_agreement_matches_the_library():
+    """Two models: the page's Spearman equals rank_agreement on the LPRs of the two models
+    computed here through the pipeline (same training set, same alpha)."""
+    from lprviz import comparison
+    from lprviz.app import state
+
+    at = _app("compare.py")
+    at.run()
+    at.radio(key="cmp_mode").set_value("two models").run()
+    _no_errors(at)
+    assert at.selectbox(key="cmp_features_a").value == "SOAP 'fast'"
+    assert at.radio(key="cmp_kind_a").value == "linear"
+    assert at.radio(key="cmp_kind_b").value == "sparse-kernel"
+    at.selectbox(key="cmp_features_b").set_value("SOAP 'default'").run()
+    _no_errors(at)
+    shown = float(next(m.value for m in at.metric if "Spearman" in m.label))
+    groups = next(df.value for df in at.dataframe if "Spearman a vs b" in df.value.columns)
+    assert list(groups.columns) == ["group", "atoms", "Spearman a vs b"]
+    assert len(at.get("plotly_chart")) == 1 and len(at.get("iframe")) == 1
+
+    ds = datasets.load(datasets.DEFAULT_DATASET)
+    train = next(iter(at.session_state["train"].values()))
+    mask = np.isin(np.arange(len(ds.frames)), train)
+    alpha = 10 ** state.DEFAULT_ALPHA_LOG10
+    lpr = []
+    for preset, kind in (("fast", "linear"), ("default", "sparse-kernel")):
+        desc = features.compute_soap(ds.frames, features.SOAP_PRESETS[preset],
+                                     species=ds.species)
+        # the app caches float32 features: the sparse kernel's FPS may then pick another
+        # active set than on float64 (a different model, Spearman off by ~5e-3)
+        desc = dataclasses.replace(desc, values=desc.values.astype(np.float32))
+        fit = pipeline.prepare(ds, desc, mask, pipeline.ModelSpec(kind=kind))
+        lpr.append(pipeline.evaluate(fit, alpha).lpr)
+    ref = comparison.rank_agreement(*lpr, np.asarray(ds.groups)[ds.structure_index])
+    assert shown == pytest.approx(ref.spearman, abs=2e-3)  # the metric shows 3 decimals
+    np.testing.assert_allclose(groups["Spearman a vs b"].to_numpy(),
+                               ref.per_group["spearman"].to_numpy(), atol=1e-3)
+    assert list(groups["atoms"]) == list(ref.per_group["atoms"])

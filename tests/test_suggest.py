@@ -215,3 +215,82 @@ def test_cli_suggest_files_and_errors(tmp_path, capsys):
     assert main(["suggest", "--dataset", "emt-alloys", "--train-groups", "nope"]) == 2
     assert "no group nope" in capsys.readouterr().err
     assert main(["suggest", "--train", str(paths["train"])]) == 2
+
+
+def _write_with_array(path, frames, seed: int) -> list[np.ndarray]:
+    """Write ``frames`` with a per-atom array ``feat`` (a fixed nonlinear map of the scaled
+    positions and species); return the arrays."""
+    import ase.io
+
+    mix = np.random.default_rng(seed).normal(size=(4, 9))
+    out = []
+    for atoms in frames:
+        base = np.hstack([atoms.get_scaled_positions(), atoms.numbers[:, None] / 79.0])
+        atoms.arrays["feat"] = np.tanh(base @ mix)
+        out.append(atoms.arrays["feat"].copy())
+    ase.io.write(path, frames, format="extxyz")
+    return out
+
+
+def test_cli_suggest_features_array_ranks_as_the_library(tmp_path):
+    """``lprviz suggest --features-array`` picks what :func:`lprviz.suggest.suggest` picks on
+    the same arrays (a mean-convention ridge at the training atoms' scale, no baseline)."""
+    import pandas as pd
+
+    from lprviz import datasets
+    from lprviz.cli import main
+    from lprviz.suggest import suggest as suggest_library
+
+    ds = datasets.load("emt-alloys")
+    groups = np.asarray(ds.groups)
+    arrays, paths = {}, {}
+    for label, frames in (("train", np.flatnonzero(groups == "bulk-alloy")[:15]),
+                          ("pool", np.flatnonzero(groups == "cluster")[:8]),
+                          ("target", np.flatnonzero(groups == "surface")[:3])):
+        paths[label] = tmp_path / f"{label}.extxyz"
+        copies = []
+        for i in frames:
+            atoms = ds.frames[i].copy()
+            atoms.calc = ds.frames[i].calc
+            copies.append(atoms)
+        arrays[label] = _write_with_array(paths[label], copies, seed=1)
+    out = tmp_path / "picks.csv"
+    argv = ["suggest", "--train", str(paths["train"]), "--pool", str(paths["pool"]),
+            "--target", str(paths["target"]), "--features-array", "feat", "--no-baseline",
+            "-k", "4", "--alpha", "1e-3", "--random-seeds", "0", "-q", "--csv", str(out)]
+    assert main(argv) == 0
+    table = pd.read_csv(out)
+    solver = RigiditySolver.from_structures(arrays["train"], convention="mean")
+    ref = suggest_library(solver, np.vstack(arrays["target"]), arrays["pool"], 1e-3, k=4)
+    assert (table["frame"] - 15).tolist() == [int(i) for i in ref.chosen]
+    np.testing.assert_allclose(table["gain_mean_ln_lpr"], ref.gains, rtol=1e-6)
+    np.testing.assert_allclose(table["alone_gain"], ref.first_gains[ref.chosen], rtol=1e-6)
+
+
+def test_cli_suggest_model_errors_are_one_line(tmp_path, capsys):
+    from lprviz.cli import main
+
+    base = ["suggest", "--dataset", "emt-alloys", "--train-groups", "bulk-pure", "-q"]
+    assert main([*base, "--model", "transformer"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert "--model: expected one of linear, sparse-kernel, nn" in err and "transformer" in err
+    assert main([*base, "--features-array", "nope"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "per-atom array 'nope'" in err and "missing" in err
+    assert main([*base, "--features-array", "x", "--preset", "fast"]) == 2
+    assert "--preset: a SOAP option" in capsys.readouterr().err
+
+
+def test_cli_suggest_nn_model_runs(capsys):
+    from optional import require_torch
+
+    from lprviz.cli import main
+
+    require_torch()
+    argv = ["suggest", "--dataset", "emt-alloys", "--train-groups", "bulk-pure,bulk-alloy",
+            "--pool-groups", "surface", "--target-groups", "surface", "-k", "2",
+            "--preset", "fast", "--model", "nn", "--nn-hidden", "8", "--random-seeds", "2"]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "random 2 additions" in printed and "geometric-mean target LPR" in printed

@@ -466,12 +466,18 @@ def composition_lesson(source: str, preset: str, alpha: float):
 
 
 def calibration(source: str, preset: str, train: tuple[int, ...], spec: pipeline.ModelSpec,
-                alpha: float):
-    """:func:`lprviz.calibration.calibrate` of the model at ``alpha`` (held-out structures)."""
-    from lprviz.calibration import calibrate
+                alpha: float, n_models: int = 0):
+    """Calibrated uncertainties of the model at ``alpha``: fitted to the held-out structures'
+    errors (:func:`lprviz.calibration.calibrate`), or with ``n_models`` > 0 to the spread of
+    a :func:`committee` of that size (:func:`lprviz.calibration.calibrate_to_spread`)."""
+    from lprviz.calibration import calibrate, calibrate_to_spread
 
     def compute():
         model = fit(source, preset, train, spec)
+        if n_models > 0:
+            check = committee(source, preset, train, spec, alpha, n_models)
+            return calibrate_to_spread(model, check.spread, check.atoms)
         return calibrate(model, results(source, preset, train, spec, None, alpha))
 
-    return DERIVED.get((source, "calibration", preset, tuple(train), spec, alpha), compute)
+    return DERIVED.get((source, "calibration", preset, tuple(train), spec, alpha, n_models),
+                       compute)

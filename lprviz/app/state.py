@@ -33,10 +33,10 @@ from lprviz.errors import InputError
 
 __all__ = [
     "ALPHA_LOG10_RANGE", "ALPHA_LOG10_STEP", "ALPHA_POSITIONS", "DEFAULT_ALPHA_LOG10",
-    "SPLITS", "Settings", "Split", "alpha",
-    "alpha_slider", "available_sources", "current_results",
-    "default_training_frames", "forget_training_frames", "frame_numbers", "keep_across_pages",
-    "link_alpha_log10", "new_training_table", "set_training_frames", "settings", "sidebar",
+    "SPLITS", "Settings", "Split", "alpha", "alpha_slider", "available_sources",
+    "computed_note", "current_results", "default_training_frames", "feature_options",
+    "forget_training_frames", "frame_numbers", "keep_across_pages", "link_alpha_log10",
+    "model_kinds", "new_training_table", "set_training_frames", "settings", "sidebar",
     "training_frames",
 ]
 
@@ -193,7 +193,7 @@ def sidebar() -> Settings:
     source = registry.get(label, sources.get(label, label))
     with st.sidebar:
         key = _features_choice(source)
-        kinds = [k for k in pipeline.MODEL_KINDS if k != "nn" or nn.torch_missing() is None]
+        kinds = model_kinds()
         if st.session_state["model_kind"] not in kinds:
             st.session_state["model_kind"] = kinds[0]
         st.radio("Model", kinds, key="model_kind", horizontal=True,
@@ -230,18 +230,34 @@ def sidebar() -> Settings:
 # --------------------------------------------------------------------------- features
 
 
-def _features_choice(source: str) -> str:
-    """Draw the "Features" choice (and the SOAP preset for SOAP); return the source's key
-    (:func:`lprviz.sources.from_key`)."""
+def feature_options(source: str) -> dict[str, str | None]:
+    """Feature sources usable on dataset ``source``: label -> key
+    (:func:`lprviz.sources.from_key`), with None for SOAP (its preset is chosen apart).
+
+    SOAP, every numeric per-atom array of the file, and the installed pretrained backbones:
+    the one list the sidebar and Compare offer.
+    """
     try:
         arrays = feature_sources.array_names(caches.dataset(source).frames)
     except InputError:  # the dataset's own error shows on the page
         arrays = []
-    options = {"SOAP": None}
+    options: dict[str, str | None] = {"SOAP": None}
     options.update({f"per-atom array '{name}'": f"array:{name}" for name in arrays})
     names = feature_sources.backbone_names()
     usable = [b for b in names if feature_sources.backbone_unavailable(b) is None]
     options.update({feature_sources.BACKBONE_LABELS.get(b, b): b for b in usable})
+    return options
+
+
+def model_kinds() -> list[str]:
+    """Readout models usable here (:data:`lprviz.pipeline.MODEL_KINDS`; "nn" needs torch)."""
+    return [k for k in pipeline.MODEL_KINDS if k != "nn" or nn.torch_missing() is None]
+
+
+def _features_choice(source: str) -> str:
+    """Draw the "Features" choice (and the SOAP preset for SOAP); return the source's key
+    (:func:`lprviz.sources.from_key`)."""
+    options = feature_options(source)
     if st.session_state.get("features_label") not in options:
         st.session_state["features_label"] = "SOAP"
     choice = st.selectbox("Features", list(options), key="features_label",
@@ -256,15 +272,24 @@ def _features_choice(source: str) -> str:
     return st.session_state["soap_preset"]
 
 
-def _features_caption(key: str, kind: str) -> None:
-    """One line saying what is computed, and how to add the neural-network sources."""
+def computed_note(key: str, kind: str) -> str | None:
+    """What the LPR of (feature source ``key``, model ``kind``) is, for a frozen backbone or
+    the nn model (None for a readout on SOAP or a file's array: nothing to add)."""
     source = feature_sources.from_key(key)
     if source.kind not in ("soap", "array"):
-        st.caption(f"{source.label}: for a frozen backbone, the LPR is that of the readout "
-                   "refit on the chosen training set.")
-    elif kind == "nn":
-        st.caption("nn: the LLPR of a network trained here on the training set; the LPR is "
-                   "that of its readout refit on the chosen training set.")
+        return (f"{source.label}: for a frozen backbone, the LPR is that of the readout "
+                "refit on the chosen training set.")
+    if kind == "nn":
+        return ("nn: the LLPR of a network trained here on the training set; the LPR is "
+                "that of its readout refit on the chosen training set.")
+    return None
+
+
+def _features_caption(key: str, kind: str) -> None:
+    """One line saying what is computed, and how to add the neural-network sources."""
+    note = computed_note(key, kind)
+    if note is not None:
+        st.caption(note)
     missing = [source.label for source in map(feature_sources.FeatureSource,
                                               feature_sources.backbone_names())
                if feature_sources.backbone_unavailable(source.kind) is not None]

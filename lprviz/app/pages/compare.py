@@ -1,17 +1,21 @@
-"""Compare: two training sets A and B at the same feature scale; per-atom LPR ratio B/A."""
+"""Compare: two training sets A and B at the same feature scale (per-atom LPR ratio B/A), or
+two models (feature source and readout) on the current training set (rank agreement)."""
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
 import streamlit as st
 
-from lprviz import comparison, plots, selection
+from lprviz import comparison, features, insight_plots, plots, selection, sources
 from lprviz.app import caches, common, state
 from lprviz.errors import InputError
 from lprviz.viewer import structure_html
 
 CURRENT = "current training set"
+MODES = ("two training sets", "two models")
 
 
 def _choose(settings: state.Settings, ds, numbers, side: str, default: str) -> tuple[int, ...]:
@@ -26,17 +30,23 @@ def _choose(settings: state.Settings, ds, numbers, side: str, default: str) -> t
 
 def main() -> None:
     common.run_page(
-        "Compare two training sets", _body,
+        "Compare", _body,
         intro=(
-            "The paper's central experiment: train on set A, then on set B, and see which "
-            "atoms became more (or less) rigid. Both fits use **A's feature scale**, so the"
-            " ratio reflects the data, not a changed regulariser. Blue: B pins the atom's "
-            "local prediction more firmly (ratio > 1); red: less."
+            "**Two training sets** (the paper's central experiment): train on set A, then on "
+            "set B, and see which atoms became more (or less) rigid. Both fits use **A's "
+            "feature scale**, so the ratio reflects the data, not a changed regulariser. "
+            "Blue: B pins the atom's local prediction more firmly (ratio > 1); red: less.\n\n"
+            "**Two models**: the same training set and alpha, two (features, model) pairs; "
+            "each model has its own feature scale, so their LPRs are compared by rank."
         ),
     )
 
 
 def _body(settings: state.Settings) -> None:
+    mode = st.radio("Compare", MODES, horizontal=True, key="cmp_mode")
+    if mode == MODES[1]:
+        _two_models(settings)
+        return
     ds = caches.dataset(settings.source)
     numbers = state.frame_numbers(settings.source)
     c1, c2 = st.columns(2)
@@ -106,6 +116,101 @@ def _compare_at_alpha(settings: state.Settings, ds, train_a: tuple[int, ...],
         else:
             st.dataframe(plots.format_table(rows), hide_index=True, width="stretch",
                          key=key)
+
+
+# --------------------------------------------------------------------------- two models
+
+
+def _model_options(source: str) -> dict[str, str]:
+    """Label -> feature-source key: every SOAP preset, then the sidebar's other sources."""
+    options = {sources.key_label(p): p for p in features.SOAP_PRESETS}
+    options.update({label: key for label, key in state.feature_options(source).items()
+                    if key is not None})
+    return options
+
+
+def _pick_model(settings: state.Settings, side: str, key: str, kind: str) -> tuple[str, str]:
+    """Draw the feature-source and model choices of model ``side``; return (key, kind)."""
+    options = _model_options(settings.source)
+    labels, kinds = list(options), state.model_kinds()
+    default = sources.key_label(key) if key in options.values() else labels[0]
+    feature = st.selectbox(f"Features {side}", labels, index=labels.index(default),
+                           key=f"cmp_features_{side}")
+    kind = st.radio(f"Model {side}", kinds, index=kinds.index(kind) if kind in kinds else 0,
+                    horizontal=True, key=f"cmp_kind_{side}")
+    note = state.computed_note(options[feature], kind)
+    if note is not None:
+        st.caption(common.plain_text(note))
+    return options[feature], kind
+
+
+def _spec(settings: state.Settings, key: str, kind: str):
+    """The sidebar's model spec for (``key``, ``kind``); training on forces is kept where it
+    applies (SOAP features, a linear or sparse-kernel readout)."""
+    forces = sources.from_key(key).kind == "soap" and kind != "nn"
+    return replace(settings.spec, kind=kind,
+                   force_weight=settings.spec.force_weight if forces else None)
+
+
+def _two_models(settings: state.Settings) -> None:
+    train = state.training_frames(settings)
+    kind_b = "sparse-kernel" if settings.spec.kind == "linear" else "linear"
+    c1, c2 = st.columns(2)
+    with c1:
+        a = _pick_model(settings, "a", settings.preset, settings.spec.kind)
+    with c2:
+        b = _pick_model(settings, "b", settings.preset, kind_b)
+    st.caption(f"Both on the current training set ({len(train)} structures; edit it on the "
+               "Training set page) and the same alpha. The LPR of each model is that of its "
+               "linear readout refit on this training set.")
+    common.guarded_fragment(_models_at_alpha, settings, train, a, b)
+
+
+def _models_at_alpha(settings: state.Settings, train: tuple[int, ...], a: tuple[str, str],
+                     b: tuple[str, str]) -> None:
+    alpha = state.alpha_slider()
+    ds = caches.dataset(settings.source)
+    res = [state.current_results(replace(settings, preset=key, spec=_spec(settings, key, kind)),
+                                 alpha, train) for key, kind in (a, b)]
+    labels = [f"{sources.key_label(key)}, {kind}" for key, kind in (a, b)]
+    sidx = ds.structure_index
+    groups_atom = np.asarray(ds.groups)[sidx].astype(str)
+    agree = comparison.rank_agreement(res[0].lpr, res[1].lpr, groups_atom)
+    st.metric("Spearman rank correlation, all atoms", f"{agree.spearman:.3f}")
+    left, right = st.columns([3, 2])
+    with left:
+        drawn = common.every_kth(sidx.size)
+        st.plotly_chart(insight_plots.model_scatter_figure(
+            res[0].lpr[drawn], res[1].lpr[drawn], groups_atom[drawn], label_a=labels[0],
+            label_b=labels[1], spearman=agree.spearman), key="cmp_models_scatter")
+        if drawn.size < sidx.size:
+            st.caption(f"The plot shows every {sidx.size // drawn.size}th of {sidx.size} "
+                       "atoms; the correlations use every atom.")
+    with right:
+        st.dataframe(plots.format_table(agree.per_group.rename(
+            columns={"spearman": "Spearman a vs b"})), hide_index=True, width="stretch",
+            key="cmp_models_groups")
+        st.caption("Training and test atoms alike. Rank difference = percentile rank of the "
+                   "atom's LPR under b minus under a (blue: b finds it relatively more "
+                   "rigid).")
+    diff = agree.rank_difference
+    spread = pd.Series(np.abs(diff)).groupby(sidx).median().reindex(range(len(ds.frames)))
+    idx = np.argsort(-spread.to_numpy(), kind="stable")
+    names = {int(i): f"{ds.names[i]} [{ds.groups[i]}] median |rank difference| "
+                     f"{spread.iloc[i]:.3g}" for i in idx}
+    frame = st.selectbox("Structure (most disagreement first)", list(names),
+                         format_func=names.__getitem__, key="cmp_models_structure")
+    sel = ds.atoms_of(frame)
+    html = structure_html(
+        ds.frames[frame], diff[sel], vmin=-100.0, vmax=100.0, log=False,
+        colormap=plots.RATIO_COLORMAP,
+        atom_info={"rank difference b - a": diff[sel], "LPR a": res[0].lpr[sel],
+                   "LPR b": res[1].lpr[sel]},
+        title=f"{ds.names[frame]} [{ds.groups[frame]}]",
+        colorbar_label="percentile rank b - a", width="100%", height=420,
+        script_url=common.script_url(),
+    )
+    st.iframe(html, height=520)
 
 
 if __name__ == "__main__":

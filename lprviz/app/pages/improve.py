@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from lprviz import insight_plots, plots, suggest
+from lprviz import insight_plots, plots, sources, suggest
 from lprviz.app import caches, common, state
 from lprviz.errors import InputError
 
@@ -80,9 +80,11 @@ def _body(settings: state.Settings) -> None:
             st.info(Q.notice)
     sug = suggest.suggest_from_projections(fit.solver, P, Q, alpha, k)
     chosen = pool[sug.chosen]
-    st.caption(f"Target: {target.size} atoms, geometric-mean LPR {np.exp(sug.curve[0]):.4g}; "
-               f"{pool.size} candidates; alpha = {alpha:.3g}. Gains are exact ({how} "
-               "of the current factorisation at a fixed feature scale).")
+    st.caption(common.plain_text(
+        f"Model: {sources.key_label(settings.preset)}, {settings.spec.kind} (the sidebar's). "
+        f"Target: {target.size} atoms, geometric-mean LPR {np.exp(sug.curve[0]):.4g}; "
+        f"{pool.size} candidates; alpha = {alpha:.3g}. Gains are exact ({how} of the "
+        "current factorisation at a fixed feature scale)."))
     table = pd.DataFrame({
         "pick": np.arange(1, chosen.size + 1),
         "name": [str(ds.names[i]) for i in chosen],

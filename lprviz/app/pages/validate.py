@@ -14,6 +14,10 @@ from lprviz.viewer import structure_html
 TRADEOFF_ALPHAS = tuple(np.logspace(-8, 2, 11).tolist())
 
 
+#: What the uncertainty can be calibrated against.
+CALIBRATION_TARGETS = ("held-out errors", "committee spread")
+
+
 def _committee_section(settings, ds, train, alpha) -> None:
     st.subheader("Committee spread vs 1/LPR")
     c1, c2 = st.columns([1, 2])
@@ -99,19 +103,30 @@ def _pr_section(settings, ds, res) -> int:
 
 def _calibration_section(settings, ds, train, alpha, frame: int) -> None:
     st.subheader("Calibrated uncertainties")
+    target = st.radio("Calibrate against", CALIBRATION_TARGETS, horizontal=True,
+                      key="val_calibration_target",
+                      help="Held-out structures' total-energy errors, or the spread of the "
+                           "local energies of the committee below (its size; trains it).")
+    n_models = (int(st.session_state.get("val_n_models", 4))
+                if target == CALIBRATION_TARGETS[1] else 0)
     try:
-        cal = caches.calibration(settings.source, settings.preset, train, settings.spec, alpha)
+        cal = caches.calibration(settings.source, settings.preset, train, settings.spec, alpha,
+                                 n_models)
     except InputError as exc:
         st.info(common.plain_text(str(exc)))
         return
     st.plotly_chart(insight_plots.calibration_figure(
         *calibration.calibration_curve(cal.sigma_frames, cal.errors),
-        sigma=cal.sigma_frames, errors=cal.errors), key="val_calibration")
+        sigma=cal.sigma_frames, errors=cal.errors, spread=cal.target == "spread"),
+        key="val_calibration")
+    what = (f"the total-energy errors of {cal.frames.size} held-out structures"
+            if cal.target == "errors" else
+            f"the {n_models}-member committee's spread of {cal.frames.size} test atoms' local "
+            "energies")
     st.caption(f"sigma_k^2 = c / LPR_k(alpha_u), with c = {plots.format_number(cal.factor)} "
                f"eV^2 and alpha_u = {plots.format_number(cal.alpha)} fitted by maximum "
-               f"likelihood to the total-energy errors of {cal.frames.size} held-out structures "
-               "(the model's predictions stay those at the slider's alpha). Points on the "
-               "dotted line are calibrated.")
+               f"likelihood to {what} (the model's predictions stay those at the slider's "
+               "alpha). Points on the dotted line are calibrated.")
     sel = ds.atoms_of(frame)
     sigma = cal.sigma_atoms[sel]
     html = structure_html(ds.frames[frame], sigma, vmin=float(cal.sigma_atoms.min()),
