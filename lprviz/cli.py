@@ -968,8 +968,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "block absent from an atom's environment gets ~1e308 (unbounded)")
     _add_force_options(p, "the output gains forces_pred (eV/A)")
     p.add_argument("--workers", type=int, default=None, metavar="N",
-                   help="run on a local Dask cluster of N worker processes (linear model; "
-                        "needs pip install 'lprviz[dask]')")
+                   help="run on a local Dask cluster of N worker processes (SOAP with "
+                        "the linear or sparse-kernel model; needs pip install 'lprviz[dask]')")
     p.add_argument("--scheduler", default=None, metavar="ADDRESS",
                    help="run on a running Dask scheduler, e.g. tcp://host:8786 (workers need "
                         "the same lprviz version)")
