@@ -64,3 +64,25 @@ def test_validate_committee_with_forces_tracks_the_force_trained_lpr():
     (caption,) = [c.value for c in at.caption if "rank correlation" in c.value]
     spearman = float(re.search(r"rank correlation ([-0-9.]+)", caption).group(1))
     assert spearman > 0.7
+
+
+def test_compare_two_models_says_which_model_trains_on_forces():
+    """With "Train on forces too", Compare's two models label each model with what it was
+    fitted to: SOAP readouts follow the toggle, the nn is fitted to energies only (said)."""
+    from lprviz import nn
+
+    at = AppTest.from_file(APP, default_timeout=900).run()
+    at.toggle(key="train_forces").set_value(True).run()
+    at.switch_page("lprviz/app/pages/compare.py").run()
+    at.radio(key="cmp_mode").set_value("two models").run()
+    at.radio(key="cmp_kind_b").set_value("linear").run()
+    assert not at.exception and not at.error, [e.value for e in at.exception]
+    (chart,) = at.get("plotly_chart")
+    assert str(chart.proto).count("energies and forces") >= 2
+    assert not any("energies only" in c.value for c in at.caption)
+    if nn.torch_missing() is None:
+        at.radio(key="cmp_kind_b").set_value("nn").run()
+        assert not at.exception and not at.error, [e.value for e in at.exception]
+        assert any("energies only" in c.value for c in at.caption)
+        (chart,) = at.get("plotly_chart")
+        assert "energies only" in str(chart.proto)

@@ -170,9 +170,18 @@ def _models_at_alpha(settings: state.Settings, train: tuple[int, ...], a: tuple[
                      b: tuple[str, str]) -> None:
     alpha = state.alpha_slider()
     ds = caches.dataset(settings.source)
-    res = [state.current_results(replace(settings, preset=key, spec=_spec(settings, key, kind)),
-                                 alpha, train) for key, kind in (a, b)]
+    specs = [_spec(settings, key, kind) for key, kind in (a, b)]
+    res = [state.current_results(replace(settings, preset=key, spec=spec), alpha, train)
+           for (key, _), spec in zip((a, b), specs, strict=True)]
     labels = [f"{sources.key_label(key)}, {kind}" for key, kind in (a, b)]
+    if settings.spec.force_weight is not None:
+        # the sidebar trains on forces: say which of the two could follow it
+        trained = ["energies only" if spec.force_weight is None else "energies and forces"
+                   for spec in specs]
+        labels = [f"{label} ({t})" for label, t in zip(labels, trained, strict=True)]
+        if any(spec.force_weight is None for spec in specs):
+            st.caption("Training on forces needs SOAP features with a linear or sparse-kernel "
+                       "readout; a model marked *energies only* is fitted to energies alone.")
     sidx = ds.structure_index
     groups_atom = np.asarray(ds.groups)[sidx].astype(str)
     agree = comparison.rank_agreement(res[0].lpr, res[1].lpr, groups_atom)
@@ -195,9 +204,11 @@ def _models_at_alpha(settings: state.Settings, train: tuple[int, ...], a: tuple[
                    "rigid).")
     diff = agree.rank_difference
     spread = pd.Series(np.abs(diff)).groupby(sidx).median().reindex(range(len(ds.frames)))
-    idx = np.argsort(-spread.to_numpy(), kind="stable")
+    idx = np.argsort(-spread.to_numpy(), kind="stable")[:common.MAX_STRUCTURE_OPTIONS]
     names = {int(i): f"{ds.names[i]} [{ds.groups[i]}] median |rank difference| "
                      f"{spread.iloc[i]:.3g}" for i in idx}
+    if idx.size < len(ds.frames):
+        st.caption(f"The {idx.size} structures of most disagreement, of {len(ds.frames)}.")
     frame = st.selectbox("Structure (most disagreement first)", list(names),
                          format_func=names.__getitem__, key="cmp_models_structure")
     sel = ds.atoms_of(frame)
