@@ -34,6 +34,10 @@ ALPHAS = "1e-6,1e-4,1e-2"
 pytestmark = pytest.mark.usefixtures("isolated_cache")
 
 
+#: Seconds to wait for (re)started worker processes: generous, for a busy CI machine.
+WORKER_START_TIMEOUT = 300
+
+
 @pytest.fixture(scope="module")
 def cluster():
     """A LocalCluster of 2 worker processes, one thread each, and a client of it."""
@@ -214,7 +218,9 @@ def test_killed_worker_gives_the_same_result(tmp_path, cluster, phase, model):
     assert killed is not None, "the run ended before a worker could be killed"
     assert proc.returncode == 0, err
     _assert_same(serial, ase.io.read(out, index=":"), )
-    client.wait_for_workers(2, timeout=60)  # the nanny restarts it for the next test
+    # the nanny restarts it for the next test (a fresh worker process imports numpy, featomic,
+    # ...: over a minute on a loaded 2-core machine)
+    client.wait_for_workers(2, timeout=WORKER_START_TIMEOUT)
 
 
 def test_chunk_errors_name_the_file_frame(tmp_path, capsys):
@@ -410,6 +416,7 @@ def test_scheduler_without_workers_or_with_another_version(tmp_path, cluster, ca
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "no worker connected within 1 s" in err
     lc, client = cluster
+    client.wait_for_workers(2, timeout=WORKER_START_TIMEOUT)  # "2 of 2" below
     version = lprviz.__version__
     client.run(lambda: setattr(__import__("lprviz"), "__version__", "0.0.0-other"))
     try:
