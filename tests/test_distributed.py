@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -345,33 +346,48 @@ def test_train_and_test_files_equal_serial(tmp_path, cluster, capsys, monkeypatc
 
 
 def test_ctrl_c_closes_the_cluster(tmp_path):
-    """SIGINT during a --workers run: exit 130, one line, and no worker process left."""
+    """SIGINT while the output is being written by a --workers run: exit 130, one line, no
+    worker process left and no output file (not even a partial one)."""
     import psutil
 
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    code = ("import sys, lprviz.distributed as d; d.CHUNK_ATOMS = 200; "
-            "from lprviz.cli import main; sys.exit(main(sys.argv[1:]))")
+    mark = tmp_path / "writing"
+    # The client's ordered results are slowed once test chunks arrive (a mark file says so),
+    # so the interrupt lands in the write on any machine, however fast.
+    code = textwrap.dedent(f"""
+        import pathlib, sys, time
+        import lprviz.distributed as d
+        from lprviz.cli import main
+        d.CHUNK_ATOMS = 200
+        ordered = d._ordered
+        def slow(client, tasks, in_flight):
+            for out in ordered(client, tasks, in_flight):
+                if isinstance(out, tuple) and len(out) == 3 and isinstance(out[0], str):
+                    pathlib.Path({str(mark)!r}).touch()
+                    time.sleep(0.5)
+                yield out
+        d._ordered = slow
+        sys.exit(main(sys.argv[1:]))
+    """)
     proc = subprocess.Popen(
         [sys.executable, "-c", code, "lpr", "--dataset", "emt-alloys", "--train-groups",
          TRAIN_GROUPS, *SMALL, "-o", str(tmp_path / "out.extxyz"), "--workers", "2"],
         env=env, stderr=subprocess.PIPE, text=True)
     parent = psutil.Process(proc.pid)
-    deadline = time.monotonic() + 120
-    workers = []
-    while time.monotonic() < deadline and proc.poll() is None:
-        workers = [p for p in parent.children(recursive=True) if p.status() != "zombie"]
-        if len(workers) >= 2:  # the two worker processes (their nannies run in the client)
-            break
-        time.sleep(0.2)
-    assert len(workers) >= 2, proc.stderr.read() if proc.poll() is not None else workers
-    time.sleep(2)  # into the run
+    deadline = time.monotonic() + WORKER_START_TIMEOUT
+    while time.monotonic() < deadline and proc.poll() is None and not mark.exists():
+        time.sleep(0.1)
+    assert mark.exists(), proc.stderr.read() if proc.poll() is not None else "no test chunk"
+    workers = [p for p in parent.children(recursive=True) if p.status() != "zombie"]
+    assert len(workers) >= 2  # the two worker processes (their nannies run in the client)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130
+    assert proc.returncode == 130, err
     assert err.strip().splitlines()[-1] == "lprviz: interrupted"
     _, alive = psutil.wait_procs(workers, timeout=30)
     assert not alive, [p.pid for p in alive]
     assert not (tmp_path / "out.extxyz").exists()
+    assert not list(tmp_path.glob(".out.extxyz.*"))  # nor the temporary file
 
 
 @pytest.mark.parametrize(("extra", "message"), [
