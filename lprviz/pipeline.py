@@ -33,7 +33,7 @@ from lprviz.forces import (
     position_gradients,
     reference_forces,
 )
-from lprviz.gramsum import atom_sumsq, model_sums
+from lprviz.gramsum import atom_sumsq, block_stops, model_sums
 from lprviz.limits import check_number, get_limits
 from lprviz.models import (
     NystromMap,
@@ -405,12 +405,14 @@ def prepare(
     if not train_mask.any():
         raise InputError(f"dataset '{dataset.name}': no training frame selected")
     structure_index = np.asarray(dataset.structure_index)
-    values = np.asarray(descriptors.values, dtype=np.float64)
-    if values.shape[0] != len(structure_index) or not np.array_equal(
+    # float32 descriptors (the app's) stay float32 for the linear model: a float64 copy of
+    # them all (1.2 GB at 100k atoms) is made only for the models that transform them
+    raw = np.asarray(descriptors.values)
+    if raw.shape[0] != len(structure_index) or not np.array_equal(
         descriptors.atom_numbers, dataset.atom_numbers
     ):
         raise InputError(
-            f"descriptors: {values.shape[0]} rows do not match the {len(structure_index)} atoms "
+            f"descriptors: {raw.shape[0]} rows do not match the {len(structure_index)} atoms "
             f"of dataset '{dataset.name}'"
         )
     energies = np.asarray(dataset.energies, dtype=np.float64)
@@ -428,6 +430,8 @@ def prepare(
         raise InputError("nystrom: a feature map only applies to the sparse-kernel model")
     if nn is not None and spec.kind != "nn":
         raise InputError("nn: a trained network only applies to the nn model")
+    if spec.kind != "linear":
+        values = np.asarray(raw, dtype=np.float64)
     if spec.kind == "sparse-kernel":
         if nystrom is None:
             nystrom = fit_nystrom(values[atom_train], spec.n_sparse, zeta=spec.zeta)
@@ -443,10 +447,10 @@ def prepare(
                         hidden=spec.hidden, seed=spec.seed)
         base = nn.transform(values, descriptors.atom_numbers)
     else:
-        base = values
+        base = raw
     # Row norms of all atoms once: the sfactor of the training atoms without copying them,
     # and a finiteness check of every feature (a NaN or inf makes its row's norm non-finite).
-    norm2 = np.einsum("ij,ij->i", base, base)
+    rows, norm2 = _structure_rows(base, structure_index, n_frames)
     if not np.all(np.isfinite(norm2)):
         raise InputError(f"descriptors of dataset '{dataset.name}' contain NaN or inf")
     if scale is None:
@@ -460,7 +464,6 @@ def prepare(
     extra = None
     if spec.baseline:
         extra = scale * composition_features(dataset.atom_numbers, species)
-    rows = structure_features(base, structure_index, n_frames, convention="mean")
     if extra is not None:
         rows = np.hstack([rows, structure_features(extra, structure_index, n_frames)])
     sizes = np.bincount(structure_index, minlength=n_frames)
@@ -503,7 +506,7 @@ def prepare(
         as_given = spec.kind == "linear" and descriptors.values.dtype == np.float32
         projections = (_projections(solver, descriptors.values if as_given else base, extra)
                        if project else np.empty((0, solver.n_features), dtype=np.float32))
-    raw, numbers = descriptors.values, np.asarray(descriptors.atom_numbers)
+    numbers = np.asarray(descriptors.atom_numbers)
     return Fit(
         spec=spec,
         train_mask=train_mask.copy(),
@@ -529,6 +532,34 @@ def prepare(
         features=dict(getattr(descriptors, "provenance", None) or {}),
         nn=nn,
     )
+
+
+def _structure_rows(base: np.ndarray, structure_index: np.ndarray,
+                    n_frames: int) -> tuple[np.ndarray, np.ndarray]:
+    """float64 mean rows of every frame and squared norms of every atom of ``base``.
+
+    Atoms in frame order are taken in blocks of whole frames of about ``_CHUNK`` atoms and
+    converted to float64 one block at a time (a float32 ``base`` is never copied whole). A
+    row or norm depends only on its own atoms, so the bits do not depend on the blocks: the
+    distributed run (its chunks of float64 rows) gets the same ones.
+    """
+    sizes = np.bincount(structure_index, minlength=n_frames)
+    if structure_index.size and np.any(np.diff(structure_index) < 0):  # not in frame order
+        stops = np.array([n_frames])
+    else:
+        stops = block_stops(sizes, _CHUNK)
+    ends = np.concatenate([[0], np.cumsum(sizes)])
+    rows = np.empty((n_frames, base.shape[1]))
+    norm2 = np.empty(base.shape[0])
+    first = 0
+    for stop in stops.tolist():
+        atoms = slice(ends[first], ends[stop])
+        block = np.asarray(base[atoms], dtype=np.float64)
+        norm2[atoms] = np.einsum("ij,ij->i", block, block)
+        rows[first:stop] = structure_features(block, structure_index[atoms] - first,
+                                              stop - first, convention="mean")
+        first = stop
+    return rows, norm2
 
 
 def _force_training(dataset, descriptors: Descriptors, train_mask: np.ndarray, d_base: int,

@@ -666,7 +666,10 @@ class RigiditySolver:
         P : numpy.ndarray of shape (n, r)
         rho2 : numpy.ndarray of shape (n,)
         """
-        X = _as_2d(X_raw, "X")
+        # float32 X is converted chunk by chunk (no float64 copy of it all; the same bits)
+        X = np.asarray(X_raw)
+        if X.ndim != 2:
+            raise InputError(f"X: expected a 2D array (n_atoms, n_features), got shape {X.shape}")
         E = None if X_extra is None else _as_2d(X_extra, "X_extra")
         width = X.shape[1] + (0 if E is None else E.shape[1])
         if width != self.n_features or (E is not None and E.shape[0] != X.shape[0]):
@@ -677,7 +680,7 @@ class RigiditySolver:
         P = np.empty((X.shape[0], W.shape[1]), dtype=dtype)
         rho2 = np.empty(X.shape[0])
         for start in range(0, X.shape[0], _CHUNK):
-            Xc = X[start : start + _CHUNK] / self.scale
+            Xc = _as_2d(X[start : start + _CHUNK], "X") / self.scale
             Pc = Xc @ W[:k]
             norm2 = np.einsum("ij,ij->i", Xc, Xc)
             if E is not None:

@@ -205,6 +205,53 @@ def test_float32_descriptors_are_projected_in_float32_within_bound(emt, monkeypa
         np.testing.assert_allclose(a.local_energy, b.local_energy, rtol=0, atol=3e-5)
 
 
+@pytest.mark.parametrize("route", ["dual", "primal"])
+def test_float32_descriptors_give_the_sums_of_their_float64_copy(emt, monkeypatch, route):
+    """prepare converts float32 descriptors block by block (many blocks here): the training
+    sums, scale, structure rows and (dual route) thin projections are those of the float64
+    copy of the same values, bit for bit (the conversion is exact; a distributed run relies
+    on rows and norms that do not depend on the blocks)."""
+    import dataclasses
+
+    from lprviz import pipeline
+
+    data, desc, train = emt
+    monkeypatch.setattr(pipeline, "_CHUNK", 37)  # blocks of whole frames, ~37 atoms
+    if route == "primal":
+        monkeypatch.setattr(rigidity, "_DUAL_SHARE", 0.0)
+    v32 = desc.values.astype(np.float32)
+    d32 = dataclasses.replace(desc, values=v32)
+    d64 = dataclasses.replace(desc, values=v32.astype(np.float64))
+    f32, f64 = (prepare(data, d, train, ModelSpec()) for d in (d32, d64))
+    assert f32.solver.route == route and f32.thin == (route == "dual")
+    assert f32.scale == f64.scale
+    np.testing.assert_array_equal(f32.solver.gram, f64.solver.gram)
+    np.testing.assert_array_equal(f32.xty, f64.xty)
+    np.testing.assert_array_equal(f32.structure_projections, f64.structure_projections)
+    if route == "dual":
+        np.testing.assert_array_equal(f32.projections, f64.projections)
+        np.testing.assert_array_equal(f32.residual2, f64.residual2)
+    # against the rows of the whole array at once (an independent grouping)
+    rows, norm2 = pipeline._structure_rows(v32, desc.structure_index, len(data.frames))
+    np.testing.assert_allclose(rows, rigidity.structure_features(
+        v32.astype(np.float64), desc.structure_index, len(data.frames)), rtol=1e-13, atol=0)
+    np.testing.assert_allclose(norm2, np.sum(v32.astype(np.float64) ** 2, axis=1), rtol=1e-13)
+
+
+def test_structure_rows_of_atoms_out_of_frame_order():
+    """Atoms not in frame order are taken as one block: the rows are still the means."""
+    from lprviz import pipeline
+
+    rng = np.random.default_rng(1)
+    index = rng.permutation(np.repeat(np.arange(5), [3, 1, 4, 2, 2]))
+    values = rng.normal(size=(len(index), 6)).astype(np.float32)
+    rows, norm2 = pipeline._structure_rows(values, index, 6)
+    means = [values[index == f].astype(np.float64).mean(axis=0) for f in range(5)]
+    np.testing.assert_allclose(rows, np.vstack([*means, np.zeros(6)]), rtol=1e-12)
+    np.testing.assert_allclose(norm2, np.sum(values.astype(np.float64) ** 2, axis=1),
+                               rtol=1e-12)
+
+
 @pytest.mark.parametrize("baseline", [True, False])
 def test_evaluate_features_equals_evaluate_on_the_same_atoms(emt, baseline):
     """A block of raw model features (here some training and some test frames of the
