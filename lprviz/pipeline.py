@@ -425,6 +425,7 @@ def prepare(
         )
 
     atom_train = train_mask[structure_index]
+    sizes = np.bincount(structure_index, minlength=n_frames)
     _check_model_size(dataset, descriptors, spec, int(atom_train.sum()), nystrom)
     if nystrom is not None and spec.kind != "sparse-kernel":
         raise InputError("nystrom: a feature map only applies to the sparse-kernel model")
@@ -438,7 +439,6 @@ def prepare(
         base = nystrom.transform(values)
     elif spec.kind == "nn":
         if nn is None:
-            sizes = np.bincount(structure_index, minlength=n_frames)
             if np.any(sizes[train_mask] == 0):
                 raise InputError(f"dataset '{dataset.name}': a training frame has no atom")
             nn = fit_nn(values[atom_train], descriptors.atom_numbers[atom_train],
@@ -450,23 +450,22 @@ def prepare(
         base = raw
     # Row norms of all atoms once: the sfactor of the training atoms without copying them,
     # and a finiteness check of every feature (a NaN or inf makes its row's norm non-finite).
-    rows, norm2 = _structure_rows(base, structure_index, n_frames)
+    rows, norm2 = _structure_rows(base, structure_index, sizes)
     if not np.all(np.isfinite(norm2)):
         raise InputError(f"descriptors of dataset '{dataset.name}' contain NaN or inf")
     if scale is None:
-        scale = float(np.sqrt(atom_sumsq(norm2[atom_train], np.bincount(
-            structure_index, minlength=n_frames)[train_mask]) / max(int(atom_train.sum()), 1)))
+        scale = float(np.sqrt(atom_sumsq(norm2[atom_train], sizes[train_mask])
+                              / max(int(atom_train.sum()), 1)))
     scale = float(scale)
     species = tuple(descriptors.species)
     # The model features are [base, scale * one-hot species] (models.append_baseline); they
     # are never stacked into one n_atoms x d array here: rows and projections are built per
     # block (the stacking copied 1.2 GB and cost more than half a projection at 100k atoms).
-    extra = None
+    extra = composition = None
     if spec.baseline:
-        extra = scale * composition_features(dataset.atom_numbers, species)
-    if extra is not None:
+        composition = composition_features(dataset.atom_numbers, species)
+        extra = scale * composition
         rows = np.hstack([rows, structure_features(extra, structure_index, n_frames)])
-    sizes = np.bincount(structure_index, minlength=n_frames)
     trained = None
     if force_weight is None:
         force_weight = spec.force_weight
@@ -480,9 +479,8 @@ def prepare(
     # X^T X and X^T y in lprviz.gramsum's fixed order (a distributed run sums the same way)
     keep = train_mask & (sizes > 0)
     y = energies[keep] / sizes[keep]
-    gram, xty = model_sums(rows[keep], y, sizes[keep], scale, None if extra is None else
-                           structure_features(composition_features(
-                               dataset.atom_numbers, species), structure_index, n_frames)[keep])
+    gram, xty = model_sums(rows[keep], y, sizes[keep], scale, None if composition is None else
+                           structure_features(composition, structure_index, n_frames)[keep])
     xty = xty / scale
     if trained is not None:
         solver = RigiditySolver.from_gram(
@@ -535,7 +533,7 @@ def prepare(
 
 
 def _structure_rows(base: np.ndarray, structure_index: np.ndarray,
-                    n_frames: int) -> tuple[np.ndarray, np.ndarray]:
+                    sizes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """float64 mean rows of every frame and squared norms of every atom of ``base``.
 
     Atoms in frame order are taken in blocks of whole frames of about ``_CHUNK`` atoms and
@@ -543,7 +541,7 @@ def _structure_rows(base: np.ndarray, structure_index: np.ndarray,
     row or norm depends only on its own atoms, so the bits do not depend on the blocks: the
     distributed run (its chunks of float64 rows) gets the same ones.
     """
-    sizes = np.bincount(structure_index, minlength=n_frames)
+    n_frames = len(sizes)
     if structure_index.size and np.any(np.diff(structure_index) < 0):  # not in frame order
         stops = np.array([n_frames])
     else:

@@ -232,7 +232,8 @@ def test_float32_descriptors_give_the_sums_of_their_float64_copy(emt, monkeypatc
         np.testing.assert_array_equal(f32.projections, f64.projections)
         np.testing.assert_array_equal(f32.residual2, f64.residual2)
     # against the rows of the whole array at once (an independent grouping)
-    rows, norm2 = pipeline._structure_rows(v32, desc.structure_index, len(data.frames))
+    rows, norm2 = pipeline._structure_rows(
+        v32, desc.structure_index, np.bincount(desc.structure_index, minlength=len(data.frames)))
     np.testing.assert_allclose(rows, rigidity.structure_features(
         v32.astype(np.float64), desc.structure_index, len(data.frames)), rtol=1e-13, atol=0)
     np.testing.assert_allclose(norm2, np.sum(v32.astype(np.float64) ** 2, axis=1), rtol=1e-13)
@@ -245,7 +246,7 @@ def test_structure_rows_of_atoms_out_of_frame_order():
     rng = np.random.default_rng(1)
     index = rng.permutation(np.repeat(np.arange(5), [3, 1, 4, 2, 2]))
     values = rng.normal(size=(len(index), 6)).astype(np.float32)
-    rows, norm2 = pipeline._structure_rows(values, index, 6)
+    rows, norm2 = pipeline._structure_rows(values, index, np.bincount(index, minlength=6))
     means = [values[index == f].astype(np.float64).mean(axis=0) for f in range(5)]
     np.testing.assert_allclose(rows, np.vstack([*means, np.zeros(6)]), rtol=1e-12)
     np.testing.assert_allclose(norm2, np.sum(values.astype(np.float64) ** 2, axis=1),
