@@ -263,6 +263,15 @@ def _model_spec(args: argparse.Namespace, kind: str):
                      hidden=args.nn_hidden, seed=args.nn_seed)
 
 
+def _fit_step(args: argparse.Namespace, kind: str, n_train: int) -> tuple[str, float | None]:
+    """The progress label of fitting ``n_train`` training structures and the force weight of
+    ``--forces`` (None without it), for ``lprviz lpr`` and ``suggest``."""
+    what = "training the network and factorising" if kind == "nn" else "factorising"
+    forces_what = " (energies and forces)" if args.forces else ""
+    return (f"{what} the model of {n_train} training structures{forces_what}",
+            args.force_weight if args.forces else None)
+
+
 def _reference_set(args: argparse.Namespace, data):
     """The reference training set of ``--reference-train`` (a Dataset) or
     ``--reference-train-groups`` (a frame mask of ``data``), or None.
@@ -553,10 +562,8 @@ def _cmd_lpr(args: argparse.Namespace) -> int:
         desc_train = store.descriptors(train_frames, progress)
     space, provenance = _reference_space(args, reference, data, desc_train, spec, steps,
                                          store=store, features=source)
-    force_weight = args.force_weight if args.forces else None
-    what = "training the network and factorising" if kind == "nn" else "factorising"
-    forces_what = " (energies and forces)" if args.forces else ""
-    with steps(f"{what} the model of {train_frames.size} training structures{forces_what}"):
+    label, force_weight = _fit_step(args, kind, train_frames.size)
+    with steps(label):
         fit = prepare(data.subset(train_frames), desc_train,
                       np.ones(train_frames.size, dtype=bool), spec, **space,
                       project=False, force_weight=force_weight)
@@ -777,10 +784,8 @@ def _cmd_suggest(args: argparse.Namespace) -> int:
     spec = _model_spec(args, kind)
     with steps(source.label, bar=True) as progress:
         desc = descriptors_for(data, source, progress=progress)
-    force_weight = args.force_weight if args.forces else None
-    forces_what = " (energies and forces)" if args.forces else ""
-    what = "training the network and factorising" if kind == "nn" else "factorising"
-    with steps(f"{what} the model of {int(train.sum())} training structures{forces_what}"):
+    label, force_weight = _fit_step(args, kind, int(train.sum()))
+    with steps(label):
         fit = prepare(data, desc, train, spec, force_weight=force_weight)
     if fit.notice:
         print(f"lprviz: note: {fit.notice}", file=sys.stderr)
