@@ -330,3 +330,68 @@ def test_cell_heights_equal_volume_over_face_area_for_random_cells():
         one = limits.cell_heights(cell, (False, True, False))
         assert one[1] == pytest.approx(np.linalg.norm(a[1])) and np.isinf(one[[0, 2]]).all()
     assert np.isnan(limits.cell_heights(np.full((3, 3), np.nan), (True,) * 3)).all()
+
+
+def _random_frames(rng, n_frames):
+    """Small frames of every periodicity, some with a pair closer than 1 A (also through a
+    boundary), some crowded (12 coincident atoms), in random order."""
+    cell = np.array([[4.0, 0, 0], [1.5, 3.8, 0], [0.7, -0.9, 4.2]])
+    patterns = [(True,) * 3, (True, True, False), (False, True, False), (False,) * 3]
+    frames = []
+    for k in range(n_frames):
+        n = int(rng.integers(1, 9))
+        atoms = ase.Atoms(f"Cu{n}", cell=cell * rng.uniform(1.0, 1.6),
+                          pbc=patterns[k % len(patterns)],
+                          positions=rng.uniform(-3, 8, (n, 3)))
+        if k % 7 == 3:
+            atoms += ase.Atoms("Cu12", positions=np.full((12, 3), 1.0))
+        frames.append(atoms)
+    return [frames[i] for i in rng.permutation(len(frames))]
+
+
+def test_frames_with_close_pairs_agrees_with_closest_pair_frame_by_frame():
+    """The screen of all frames at once (one KD-tree, frames apart in a 4th coordinate)
+    flags exactly the frames where closest_pair finds a pair, for every periodicity."""
+    rng = np.random.default_rng(21)
+    frames = _random_frames(rng, 120)
+    flags = limits.frames_with_close_pairs(
+        np.concatenate([a.positions for a in frames]), [len(a) for a in frames],
+        [a.cell.array for a in frames], [a.pbc for a in frames], 1.0)
+    want = [limits.closest_pair(a.positions, a.cell.array, a.pbc, 1.0) is not None
+            for a in frames]
+    assert flags.tolist() == want
+    assert 10 < sum(want) < 110  # both kinds are really there
+    # and against explicit images, not only the single-frame path
+    brute = [_brute_closest(a, 1.0) is not None for a in frames if len(a) <= 8]
+    assert flags[[len(a) <= 8 for a in frames]].tolist() == brute
+
+
+def test_validation_names_the_first_failing_frame_whatever_the_check():
+    """Geometry is checked for all frames at once, after the per-frame checks: a close pair
+    in frame 2 is still reported before a NaN energy in frame 4, a NaN energy in frame 1
+    before the close pair in frame 2, and within one frame the close pair first."""
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    from lprviz.datasets.readers import validate_frames
+
+    def frame(close=False, energy=1.0):
+        atoms = bulk("Cu", "fcc", a=3.6, cubic=True)
+        if close:
+            atoms.positions[1] = atoms.positions[0] + [0.1, 0, 0]
+        atoms.calc = SinglePointCalculator(atoms, energy=energy)
+        return atoms
+
+    frames = [frame(), frame(), frame(close=True), frame(), frame(energy=math.nan)]
+    with pytest.raises(InputError, match=r"^f: frame 2: atoms 0 and 1 are 0\.1 A apart"):
+        validate_frames(frames, source="f")
+    frames[1] = frame(energy=math.nan)
+    with pytest.raises(InputError, match="^f: frame 1: energy is not a finite number"):
+        validate_frames(frames, source="f")
+    with pytest.raises(InputError, match="^f: frame 0: atoms 0 and 1"):
+        validate_frames([frame(close=True, energy=math.nan)], source="f")
+    thin = frame()
+    thin.set_cell(np.diag([3.6, 3.6, 0.05]))
+    with pytest.raises(InputError, match="^f: frame 1: periodic cell is only 0.05 A thick"):
+        validate_frames([frame(), thin, frame(close=True)], source="f")
+    with pytest.raises(InputError, match="^f: frame 0: atoms 0 and 1"):
+        validate_frames([frame(close=True), thin], source="f")

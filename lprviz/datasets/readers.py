@@ -18,7 +18,7 @@ from ase.data import chemical_symbols
 from ase.io.extxyz import REV_PROPERTY_NAME_MAP
 
 from lprviz.errors import InputError
-from lprviz.limits import cell_heights, closest_pair, get_limits
+from lprviz.limits import cell_heights, closest_pair, frames_with_close_pairs, get_limits
 
 #: Largest total number of atoms :func:`load` accepts unless told otherwise.
 DEFAULT_MAX_ATOMS = 200_000
@@ -481,76 +481,118 @@ def validate_frames(
         raise InputError(f"{source}: no structures found")
     limits = get_limits()
     total = 0
+    # The geometry of every frame is checked at once after this loop (one KD-tree, not
+    # one per frame); a failure here is raised after the geometry of the frames before it
+    # (and of its own frame when the failure comes later in a frame's order of checks).
+    failure: tuple[int, InputError, bool] | None = None
     for i, atoms in enumerate(frames):
         where = f"{source}: frame {i}"
-        n = len(atoms)
-        if n == 0:
-            raise InputError(f"{where}: has zero atoms")
-        total += n
-        if total > max_atoms:
-            raise InputError(f"{source}: more than {max_atoms} atoms in total (limit max_atoms); "
-                             "use a smaller file or raise the limit")
-        numbers = atoms.numbers
-        if numbers.min() < 1 or numbers.max() >= len(chemical_symbols):
-            bad = int(numbers[(numbers < 1) | (numbers >= len(chemical_symbols))][0])
-            raise InputError(f"{where}: unknown element (atomic number {bad})")
-        if not np.all(np.isfinite(atoms.positions)):
-            raise InputError(f"{where}: positions contain NaN or inf")
-        cell = np.asarray(atoms.cell)
-        if not np.all(np.isfinite(cell)):
-            raise InputError(f"{where}: cell contains NaN or inf")
-        for field, values in (("positions", atoms.positions), ("cell entries", cell)):
-            largest = float(np.abs(values).max())
-            if largest > limits.max_length:
-                raise InputError(f"{where}: {field} reach {largest:.3g} A, beyond the limit "
-                                 f"of {limits.max_length:g} A (LPRVIZ_MAX_LENGTH); wrong units?")
-        pbc = np.asarray(atoms.pbc, dtype=bool)
-        if pbc.any():
-            lengths = np.linalg.norm(cell, axis=1)
-            if np.any(lengths[pbc] < 1e-6) or (pbc.all() and abs(np.linalg.det(cell)) < 1e-6):
-                raise InputError(f"{where}: periodic cell is degenerate (pbc={pbc.tolist()})")
-        _check_geometry(atoms, where, limits)
-        energy = _frame_energy(atoms)
-        if energy is None:
-            if require_energy:
-                raise InputError(f"{where}: missing total energy (required for training)")
-        elif not math.isfinite(energy):
-            raise InputError(f"{where}: energy is not a finite number")
-        elif abs(energy) > limits.max_energy_per_atom * n:
-            raise InputError(f"{where}: energy {energy:.3g} eV is beyond "
-                             f"{limits.max_energy_per_atom:g} eV per atom (limit "
-                             "LPRVIZ_MAX_ENERGY_PER_ATOM); wrong units?")
-        calc_results = getattr(atoms.calc, "results", {}) if atoms.calc is not None else {}
-        forces = calc_results.get("forces", atoms.arrays.get("forces"))
-        if forces is not None:
-            forces = np.asarray(forces, dtype=float)
-            if forces.shape != (n, 3) or not np.all(np.isfinite(forces)):
-                raise InputError(f"{where}: forces must be finite with shape ({n}, 3)")
-        if "true_local_energy" in atoms.arrays:
-            local = np.asarray(atoms.arrays["true_local_energy"], dtype=float).reshape(-1)
-            if local.shape != (n,) or not np.all(np.isfinite(local)):
-                raise InputError(f"{where}: true_local_energy must be finite, one per atom")
+        total += len(atoms)
+        try:
+            _check_values(atoms, where, limits, total=total, max_atoms=max_atoms,
+                          source=source)
+        except InputError as exc:
+            failure = (i, exc, False)
+            break
+        try:
+            _check_results(atoms, where, limits, require_energy=require_energy)
+        except InputError as exc:
+            failure = (i, exc, True)
+            break
+    checked = frames if failure is None else frames[: failure[0] + failure[2]]
+    _check_geometry(checked, source, limits)
+    if failure is not None:
+        raise failure[1]
 
 
-def _check_geometry(atoms: Atoms, where: str, limits) -> None:
-    """Cell heights and the closest pair of atoms against ``limits.min_distance``.
+def _check_values(atoms: Atoms, where: str, limits, *, total: int, max_atoms: int,
+                  source: str) -> None:
+    """A frame's atom count, elements, finite positions and cell within the limits."""
+    n = len(atoms)
+    if n == 0:
+        raise InputError(f"{where}: has zero atoms")
+    if total > max_atoms:
+        raise InputError(f"{source}: more than {max_atoms} atoms in total (limit max_atoms); "
+                         "use a smaller file or raise the limit")
+    numbers = atoms.numbers
+    if numbers.min() < 1 or numbers.max() >= len(chemical_symbols):
+        bad = int(numbers[(numbers < 1) | (numbers >= len(chemical_symbols))][0])
+        raise InputError(f"{where}: unknown element (atomic number {bad})")
+    if not np.all(np.isfinite(atoms.positions)):
+        raise InputError(f"{where}: positions contain NaN or inf")
+    cell = np.asarray(atoms.cell)
+    if not np.all(np.isfinite(cell)):
+        raise InputError(f"{where}: cell contains NaN or inf")
+    for field, values in (("positions", atoms.positions), ("cell entries", cell)):
+        largest = float(np.abs(values).max())
+        if largest > limits.max_length:
+            raise InputError(f"{where}: {field} reach {largest:.3g} A, beyond the limit "
+                             f"of {limits.max_length:g} A (LPRVIZ_MAX_LENGTH); wrong units?")
+    pbc = np.asarray(atoms.pbc, dtype=bool)
+    if pbc.any():
+        lengths = np.linalg.norm(cell, axis=1)
+        if np.any(lengths[pbc] < 1e-6) or (pbc.all() and abs(np.linalg.det(cell)) < 1e-6):
+            raise InputError(f"{where}: periodic cell is degenerate (pbc={pbc.tolist()})")
+
+
+def _check_results(atoms: Atoms, where: str, limits, *, require_energy: bool) -> None:
+    """A frame's energy, forces and per-atom reference energies, where present."""
+    n = len(atoms)
+    energy = _frame_energy(atoms)
+    if energy is None:
+        if require_energy:
+            raise InputError(f"{where}: missing total energy (required for training)")
+    elif not math.isfinite(energy):
+        raise InputError(f"{where}: energy is not a finite number")
+    elif abs(energy) > limits.max_energy_per_atom * n:
+        raise InputError(f"{where}: energy {energy:.3g} eV is beyond "
+                         f"{limits.max_energy_per_atom:g} eV per atom (limit "
+                         "LPRVIZ_MAX_ENERGY_PER_ATOM); wrong units?")
+    calc_results = getattr(atoms.calc, "results", {}) if atoms.calc is not None else {}
+    forces = calc_results.get("forces", atoms.arrays.get("forces"))
+    if forces is not None:
+        forces = np.asarray(forces, dtype=float)
+        if forces.shape != (n, 3) or not np.all(np.isfinite(forces)):
+            raise InputError(f"{where}: forces must be finite with shape ({n}, 3)")
+    if "true_local_energy" in atoms.arrays:
+        local = np.asarray(atoms.arrays["true_local_energy"], dtype=float).reshape(-1)
+        if local.shape != (n,) or not np.all(np.isfinite(local)):
+            raise InputError(f"{where}: true_local_energy must be finite, one per atom")
+
+
+def _check_geometry(frames: list[Atoms], source: str, limits) -> None:
+    """Cell heights and the closest pair of atoms of every frame against
+    ``limits.min_distance``; raises for the first frame (in order) that fails either.
 
     A periodic cell thinner than that is either crowded with its own images or written in a
     needlessly skewed basis that makes every neighbour search visit millions of images; two
     atoms closer than that are duplicated lines, a lost position column, or the wrong units.
+    All frames are screened at once (:func:`~lprviz.limits.frames_with_close_pairs`); the
+    pair named is that of :func:`~lprviz.limits.closest_pair` on the first failing frame.
     """
+    if not frames:
+        return
     floor = limits.min_distance
-    pbc = np.asarray(atoms.pbc, dtype=bool)
-    heights = cell_heights(atoms.cell.array, pbc)
-    if np.any(heights < floor):
-        axis = int(np.argmin(heights))
+    cells = np.array([a.cell.array for a in frames], dtype=float)
+    pbcs = np.array([a.pbc for a in frames], dtype=bool)
+    heights = cell_heights(cells, pbcs)
+    thin = np.flatnonzero((heights < floor).any(axis=1))
+    stop = int(thin[0]) if thin.size else len(frames)  # pairs need heights >= floor
+    sizes = [len(a) for a in frames[:stop]]
+    if stop:
+        close = np.flatnonzero(frames_with_close_pairs(
+            np.concatenate([a.positions for a in frames[:stop]]), sizes, cells[:stop],
+            pbcs[:stop], floor))
+        if close.size:
+            k = int(close[0])
+            i, j, dist = closest_pair(frames[k].positions, cells[k], pbcs[k], floor)
+            raise InputError(f"{source}: frame {k}: atoms {i} and {j} are {dist:.3g} A apart, "
+                             f"closer than {floor:g} A (limit min_distance, "
+                             "LPRVIZ_MIN_DISTANCE); duplicated atoms or wrong units?")
+    if thin.size:
+        axis = int(np.argmin(heights[stop]))
         raise InputError(
-            f"{where}: periodic cell is only {heights[axis]:.3g} A thick along cell vector "
-            f"{axis + 1} (limit min_distance {floor:g} A, LPRVIZ_MIN_DISTANCE): too small "
-            "for its atoms, or a skewed basis to reduce (ase.geometry.minkowski_reduce)")
-    pair = closest_pair(atoms.positions, atoms.cell.array, pbc, floor)
-    if pair is not None:
-        i, j, dist = pair
-        raise InputError(f"{where}: atoms {i} and {j} are {dist:.3g} A apart, closer than "
-                         f"{floor:g} A (limit min_distance, LPRVIZ_MIN_DISTANCE); duplicated "
-                         "atoms or wrong units?")
+            f"{source}: frame {stop}: periodic cell is only {heights[stop, axis]:.3g} A thick "
+            f"along cell vector {axis + 1} (limit min_distance {floor:g} A, "
+            "LPRVIZ_MIN_DISTANCE): too small for its atoms, or a skewed basis to reduce "
+            "(ase.geometry.minkowski_reduce)")
