@@ -398,10 +398,10 @@ class _FrameDescriptors:
         from lprviz.features import Descriptors
 
         frames = np.asarray(frames, dtype=np.int64)
-        per_frame = self._values(frames, progress, keep=keep)
+        values = self._values(frames, progress, keep=keep)
         sizes = np.asarray(self.data.frame_sizes)[frames]
         return Descriptors(
-            values=np.concatenate(per_frame, axis=0),
+            values=values,
             structure_index=np.repeat(np.arange(len(frames)), sizes),
             atom_numbers=np.concatenate([self.data.frames[i].numbers for i in frames])
             .astype(np.int64),
@@ -411,7 +411,8 @@ class _FrameDescriptors:
             provenance=self.provenance,
         )
 
-    def _values(self, frames, progress, *, keep: bool) -> list:
+    def _values(self, frames, progress, *, keep: bool):
+        """Descriptor rows of ``frames``, in order (n_atoms, d)."""
         import numpy as np
 
         from lprviz.sources import descriptors_for
@@ -434,8 +435,10 @@ class _FrameDescriptors:
         elif progress is not None:
             progress(1, 1)
         self.kept.update({k: v for k, v in new.items() if keep or k in self.repeated})
-        return [self.kept[k] if k in self.kept else new[k]
-                for k in (self.keys[i] for i in frames)]
+        if first and len(first) == len(frames):  # all new and distinct: in order, no copy
+            return desc.values
+        return np.concatenate([self.kept[k] if k in self.kept else new[k]
+                               for k in (self.keys[i] for i in frames)], axis=0)
 
 
 # Test atoms per chunk of ``lprviz lpr``: featurise, project, evaluate, write, drop.

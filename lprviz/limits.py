@@ -189,12 +189,12 @@ def cell_heights(cell, pbc) -> np.ndarray:
     cells = cells.reshape(-1, 3, 3)
     pbcs = np.broadcast_to(np.asarray(pbc, dtype=bool).reshape(-1, 3), (len(cells), 3))
     out = np.full((len(cells), 3), np.inf)
-    patterns, which = np.unique(pbcs, axis=0, return_inverse=True)
+    patterns, which = _patterns(pbcs)
     for p, pattern in enumerate(patterns):
         periodic = np.flatnonzero(pattern)
         if periodic.size == 0:
             continue
-        rows = np.flatnonzero(which.reshape(-1) == p)
+        rows = np.flatnonzero(which == p)
         vectors = cells[rows][:, periodic]
         k = periodic.size
         # row i: the indices of the other periodic vectors (an empty row when k = 1)
@@ -213,6 +213,14 @@ def cell_heights(cell, pbc) -> np.ndarray:
         heights[~finite] = math.nan
         out[rows[:, None], periodic] = heights
     return out[0] if single else out
+
+
+def _patterns(pbcs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct rows of ``pbcs`` (n, 3) and the index of each row's pattern."""
+    if len(pbcs) and (pbcs == pbcs[0]).all():  # the usual case: np.unique costs ~50 us
+        return pbcs[:1], np.zeros(len(pbcs), dtype=np.int64)
+    patterns, which = np.unique(pbcs, axis=0, return_inverse=True)
+    return patterns, which.reshape(-1)
 
 
 def search_pairs(positions: np.ndarray, cell: np.ndarray, cutoff: float) -> float:
@@ -371,8 +379,7 @@ def _with_images(positions: np.ndarray, frame: np.ndarray, cells: np.ndarray,
     """
     wrapped = positions.copy()
     points, owners = [wrapped], [np.arange(len(positions))]
-    patterns, pattern_of_frame = np.unique(pbcs, axis=0, return_inverse=True)
-    pattern_of_frame = pattern_of_frame.reshape(-1)
+    patterns, pattern_of_frame = _patterns(pbcs)
     heights = cell_heights(cells, pbcs)
     for p, pattern in enumerate(patterns):
         periodic = np.flatnonzero(pattern)
