@@ -522,6 +522,48 @@ def _chunk_gradients(fit, data, chunk):
     return np.concatenate([parts[i] for i in range(len(frames))], axis=0)
 
 
+class _Behind:
+    """Runs jobs one at a time on a background thread, in the order given, at most one
+    waiting: :meth:`submit` first waits for the previous job (and raises its error), so
+    the work overlaps by one step and memory holds at most two steps. Leaving the block
+    waits for the running job (a file it writes stays open until it is done) and, on a
+    normal exit, raises its error."""
+
+    def __init__(self) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="lprviz")
+        self._pending = None
+
+    def submit(self, fn, *args) -> None:
+        self.wait()
+        self._pending = self._pool.submit(fn, *args)
+
+    def wait(self) -> None:
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()
+
+    def __enter__(self) -> _Behind:
+        return self
+
+    def __exit__(self, kind, *_) -> None:
+        try:
+            if kind is None:
+                self.wait()
+        finally:
+            self._pool.shutdown(wait=True)
+
+
+@contextlib.contextmanager
+def _blas_threads(n: int):
+    """BLAS limited to ``n`` threads inside the block (process-wide)."""
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(n, user_api="blas"):
+        yield
+
+
 def _cmd_lpr(args: argparse.Namespace) -> int:
     """``lprviz lpr``: fit on the training frames, then stream the test frames in chunks of
     about :data:`_CLI_CHUNK_ATOMS` atoms (featurise, evaluate, write, drop). Every distinct
@@ -588,42 +630,52 @@ def _cmd_lpr(args: argparse.Namespace) -> int:
                            *(["LCPR per descriptor block"] if args.lcpr else []),
                            f"writing {args.output}"], 0.0)
 
+    progress = _progress_bar("test structures", enabled=not args.quiet)
+    done = 0
+
+    def finish(fh, chunk, phi, grads) -> None:
+        """LPR, output and summary of one featurised chunk (on the background thread)."""
+        nonlocal done
+        results = _chunk_results(fit, alphas, data, train_frames, chunk, phi, times, grads)
+        lcpr = {}
+        if blocks is not None:
+            start = time.perf_counter()
+            pad = np.full(len(results[0].lpr) - len(phi), np.nan)
+            lcpr = {"lcpr_" + re.sub(r"[^A-Za-z0-9_]+", "", k.replace("-", "_")):
+                    np.concatenate([pad, v])
+                    for k, v in fit.solver.lcpr(phi, alphas[0], blocks).items()}
+            times["LCPR per descriptor block"] += time.perf_counter() - start
+        start = time.perf_counter()
+        part = data.subset(np.concatenate([train_frames, chunk]))
+        annotated = annotated_frames(part, results, include_training=False,
+                                     atom_arrays=lcpr, extra_provenance=provenance)
+        write_extxyz(fh, annotated)
+        times[f"writing {args.output}"] += time.perf_counter() - start
+        summary.append(results[0].lpr[-len(phi):])
+        if collector is not None:
+            _summarise_chunk(collector, data, chunk, np.searchsorted(test_frames, chunk),
+                             results[0], summary[-1], annotated)
+        done += len(phi)
+        progress(done, n_test_atoms)
+
     def write(fh) -> None:
-        done = 0
-        progress = _progress_bar("test structures", enabled=not args.quiet)
         progress(0, n_test_atoms)
-        for chunk in _test_chunks(data, test_frames, _CLI_CHUNK_ATOMS):
-            start = time.perf_counter()
-            desc = store.descriptors(chunk, keep=False)
-            phi = fit.model_features(desc.values, desc.atom_numbers)
-            del desc
-            times[featurise] += time.perf_counter() - start
-            grads = None
-            if args.forces:
+        # featomic keeps one core busy and releases the GIL: each chunk's LPR and writing
+        # run behind the next chunk's featurisation, on the other core
+        with _Behind() as behind, _blas_threads(1):
+            for chunk in _test_chunks(data, test_frames, _CLI_CHUNK_ATOMS):
                 start = time.perf_counter()
-                grads = _chunk_gradients(fit, data, chunk)
-                times["SOAP gradients of the test structures"] += time.perf_counter() - start
-            results = _chunk_results(fit, alphas, data, train_frames, chunk, phi, times, grads)
-            lcpr = {}
-            if blocks is not None:
-                start = time.perf_counter()
-                pad = np.full(len(results[0].lpr) - len(phi), np.nan)
-                lcpr = {"lcpr_" + re.sub(r"[^A-Za-z0-9_]+", "", k.replace("-", "_")):
-                        np.concatenate([pad, v])
-                        for k, v in fit.solver.lcpr(phi, alphas[0], blocks).items()}
-                times["LCPR per descriptor block"] += time.perf_counter() - start
-            start = time.perf_counter()
-            part = data.subset(np.concatenate([train_frames, chunk]))
-            annotated = annotated_frames(part, results, include_training=False,
-                                         atom_arrays=lcpr, extra_provenance=provenance)
-            write_extxyz(fh, annotated)
-            times[f"writing {args.output}"] += time.perf_counter() - start
-            summary.append(results[0].lpr[-len(phi):])
-            if collector is not None:
-                _summarise_chunk(collector, data, chunk, np.searchsorted(test_frames, chunk),
-                                 results[0], summary[-1], annotated)
-            done += len(phi)
-            progress(done, n_test_atoms)
+                desc = store.descriptors(chunk, keep=False)
+                phi = fit.model_features(desc.values, desc.atom_numbers)
+                del desc
+                times[featurise] += time.perf_counter() - start
+                grads = None
+                if args.forces:
+                    start = time.perf_counter()
+                    grads = _chunk_gradients(fit, data, chunk)
+                    times["SOAP gradients of the test structures"] += (time.perf_counter()
+                                                                       - start)
+                behind.submit(finish, fh, chunk, phi, grads)
 
     try:
         _write_atomically(args.output, "-o", write)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -158,22 +159,22 @@ def test_stale_part_files_of_an_interrupted_fetch_are_cleaned(tmp_path):
     assert fresh.exists()
 
 
-def test_ctrl_c_mid_run_prints_one_line_exits_130_and_leaves_no_partial_file(tmp_path):
+def _interrupt(tmp_path: Path, argv: list[str], ready: re.Pattern) -> None:
+    """Run ``lprviz lpr ARGV -o OUT``, send Ctrl-C once stderr matches ``ready``; check the
+    one-line message, exit status 130 and that no partial or temporary file is left."""
     cache, out_dir = tmp_path / "cache", tmp_path / "out"
     out_dir.mkdir()
     env = dict(os.environ, LPRVIZ_CACHE_DIR=str(cache), PYTHONUNBUFFERED="1",
                PYTHONPATH=str(Path(__file__).resolve().parents[1]))
     proc = subprocess.Popen(
-        [sys.executable, "-m", "lprviz.cli", "lpr", "--dataset", "emt-alloys",
-         "--train-groups", "bulk-pure,bulk-alloy", "-o", str(out_dir / "out.extxyz")],
+        [sys.executable, "-m", "lprviz.cli", "lpr", *argv, "-o", str(out_dir / "out.extxyz")],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
     )
     try:
-        # The first progress line means the run is featurising: interrupt it there.
         seen = b""
-        while b"SOAP [" not in seen:
+        while not ready.search(seen):
             chunk = os.read(proc.stderr.fileno(), 256)
-            assert chunk, f"lprviz exited before featurising: {seen.decode(errors='replace')}"
+            assert chunk, f"lprviz exited too early: {seen.decode(errors='replace')}"
             seen += chunk
         proc.send_signal(signal.SIGINT)
         _, rest = proc.communicate(timeout=120)
@@ -184,11 +185,39 @@ def test_ctrl_c_mid_run_prints_one_line_exits_130_and_leaves_no_partial_file(tmp
     stderr = (seen + rest).decode()
     assert proc.returncode == 130, stderr
     assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr
-    # Besides the steps already reported (and the progress bar), the one line.
+    # Besides the steps already reported (and the progress bars), the one line.
     messages = [line.strip() for line in stderr.splitlines()
-                if line.strip() and "SOAP [" not in line and not line.endswith(" s")
+                if line.strip() and " [" not in line and not line.endswith(" s")
                 and not line.strip().endswith("...")]
     assert messages == ["lprviz: interrupted"], repr(stderr)
     left = [p.name for p in tmp_path.rglob("*") if p.is_file()]
     assert not [n for n in left if n.endswith((".part", ".tmp", ".tmp.npz")) or "tmp" in n]
     assert not (out_dir / "out.extxyz").exists()
+
+
+def test_ctrl_c_mid_run_prints_one_line_exits_130_and_leaves_no_partial_file(tmp_path):
+    # The first progress line means the run is featurising: interrupt it there.
+    _interrupt(tmp_path, ["--dataset", "emt-alloys", "--train-groups", "bulk-pure,bulk-alloy"],
+               re.compile(rb"SOAP \["))
+
+
+def test_ctrl_c_while_chunks_are_written_behind_the_featurisation(tmp_path):
+    """The streamed phase: chunk k is evaluated and written on a background thread while
+    chunk k+1 is featurised. Ctrl-C after the first chunk is written (its atoms counted in
+    the bar) waits for the thread, then removes the half-written output."""
+    import ase.io
+
+    frames = datasets.load("emt-alloys").frames
+    rng = np.random.default_rng(5)
+    copies = []
+    for _ in range(4):  # distinct structures, so every chunk is featurised
+        for atoms in frames:
+            atoms = atoms.copy()
+            atoms.positions += rng.normal(scale=0.01, size=atoms.positions.shape)
+            copies.append(atoms)
+    test = tmp_path / "test.extxyz"
+    ase.io.write(test, copies)
+    train = tmp_path / "train.extxyz"
+    ase.io.write(train, frames[:40])
+    _interrupt(tmp_path, ["--train", str(train), "--test", str(test)],
+               re.compile(rb"test structures \[[#.]*\] [1-9]"))
