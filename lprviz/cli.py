@@ -660,9 +660,11 @@ def _cmd_lpr(args: argparse.Namespace) -> int:
 
     def write(fh) -> None:
         progress(0, n_test_atoms)
-        # featomic keeps one core busy and releases the GIL: each chunk's LPR and writing
-        # run behind the next chunk's featurisation, on the other core
-        with _Behind() as behind, _blas_threads(1):
+        # Each chunk's LPR and writing run behind the next chunk's featurisation. featomic
+        # keeps one core busy and releases the GIL, so with SOAP the LPR gets one BLAS
+        # thread (the other core); other sources keep every thread.
+        blas = _blas_threads(1) if source.kind == "soap" else contextlib.nullcontext()
+        with _Behind() as behind, blas:
             for chunk in _test_chunks(data, test_frames, _CLI_CHUNK_ATOMS):
                 start = time.perf_counter()
                 desc = store.descriptors(chunk, keep=False)
