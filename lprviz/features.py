@@ -403,17 +403,22 @@ def _featurise(
     hypers: SoapHypers,
     offsets: dict[tuple[int, int], int],
     l_of_prop: np.ndarray,
-) -> list[np.ndarray]:
-    """Dense ``(n_atoms, d)`` SOAP of each frame (one featomic call for all frames)."""
+    out: np.ndarray,
+    starts: np.ndarray,
+) -> None:
+    """Dense ``(n_atoms, d)`` SOAP of each frame (one featomic call for all frames), written
+    into ``out[starts[k] : starts[k] + len(frames[k])]``, rows that must hold zeros.
+
+    Writing in place keeps one full-size array per call: a fresh array of 100k x 1470
+    floats costs ~1 s of page faults on a shared virtual machine, more than featomic's
+    own time for some chunks.
+    """
     featomic = import_featomic()
 
     calculator = featomic.SoapPowerSpectrum(**hypers.featomic_hypers())
     tensor = calculator.compute([_featomic_ready(a, hypers.cutoff) for a in frames])
     width = len(l_of_prop)
-    d = width * len(offsets)
-    sizes = np.array([len(a) for a in frames])
-    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
-    dense = np.zeros((int(sizes.sum()), d))
+    starts = np.asarray(starts, dtype=np.int64)
     for key, block in tensor.items():
         pair = (int(key["neighbor_1_type"]), int(key["neighbor_2_type"]))
         off = offsets[pair]
@@ -421,9 +426,7 @@ def _featurise(
         if props.shape[0] != width or not np.array_equal(props[:, 0], l_of_prop):
             raise RuntimeError("unexpected featomic property layout")  # guards the column map
         samples = block.samples.values
-        rows = starts[samples[:, 0]] + samples[:, 1]
-        dense[rows, off : off + width] = block.values
-    return np.split(dense, np.cumsum(sizes)[:-1])
+        out[starts[samples[:, 0]] + samples[:, 1], off : off + width] = block.values
 
 
 def compute_soap(
@@ -498,39 +501,47 @@ def compute_soap(
     keys = [hashlib.sha256(settings + _structure_hash(a)).hexdigest() for a in frames]
     call_key = hashlib.sha256("".join(keys).encode()).hexdigest()
 
-    width = len(l_of_prop) * len(offsets)
     disk_path = cache_dir() / f"{call_key}.npz" if cache else None
     values = _read_entry(disk_path, call_key, (total, width)) if disk_path else None
     if values is not None:
         if progress is not None:
             progress(total, total)
     else:
-        per_frame: list[np.ndarray | None] = [_MEMORY.get(k) if cache else None for k in keys]
-        # Each distinct structure once: repeats (equal keys) reuse the first one's values.
+        starts = np.concatenate([[0], np.cumsum(sizes)])
+        values = np.zeros((total, width))  # filled in place: no per-frame pieces joined
+        rows = [slice(starts[i], starts[i + 1]) for i in range(len(frames))]
+        # Each distinct structure once: memory hits copied in, repeats (equal keys) copied
+        # from the first one's rows after featurisation.
         first: dict[str, int] = {}
-        for i, v in enumerate(per_frame):
-            if v is None:
-                first.setdefault(keys[i], i)
+        for i, key in enumerate(keys):
+            held = _MEMORY.get(key) if cache else None
+            if held is None:
+                first.setdefault(key, i)
+            else:
+                values[rows[i]] = held
         todo = list(first.values())
         _check_search([frames[i] for i in todo], hypers.cutoff, [labels[i] for i in todo])
         done = total - int(sizes[todo].sum())
         if progress is not None:
             progress(done, total)
         chunk: list[int] = []
+        chunk_atoms_now = 0
         for pos, i in enumerate(todo):
             chunk.append(i)
-            if sizes[chunk].sum() >= chunk_atoms or pos == len(todo) - 1:
-                dense = _featurise([frames[j] for j in chunk], hypers, offsets, l_of_prop)
-                for j, arr in zip(chunk, dense, strict=True):
-                    per_frame[j] = arr
-                    if cache:
-                        _remember(keys[j], arr)
-                done += int(sizes[chunk].sum())
-                chunk = []
+            chunk_atoms_now += int(sizes[i])
+            if chunk_atoms_now >= chunk_atoms or pos == len(todo) - 1:
+                _featurise([frames[j] for j in chunk], hypers, offsets, l_of_prop, values,
+                           starts[chunk])
+                if cache:  # copies: a view would keep the whole array alive
+                    for j in chunk:
+                        _remember(keys[j], values[rows[j]].copy())
+                done += chunk_atoms_now
+                chunk, chunk_atoms_now = [], 0
                 if progress is not None:
                     progress(done, total)
-        values = np.concatenate([per_frame[first[k]] if v is None else v
-                                 for k, v in zip(keys, per_frame, strict=True)], axis=0)
+        for i, key in enumerate(keys):
+            if key in first and first[key] != i:
+                values[rows[i]] = values[rows[first[key]]]
         if disk_path is not None:
             _write_entry(disk_path, call_key, values)
 
