@@ -38,7 +38,7 @@ from ase.data import chemical_symbols
 
 from lprviz.cachefiles import remove_stale
 from lprviz.errors import InputError
-from lprviz.limits import cell_heights, check_number, get_limits, search_pairs
+from lprviz.limits import cell_heights, check_number, get_limits, search_pairs_many
 
 __all__ = [
     "SOAP_PRESETS",
@@ -378,24 +378,28 @@ def _featomic_ready(atoms: ase.Atoms, cutoff: float) -> ase.Atoms:
     return out
 
 
-def _check_search(frames: Sequence[ase.Atoms], cutoff: float, labels: Sequence[str]) -> None:
+def _check_search(frames: Sequence[ase.Atoms], cutoff: float,
+                  labels: Sequence[str]) -> list[ase.Atoms]:
     """Refuse a frame whose neighbour search would exceed ``Limits.max_search_pairs``.
 
-    Estimated on the fully periodic copies featomic receives, for every frame before the
-    first featomic call: its search cannot be interrupted, and when an allocation fails it
-    aborts the whole process.
+    Estimated on the fully periodic copies featomic receives (:func:`_featomic_ready`,
+    returned for the featomic call), for every frame before the first featomic call: its
+    search cannot be interrupted, and when an allocation fails it aborts the whole process.
     """
     limit = get_limits().max_search_pairs
-    for frame, label in zip(frames, labels, strict=True):
-        atoms = _featomic_ready(frame, cutoff)
-        pairs = search_pairs(atoms.positions, atoms.cell.array, cutoff)
-        if not pairs <= limit:
-            heights = ", ".join(f"{h:.3g}" for h in cell_heights(atoms.cell.array, atoms.pbc))
-            raise InputError(
-                f"{label}: a neighbour search at the SOAP cutoff {cutoff:g} A would examine "
-                f"~{pairs:.2g} atom pairs (limit {limit:.2g}, LPRVIZ_MAX_SEARCH_PAIRS); cell "
-                f"heights {heights} A, {len(atoms)} atoms"
-            )
+    ready = [_featomic_ready(frame, cutoff) for frame in frames]
+    pairs = search_pairs_many([a.positions for a in ready], [a.cell.array for a in ready],
+                              cutoff)
+    over = np.flatnonzero(~(pairs <= limit))  # NaN counts as over
+    if over.size:
+        k = int(over[0])
+        heights = ", ".join(f"{h:.3g}" for h in cell_heights(ready[k].cell.array, ready[k].pbc))
+        raise InputError(
+            f"{labels[k]}: a neighbour search at the SOAP cutoff {cutoff:g} A would examine "
+            f"~{pairs[k]:.2g} atom pairs (limit {limit:.2g}, LPRVIZ_MAX_SEARCH_PAIRS); cell "
+            f"heights {heights} A, {len(ready[k])} atoms"
+        )
+    return ready
 
 
 def _featurise(
@@ -405,9 +409,11 @@ def _featurise(
     l_of_prop: np.ndarray,
     out: np.ndarray,
     starts: np.ndarray,
+    ready: Sequence[ase.Atoms] | None = None,
 ) -> None:
     """Dense ``(n_atoms, d)`` SOAP of each frame (one featomic call for all frames), written
     into ``out[starts[k] : starts[k] + len(frames[k])]``, rows that must hold zeros.
+    ``ready``: the frames' :func:`_featomic_ready` copies, when already made.
 
     Writing in place keeps one full-size array per call: a fresh array of 100k x 1470
     floats costs ~1 s of page faults on a shared virtual machine, more than featomic's
@@ -416,7 +422,9 @@ def _featurise(
     featomic = import_featomic()
 
     calculator = featomic.SoapPowerSpectrum(**hypers.featomic_hypers())
-    tensor = calculator.compute([_featomic_ready(a, hypers.cutoff) for a in frames])
+    if ready is None:
+        ready = [_featomic_ready(a, hypers.cutoff) for a in frames]
+    tensor = calculator.compute(list(ready))
     width = len(l_of_prop)
     starts = np.asarray(starts, dtype=np.int64)
     for key, block in tensor.items():
@@ -520,7 +528,8 @@ def compute_soap(
             else:
                 values[rows[i]] = held
         todo = list(first.values())
-        _check_search([frames[i] for i in todo], hypers.cutoff, [labels[i] for i in todo])
+        ready = dict(zip(todo, _check_search([frames[i] for i in todo], hypers.cutoff,
+                                             [labels[i] for i in todo]), strict=True))
         done = total - int(sizes[todo].sum())
         if progress is not None:
             progress(done, total)
@@ -531,7 +540,7 @@ def compute_soap(
             chunk_atoms_now += int(sizes[i])
             if chunk_atoms_now >= chunk_atoms or pos == len(todo) - 1:
                 _featurise([frames[j] for j in chunk], hypers, offsets, l_of_prop, values,
-                           starts[chunk])
+                           starts[chunk], [ready.pop(j) for j in chunk])
                 if cache:  # copies: a view would keep the whole array alive
                     for j in chunk:
                         _remember(keys[j], values[rows[j]].copy())

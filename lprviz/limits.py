@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, fields, replace
 
 import numpy as np
@@ -36,6 +37,7 @@ __all__ = [
     "frames_with_close_pairs",
     "get_limits",
     "search_pairs",
+    "search_pairs_many",
 ]
 
 #: A cell-list search keeps at most this many sub-cells (featomic's own cap, 1e5).
@@ -267,6 +269,38 @@ def search_pairs(positions: np.ndarray, cell: np.ndarray, cutoff: float) -> floa
     for axis in range(3):
         window = _circular_window_sum(window, axis, int(reach[axis]))
     return float((counts * window).sum() / 2 + visits)
+
+
+def search_pairs_many(positions: Sequence[np.ndarray], cells, cutoff: float) -> np.ndarray:
+    """:func:`search_pairs` of many fully periodic frames.
+
+    A frame whose cell holds a single sub-cell (every height below twice the cutoff: the
+    small cells of most training sets) examines ``n^2 m / 2 + m`` pairs, ``m`` the number of
+    periodic images searched; those are counted in one array expression, the others one
+    by one (a file of 4,000 small frames: 15 ms instead of 0.7 s).
+
+    Parameters
+    ----------
+    positions : sequence of numpy.ndarray of shape (n_atoms_i, 3)
+    cells : array-like of shape (n_frames, 3, 3)
+    cutoff : float
+
+    Returns
+    -------
+    numpy.ndarray of shape (n_frames,)
+    """
+    cells = np.asarray(cells, dtype=float).reshape(-1, 3, 3)
+    heights = cell_heights(cells, np.ones((len(cells), 3), dtype=bool))
+    with np.errstate(all="ignore"):
+        n_sub = np.maximum(1.0, np.floor(heights / cutoff))
+        reach = np.ceil(cutoff * n_sub / heights)
+        single = ((heights > 0) & np.isfinite(heights) & (n_sub == 1) & (reach <= 1e12)).all(1)
+        images = np.prod(2 * np.where(single[:, None], reach, 0.0) + 1, axis=1)
+    n = np.array([len(p) for p in positions], dtype=float)
+    out = np.where(single, n * n * images / 2 + images, 0.0)
+    for i in np.flatnonzero(~single):
+        out[i] = search_pairs(positions[i], cells[i], cutoff)
+    return out
 
 
 def _circular_window_sum(grid: np.ndarray, axis: int, reach: int) -> np.ndarray:

@@ -395,3 +395,24 @@ def test_validation_names_the_first_failing_frame_whatever_the_check():
         validate_frames([frame(), thin, frame(close=True)], source="f")
     with pytest.raises(InputError, match="^f: frame 0: atoms 0 and 1"):
         validate_frames([frame(close=True), thin], source="f")
+
+
+def test_search_pairs_many_equals_search_pairs_frame_by_frame():
+    """The batched count (one expression for single-sub-cell frames) equals search_pairs
+    for small, large, thin, crowded and degenerate cells."""
+    rng = np.random.default_rng(8)
+    positions, cells = [], []
+    for k in range(60):
+        size = [4.0, 7.0, 9.9, 12.0, 30.0][k % 5] * rng.uniform(0.9, 1.1)
+        cell = np.diag([size, size * rng.uniform(0.8, 1.2), size]) + rng.normal(0, 0.3, (3, 3))
+        if k % 11 == 4:
+            cell[2] = [0.0, 0.0, 0.02]  # thin: many images
+        if k % 13 == 6:
+            cell[2] = cell[1]  # degenerate
+        n = int(rng.integers(0, 40))
+        positions.append(rng.uniform(0, 1, (n, 3)) @ cell)
+        cells.append(cell)
+    got = limits.search_pairs_many(positions, cells, 5.0)
+    want = [limits.search_pairs(p, c, 5.0) for p, c in zip(positions, cells, strict=True)]
+    np.testing.assert_array_equal(got, want)
+    assert np.isinf(got).any() and (got > 1e6).any() and (got < 1e4).any()
