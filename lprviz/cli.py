@@ -555,15 +555,6 @@ class _Behind:
             self._pool.shutdown(wait=True)
 
 
-@contextlib.contextmanager
-def _blas_threads(n: int):
-    """BLAS limited to ``n`` threads inside the block (process-wide)."""
-    from threadpoolctl import threadpool_limits
-
-    with threadpool_limits(n, user_api="blas"):
-        yield
-
-
 def _cmd_lpr(args: argparse.Namespace) -> int:
     """``lprviz lpr``: fit on the training frames, then stream the test frames in chunks of
     about :data:`_CLI_CHUNK_ATOMS` atoms (featurise, evaluate, write, drop). Every distinct
@@ -572,6 +563,7 @@ def _cmd_lpr(args: argparse.Namespace) -> int:
 
     from lprviz.export import annotated_frames, write_extxyz
     from lprviz.pipeline import prepare
+    from lprviz.rigidity import _one_thread
 
     steps = _Steps(enabled=not args.quiet)
     alphas = _parse_alphas(args.alpha)
@@ -661,10 +653,11 @@ def _cmd_lpr(args: argparse.Namespace) -> int:
     def write(fh) -> None:
         progress(0, n_test_atoms)
         # Each chunk's LPR and writing run behind the next chunk's featurisation. featomic
-        # keeps one core busy and releases the GIL, so with SOAP the LPR gets one BLAS
-        # thread (the other core); other sources keep every thread.
-        blas = _blas_threads(1) if source.kind == "soap" else contextlib.nullcontext()
-        with _Behind() as behind, blas:
+        # keeps one core busy and releases the GIL, so with SOAP the streamed phase has one
+        # BLAS thread (the LPR gets the other core); other sources keep every thread.
+        # The distributed workers' test chunks run the same way (distributed._test_chunk):
+        # a sparse kernel's features carry the GEMM's summation order at ~1e-8.
+        with _Behind() as behind, _one_thread(source.kind == "soap"):
             for chunk in _test_chunks(data, test_frames, _CLI_CHUNK_ATOMS):
                 start = time.perf_counter()
                 desc = store.descriptors(chunk, keep=False)

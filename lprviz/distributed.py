@@ -498,18 +498,21 @@ def _test_chunk(item, role, wanted: list[str], first: int, fit, alphas,
     from lprviz.cli import _chunk_results
     from lprviz.export import annotated_frames, write_extxyz
     from lprviz.features import compute_soap
+    from lprviz.rigidity import _one_thread
     from lprviz.summary import chunk_summary
 
     chunk = _split(item, role, wanted, train=False)
     if not chunk.frames:
         return None
-    desc = compute_soap(chunk.frames, fit.hypers, species=fit.species, cache=False,
-                        names=chunk.names)
-    phi = fit.model_features(desc.values, desc.atom_numbers)
-    del desc
     times = Counter()
     frames = np.arange(len(chunk.frames))
-    results = _chunk_results(fit, alphas, chunk, frames[:0], frames, phi, times)
+    # one BLAS thread, as the serial run's streamed phase: the same bits
+    with _one_thread():
+        desc = compute_soap(chunk.frames, fit.hypers, species=fit.species, cache=False,
+                            names=chunk.names)
+        phi = fit.model_features(desc.values, desc.atom_numbers)
+        del desc
+        results = _chunk_results(fit, alphas, chunk, frames[:0], frames, phi, times)
     annotated = annotated_frames(chunk, results, include_training=False,
                                  extra_provenance=provenance)
     buf = io.StringIO()
