@@ -20,11 +20,13 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import io
 import itertools
 import os
 import re
 import tempfile
+import types
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO
@@ -32,15 +34,17 @@ from typing import IO
 import numpy as np
 import pandas as pd
 from ase import Atoms
+from ase.calculators.calculator import all_properties
 from ase.calculators.singlepoint import SinglePointCalculator
-from ase.io.extxyz import output_column_format, save_calc_results
+from ase.data import chemical_symbols
+from ase.io.extxyz import key_val_dict_to_str, output_column_format, save_calc_results
 from ase.stress import voigt_6_to_full_3x3_stress
 
 from lprviz.errors import InputError
 
 __all__ = [
     "annotated_frames", "atomic_output", "chemiscope_bytes", "csv_bytes", "extxyz_bytes",
-    "group_summary", "plain_text", "provenance", "write_extxyz",
+    "group_summary", "plain_text", "provenance", "write_annotated", "write_extxyz",
 ]
 
 PROVENANCE_PREFIX = "lprviz_"
@@ -57,7 +61,8 @@ def write_extxyz(file: str | Path | IO[str], frames: Iterable[Atoms]) -> None:
     """Write extxyz with floats at full precision.
 
     ASE's writer prints floats as ``%16.8f``, which rounds an LPR of 1e-9 to zero; this
-    uses ASE's own header builder and calculator-results handling, with ``%.15e`` floats.
+    writes what ASE's writer would (its header builder, column format and calculator-results
+    handling), with ``%.15e`` floats.
 
     Parameters
     ----------
@@ -65,33 +70,162 @@ def write_extxyz(file: str | Path | IO[str], frames: Iterable[Atoms]) -> None:
     frames : iterable of ase.Atoms
         Per-atom arrays and info entries are written as ASE's writer would write them.
     """
+    _write_records(file, (_atoms_record(atoms) for atoms in frames))
+
+
+def write_annotated(file: str | Path | IO[str], ds, results, **kwargs) -> None:
+    """Write :func:`annotated_frames` (same keyword arguments) as :func:`write_extxyz` would.
+
+    The same bytes, without copying any ``Atoms``: each frame's columns and header come
+    straight from the dataset frame and the results table, and the header entries every
+    frame shares (alphas, provenance) are formatted once.
+
+    Parameters
+    ----------
+    file : str, pathlib.Path or text file object
+    ds : lprviz.datasets.Dataset
+    results : lprviz.pipeline.Results or sequence of Results
+    **kwargs
+        ``include_training``, ``atom_arrays``, ``extra_provenance`` of
+        :func:`annotated_frames`.
+    """
+    shared, frames = _annotations(ds, results, **kwargs)
+    shared_text = _raw_info(shared)
+    _write_records(file, (_annotated_record(original, columns, info, shared, shared_text)
+                          for original, columns, info in frames))
+
+
+# --------------------------------------------------------------------------- extxyz writing
+
+# Columns ASE's writer never takes from ``atoms.arrays`` (symbols and positions come first).
+_SKIP_ARRAYS = frozenset({"numbers", "positions", "symbols", "species", "pos"})
+_SYMBOLS = np.array(chemical_symbols)
+
+
+@dataclasses.dataclass
+class _Record:
+    """One frame as ASE's writer sees its copy of the ``Atoms``: the per-atom columns after
+    symbols and positions (calculator results included), and the header's info entries as
+    parts: dicts, or text already formatted by :func:`_raw_info`, in order."""
+
+    numbers: np.ndarray
+    positions: np.ndarray
+    cell: np.ndarray
+    arrays: dict[str, np.ndarray]
+    info: list[dict | str]
+
+
+def _raw_info(info: Mapping) -> str:
+    """ASE's header text of ``info`` (``key_val_dict_to_str``) before its final strip.
+
+    Entries are formatted one by one and joined, so the texts of consecutive parts join into
+    the text of their union; two marker keys (longer than any key of ``info``, so new) keep
+    ASE's strip off the ends of the part.
+    """
+    left = "_" * (1 + max(map(len, info), default=0))
+    right = left + "_"
+    text = key_val_dict_to_str({left: None, **info, right: None})
+    return text[len(left) + 1:-len(right)]
+
+
+def _calc_info(info: dict, arrays: dict, results: Mapping | None) -> None:
+    """Add calculator results to ``info`` and ``arrays`` as ASE's writer does (its
+    ``save_calc_results``: a name already present is a KeyError), then the pbc-less part of
+    its header rules: a 6-long ``stress`` becomes 3x3, the only shape its reader accepts."""
+    if results is not None:
+        save_calc_results(types.SimpleNamespace(info=info, arrays=arrays),
+                          types.SimpleNamespace(results=results), calc_prefix="")
+    if np.shape(info.get("stress", ())) == (6,):
+        info["stress"] = voigt_6_to_full_3x3_stress(info["stress"])
+
+
+def _atoms_record(atoms: Atoms) -> _Record:
+    """What ASE's writer takes from ``atoms`` (arrays and info are not copied)."""
+    arrays = dict(atoms.arrays)
+    info = dict(atoms.info)
+    _calc_info(info, arrays, None if atoms.calc is None else atoms.calc.results)
+    info["pbc"] = atoms.get_pbc()  # always written, as ASE does
+    return _Record(atoms.numbers, atoms.positions, atoms.cell.array, arrays, [info])
+
+
+def _single_point(results: Mapping) -> dict:
+    """``SinglePointCalculator(atoms, **results).results``, without its copy of the atoms."""
+    out = {}
+    for name, value in results.items():
+        if name not in all_properties:
+            raise InputError(f"calculator result {name!r}: expected one of ASE's properties")
+        if value is not None:
+            out[name] = value if name in ("energy", "magmom", "free_energy") else (
+                np.array(value, float))
+    return out
+
+
+def _annotated_record(original: Atoms, columns: dict, frame_info: dict, shared: dict,
+                      shared_text: str) -> _Record:
+    """The :class:`_Record` of ``original`` annotated as :func:`annotated_frames` does."""
+    arrays = {k: v for k, v in original.arrays.items() if not _STALE_ARRAYS.match(k)}
+    arrays.update(columns)
+    before = {k: v for k, v in original.info.items() if not _STALE_INFO.match(k)}
+    info = {**before, **shared, **frame_info}
+    calc_results = getattr(original.calc, "results", None)
+    _calc_info(info, arrays, _single_point(calc_results) if calc_results else None)
+    info["pbc"] = original.get_pbc()
+    # The shared entries (all stale names, so none is among the frame's own) follow the
+    # frame's own and nothing changes them per frame: their text is the one formatted once.
+    keys = list(info)
+    n = len(before)
+    parts = [{k: info[k] for k in keys[:n]}, shared_text,
+             {k: info[k] for k in keys[n + len(shared):]}]
+    return _Record(original.numbers, original.positions, original.cell.array, arrays, parts)
+
+
+@functools.lru_cache(maxsize=256)
+def _column_format(layout: tuple) -> tuple[str, str]:
+    """The ``Properties=`` value and the row ``%`` format of a column layout (name, dtype,
+    trailing shape per column), from ASE's ``output_column_format``; floats at ``%.15e``."""
+    arrays = {name: np.empty((0, *shape), dtype) for name, dtype, shape in layout}
+    comment, _, _, fmt = output_column_format(Atoms(), list(arrays), arrays, False)
+    # no cell and no info: "Properties=<spec> pbc=..." (``pbc`` is always written)
+    spec = comment.removeprefix("Properties=").removesuffix(' pbc="F F F"')
+    return spec, fmt.replace("%16.8f", "%22.15e")
+
+
+def _frame_text(record: _Record) -> str:
+    """The extxyz text of one frame."""
+    n = len(record.numbers)
+    # np.array of no symbols is a float array, as in ASE's writer
+    symbols = _SYMBOLS[record.numbers] if n else np.array([])
+    columns = {"symbols": symbols, "positions": record.positions,
+               **{k: v for k, v in record.arrays.items() if k not in _SKIP_ARRAYS}}
+    layout = []
+    values = []
+    for name, array in columns.items():
+        array = np.asarray(array)
+        if array.ndim > 2 or len(array) != n:
+            raise InputError(f"array {name!r}: expected one value or row per atom ({n}), got "
+                             f"shape {array.shape}")
+        layout.append((name, array.dtype, array.shape[1:]))
+        if array.ndim == 1 or array.shape[1] == 1:
+            values.append(array.reshape(n).tolist())
+        else:
+            values.extend(array.T.tolist())
+    spec, fmt = _column_format(tuple(layout))
+    head = ""
+    if record.cell.any():  # as ASE: the transposed cell, in Fortran order
+        head = 'Lattice="' + " ".join(
+            str(x) for x in np.reshape(record.cell.T, 9, order="F")) + '" '
+    info = "".join(p if isinstance(p, str) else _raw_info(p) for p in record.info).strip()
+    # One % over the whole frame: the same text as row by row, without a Python iteration
+    # and a write per atom (the bulk of writing 100k atoms).
+    rows = (fmt * n) % tuple(itertools.chain.from_iterable(zip(*values, strict=True)))
+    return f"{n}\n{head}Properties={spec} {info}\n{rows}"
+
+
+def _write_records(file: str | Path | IO[str], records: Iterable[_Record]) -> None:
     with contextlib.ExitStack() as stack:
         fh = file if hasattr(file, "write") else stack.enter_context(open(file, "w"))
-        for original in frames:
-            atoms = original.copy()
-            save_calc_results(atoms, original.calc, calc_prefix="")
-            # As ASE's writer does: its reader only accepts a 9-long (3x3) stress.
-            if np.shape(atoms.info.get("stress", ())) == (6,):
-                atoms.info["stress"] = voigt_6_to_full_3x3_stress(atoms.info["stress"])
-            skip = {"numbers", "positions", "symbols", "species", "pos"}
-            columns = ["symbols", "positions", *[k for k in atoms.arrays if k not in skip]]
-            arrays = {k: atoms.arrays[k] for k in columns[2:]}
-            arrays["symbols"] = np.array(atoms.get_chemical_symbols())
-            arrays["positions"] = atoms.positions
-            comment, ncols, dtype, fmt = output_column_format(atoms, columns, arrays, True)
-            fmt = fmt.replace("%16.8f", "%22.15e")
-            data = np.zeros(len(atoms), dtype)
-            for column, ncol in zip(columns, ncols, strict=True):
-                value = arrays[column]
-                if ncol == 1:
-                    data[column] = np.squeeze(value)
-                else:
-                    for c in range(ncol):
-                        data[column + str(c)] = value[:, c]
-            fh.write(f"{len(atoms)}\n{comment}\n")
-            # One % over the whole frame: the same text as row by row, without a Python
-            # iteration and a write per atom (the bulk of writing 100k atoms).
-            fh.write((fmt * len(data)) % tuple(itertools.chain.from_iterable(data.tolist())))
+        for record in records:
+            fh.write(_frame_text(record))
 
 
 # --------------------------------------------------------------------------- the schema
@@ -281,20 +415,10 @@ def annotated_frames(
     -------
     list of ase.Atoms
     """
-    results = _results_list(results)
-    frames = _selected_frames(results, include_training)
-    atom_cols, frame_cols = _table(ds, results, frames)
-    selected = np.isin(ds.structure_index, frames)
-    for name, values in (atom_arrays or {}).items():
-        atom_cols[_identifier(name, "array")] = np.asarray(values)[selected]
-    info = {"alpha": float(results[0].alpha),
-            "alphas": np.array([float(r.alpha) for r in results]),
-            **provenance(ds, results, extra_provenance)}
-    sizes = np.asarray(ds.frame_sizes)[frames]
-    starts = np.concatenate([[0], np.cumsum(sizes)])
+    shared, frames = _annotations(ds, results, include_training=include_training,
+                                  atom_arrays=atom_arrays, extra_provenance=extra_provenance)
     out = []
-    for j, frame in enumerate(frames):
-        original = ds.frames[frame]
+    for original, columns, frame_info in frames:
         atoms = original.copy()
         for key in [k for k in atoms.arrays if _STALE_ARRAYS.match(k)]:
             del atoms.arrays[key]
@@ -303,19 +427,49 @@ def annotated_frames(
         calc_results = getattr(original.calc, "results", None)
         if calc_results:  # the reference energy/forces, written as calculator results
             atoms.calc = SinglePointCalculator(atoms, **dict(calc_results))
-        rows = slice(starts[j], starts[j + 1])
-        for name, values in atom_cols.items():
-            atoms.arrays[name] = values[rows]
-        atoms.info.update(info)
-        atoms.info.update({k: v[j].item() for k, v in frame_cols.items()})
+        atoms.arrays.update(columns)
+        atoms.info.update(shared)
+        atoms.info.update(frame_info)
         out.append(atoms)
     return out
+
+
+def _annotations(
+    ds,
+    results,
+    *,
+    include_training: bool = True,
+    atom_arrays: Mapping[str, np.ndarray] | None = None,
+    extra_provenance: Mapping[str, object] | None = None,
+) -> tuple[dict, Iterator[tuple[Atoms, dict, dict]]]:
+    """What :func:`annotated_frames` adds (its arguments): the info entries every frame gets,
+    and per frame ``(dataset Atoms, per-atom columns, per-frame info entries)``."""
+    results = _results_list(results)
+    frames = _selected_frames(results, include_training)
+    atom_cols, frame_cols = _table(ds, results, frames)
+    selected = np.isin(ds.structure_index, frames)
+    for name, values in (atom_arrays or {}).items():
+        atom_cols[_identifier(name, "array")] = np.asarray(values)[selected]
+    shared = {"alpha": float(results[0].alpha),
+              "alphas": np.array([float(r.alpha) for r in results]),
+              **provenance(ds, results, extra_provenance)}
+    sizes = np.asarray(ds.frame_sizes)[frames]
+    starts = np.concatenate([[0], np.cumsum(sizes)]).tolist()
+    frame_values = {k: v.tolist() for k, v in frame_cols.items()}  # Python scalars
+
+    def per_frame() -> Iterator[tuple[Atoms, dict, dict]]:
+        for j, frame in enumerate(frames.tolist()):
+            rows = slice(starts[j], starts[j + 1])
+            yield (ds.frames[frame], {k: v[rows] for k, v in atom_cols.items()},
+                   {k: v[j] for k, v in frame_values.items()})
+
+    return shared, per_frame()
 
 
 def extxyz_bytes(ds, results, **kwargs) -> bytes:
     """Extended XYZ of :func:`annotated_frames` (same keyword arguments), full precision."""
     buf = io.StringIO()
-    write_extxyz(buf, annotated_frames(ds, results, **kwargs))
+    write_annotated(buf, ds, results, **kwargs)
     return buf.getvalue().encode()
 
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import io
+import itertools
 import json
 
 import ase.io
@@ -12,6 +14,7 @@ import pandas as pd
 import pytest
 
 from lprviz import datasets, export, features, pipeline, selection
+from lprviz.datasets import Dataset
 
 
 @pytest.fixture(scope="module")
@@ -146,3 +149,174 @@ def test_chemiscope_file_is_strict_json_with_unlabelled_structures(results):
                       parse_constant=no_constants)
     assert "energy" not in data["properties"]
     assert len(data["properties"]["lpr"]["values"]) == part.n_atoms
+
+
+# --------------------------------------------------------------------------- byte identity
+
+
+def _reference_write(fh, frames):
+    """The ASE-copy route the fast writer replaced: copy each frame, add its calculator
+    results with ASE's ``save_calc_results``, build the header and the column format with
+    ASE's ``output_column_format``, then one ``%`` per frame with floats at ``%.15e``."""
+    from ase.io.extxyz import output_column_format, save_calc_results
+    from ase.stress import voigt_6_to_full_3x3_stress
+
+    for original in frames:
+        atoms = original.copy()
+        save_calc_results(atoms, original.calc, calc_prefix="")
+        if np.shape(atoms.info.get("stress", ())) == (6,):
+            atoms.info["stress"] = voigt_6_to_full_3x3_stress(atoms.info["stress"])
+        skip = {"numbers", "positions", "symbols", "species", "pos"}
+        columns = ["symbols", "positions", *[k for k in atoms.arrays if k not in skip]]
+        arrays = {k: atoms.arrays[k] for k in columns[2:]}
+        arrays["symbols"] = np.array(atoms.get_chemical_symbols())
+        arrays["positions"] = atoms.positions
+        comment, ncols, dtype, fmt = output_column_format(atoms, columns, arrays, True)
+        fmt = fmt.replace("%16.8f", "%22.15e")
+        data = np.zeros(len(atoms), dtype)
+        for column, ncol in zip(columns, ncols, strict=True):
+            value = arrays[column]
+            if ncol == 1:
+                data[column] = np.squeeze(value)
+            else:
+                for c in range(ncol):
+                    data[column + str(c)] = value[:, c]
+        fh.write(f"{len(atoms)}\n{comment}\n")
+        fh.write((fmt * len(data)) % tuple(itertools.chain.from_iterable(data.tolist())))
+
+
+def _assert_same_bytes(ds, res, **kwargs):
+    """The fast path, ``write_extxyz`` of the copies and the reference route agree byte for
+    byte; returns the frames ASE reads back from the fast path's text."""
+    want = io.StringIO()
+    _reference_write(want, export.annotated_frames(ds, res, **kwargs))
+    fast = export.extxyz_bytes(ds, res, **kwargs).decode()
+    assert fast == want.getvalue()
+    copies = io.StringIO()
+    export.write_extxyz(copies, export.annotated_frames(ds, res, **kwargs))
+    assert copies.getvalue() == fast
+    return ase.io.read(io.StringIO(fast), index=":", format="extxyz")
+
+
+def test_shared_entries_are_replaced_schema_names():
+    """The fast writer formats the entries every frame shares once, as one block after the
+    frame's own: that holds because each is a name removed from input frames first."""
+    ds = datasets.load("teaching-stoichiometry")
+    mask = np.zeros(len(ds.frames), dtype=bool)
+    mask[:5] = True
+    shared, _ = export._annotations(ds, _fit(ds, mask, [1e-3, 1e-1]),
+                                    extra_provenance={"note": "x"})
+    assert {"alpha", "alphas", "lprviz_note"} <= shared.keys()
+    assert all(export._STALE_INFO.match(k) for k in shared)
+
+
+def _fit(ds, mask, alphas):
+    desc = features.compute_soap(ds.frames, features.SOAP_PRESETS["fast"], species=ds.species)
+    fit = pipeline.prepare(ds, desc, mask, pipeline.ModelSpec())
+    return [pipeline.evaluate(fit, a) for a in alphas]
+
+
+@pytest.mark.parametrize("name", [row.name for row in datasets.list_available()
+                                  if row.kind == "shipped"])
+def test_fast_writer_matches_the_reference_on_shipped_datasets(name):
+    ds = datasets.load(name)
+    mask = np.zeros(len(ds.frames), dtype=bool)
+    mask[::4] = True
+    res = _fit(ds, mask, [1e-4, 1e-2])
+    rng = np.random.default_rng(1)
+    lcpr = {"lcpr_radial": rng.lognormal(size=ds.n_atoms),
+            "lcpr_angular": np.where(rng.random(ds.n_atoms) < 0.1, np.nan,
+                                     rng.lognormal(size=ds.n_atoms))}
+    back = _assert_same_bytes(ds, res, include_training=False, atom_arrays=lcpr,
+                              extra_provenance={"scale_from": "reference"})
+    test = np.flatnonzero(~mask)
+    assert len(back) == test.size
+    atoms = np.isin(ds.structure_index, test)
+    for i, r in enumerate(res):
+        np.testing.assert_allclose(np.concatenate([a.arrays[f"lpr_{i}"] for a in back]),
+                                   r.lpr[atoms], rtol=1e-15)
+    np.testing.assert_allclose(np.concatenate([a.arrays["lcpr_angular"] for a in back]),
+                               lcpr["lcpr_angular"][atoms], rtol=1e-15)
+    np.testing.assert_allclose([a.get_potential_energy() for a in back], ds.energies[test],
+                               rtol=1e-15)
+    _assert_same_bytes(ds, res[0])  # one alpha, every frame
+
+
+def _odd_frames():
+    """Frames with everything a user file can bring: calculator forces, energy, stress
+    (6-vector, in calc results or info), free energy, no cell, mixed pbc, info values of
+    every kind, extra per-atom columns of every kind, and stale lprviz output."""
+    from ase.build import bulk, molecule
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    rng = np.random.default_rng(7)
+    cu = bulk("Cu", "fcc", a=3.6, cubic=True)
+    cu.calc = SinglePointCalculator(cu, energy=-14.5, free_energy=-14.6,
+                                    forces=rng.standard_normal((4, 3)),
+                                    stress=rng.standard_normal(6))
+    cu.info.update({"name": "bulk Cu", "config_type": "bulk", "count": 3, "weight": 0.25,
+                    "flag": True, "np_flag": np.bool_(False), "np_int": np.int32(-4),
+                    "np_float": np.float32(1.5), "vector": np.array([1.5, -2.0, 3.25]),
+                    "ints": np.array([1, 2, 3]), "bools": np.array([True, False]),
+                    "virial": rng.standard_normal((3, 3)), "quote": 'say "hi" [x]',
+                    "listed": [1, "a"], "mapping": {"k": 1}, "pr": 9.0, "lprviz_version": "0",
+                    "tabbed": "x\t"})
+    cu.arrays["lpr"] = np.ones(4)  # stale outputs of an earlier run
+    cu.arrays["lpr_2"] = np.ones(4)
+    cu.arrays["forces_pred"] = np.zeros((4, 3))
+    cu.arrays["tag"] = np.array(["a", "bb", "c", "dd"])
+    cu.arrays["count"] = np.arange(4, dtype=np.int32)
+    cu.arrays["mask"] = np.array([True, False, True, True])
+    cu.arrays["single"] = rng.standard_normal((4, 1)).astype(np.float32)
+    mol = molecule("CH3CH2OH")  # no cell, not periodic
+    mol.calc = SinglePointCalculator(mol, energy=-40.0, forces=rng.standard_normal((9, 3)))
+    mol.info.update({"stress": rng.standard_normal(6), "alpha": 3.0, "in_training": True})
+    slab = bulk("Au", "fcc", a=4.1, cubic=True).repeat((1, 1, 2))  # mixed pbc
+    slab.pbc = [True, True, False]
+    slab.positions += rng.normal(scale=0.01, size=slab.positions.shape)
+    slab.calc = SinglePointCalculator(slab, energy=-25.0)
+    slab.info["pbc"] = "old"  # replaced in place by the frame's pbc, as ASE's writer does
+    bare = bulk("Ag", "fcc", a=4.0) * (2, 2, 2)  # no calculator at all
+    bare.arrays["tag"] = np.array(list("abcdefgh"))
+    return [cu, mol, slab, bare]
+
+
+def test_fast_writer_matches_the_reference_on_odd_frames():
+    frames = _odd_frames()
+    energies = np.array([-14.5, -40.0, -25.0, np.nan])
+    ds = Dataset(name="odd frames", frames=frames, energies=energies,
+                 has_energy=np.isfinite(energies), groups=np.array(["a", "b", "a", "c"]),
+                 names=["cu", "mol", "slab", "bare"], splits=np.array([""] * 4))
+    res = _fit(ds, np.array([True, True, True, False]), [1e-6, 1e-3, 1.0])
+    rng = np.random.default_rng(3)
+    res = [dataclasses.replace(r, forces_pred=rng.standard_normal((ds.n_atoms, 3)))
+           for r in res]
+    for kwargs in ({"include_training": False},
+                   {"atom_arrays": {"lcpr_x": rng.lognormal(size=ds.n_atoms)}}):
+        _assert_same_bytes(ds, res, **kwargs)
+    back = _assert_same_bytes(ds, res)
+    for got, frame in zip(back, frames, strict=True):
+        np.testing.assert_array_equal(got.pbc, frame.pbc)
+        np.testing.assert_allclose(got.positions, frame.positions, rtol=1e-15, atol=1e-300)
+    sizes = ds.frame_sizes
+    starts = np.concatenate([[0], np.cumsum(sizes)])
+    for j, got in enumerate(back):
+        rows = slice(starts[j], starts[j + 1])
+        np.testing.assert_allclose(got.arrays["forces_pred"], res[0].forces_pred[rows],
+                                   rtol=1e-15)
+        np.testing.assert_allclose(got.arrays["lpr_2"], res[2].lpr[rows], rtol=1e-15)
+        assert "lpr_3" not in got.arrays
+        assert got.info["pr"] == pytest.approx(res[0].pr[j], rel=1e-15)
+    cu = back[0]
+    np.testing.assert_allclose(cu.get_forces(), frames[0].calc.results["forces"], rtol=1e-15)
+    np.testing.assert_allclose(cu.get_stress(), frames[0].calc.results["stress"], rtol=1e-15)
+    assert cu.info["name"] == "bulk Cu" and cu.info["quote"] == 'say "hi" [x]'
+    assert cu.info["count"] == 3 and cu.info["flag"] is True and cu.info["np_flag"] is False
+    np.testing.assert_array_equal(cu.info["ints"], [1, 2, 3])
+    np.testing.assert_allclose(cu.info["virial"], frames[0].info["virial"], rtol=1e-15)
+    assert cu.info["lprviz_version"] != "0" and cu.info["mapping"] == {"k": 1}
+    np.testing.assert_array_equal(cu.arrays["tag"], ["a", "bb", "c", "dd"])
+    np.testing.assert_array_equal(cu.arrays["count"], np.arange(4))
+    np.testing.assert_allclose(cu.arrays["single"], frames[0].arrays["single"].ravel())
+    assert back[1].info["alpha"] == 1e-6 and back[1].info["in_training"] is True
+    np.testing.assert_allclose(back[1].get_stress(), frames[1].info["stress"], rtol=1e-15)
