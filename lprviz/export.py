@@ -23,11 +23,13 @@ import dataclasses
 import functools
 import io
 import itertools
+import math
 import os
 import re
 import tempfile
 import types
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from fractions import Fraction
 from pathlib import Path
 from typing import IO
 
@@ -70,7 +72,7 @@ def write_extxyz(file: str | Path | IO[str], frames: Iterable[Atoms]) -> None:
     frames : iterable of ase.Atoms
         Per-atom arrays and info entries are written as ASE's writer would write them.
     """
-    _write_records(file, (_atoms_record(atoms) for atoms in frames))
+    _write_records(file, map(_atoms_record, frames))
 
 
 def write_annotated(file: str | Path | IO[str], ds, results, **kwargs) -> None:
@@ -105,14 +107,14 @@ _SYMBOLS = np.array(chemical_symbols)
 @dataclasses.dataclass
 class _Record:
     """One frame as ASE's writer sees its copy of the ``Atoms``: the per-atom columns after
-    symbols and positions (calculator results included), and the header's info entries as
-    parts: dicts, or text already formatted by :func:`_raw_info`, in order."""
+    symbols and positions (calculator results included) and the header's info text (ASE's
+    ``key_val_dict_to_str`` of the info entries and ``pbc``)."""
 
     numbers: np.ndarray
     positions: np.ndarray
     cell: np.ndarray
     arrays: dict[str, np.ndarray]
-    info: list[dict | str]
+    info: str
 
 
 def _raw_info(info: Mapping) -> str:
@@ -145,7 +147,8 @@ def _atoms_record(atoms: Atoms) -> _Record:
     info = dict(atoms.info)
     _calc_info(info, arrays, None if atoms.calc is None else atoms.calc.results)
     info["pbc"] = atoms.get_pbc()  # always written, as ASE does
-    return _Record(atoms.numbers, atoms.positions, atoms.cell.array, arrays, [info])
+    return _Record(atoms.numbers, atoms.positions, atoms.cell.array, arrays,
+                   key_val_dict_to_str(info))
 
 
 def _single_point(results: Mapping) -> dict:
@@ -172,60 +175,194 @@ def _annotated_record(original: Atoms, columns: dict, frame_info: dict, shared: 
     info["pbc"] = original.get_pbc()
     # The shared entries (all stale names, so none is among the frame's own) follow the
     # frame's own and nothing changes them per frame: their text is the one formatted once.
+    # The entries after them start with the schema's "energy_pred", so ASE's strip of their
+    # text only takes the end, as the strip of the whole would.
     keys = list(info)
     n = len(before)
-    parts = [{k: info[k] for k in keys[:n]}, shared_text,
-             {k: info[k] for k in keys[n + len(shared):]}]
-    return _Record(original.numbers, original.positions, original.cell.array, arrays, parts)
+    after = key_val_dict_to_str({k: info[k] for k in keys[n + len(shared):]})
+    text = (_raw_info({k: info[k] for k in keys[:n]}) if n else "") + shared_text + after
+    return _Record(original.numbers, original.positions, original.cell.array, arrays,
+                   text.strip())
 
 
 @functools.lru_cache(maxsize=256)
 def _column_format(layout: tuple) -> tuple[str, str]:
     """The ``Properties=`` value and the row ``%`` format of a column layout (name, dtype,
-    trailing shape per column), from ASE's ``output_column_format``; floats at ``%.15e``."""
+    trailing shape per column), from ASE's ``output_column_format``. Each run of adjacent
+    float fields becomes one ``%s``, filled with the run's text from :func:`_e15_rows`."""
     arrays = {name: np.empty((0, *shape), dtype) for name, dtype, shape in layout}
     comment, _, _, fmt = output_column_format(Atoms(), list(arrays), arrays, False)
     # no cell and no info: "Properties=<spec> pbc=..." (``pbc`` is always written)
     spec = comment.removeprefix("Properties=").removesuffix(' pbc="F F F"')
-    return spec, fmt.replace("%16.8f", "%22.15e")
+    # ASE joins the fields with single spaces; "%16.8f" is only ever a float's
+    return spec, re.sub(r"%16\.8f(?: %16\.8f)*", "%s", fmt)
 
 
-def _frame_text(record: _Record) -> str:
-    """The extxyz text of one frame."""
+def _powers_of_ten() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``10**s`` for ``s`` in ``_POWERS``: its top 26 bits, the next 53 bits, and the nearest
+    float64 (exact rationals, so every entry is correctly rounded)."""
+    top, rest, nearest = [], [], []
+    for s in _POWERS:
+        exact = Fraction(10) ** s
+        mantissa, exponent = math.frexp(float(exact))
+        high = math.ldexp(math.floor(math.ldexp(mantissa, 26)), exponent - 26)
+        top.append(high)
+        rest.append(float(exact - Fraction(high)))
+        nearest.append(float(exact))
+    return np.array(top), np.array(rest), np.array(nearest)
+
+
+# 16 significant digits of |x| in [1e-99, 1e99) need 10**s for s = 15 - exponent in
+# [-83, 114]; a margin either side for a log10 one off.
+_POWERS = range(-90, 121)
+_POW_TOP, _POW_REST, _POW = _powers_of_ten()
+_DIGITS = np.array([list(f"{i:04d}".encode()) for i in range(10000)], dtype=np.uint8)
+_SPLIT = 134217729.0  # 2**27 + 1: Dekker's split of a float64 into two 26-bit halves
+
+
+def _scaled(a: np.ndarray, exponent: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``a * 10**(15 - exponent)`` as integer part and fraction, to ~1e-8 absolute.
+
+    The top halves' product is exact (26 x 26 bits) and the rest is ~2**-26 of it, so its
+    rounding error is ~2**-79 relative: ~1e-8 on a 16-digit integer part.
+    """
+    i = 15 - exponent - _POWERS.start
+    c = _SPLIT * a
+    top = c - (c - a)
+    whole = top * _POW_TOP[i]
+    rest = top * _POW_REST[i] + (a - top) * _POW[i]
+    floor = np.floor(whole)
+    frac = (whole - floor) + rest
+    carry = np.floor(frac)
+    return floor.astype(np.int64) + carry.astype(np.int64), frac - carry
+
+
+def _e15_rows(x: np.ndarray) -> list[str]:
+    """Each row of the float64 array ``x`` (n, k) as ``" ".join("%22.15e" % v ...)``,
+    vectorised.
+
+    16 significant digits of ``|v|`` in [1e-99, 1e99) and zeros are built with integer
+    arithmetic (a scaled product to ~1e-8, rounded to nearest); rows with a value this cannot
+    decide -- a fraction within 1e-6 of one half (ties included), other magnitudes, inf,
+    NaN -- are formatted by Python, so every text is Python's own (tests compare millions).
+    """
+    n, k = x.shape
+    flat = x.reshape(-1)
+    a = np.abs(flat)
+    ok = (a >= 1e-99) & (a < 1e99)
+    a = np.where(ok, a, 1.0)
+    exponent = np.floor(np.log10(a)).astype(np.int64)
+    digits, frac = _scaled(a, exponent)
+    low, high = digits < 10**15, digits >= 10**16  # log10 one off near powers of ten
+    redo = np.flatnonzero(low | high)
+    if redo.size:
+        exponent[redo] += high[redo].astype(np.int64) - low[redo]
+        digits[redo], frac[redo] = _scaled(a[redo], exponent[redo])
+    ok &= (digits >= 10**15) & (digits < 10**16) & (np.abs(frac - 0.5) > 1e-6)
+    digits += frac > 0.5
+    carry = digits == 10**16  # 9.99...95 rounds up to 1.000...e+1
+    digits[carry] = 10**15
+    exponent += carry
+    zero = flat == 0
+    digits[zero] = 0
+    exponent[zero] = 0
+    ok = (ok & (np.abs(exponent) < 100)) | zero
+    # " d.ddddddddddddddde+dd" or "-d...": 22 characters and a space, "\n" ending a row
+    text = np.empty((n * k, 23), dtype=np.uint8)
+    text[:, 0] = np.where(np.signbit(flat), ord("-"), ord(" "))
+    high8, low8 = np.divmod(digits, 10**8)
+    first = _DIGITS[high8 // 10**4]
+    text[:, 1] = first[:, 0]
+    text[:, 2] = ord(".")
+    text[:, 3:6] = first[:, 1:]
+    text[:, 6:10] = _DIGITS[high8 % 10**4]
+    text[:, 10:14] = _DIGITS[low8 // 10**4]
+    text[:, 14:18] = _DIGITS[low8 % 10**4]
+    text[:, 18] = ord("e")
+    text[:, 19] = np.where(exponent < 0, ord("-"), ord("+"))
+    text[:, 20:22] = _DIGITS[np.abs(exponent) % 100, 2:]
+    text[:, 22] = ord(" ")
+    text = text.reshape(n, 23 * k)
+    text[:, -1] = ord("\n")
+    out = text.tobytes().decode("ascii").split("\n")
+    out.pop()  # after the last row
+    for i in np.flatnonzero(~ok.reshape(n, k).all(axis=1)).tolist():
+        out[i] = " ".join(["%22.15e" % v for v in x[i].tolist()])  # noqa: UP031 (the format reproduced)
+    return out
+
+
+def _frame_columns(record: _Record) -> tuple[int, str, str, list]:
+    """The atom count, first two lines of a frame, its row format and its fields in order: lists of
+    values, or float64 (n, k) arrays for runs of ``k`` adjacent float fields (one ``%s``
+    each; :func:`_batch_text` formats them)."""
     n = len(record.numbers)
     # np.array of no symbols is a float array, as in ASE's writer
     symbols = _SYMBOLS[record.numbers] if n else np.array([])
     columns = {"symbols": symbols, "positions": record.positions,
                **{k: v for k, v in record.arrays.items() if k not in _SKIP_ARRAYS}}
     layout = []
-    values = []
+    fields: list = []
+    run: list = []  # float columns since the last other field
     for name, array in columns.items():
         array = np.asarray(array)
         if array.ndim > 2 or len(array) != n:
             raise InputError(f"array {name!r}: expected one value or row per atom ({n}), got "
                              f"shape {array.shape}")
         layout.append((name, array.dtype, array.shape[1:]))
-        if array.ndim == 1 or array.shape[1] == 1:
-            values.append(array.reshape(n).tolist())
-        else:
-            values.extend(array.T.tolist())
+        # (n, 1) is one field, as in ASE's writer
+        array = array.reshape(n, -1) if array.ndim == 2 else array.reshape(n, 1)
+        if array.dtype.kind == "f":  # any float prints as Python's float of it: float64
+            run.append(array)
+            continue
+        if run:
+            fields.append(np.hstack(run, dtype=np.float64))
+            run = []
+        fields.extend(array.T.tolist())
+    if run:
+        fields.append(np.hstack(run, dtype=np.float64))
     spec, fmt = _column_format(tuple(layout))
     head = ""
     if record.cell.any():  # as ASE: the transposed cell, in Fortran order
         head = 'Lattice="' + " ".join(
             str(x) for x in np.reshape(record.cell.T, 9, order="F")) + '" '
-    info = "".join(p if isinstance(p, str) else _raw_info(p) for p in record.info).strip()
-    # One % over the whole frame: the same text as row by row, without a Python iteration
-    # and a write per atom (the bulk of writing 100k atoms).
-    rows = (fmt * n) % tuple(itertools.chain.from_iterable(zip(*values, strict=True)))
-    return f"{n}\n{head}Properties={spec} {info}\n{rows}"
+    return n, f"{n}\n{head}Properties={spec} {record.info}\n", fmt, fields
+
+
+# Atoms whose float fields are formatted in one vectorised call (bounds its memory).
+_BATCH_ATOMS = 16384
 
 
 def _write_records(file: str | Path | IO[str], records: Iterable[_Record]) -> None:
     with contextlib.ExitStack() as stack:
         fh = file if hasattr(file, "write") else stack.enter_context(open(file, "w"))
-        for record in records:
-            fh.write(_frame_text(record))
+        batch, n_atoms = [], 0
+        for record in itertools.chain(records, [None]):
+            if record is not None:
+                batch.append(_frame_columns(record))
+                n_atoms += len(record.numbers)
+            if batch and (record is None or n_atoms >= _BATCH_ATOMS):
+                fh.write(_batch_text(batch))
+                batch, n_atoms = [], 0
+
+
+def _batch_text(frames: list[tuple[int, str, str, list]]) -> str:
+    """The text of frames from :func:`_frame_columns`, the float runs of one width
+    formatted together."""
+    runs: dict[int, list] = {}
+    for *_, fields in frames:
+        for f in fields:
+            if isinstance(f, np.ndarray):
+                runs.setdefault(f.shape[1], []).append(f)
+    texts = {k: iter(_e15_rows(np.concatenate(v))) for k, v in runs.items()}
+    out = []
+    for n, head, fmt, fields in frames:
+        values = [list(itertools.islice(texts[f.shape[1]], n)) if isinstance(f, np.ndarray)
+                  else f for f in fields]
+        # One % over the whole frame: the same text as row by row, without a Python
+        # iteration and a write per atom.
+        out.append(head + (fmt * n) % tuple(
+            itertools.chain.from_iterable(zip(*values, strict=True))))
+    return "".join(out)
 
 
 # --------------------------------------------------------------------------- the schema
