@@ -292,7 +292,7 @@ def _e15_rows(x: np.ndarray) -> list[str]:
 
 
 def _frame_columns(record: _Record) -> tuple[int, str, str, list]:
-    """The atom count, first two lines of a frame, its row format and its fields in order: lists of
+    """A frame's atom count, first two lines, row format and fields in order: lists of
     values, or float64 (n, k) arrays for runs of ``k`` adjacent float fields (one ``%s``
     each; :func:`_batch_text` formats them)."""
     n = len(record.numbers)
@@ -310,7 +310,7 @@ def _frame_columns(record: _Record) -> tuple[int, str, str, list]:
                              f"shape {array.shape}")
         layout.append((name, array.dtype, array.shape[1:]))
         # (n, 1) is one field, as in ASE's writer
-        array = array.reshape(n, -1) if array.ndim == 2 else array.reshape(n, 1)
+        array = array if array.ndim == 2 else array.reshape(n, 1)
         if array.dtype.kind == "f":  # any float prints as Python's float of it: float64
             run.append(array)
             continue
