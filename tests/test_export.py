@@ -5,13 +5,13 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import io
-import itertools
 import json
 
 import ase.io
 import numpy as np
 import pandas as pd
 import pytest
+from reference_export import reference_write
 
 from lprviz import datasets, export, features, pipeline, selection
 from lprviz.datasets import Dataset
@@ -154,42 +154,11 @@ def test_chemiscope_file_is_strict_json_with_unlabelled_structures(results):
 # --------------------------------------------------------------------------- byte identity
 
 
-def _reference_write(fh, frames):
-    """The ASE-copy route the fast writer replaced: copy each frame, add its calculator
-    results with ASE's ``save_calc_results``, build the header and the column format with
-    ASE's ``output_column_format``, then one ``%`` per frame with floats at ``%.15e``."""
-    from ase.io.extxyz import output_column_format, save_calc_results
-    from ase.stress import voigt_6_to_full_3x3_stress
-
-    for original in frames:
-        atoms = original.copy()
-        save_calc_results(atoms, original.calc, calc_prefix="")
-        if np.shape(atoms.info.get("stress", ())) == (6,):
-            atoms.info["stress"] = voigt_6_to_full_3x3_stress(atoms.info["stress"])
-        skip = {"numbers", "positions", "symbols", "species", "pos"}
-        columns = ["symbols", "positions", *[k for k in atoms.arrays if k not in skip]]
-        arrays = {k: atoms.arrays[k] for k in columns[2:]}
-        arrays["symbols"] = np.array(atoms.get_chemical_symbols())
-        arrays["positions"] = atoms.positions
-        comment, ncols, dtype, fmt = output_column_format(atoms, columns, arrays, True)
-        fmt = fmt.replace("%16.8f", "%22.15e")
-        data = np.zeros(len(atoms), dtype)
-        for column, ncol in zip(columns, ncols, strict=True):
-            value = arrays[column]
-            if ncol == 1:
-                data[column] = np.squeeze(value)
-            else:
-                for c in range(ncol):
-                    data[column + str(c)] = value[:, c]
-        fh.write(f"{len(atoms)}\n{comment}\n")
-        fh.write((fmt * len(data)) % tuple(itertools.chain.from_iterable(data.tolist())))
-
-
 def _assert_same_bytes(ds, res, **kwargs):
     """The fast path, ``write_extxyz`` of the copies and the reference route agree byte for
     byte; returns the frames ASE reads back from the fast path's text."""
     want = io.StringIO()
-    _reference_write(want, export.annotated_frames(ds, res, **kwargs))
+    reference_write(want, export.annotated_frames(ds, res, **kwargs))
     fast = export.extxyz_bytes(ds, res, **kwargs).decode()
     assert fast == want.getvalue()
     copies = io.StringIO()
@@ -362,7 +331,7 @@ def test_write_extxyz_matches_the_reference_on_any_frames():
     tri.arrays["odd"] = np.array([[np.inf, 1e200], [np.nan, -1e-150]])
     frames += [tri, ase.Atoms()]
     want = io.StringIO()
-    _reference_write(want, frames)
+    reference_write(want, frames)
     got = io.StringIO()
     export.write_extxyz(got, frames)
     assert got.getvalue() == want.getvalue()
