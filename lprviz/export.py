@@ -291,6 +291,13 @@ def _e15_rows(x: np.ndarray) -> list[str]:
     return out
 
 
+def _float_run(columns: list[np.ndarray]) -> np.ndarray:
+    """Adjacent float columns (n, k_i) as one float64 (n, sum k_i) array."""
+    if len(columns) == 1:
+        return columns[0].astype(np.float64, copy=False)
+    return np.concatenate(columns, axis=1, dtype=np.float64, casting="same_kind")
+
+
 def _frame_columns(record: _Record) -> tuple[int, str, str, list]:
     """A frame's atom count, first two lines, row format and fields in order: lists of
     values, or float64 (n, k) arrays for runs of ``k`` adjacent float fields (one ``%s``
@@ -315,11 +322,11 @@ def _frame_columns(record: _Record) -> tuple[int, str, str, list]:
             run.append(array)
             continue
         if run:
-            fields.append(np.hstack(run, dtype=np.float64))
+            fields.append(_float_run(run))
             run = []
         fields.extend(array.T.tolist())
     if run:
-        fields.append(np.hstack(run, dtype=np.float64))
+        fields.append(_float_run(run))
     spec, fmt = _column_format(tuple(layout))
     head = ""
     if record.cell.any():  # as ASE: the transposed cell, in Fortran order
