@@ -578,14 +578,8 @@ def annotated_frames(
     return out
 
 
-def _annotations(
-    ds,
-    results,
-    *,
-    include_training: bool = True,
-    atom_arrays: Mapping[str, np.ndarray] | None = None,
-    extra_provenance: Mapping[str, object] | None = None,
-) -> tuple[dict, Iterator[tuple[Atoms, dict, dict]]]:
+def _annotations(ds, results, *, include_training: bool = True, atom_arrays=None,
+                 extra_provenance=None) -> tuple[dict, Iterator[tuple[Atoms, dict, dict]]]:
     """What :func:`annotated_frames` adds (its arguments): the info entries every frame gets,
     and per frame ``(dataset Atoms, per-atom columns, per-frame info entries)``."""
     results = _results_list(results)
