@@ -216,7 +216,10 @@ def _powers_of_ten() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 # [-83, 114]; a margin either side for a log10 one off.
 _POWERS = range(-90, 121)
 _POW_TOP, _POW_REST, _POW = _powers_of_ten()
-_DIGITS = np.array([list(f"{i:04d}".encode()) for i in range(10000)], dtype=np.uint8)
+# The four ASCII digits of 0..9999 as one uint32 each (bytes in memory order), and the two
+# of 0..99 as one uint16: gathering whole groups is several times faster than byte rows.
+_DIGITS4 = np.frombuffer("".join(f"{i:04d}" for i in range(10**4)).encode(), np.uint32)
+_DIGITS2 = np.frombuffer("".join(f"{i:02d}" for i in range(10**2)).encode(), np.uint16)
 _SPLIT = 134217729.0  # 2**27 + 1: Dekker's split of a float64 into two 26-bit halves
 
 
@@ -268,19 +271,21 @@ def _e15_rows(x: np.ndarray) -> list[str]:
     exponent[zero] = 0
     ok = (ok & (np.abs(exponent) < 100)) | zero
     # " d.ddddddddddddddde+dd" or "-d...": 22 characters and a space, "\n" ending a row
+    high8 = digits // 10**8
+    low8 = (digits - high8 * 10**8).astype(np.int32)
+    high8 = high8.astype(np.int32)
+    groups = np.empty((n * k, 4), dtype=np.uint32)
+    for j, group in enumerate((high8 // 10**4, high8 % 10**4, low8 // 10**4, low8 % 10**4)):
+        groups[:, j] = _DIGITS4[group]
+    sixteen = groups.view(np.uint8)
     text = np.empty((n * k, 23), dtype=np.uint8)
     text[:, 0] = np.where(np.signbit(flat), ord("-"), ord(" "))
-    high8, low8 = np.divmod(digits, 10**8)
-    first = _DIGITS[high8 // 10**4]
-    text[:, 1] = first[:, 0]
+    text[:, 1] = sixteen[:, 0]
     text[:, 2] = ord(".")
-    text[:, 3:6] = first[:, 1:]
-    text[:, 6:10] = _DIGITS[high8 % 10**4]
-    text[:, 10:14] = _DIGITS[low8 // 10**4]
-    text[:, 14:18] = _DIGITS[low8 % 10**4]
+    text[:, 3:18] = sixteen[:, 1:]
     text[:, 18] = ord("e")
     text[:, 19] = np.where(exponent < 0, ord("-"), ord("+"))
-    text[:, 20:22] = _DIGITS[np.abs(exponent) % 100, 2:]
+    text[:, 20:22] = _DIGITS2[np.abs(exponent) % 100].view(np.uint8).reshape(-1, 2)
     text[:, 22] = ord(" ")
     text = text.reshape(n, 23 * k)
     text[:, -1] = ord("\n")
