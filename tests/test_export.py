@@ -15,6 +15,7 @@ from reference_export import reference_write
 
 from lprviz import datasets, export, features, pipeline, selection
 from lprviz.datasets import Dataset
+from lprviz.errors import InputError
 
 
 @pytest.fixture(scope="module")
@@ -338,3 +339,23 @@ def test_write_extxyz_matches_the_reference_on_any_frames():
     back = ase.io.read(io.StringIO(got.getvalue()), index=":", format="extxyz")
     np.testing.assert_allclose(back[-2].arrays["odd"], tri.arrays["odd"], rtol=1e-15)
     assert len(back[-1]) == 0
+
+
+def test_bad_columns_and_calculator_results_are_one_line_errors():
+    from ase.build import bulk
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    atoms = bulk("Cu", "fcc", a=3.6, cubic=True)
+    atoms.arrays["blocks"] = np.zeros((4, 2, 2))
+    with pytest.raises(InputError, match=r"array 'blocks': expected one value or row "
+                                                r"per atom \(4\), got shape \(4, 2, 2\)"):
+        export.write_extxyz(io.StringIO(), [atoms])
+    del atoms.arrays["blocks"]
+    atoms.calc = SinglePointCalculator(atoms, energy=-1.0)
+    atoms.calc.results["bogus"] = 1.0  # a calculator may hold results ASE does not know
+    ds = Dataset(name="one", frames=[atoms], energies=np.array([-1.0]),
+                 has_energy=np.array([True]), groups=np.array(["a"]), names=["cu"],
+                 splits=np.array([""]))
+    res = _fit(ds, np.array([True]), [1e-3])
+    with pytest.raises(InputError, match="calculator result 'bogus'"):
+        export.write_annotated(io.StringIO(), ds, res)
