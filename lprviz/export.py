@@ -224,10 +224,10 @@ _SPLIT = 134217729.0  # 2**27 + 1: Dekker's split of a float64 into two 26-bit h
 
 
 def _scaled(a: np.ndarray, exponent: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``a * 10**(15 - exponent)`` as integer part and fraction, to ~1e-8 absolute.
+    """``a * 10**(15 - exponent)`` as integer part and fraction, to within ~2e-7.
 
-    The top halves' product is exact (26 x 26 bits) and the rest is ~2**-26 of it, so its
-    rounding error is ~2**-79 relative: ~1e-8 on a 16-digit integer part.
+    The top halves' product is exact (26 x 26 bits); the other terms are at most ~2**-25 of
+    it (< 2**28 for a 16-digit integer part), so their few roundings cost < 2e-7 in all.
     """
     i = 15 - exponent - _POWERS.start
     c = _SPLIT * a
@@ -245,7 +245,7 @@ def _e15_rows(x: np.ndarray) -> list[str]:
     vectorised.
 
     16 significant digits of ``|v|`` in [1e-99, 1e99) and zeros are built with integer
-    arithmetic (a scaled product to ~1e-8, rounded to nearest); rows with a value this cannot
+    arithmetic (a scaled product to ~2e-7, rounded to nearest); rows with a value this cannot
     decide -- a fraction within 1e-6 of one half (ties included), other magnitudes, inf,
     NaN -- are formatted by Python, so every text is Python's own (tests compare millions).
     """
