@@ -561,7 +561,7 @@ def _cmd_lpr(args: argparse.Namespace) -> int:
     structure is featurised once; peak memory is the training set plus one chunk."""
     import numpy as np
 
-    from lprviz.export import annotated_frames, write_extxyz
+    from lprviz.export import annotated_frames, write_annotated
     from lprviz.pipeline import prepare
     from lprviz.rigidity import _one_thread
 
@@ -639,9 +639,12 @@ def _cmd_lpr(args: argparse.Namespace) -> int:
             times["LCPR per descriptor block"] += time.perf_counter() - start
         start = time.perf_counter()
         part = data.subset(np.concatenate([train_frames, chunk]))
-        annotated = annotated_frames(part, results, include_training=False,
-                                     atom_arrays=lcpr, extra_provenance=provenance)
-        write_extxyz(fh, annotated)
+        schema = {"include_training": False, "atom_arrays": lcpr,
+                  "extra_provenance": provenance}
+        write_annotated(fh, part, results, **schema)
+        # copies only for --sample's texts (the same bytes as in the output)
+        annotated = (annotated_frames(part, results, **schema)
+                     if collector is not None and collector.n_sample else None)
         times[f"writing {args.output}"] += time.perf_counter() - start
         summary.append(results[0].lpr[-len(phi):])
         if collector is not None:

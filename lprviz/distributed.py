@@ -496,7 +496,7 @@ def _test_chunk(item, role, wanted: list[str], first: int, fit, alphas,
     """extxyz text, summary and phase times of the test frames of one chunk (frames
     ``first...`` of the output); None when it has none."""
     from lprviz.cli import _chunk_results
-    from lprviz.export import annotated_frames, write_extxyz
+    from lprviz.export import annotated_frames, write_annotated
     from lprviz.features import compute_soap
     from lprviz.rigidity import _one_thread
     from lprviz.summary import chunk_summary
@@ -513,10 +513,11 @@ def _test_chunk(item, role, wanted: list[str], first: int, fit, alphas,
         phi = fit.model_features(desc.values, desc.atom_numbers)
         del desc
         results = _chunk_results(fit, alphas, chunk, frames[:0], frames, phi, times)
-    annotated = annotated_frames(chunk, results, include_training=False,
-                                 extra_provenance=provenance)
+    schema = {"include_training": False, "extra_provenance": provenance}
     buf = io.StringIO()
-    write_extxyz(buf, annotated)
+    write_annotated(buf, chunk, results, **schema)
+    # copies only for --sample's texts (the same bytes as in the output)
+    annotated = annotated_frames(chunk, results, **schema) if n_sample else None
     part = chunk_summary(first + frames, chunk.names, chunk.groups.tolist(),
                          chunk.frame_sizes, chunk.atom_numbers, results[0].lpr,
                          results[0].undetermined, n_sample=n_sample, annotated=annotated)

@@ -20,26 +20,32 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import io
 import itertools
+import math
 import os
 import re
 import tempfile
+import types
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from fractions import Fraction
 from pathlib import Path
 from typing import IO
 
 import numpy as np
 from ase import Atoms
+from ase.calculators.calculator import all_properties
 from ase.calculators.singlepoint import SinglePointCalculator
-from ase.io.extxyz import output_column_format, save_calc_results
+from ase.data import chemical_symbols
+from ase.io.extxyz import key_val_dict_to_str, output_column_format, save_calc_results
 from ase.stress import voigt_6_to_full_3x3_stress
 
 from lprviz.errors import InputError
 
 __all__ = [
     "annotated_frames", "atomic_output", "chemiscope_bytes", "csv_bytes", "extxyz_bytes",
-    "group_summary", "plain_text", "provenance", "write_extxyz",
+    "group_summary", "plain_text", "provenance", "write_annotated", "write_extxyz",
 ]
 
 PROVENANCE_PREFIX = "lprviz_"
@@ -56,7 +62,8 @@ def write_extxyz(file: str | Path | IO[str], frames: Iterable[Atoms]) -> None:
     """Write extxyz with floats at full precision.
 
     ASE's writer prints floats as ``%16.8f``, which rounds an LPR of 1e-9 to zero; this
-    uses ASE's own header builder and calculator-results handling, with ``%.15e`` floats.
+    writes what ASE's writer would (its header builder, column format and calculator-results
+    handling), with ``%.15e`` floats.
 
     Parameters
     ----------
@@ -64,33 +71,309 @@ def write_extxyz(file: str | Path | IO[str], frames: Iterable[Atoms]) -> None:
     frames : iterable of ase.Atoms
         Per-atom arrays and info entries are written as ASE's writer would write them.
     """
+    _write_records(file, map(_atoms_record, frames))
+
+
+def write_annotated(file: str | Path | IO[str], ds, results, **kwargs) -> None:
+    """Write :func:`annotated_frames` (same keyword arguments) as :func:`write_extxyz` would.
+
+    The same bytes, without copying any ``Atoms``: each frame's columns and header come
+    straight from the dataset frame and the results table, and the header entries every
+    frame shares (alphas, provenance) are formatted once.
+
+    Parameters
+    ----------
+    file : str, pathlib.Path or text file object
+    ds : lprviz.datasets.Dataset
+    results : lprviz.pipeline.Results or sequence of Results
+    **kwargs
+        ``include_training``, ``atom_arrays``, ``extra_provenance`` of
+        :func:`annotated_frames`.
+    """
+    shared, frames = _annotations(ds, results, **kwargs)
+    shared_text = _raw_info(shared)
+    _write_records(file, (_annotated_record(original, columns, info, shared, shared_text)
+                          for original, columns, info in frames))
+
+
+# --------------------------------------------------------------------------- extxyz writing
+
+# Columns ASE's writer never takes from ``atoms.arrays`` (symbols and positions come first).
+_SKIP_ARRAYS = frozenset({"numbers", "positions", "symbols", "species", "pos"})
+_SYMBOLS = np.array(chemical_symbols)
+
+
+@dataclasses.dataclass
+class _Record:
+    """One frame as ASE's writer sees its copy of the ``Atoms``: the per-atom columns after
+    symbols and positions (calculator results included) and the header's info text (ASE's
+    ``key_val_dict_to_str`` of the info entries and ``pbc``)."""
+
+    numbers: np.ndarray
+    positions: np.ndarray
+    cell: np.ndarray
+    arrays: dict[str, np.ndarray]
+    info: str
+
+
+def _raw_info(info: Mapping) -> str:
+    """ASE's header text of ``info`` (``key_val_dict_to_str``) before its final strip.
+
+    Entries are formatted one by one and joined, so the texts of consecutive parts join into
+    the text of their union; two marker keys (longer than any key of ``info``, so new) keep
+    ASE's strip off the ends of the part.
+    """
+    left = "_" * (1 + max(map(len, info), default=0))
+    right = left + "_"
+    text = key_val_dict_to_str({left: None, **info, right: None})
+    return text[len(left) + 1:-len(right)]
+
+
+def _calc_info(info: dict, arrays: dict, results: Mapping | None) -> None:
+    """Add calculator results to ``info`` and ``arrays`` as ASE's writer does (its
+    ``save_calc_results``: a name already present is a KeyError), then the pbc-less part of
+    its header rules: a 6-long ``stress`` becomes 3x3, the only shape its reader accepts."""
+    if results is not None:
+        save_calc_results(types.SimpleNamespace(info=info, arrays=arrays),
+                          types.SimpleNamespace(results=results), calc_prefix="")
+    if np.shape(info.get("stress", ())) == (6,):
+        info["stress"] = voigt_6_to_full_3x3_stress(info["stress"])
+
+
+def _atoms_record(atoms: Atoms) -> _Record:
+    """What ASE's writer takes from ``atoms`` (arrays and info are not copied)."""
+    arrays = dict(atoms.arrays)
+    info = dict(atoms.info)
+    _calc_info(info, arrays, None if atoms.calc is None else atoms.calc.results)
+    info["pbc"] = atoms.get_pbc()  # always written, as ASE does
+    return _Record(atoms.numbers, atoms.positions, atoms.cell.array, arrays,
+                   key_val_dict_to_str(info))
+
+
+def _single_point(results: Mapping) -> dict:
+    """``SinglePointCalculator(atoms, **results).results``, without its copy of the atoms."""
+    out = {}
+    for name, value in results.items():
+        if name not in all_properties:
+            raise InputError(f"calculator result {name!r}: expected one of ASE's properties")
+        if value is not None:
+            out[name] = value if name in ("energy", "magmom", "free_energy") else (
+                np.array(value, float))
+    return out
+
+
+def _annotated_record(original: Atoms, columns: dict, frame_info: dict, shared: dict,
+                      shared_text: str) -> _Record:
+    """The :class:`_Record` of ``original`` annotated as :func:`annotated_frames` does."""
+    arrays = {k: v for k, v in original.arrays.items() if not _STALE_ARRAYS.match(k)}
+    arrays.update(columns)
+    before = {k: v for k, v in original.info.items() if not _STALE_INFO.match(k)}
+    info = {**before, **shared, **frame_info}
+    calc_results = getattr(original.calc, "results", None)
+    _calc_info(info, arrays, _single_point(calc_results) if calc_results else None)
+    info["pbc"] = original.get_pbc()
+    # The shared entries (all stale names, so none is among the frame's own) follow the
+    # frame's own and nothing changes them per frame: their text is the one formatted once.
+    # The entries after them start with the schema's "energy_pred", so ASE's strip of their
+    # text only takes the end, as the strip of the whole would.
+    keys = list(info)
+    n = len(before)
+    after = key_val_dict_to_str({k: info[k] for k in keys[n + len(shared):]})
+    text = (_raw_info({k: info[k] for k in keys[:n]}) if n else "") + shared_text + after
+    return _Record(original.numbers, original.positions, original.cell.array, arrays,
+                   text.strip())
+
+
+@functools.lru_cache(maxsize=256)
+def _column_format(layout: tuple) -> tuple[str, str]:
+    """The ``Properties=`` value and the row ``%`` format of a column layout (name, dtype,
+    trailing shape per column), from ASE's ``output_column_format``. Each run of adjacent
+    float fields becomes one ``%s``, filled with the run's text from :func:`_e15_rows`."""
+    arrays = {name: np.empty((0, *shape), dtype) for name, dtype, shape in layout}
+    comment, _, _, fmt = output_column_format(Atoms(), list(arrays), arrays, False)
+    # no cell and no info: "Properties=<spec> pbc=..." (``pbc`` is always written)
+    spec = comment.removeprefix("Properties=").removesuffix(' pbc="F F F"')
+    # ASE joins the fields with single spaces; "%16.8f" is only ever a float's
+    return spec, re.sub(r"%16\.8f(?: %16\.8f)*", "%s", fmt)
+
+
+def _powers_of_ten() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``10**s`` for ``s`` in ``_POWERS``: its top 26 bits, the next 53 bits, and the nearest
+    float64 (exact rationals, so every entry is correctly rounded)."""
+    top, rest, nearest = [], [], []
+    for s in _POWERS:
+        exact = Fraction(10) ** s
+        mantissa, exponent = math.frexp(float(exact))
+        high = math.ldexp(math.floor(math.ldexp(mantissa, 26)), exponent - 26)
+        top.append(high)
+        rest.append(float(exact - Fraction(high)))
+        nearest.append(float(exact))
+    return np.array(top), np.array(rest), np.array(nearest)
+
+
+# 16 significant digits of |x| in [1e-99, 1e99) need 10**s for s = 15 - exponent in
+# [-83, 114]; a margin either side for a log10 one off.
+_POWERS = range(-90, 121)
+_POW_TOP, _POW_REST, _POW = _powers_of_ten()
+# The four ASCII digits of 0..9999 as one uint32 each (bytes in memory order), and the two
+# of 0..99 as one uint16: gathering whole groups is several times faster than byte rows.
+_DIGITS4 = np.frombuffer("".join(f"{i:04d}" for i in range(10**4)).encode(), np.uint32)
+_DIGITS2 = np.frombuffer("".join(f"{i:02d}" for i in range(10**2)).encode(), np.uint16)
+_SPLIT = 134217729.0  # 2**27 + 1: Dekker's split of a float64 into two 26-bit halves
+
+
+def _scaled(a: np.ndarray, exponent: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``a * 10**(15 - exponent)`` as integer part and fraction, to within ~2e-7.
+
+    The top halves' product is exact (26 x 26 bits); the other terms are at most ~2**-25 of
+    it (< 2**28 for a 16-digit integer part), so their few roundings cost < 2e-7 in all.
+    """
+    i = 15 - exponent - _POWERS.start
+    c = _SPLIT * a
+    top = c - (c - a)
+    whole = top * _POW_TOP[i]
+    rest = top * _POW_REST[i] + (a - top) * _POW[i]
+    floor = np.floor(whole)
+    frac = (whole - floor) + rest
+    carry = np.floor(frac)
+    return floor.astype(np.int64) + carry.astype(np.int64), frac - carry
+
+
+def _e15_rows(x: np.ndarray) -> list[str]:
+    """Each row of the float64 array ``x`` (n, k) as ``" ".join("%22.15e" % v ...)``,
+    vectorised.
+
+    16 significant digits of ``|v|`` in [1e-99, 1e99) and zeros are built with integer
+    arithmetic (a scaled product to ~2e-7, rounded to nearest); rows with a value this cannot
+    decide -- a fraction within 1e-6 of one half (ties included), other magnitudes, inf,
+    NaN -- are formatted by Python, so every text is Python's own (tests compare millions).
+    """
+    n, k = x.shape
+    flat = x.reshape(-1)
+    a = np.abs(flat)
+    ok = (a >= 1e-99) & (a < 1e99)
+    a = np.where(ok, a, 1.0)
+    exponent = np.floor(np.log10(a)).astype(np.int64)
+    digits, frac = _scaled(a, exponent)
+    low, high = digits < 10**15, digits >= 10**16  # log10 one off near powers of ten
+    redo = np.flatnonzero(low | high)
+    if redo.size:
+        exponent[redo] += high[redo].astype(np.int64) - low[redo]
+        digits[redo], frac[redo] = _scaled(a[redo], exponent[redo])
+    ok &= (digits >= 10**15) & (digits < 10**16) & (np.abs(frac - 0.5) > 1e-6)
+    digits += frac > 0.5
+    carry = digits == 10**16  # 9.99...95 rounds up to 1.000...e+1
+    digits[carry] = 10**15
+    exponent += carry
+    zero = flat == 0
+    digits[zero] = 0
+    exponent[zero] = 0
+    ok = (ok & (np.abs(exponent) < 100)) | zero
+    # " d.ddddddddddddddde+dd" or "-d...": 22 characters and a space, "\n" ending a row
+    high8 = digits // 10**8
+    low8 = (digits - high8 * 10**8).astype(np.int32)
+    high8 = high8.astype(np.int32)
+    groups = np.empty((n * k, 4), dtype=np.uint32)
+    for j, group in enumerate((high8 // 10**4, high8 % 10**4, low8 // 10**4, low8 % 10**4)):
+        groups[:, j] = _DIGITS4[group]
+    sixteen = groups.view(np.uint8)
+    text = np.empty((n * k, 23), dtype=np.uint8)
+    text[:, 0] = np.where(np.signbit(flat), ord("-"), ord(" "))
+    text[:, 1] = sixteen[:, 0]
+    text[:, 2] = ord(".")
+    text[:, 3:18] = sixteen[:, 1:]
+    text[:, 18] = ord("e")
+    text[:, 19] = np.where(exponent < 0, ord("-"), ord("+"))
+    text[:, 20:22] = _DIGITS2[np.abs(exponent) % 100].view(np.uint8).reshape(-1, 2)
+    text[:, 22] = ord(" ")
+    text = text.reshape(n, 23 * k)
+    text[:, -1] = ord("\n")
+    out = text.tobytes().decode("ascii").split("\n")
+    out.pop()  # after the last row
+    for i in np.flatnonzero(~ok.reshape(n, k).all(axis=1)).tolist():
+        out[i] = " ".join(["%22.15e" % v for v in x[i].tolist()])  # noqa: UP031 (the format reproduced)
+    return out
+
+
+def _float_run(columns: list[np.ndarray]) -> np.ndarray:
+    """Adjacent float columns (n, k_i) as one float64 (n, sum k_i) array."""
+    if len(columns) == 1:
+        return columns[0].astype(np.float64, copy=False)
+    return np.concatenate(columns, axis=1, dtype=np.float64, casting="same_kind")
+
+
+def _frame_columns(record: _Record) -> tuple[int, str, str, list]:
+    """A frame's atom count, first two lines, row format and fields in order: lists of
+    values, or float64 (n, k) arrays for runs of ``k`` adjacent float fields (one ``%s``
+    each; :func:`_batch_text` formats them)."""
+    n = len(record.numbers)
+    # np.array of no symbols is a float array, as in ASE's writer
+    symbols = _SYMBOLS[record.numbers] if n else np.array([])
+    columns = {"symbols": symbols, "positions": record.positions,
+               **{k: v for k, v in record.arrays.items() if k not in _SKIP_ARRAYS}}
+    layout = []
+    fields: list = []
+    run: list = []  # float columns since the last other field
+    for name, array in columns.items():
+        array = np.asarray(array)
+        if array.ndim > 2 or len(array) != n:
+            raise InputError(f"array {name!r}: expected one value or row per atom ({n}), got "
+                             f"shape {array.shape}")
+        layout.append((name, array.dtype, array.shape[1:]))
+        # (n, 1) is one field, as in ASE's writer
+        array = array if array.ndim == 2 else array.reshape(n, 1)
+        if array.dtype.kind == "f":  # any float prints as Python's float of it: float64
+            run.append(array)
+            continue
+        if run:
+            fields.append(_float_run(run))
+            run = []
+        fields.extend(array.T.tolist())
+    if run:
+        fields.append(_float_run(run))
+    spec, fmt = _column_format(tuple(layout))
+    head = ""
+    if record.cell.any():  # as ASE: the transposed cell, in Fortran order
+        head = 'Lattice="' + " ".join(
+            str(x) for x in np.reshape(record.cell.T, 9, order="F")) + '" '
+    return n, f"{n}\n{head}Properties={spec} {record.info}\n", fmt, fields
+
+
+# Atoms whose float fields are formatted in one vectorised call (bounds its memory).
+_BATCH_ATOMS = 16384
+
+
+def _write_records(file: str | Path | IO[str], records: Iterable[_Record]) -> None:
     with contextlib.ExitStack() as stack:
         fh = file if hasattr(file, "write") else stack.enter_context(open(file, "w"))
-        for original in frames:
-            atoms = original.copy()
-            save_calc_results(atoms, original.calc, calc_prefix="")
-            # As ASE's writer does: its reader only accepts a 9-long (3x3) stress.
-            if np.shape(atoms.info.get("stress", ())) == (6,):
-                atoms.info["stress"] = voigt_6_to_full_3x3_stress(atoms.info["stress"])
-            skip = {"numbers", "positions", "symbols", "species", "pos"}
-            columns = ["symbols", "positions", *[k for k in atoms.arrays if k not in skip]]
-            arrays = {k: atoms.arrays[k] for k in columns[2:]}
-            arrays["symbols"] = np.array(atoms.get_chemical_symbols())
-            arrays["positions"] = atoms.positions
-            comment, ncols, dtype, fmt = output_column_format(atoms, columns, arrays, True)
-            fmt = fmt.replace("%16.8f", "%22.15e")
-            data = np.zeros(len(atoms), dtype)
-            for column, ncol in zip(columns, ncols, strict=True):
-                value = arrays[column]
-                if ncol == 1:
-                    data[column] = np.squeeze(value)
-                else:
-                    for c in range(ncol):
-                        data[column + str(c)] = value[:, c]
-            fh.write(f"{len(atoms)}\n{comment}\n")
-            # One % over the whole frame: the same text as row by row, without a Python
-            # iteration and a write per atom (the bulk of writing 100k atoms).
-            fh.write((fmt * len(data)) % tuple(itertools.chain.from_iterable(data.tolist())))
+        batch, n_atoms = [], 0
+        for record in itertools.chain(records, [None]):
+            if record is not None:
+                batch.append(_frame_columns(record))
+                n_atoms += len(record.numbers)
+            if batch and (record is None or n_atoms >= _BATCH_ATOMS):
+                fh.write(_batch_text(batch))
+                batch, n_atoms = [], 0
+
+
+def _batch_text(frames: list[tuple[int, str, str, list]]) -> str:
+    """The text of frames from :func:`_frame_columns`, the float runs of one width
+    formatted together."""
+    runs: dict[int, list] = {}
+    for *_, fields in frames:
+        for f in fields:
+            if isinstance(f, np.ndarray):
+                runs.setdefault(f.shape[1], []).append(f)
+    texts = {k: iter(_e15_rows(np.concatenate(v))) for k, v in runs.items()}
+    out = []
+    for n, head, fmt, fields in frames:
+        values = [list(itertools.islice(texts[f.shape[1]], n)) if isinstance(f, np.ndarray)
+                  else f for f in fields]
+        # One % over the whole frame: the same text as row by row, without a Python
+        # iteration and a write per atom.
+        out.append(head + (fmt * n) % tuple(
+            itertools.chain.from_iterable(zip(*values, strict=True))))
+    return "".join(out)
 
 
 # --------------------------------------------------------------------------- the schema
@@ -280,20 +563,10 @@ def annotated_frames(
     -------
     list of ase.Atoms
     """
-    results = _results_list(results)
-    frames = _selected_frames(results, include_training)
-    atom_cols, frame_cols = _table(ds, results, frames)
-    selected = np.isin(ds.structure_index, frames)
-    for name, values in (atom_arrays or {}).items():
-        atom_cols[_identifier(name, "array")] = np.asarray(values)[selected]
-    info = {"alpha": float(results[0].alpha),
-            "alphas": np.array([float(r.alpha) for r in results]),
-            **provenance(ds, results, extra_provenance)}
-    sizes = np.asarray(ds.frame_sizes)[frames]
-    starts = np.concatenate([[0], np.cumsum(sizes)])
+    shared, frames = _annotations(ds, results, include_training=include_training,
+                                  atom_arrays=atom_arrays, extra_provenance=extra_provenance)
     out = []
-    for j, frame in enumerate(frames):
-        original = ds.frames[frame]
+    for original, columns, frame_info in frames:
         atoms = original.copy()
         for key in [k for k in atoms.arrays if _STALE_ARRAYS.match(k)]:
             del atoms.arrays[key]
@@ -302,19 +575,43 @@ def annotated_frames(
         calc_results = getattr(original.calc, "results", None)
         if calc_results:  # the reference energy/forces, written as calculator results
             atoms.calc = SinglePointCalculator(atoms, **dict(calc_results))
-        rows = slice(starts[j], starts[j + 1])
-        for name, values in atom_cols.items():
-            atoms.arrays[name] = values[rows]
-        atoms.info.update(info)
-        atoms.info.update({k: v[j].item() for k, v in frame_cols.items()})
+        atoms.arrays.update(columns)
+        atoms.info.update(shared)
+        atoms.info.update(frame_info)
         out.append(atoms)
     return out
+
+
+def _annotations(ds, results, *, include_training: bool = True, atom_arrays=None,
+                 extra_provenance=None) -> tuple[dict, Iterator[tuple[Atoms, dict, dict]]]:
+    """What :func:`annotated_frames` adds (its arguments): the info entries every frame gets,
+    and per frame ``(dataset Atoms, per-atom columns, per-frame info entries)``."""
+    results = _results_list(results)
+    frames = _selected_frames(results, include_training)
+    atom_cols, frame_cols = _table(ds, results, frames)
+    selected = np.isin(ds.structure_index, frames)
+    for name, values in (atom_arrays or {}).items():
+        atom_cols[_identifier(name, "array")] = np.asarray(values)[selected]
+    shared = {"alpha": float(results[0].alpha),
+              "alphas": np.array([float(r.alpha) for r in results]),
+              **provenance(ds, results, extra_provenance)}
+    sizes = np.asarray(ds.frame_sizes)[frames]
+    starts = np.concatenate([[0], np.cumsum(sizes)]).tolist()
+    frame_values = {k: v.tolist() for k, v in frame_cols.items()}  # Python scalars
+
+    def per_frame() -> Iterator[tuple[Atoms, dict, dict]]:
+        for j, frame in enumerate(frames.tolist()):
+            rows = slice(starts[j], starts[j + 1])
+            yield (ds.frames[frame], {k: v[rows] for k, v in atom_cols.items()},
+                   {k: v[j] for k, v in frame_values.items()})
+
+    return shared, per_frame()
 
 
 def extxyz_bytes(ds, results, **kwargs) -> bytes:
     """Extended XYZ of :func:`annotated_frames` (same keyword arguments), full precision."""
     buf = io.StringIO()
-    write_extxyz(buf, annotated_frames(ds, results, **kwargs))
+    write_annotated(buf, ds, results, **kwargs)
     return buf.getvalue().encode()
 
 

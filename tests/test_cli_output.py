@@ -93,11 +93,11 @@ def test_failed_write_keeps_the_old_output_and_leaves_no_temporary(files, tmp_pa
     out = tmp_path / "results" / "out.extxyz"
     out.write_text(OLD)
 
-    def disk_full(fh, frames):
+    def disk_full(fh, *args, **kwargs):
         fh.write("3\nhalf a frame")
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(export, "write_extxyz", disk_full)
+    monkeypatch.setattr(export, "write_annotated", disk_full)
     assert main(["lpr", "--train", str(train), "--test", str(test), *SOAP, "-q",
                  "-o", str(out)]) == 2
     msg = _one_error_line(capsys.readouterr().err)

@@ -280,6 +280,13 @@ def test_summary_quantiles_equal_numpy_serial_and_distributed(tmp_path, cluster)
         assert frame.arrays["lpr"][first["atom"]] == pytest.approx(first["lpr"], rel=1e-12)
         sample = ase.io.read(tmp_path / f"{name}.sample.extxyz", index=":")
         assert [a.info["name"] for a in sample] == [frames[i].info["name"] for i in order[:4]]
+        # the sample's texts (from annotated_frames) are the output's (write_annotated)
+        output = (tmp_path / f"{name}.extxyz").read_text()
+        lines = (tmp_path / f"{name}.sample.extxyz").read_text().splitlines(keepends=True)
+        while lines:
+            n = int(lines[0]) + 2
+            assert "".join(lines[:n]) in output
+            lines = lines[n:]
 
 
 def test_collector_is_independent_of_chunking():

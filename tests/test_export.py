@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import io
 import json
@@ -10,8 +11,11 @@ import ase.io
 import numpy as np
 import pandas as pd
 import pytest
+from reference_export import reference_write
 
 from lprviz import datasets, export, features, pipeline, selection
+from lprviz.datasets import Dataset
+from lprviz.errors import InputError
 
 
 @pytest.fixture(scope="module")
@@ -146,3 +150,212 @@ def test_chemiscope_file_is_strict_json_with_unlabelled_structures(results):
                       parse_constant=no_constants)
     assert "energy" not in data["properties"]
     assert len(data["properties"]["lpr"]["values"]) == part.n_atoms
+
+
+# --------------------------------------------------------------------------- byte identity
+
+
+def _assert_same_bytes(ds, res, **kwargs):
+    """The fast path, ``write_extxyz`` of the copies and the reference route agree byte for
+    byte; returns the frames ASE reads back from the fast path's text."""
+    want = io.StringIO()
+    reference_write(want, export.annotated_frames(ds, res, **kwargs))
+    fast = export.extxyz_bytes(ds, res, **kwargs).decode()
+    assert fast == want.getvalue()
+    copies = io.StringIO()
+    export.write_extxyz(copies, export.annotated_frames(ds, res, **kwargs))
+    assert copies.getvalue() == fast
+    return ase.io.read(io.StringIO(fast), index=":", format="extxyz")
+
+
+def test_shared_entries_are_replaced_schema_names():
+    """The fast writer formats the entries every frame shares once, as one block after the
+    frame's own: that holds because each is a name removed from input frames first."""
+    ds = datasets.load("teaching-stoichiometry")
+    mask = np.zeros(len(ds.frames), dtype=bool)
+    mask[:5] = True
+    shared, _ = export._annotations(ds, _fit(ds, mask, [1e-3, 1e-1]),
+                                    extra_provenance={"note": "x"})
+    assert {"alpha", "alphas", "lprviz_note"} <= shared.keys()
+    assert all(export._STALE_INFO.match(k) for k in shared)
+
+
+def _fit(ds, mask, alphas):
+    desc = features.compute_soap(ds.frames, features.SOAP_PRESETS["fast"], species=ds.species)
+    fit = pipeline.prepare(ds, desc, mask, pipeline.ModelSpec())
+    return [pipeline.evaluate(fit, a) for a in alphas]
+
+
+@pytest.mark.parametrize("name", [row.name for row in datasets.list_available()
+                                  if row.kind == "shipped"])
+def test_fast_writer_matches_the_reference_on_shipped_datasets(name):
+    ds = datasets.load(name)
+    mask = np.zeros(len(ds.frames), dtype=bool)
+    mask[::4] = True
+    res = _fit(ds, mask, [1e-4, 1e-2])
+    rng = np.random.default_rng(1)
+    lcpr = {"lcpr_radial": rng.lognormal(size=ds.n_atoms),
+            "lcpr_angular": np.where(rng.random(ds.n_atoms) < 0.1, np.nan,
+                                     rng.lognormal(size=ds.n_atoms))}
+    back = _assert_same_bytes(ds, res, include_training=False, atom_arrays=lcpr,
+                              extra_provenance={"scale_from": "reference"})
+    test = np.flatnonzero(~mask)
+    assert len(back) == test.size
+    atoms = np.isin(ds.structure_index, test)
+    for i, r in enumerate(res):
+        np.testing.assert_allclose(np.concatenate([a.arrays[f"lpr_{i}"] for a in back]),
+                                   r.lpr[atoms], rtol=1e-15)
+    np.testing.assert_allclose(np.concatenate([a.arrays["lcpr_angular"] for a in back]),
+                               lcpr["lcpr_angular"][atoms], rtol=1e-15)
+    np.testing.assert_allclose([a.get_potential_energy() for a in back], ds.energies[test],
+                               rtol=1e-15)
+    _assert_same_bytes(ds, res[0])  # one alpha, every frame
+
+
+def _odd_frames():
+    """Frames with everything a user file can bring: calculator forces, energy, stress
+    (6-vector, in calc results or info), free energy, no cell, mixed pbc, info values of
+    every kind, extra per-atom columns of every kind, and stale lprviz output."""
+    from ase.build import bulk, molecule
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    rng = np.random.default_rng(7)
+    cu = bulk("Cu", "fcc", a=3.6, cubic=True)
+    cu.calc = SinglePointCalculator(cu, energy=-14.5, free_energy=-14.6,
+                                    forces=rng.standard_normal((4, 3)),
+                                    stress=rng.standard_normal(6))
+    cu.info.update({"name": "bulk Cu", "config_type": "bulk", "count": 3, "weight": 0.25,
+                    "flag": True, "np_flag": np.bool_(False), "np_int": np.int32(-4),
+                    "np_float": np.float32(1.5), "vector": np.array([1.5, -2.0, 3.25]),
+                    "ints": np.array([1, 2, 3]), "bools": np.array([True, False]),
+                    "virial": rng.standard_normal((3, 3)), "quote": 'say "hi" [x]',
+                    "listed": [1, "a"], "mapping": {"k": 1}, "pr": 9.0, "lprviz_version": "0",
+                    "tabbed": "x\t"})
+    cu.arrays["lpr"] = np.ones(4)  # stale outputs of an earlier run
+    cu.arrays["lpr_2"] = np.ones(4)
+    cu.arrays["forces_pred"] = np.zeros((4, 3))
+    cu.arrays["tag"] = np.array(["a", "bb", "c", "dd"])
+    cu.arrays["count"] = np.arange(4, dtype=np.int32)
+    cu.arrays["mask"] = np.array([True, False, True, True])
+    cu.arrays["single"] = rng.standard_normal((4, 1)).astype(np.float32)
+    mol = molecule("CH3CH2OH")  # no cell, not periodic
+    mol.calc = SinglePointCalculator(mol, energy=-40.0, forces=rng.standard_normal((9, 3)))
+    mol.info.update({"stress": rng.standard_normal(6), "alpha": 3.0, "in_training": True})
+    slab = bulk("Au", "fcc", a=4.1, cubic=True).repeat((1, 1, 2))  # mixed pbc
+    slab.pbc = [True, True, False]
+    slab.positions += rng.normal(scale=0.01, size=slab.positions.shape)
+    slab.calc = SinglePointCalculator(slab, energy=-25.0)
+    slab.info["pbc"] = "old"  # replaced in place by the frame's pbc, as ASE's writer does
+    bare = bulk("Ag", "fcc", a=4.0) * (2, 2, 2)  # no calculator at all
+    bare.arrays["tag"] = np.array(list("abcdefgh"))
+    return [cu, mol, slab, bare]
+
+
+def test_fast_writer_matches_the_reference_on_odd_frames():
+    frames = _odd_frames()
+    energies = np.array([-14.5, -40.0, -25.0, np.nan])
+    ds = Dataset(name="odd frames", frames=frames, energies=energies,
+                 has_energy=np.isfinite(energies), groups=np.array(["a", "b", "a", "c"]),
+                 names=["cu", "mol", "slab", "bare"], splits=np.array([""] * 4))
+    res = _fit(ds, np.array([True, True, True, False]), [1e-6, 1e-3, 1.0])
+    rng = np.random.default_rng(3)
+    res = [dataclasses.replace(r, forces_pred=rng.standard_normal((ds.n_atoms, 3)))
+           for r in res]
+    for kwargs in ({"include_training": False},
+                   {"atom_arrays": {"lcpr_x": rng.lognormal(size=ds.n_atoms)}}):
+        _assert_same_bytes(ds, res, **kwargs)
+    back = _assert_same_bytes(ds, res)
+    for got, frame in zip(back, frames, strict=True):
+        np.testing.assert_array_equal(got.pbc, frame.pbc)
+        np.testing.assert_allclose(got.positions, frame.positions, rtol=1e-15, atol=1e-300)
+    sizes = ds.frame_sizes
+    starts = np.concatenate([[0], np.cumsum(sizes)])
+    for j, got in enumerate(back):
+        rows = slice(starts[j], starts[j + 1])
+        np.testing.assert_allclose(got.arrays["forces_pred"], res[0].forces_pred[rows],
+                                   rtol=1e-15)
+        np.testing.assert_allclose(got.arrays["lpr_2"], res[2].lpr[rows], rtol=1e-15)
+        assert "lpr_3" not in got.arrays
+        assert got.info["pr"] == pytest.approx(res[0].pr[j], rel=1e-15)
+    cu = back[0]
+    np.testing.assert_allclose(cu.get_forces(), frames[0].calc.results["forces"], rtol=1e-15)
+    np.testing.assert_allclose(cu.get_stress(), frames[0].calc.results["stress"], rtol=1e-15)
+    assert cu.info["name"] == "bulk Cu" and cu.info["quote"] == 'say "hi" [x]'
+    assert cu.info["count"] == 3 and cu.info["flag"] is True and cu.info["np_flag"] is False
+    np.testing.assert_array_equal(cu.info["ints"], [1, 2, 3])
+    np.testing.assert_allclose(cu.info["virial"], frames[0].info["virial"], rtol=1e-15)
+    assert cu.info["lprviz_version"] != "0" and cu.info["mapping"] == {"k": 1}
+    np.testing.assert_array_equal(cu.arrays["tag"], ["a", "bb", "c", "dd"])
+    np.testing.assert_array_equal(cu.arrays["count"], np.arange(4))
+    np.testing.assert_allclose(cu.arrays["single"], frames[0].arrays["single"].ravel())
+    assert back[1].info["alpha"] == 1e-6 and back[1].info["in_training"] is True
+    np.testing.assert_allclose(back[1].get_stress(), frames[1].info["stress"], rtol=1e-15)
+
+
+def _hard_floats(rng, n):
+    """Values where 16-digit rounding is hard: every magnitude, neighbours of powers of ten,
+    exact ties at the 17th digit, integers beyond 2**53, zeros, inf and NaN."""
+    powers = 10.0 ** rng.integers(-110, 110, n).astype(float)
+    return np.concatenate([
+        rng.standard_normal(n),
+        rng.lognormal(sigma=40, size=n) * rng.choice([-1, 1], n),
+        np.nextafter(powers, rng.choice([0.0, np.inf], n)),
+        powers * rng.choice([-1, 1], n),
+        # 17-digit decimals ending in 5 (ties where the binary value is exact, else near)
+        (rng.integers(10**15, 10**16, n) * 10 + 5) / 10.0 ** rng.integers(0, 30, n),
+        rng.integers(0, 2**53, n).astype(float) * 2.0 ** rng.integers(-200, 200, n),
+        [0.0, -0.0, 1.0, 0.5, 2.5, 1234567890123456.5, 9.9999999999999995e-1, 1e-99,
+         9.999999999999999e98, 1e99, 1e-100, 5e-324, 1.7976931348623157e308, np.inf,
+         -np.inf, np.nan],
+    ])
+
+
+@pytest.mark.parametrize("width", [1, 3, 5])
+def test_vectorised_float_text_is_pythons(width):
+    """Every text of the vectorised ``%22.15e`` equals Python's own, over ~1.2M values."""
+    values = _hard_floats(np.random.default_rng(width), 200_000 // width * width)
+    values = values[: values.size // width * width].reshape(-1, width)
+    got = export._e15_rows(values)
+    want = [" ".join("%22.15e" % v for v in row) for row in values.tolist()]  # noqa: UP031
+    assert got == want
+
+
+def test_write_extxyz_matches_the_reference_on_any_frames():
+    """The generic path (any Atoms): odd frames, an empty frame, float32 and long-double
+    columns, inf/NaN and 3-digit exponents in a column, a non-orthogonal cell."""
+    from ase.build import bulk
+
+    frames = _odd_frames()
+    tri = bulk("Cu", "fcc", a=3.6) * (2, 1, 1)  # primitive: non-orthogonal cell
+    tri.arrays["x32"] = np.array([1.1, -2.5e-7], dtype=np.float32)
+    tri.arrays["xld"] = np.array([1 / 3, 2e-300], dtype=np.longdouble)
+    tri.arrays["odd"] = np.array([[np.inf, 1e200], [np.nan, -1e-150]])
+    frames += [tri, ase.Atoms()]
+    want = io.StringIO()
+    reference_write(want, frames)
+    got = io.StringIO()
+    export.write_extxyz(got, frames)
+    assert got.getvalue() == want.getvalue()
+    back = ase.io.read(io.StringIO(got.getvalue()), index=":", format="extxyz")
+    np.testing.assert_allclose(back[-2].arrays["odd"], tri.arrays["odd"], rtol=1e-15)
+    assert len(back[-1]) == 0
+
+
+def test_bad_columns_and_calculator_results_are_one_line_errors():
+    from ase.build import bulk
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    atoms = bulk("Cu", "fcc", a=3.6, cubic=True)
+    atoms.arrays["blocks"] = np.zeros((4, 2, 2))
+    with pytest.raises(InputError, match=r"array 'blocks': expected one value or row "
+                                                r"per atom \(4\), got shape \(4, 2, 2\)"):
+        export.write_extxyz(io.StringIO(), [atoms])
+    del atoms.arrays["blocks"]
+    atoms.calc = SinglePointCalculator(atoms, energy=-1.0)
+    atoms.calc.results["bogus"] = 1.0  # a calculator may hold results ASE does not know
+    ds = Dataset(name="one", frames=[atoms], energies=np.array([-1.0]),
+                 has_energy=np.array([True]), groups=np.array(["a"]), names=["cu"],
+                 splits=np.array([""]))
+    res = _fit(ds, np.array([True]), [1e-3])
+    with pytest.raises(InputError, match="calculator result 'bogus'"):
+        export.write_annotated(io.StringIO(), ds, res)
