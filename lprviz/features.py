@@ -391,7 +391,7 @@ def _check_search(frames: Sequence[ase.Atoms], cutoff: float,
     limit = get_limits().max_search_pairs
     ready = [_featomic_ready(frame, cutoff) for frame in frames]
     pairs = search_pairs_many([a.positions for a in ready], [a.cell.array for a in ready],
-                              cutoff)
+                              cutoff, limit)
     over = np.flatnonzero(~(pairs <= limit))  # NaN counts as over
     if over.size:
         k = int(over[0])

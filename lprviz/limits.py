@@ -271,34 +271,52 @@ def search_pairs(positions: np.ndarray, cell: np.ndarray, cutoff: float) -> floa
     return float((counts * window).sum() / 2 + visits)
 
 
-def search_pairs_many(positions: Sequence[np.ndarray], cells, cutoff: float) -> np.ndarray:
+def search_pairs_many(positions: Sequence[np.ndarray], cells, cutoff: float,
+                      limit: float | None = None) -> np.ndarray:
     """:func:`search_pairs` of many fully periodic frames.
 
     A frame whose cell holds a single sub-cell (every height below twice the cutoff: the
     small cells of most training sets) examines ``n^2 m / 2 + m`` pairs, ``m`` the number of
-    periodic images searched; those are counted in one array expression, the others one
-    by one (a file of 4,000 small frames: 15 ms instead of 0.7 s).
+    periodic images searched; those are counted in one array expression. Otherwise each
+    sub-cell is counted at most ``ceil((2 r + 1) / n_sub)`` times per axis in an atom's
+    window, so ``n^2 prod(ceil((2 r + 1) / n_sub)) / 2 + visits`` bounds the count: with
+    ``limit``, a frame whose bound is at most ``limit`` gets the bound, and only the others
+    are counted one by one (a file of 4,000 frames: ~20 ms instead of 0.7 s).
 
     Parameters
     ----------
     positions : sequence of numpy.ndarray of shape (n_atoms_i, 3)
     cells : array-like of shape (n_frames, 3, 3)
     cutoff : float
+    limit : float, optional
+        The value callers compare with (``Limits.max_search_pairs``); without it every
+        frame's count is exact.
 
     Returns
     -------
     numpy.ndarray of shape (n_frames,)
+        The counts of :func:`search_pairs` (or, with ``limit``, upper bounds at most
+        ``limit``).
     """
     cells = np.asarray(cells, dtype=float).reshape(-1, 3, 3)
     heights = cell_heights(cells, np.ones((len(cells), 3), dtype=bool))
-    with np.errstate(all="ignore"):
-        n_sub = np.maximum(1.0, np.floor(heights / cutoff))
-        reach = np.ceil(cutoff * n_sub / heights)
-        single = ((heights > 0) & np.isfinite(heights) & (n_sub == 1) & (reach <= 1e12)).all(1)
-        images = np.prod(2 * np.where(single[:, None], reach, 0.0) + 1, axis=1)
     n = np.array([len(p) for p in positions], dtype=float)
-    out = np.where(single, n * n * images / 2 + images, 0.0)
-    for i in np.flatnonzero(~single):
+    with np.errstate(all="ignore"):
+        valid = ((heights > 0) & np.isfinite(heights)).all(1)
+        n_sub = np.maximum(1.0, np.floor(np.where(valid[:, None], heights, 1.0) / cutoff))
+        scale = np.minimum(1.0, MAX_SUBCELLS / n_sub.prod(axis=1)) ** (1 / 3)
+        n_sub = np.where((n_sub.prod(axis=1) > MAX_SUBCELLS)[:, None],
+                         np.maximum(1.0, np.floor(n_sub * scale[:, None])), n_sub)
+        reach = np.ceil(cutoff * n_sub / np.where(valid[:, None], heights, 1.0))
+        valid &= (reach <= 1e12).all(1)
+        reach = np.where(valid[:, None], reach, 0.0)
+        visits = n_sub.prod(axis=1) * np.prod(2 * reach + 1, axis=1)
+        laps = np.ceil((2 * reach + 1) / n_sub).prod(axis=1)
+        bound = n * n * laps / 2 + visits
+    single = valid & (n_sub == 1).all(1)  # the bound is the count
+    settled = single if limit is None else single | (valid & (bound <= limit))
+    out = np.where(settled, bound, 0.0)
+    for i in np.flatnonzero(~settled):
         out[i] = search_pairs(positions[i], cells[i], cutoff)
     return out
 

@@ -416,3 +416,10 @@ def test_search_pairs_many_equals_search_pairs_frame_by_frame():
     want = [limits.search_pairs(p, c, 5.0) for p, c in zip(positions, cells, strict=True)]
     np.testing.assert_array_equal(got, want)
     assert np.isinf(got).any() and (got > 1e6).any() and (got < 1e4).any()
+    # with a limit: upper bounds, and the same verdict against the limit for every frame
+    want = np.array(want)
+    for limit in (1e3, 1e5, 1e7):
+        bounded = limits.search_pairs_many(positions, cells, 5.0, limit)
+        assert np.all(bounded >= want)
+        np.testing.assert_array_equal(bounded <= limit, want <= limit)
+        assert np.any((bounded > want) & (bounded <= limit))  # some were only bounded
