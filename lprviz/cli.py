@@ -625,9 +625,14 @@ def _cmd_lpr(args: argparse.Namespace) -> int:
     progress = _progress_bar("test structures", enabled=not args.quiet)
     done = 0
 
-    def finish(fh, chunk, phi, grads) -> None:
-        """LPR, output and summary of one featurised chunk (on the background thread)."""
+    def finish(fh, chunk, desc, grads) -> None:
+        """Model features, LPR, output and summary of one featurised chunk (on the
+        background thread; the model features' time counts in the first alpha's)."""
         nonlocal done
+        start = time.perf_counter()
+        phi = fit.model_features(desc.values, desc.atom_numbers)
+        del desc
+        times[f"LPR at alpha={alphas[0]:g}"] += time.perf_counter() - start
         results = _chunk_results(fit, alphas, data, train_frames, chunk, phi, times, grads)
         lcpr = {}
         if blocks is not None:
@@ -664,8 +669,6 @@ def _cmd_lpr(args: argparse.Namespace) -> int:
             for chunk in _test_chunks(data, test_frames, _CLI_CHUNK_ATOMS):
                 start = time.perf_counter()
                 desc = store.descriptors(chunk, keep=False)
-                phi = fit.model_features(desc.values, desc.atom_numbers)
-                del desc
                 times[featurise] += time.perf_counter() - start
                 grads = None
                 if args.forces:
@@ -673,7 +676,7 @@ def _cmd_lpr(args: argparse.Namespace) -> int:
                     grads = _chunk_gradients(fit, data, chunk)
                     times["SOAP gradients of the test structures"] += (time.perf_counter()
                                                                        - start)
-                behind.submit(finish, fh, chunk, phi, grads)
+                behind.submit(finish, fh, chunk, desc, grads)
 
     try:
         _write_atomically(args.output, "-o", write)
