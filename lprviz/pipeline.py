@@ -55,7 +55,7 @@ _CHUNK = 4096  # atoms per projection block (bounds the float64 temporary at _CH
 __all__ = [
     "ALPHA_RANGE", "DEFAULT_FORCE_WEIGHT", "FORCE_WEIGHT_RANGE", "MODEL_KINDS", "SCALE_RANGE",
     "Fit", "ModelSpec", "Results", "coordination",
-    "evaluate", "evaluate_features", "prepare", "reference_space",
+    "alpha_index", "evaluate", "evaluate_features", "prepare", "reference_space",
 ]
 
 MODEL_KINDS = ("linear", "sparse-kernel", "nn")
@@ -722,9 +722,15 @@ class AlphaGrid:
     owner: weakref.ref
 
     def index(self, alpha: float) -> int | None:
-        """Row of ``alpha`` (equal to a grid alpha within a relative 1e-12), else None."""
-        hits = np.flatnonzero(np.abs(self.alphas - alpha) <= 1e-12 * abs(alpha))
-        return int(hits[0]) if hits.size else None
+        """Row of ``alpha`` (:func:`alpha_index` of the grid's alphas), else None."""
+        return alpha_index(self.alphas, alpha)
+
+
+def alpha_index(alphas: Sequence[float], alpha: float) -> int | None:
+    """Position of ``alpha`` in ``alphas`` (equal within a relative 1e-12: the slider's
+    values after a float round trip), else None."""
+    hits = np.flatnonzero(np.abs(np.asarray(alphas, dtype=float) - alpha) <= 1e-12 * abs(alpha))
+    return int(hits[0]) if hits.size else None
 
 
 def alpha_grid(fit: Fit, alphas: Sequence[float]) -> AlphaGrid:

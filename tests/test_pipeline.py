@@ -390,3 +390,17 @@ def test_sparse_kernel_comparison_in_a_fixed_feature_space(emt):
         assert (evaluate(fresh, alpha).lpr / lpr_a).min() < 0.99  # why the map must be shared
     with pytest.raises(InputError, match="sparse-kernel"):
         prepare(data, desc, a_mask, ModelSpec(kind="linear"), nystrom=fit_a.nystrom)
+
+
+def test_alpha_index_matches_the_slider_values_after_a_round_trip():
+    """An alpha read back from text or a widget (relative change ~1e-16) finds its grid
+    row; a neighbouring value does not (the one test AlphaGrid.index and the app's results
+    cache share)."""
+    from lprviz.pipeline import alpha_index
+
+    alphas = np.logspace(-8, 2, 41)
+    for i in (0, 17, 40):
+        assert alpha_index(alphas, float(f"{alphas[i]:.17g}")) == i
+        assert alpha_index(alphas, alphas[i] * (1 + 4e-16)) == i
+        assert alpha_index(alphas, alphas[i] * (1 + 1e-9)) is None
+    assert alpha_index(alphas, 3e-5) is None and alpha_index([], 1e-4) is None

@@ -315,8 +315,8 @@ def results(source: str, preset: str, train: tuple[int, ...], spec: pipeline.Mod
     of ``grid_alphas`` (the slider's positions), read from the cached :func:`alpha_grid`."""
     def compute() -> pipeline.Results:
         f = fit(source, preset, train, spec, reference)
-        on_grid = grid_alphas is not None and bool(
-            np.any(np.abs(np.asarray(grid_alphas) - alpha) <= 1e-12 * alpha))
+        on_grid = grid_alphas is not None and pipeline.alpha_index(grid_alphas,
+                                                                   alpha) is not None
         # A grid the cache could not keep would be recomputed per alpha (41 columns each
         # time): then one pass per alpha is cheaper.
         grid_bytes = len(grid_alphas or ()) * len(f.structure_index) * (
