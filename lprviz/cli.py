@@ -558,7 +558,8 @@ class _Behind:
 def _cmd_lpr(args: argparse.Namespace) -> int:
     """``lprviz lpr``: fit on the training frames, then stream the test frames in chunks of
     about :data:`_CLI_CHUNK_ATOMS` atoms (featurise, evaluate, write, drop). Every distinct
-    structure is featurised once; peak memory is the training set plus one chunk."""
+    structure is featurised once; peak memory is the training set plus two chunks (one
+    being featurised, one evaluated and written on the background thread)."""
     import numpy as np
 
     from lprviz.export import annotated_frames, write_annotated
@@ -665,7 +666,8 @@ def _cmd_lpr(args: argparse.Namespace) -> int:
         # BLAS thread (the LPR gets the other core); other sources keep every thread.
         # The distributed workers' test chunks run the same way (distributed._test_chunk):
         # a sparse kernel's features carry the GEMM's summation order at ~1e-8.
-        with _Behind() as behind, _one_thread(source.kind == "soap"):
+        # (_Behind inside: the last chunk finishes before the thread limit is lifted)
+        with _one_thread(source.kind == "soap"), _Behind() as behind:
             for chunk in _test_chunks(data, test_frames, _CLI_CHUNK_ATOMS):
                 start = time.perf_counter()
                 desc = store.descriptors(chunk, keep=False)

@@ -495,12 +495,13 @@ def _crowded_bins(points: np.ndarray, point_frame: np.ndarray, below: float):
     """
     cells = np.column_stack([np.floor(points / below), point_frame])
     cells -= cells.min(axis=0)
-    span = cells.max(axis=0) + 1
-    if np.prod(span) < 2.0**62:  # one exact integer per bin: a 1-D unique (10x faster)
-        key = ((cells[:, 3] * span[0] + cells[:, 0]) * span[1] + cells[:, 1]) * span[2] \
-            + cells[:, 2]
-        _, inverse, counts = np.unique(key.astype(np.int64), return_inverse=True,
-                                       return_counts=True)
+    span = [int(x) + 1 for x in cells.max(axis=0)]  # exact Python integers
+    if max(span) < 2**53 and math.prod(span) < 2**62:
+        # one exact integer per bin, in int64 arithmetic (a float key merges neighbouring
+        # bins beyond 2**53): a 1-D unique, 10x faster than unique rows
+        c = cells.astype(np.int64)
+        key = ((c[:, 3] * span[0] + c[:, 0]) * span[1] + c[:, 1]) * span[2] + c[:, 2]
+        _, inverse, counts = np.unique(key, return_inverse=True, return_counts=True)
     else:
         _, inverse, counts = np.unique(cells, axis=0, return_inverse=True, return_counts=True)
     return inverse.reshape(-1), counts
@@ -529,5 +530,7 @@ def _crowded_bin(points: np.ndarray, owner: np.ndarray, point_frame: np.ndarray,
     dist = np.linalg.norm(sub[:, None] - sub[None], axis=-1)
     dist[np.diag_indices(len(sub))] = np.inf
     a, b = np.unravel_index(np.argmin(dist), dist.shape)
+    if not dist[a, b] < below:  # cannot happen with exact bins; never report a false pair
+        return None
     i, j = sorted((int(owner[members[a]]), int(owner[members[b]])))
     return i, j, float(dist[a, b])

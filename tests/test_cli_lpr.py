@@ -288,3 +288,32 @@ def test_streamed_output_equals_one_chunk_and_the_library(files, tmp_path, monke
     np.testing.assert_allclose(got, res.local_energy[test_atoms], rtol=1e-6, atol=1e-6)
     pred = np.array([a.info["energy_pred"] for a in streamed])
     np.testing.assert_allclose(pred, res.energy_pred[~mask], rtol=1e-6, atol=1e-6)
+
+
+def test_streamed_phase_leaves_the_blas_threads_as_it_found_them(tmp_path, monkeypatch):
+    """The streamed phase runs BLAS on one thread while chunks are finished behind the
+    featurisation; the last chunk (and the sparse kernel's own one-thread blocks inside it)
+    finishes before the limit is lifted, so an in-process caller gets its threads back."""
+    from threadpoolctl import threadpool_info
+
+    from lprviz import cli
+
+    def blas_threads():
+        return sorted(p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas")
+
+    before = blas_threads()
+    monkeypatch.setattr(cli, "_CLI_CHUNK_ATOMS", 200)  # several chunks
+    seen = []
+    real = cli._chunk_results
+
+    def spy(*args, **kwargs):
+        seen.append(blas_threads())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(cli, "_chunk_results", spy)
+    out = tmp_path / "out.extxyz"
+    assert main(["lpr", "--dataset", "emt-alloys", "--train-groups", "bulk-pure,bulk-alloy",
+                 "--model", "sparse-kernel", "--n-sparse", "60", *SOAP_ARGS, "-q",
+                 "-o", str(out)]) == 0
+    assert len(seen) > 3 and all(threads == [1] * len(before) for threads in seen)
+    assert blas_threads() == before

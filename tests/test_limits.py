@@ -423,3 +423,44 @@ def test_search_pairs_many_equals_search_pairs_frame_by_frame():
         assert np.all(bounded >= want)
         np.testing.assert_array_equal(bounded <= limit, want <= limit)
         assert np.any((bounded > want) & (bounded <= limit))  # some were only bounded
+
+
+def test_far_apart_atoms_in_many_frames_are_not_a_close_pair():
+    """Frames spanning 1.8e5 A together (bins beyond 2**53 once frames are stacked): a float
+    bin key merged neighbouring bins and reported a pair that closest_pair then did not find
+    (a TypeError). Exact integer bins: nothing is flagged, and a real pair still is."""
+    from lprviz.datasets.readers import validate_frames
+
+    far = ase.Atoms("H2", positions=[[-9e4] * 3, [9e4] * 3])
+    line = ase.Atoms("C9", positions=[[0, 0, float(k)] for k in range(9)])
+    frames = [far.copy(), far.copy(), far.copy(), line]
+    flags = limits.frames_with_close_pairs(
+        np.concatenate([a.positions for a in frames]), [len(a) for a in frames],
+        [a.cell.array for a in frames], [a.pbc for a in frames], 0.4)
+    assert not flags.any()
+    validate_frames(frames, source="x.xyz")
+    for offset in np.linspace(-2e4, 2e4, 41):  # the line anywhere between the far atoms
+        moved = line.copy()
+        moved.positions += offset
+        assert limits.closest_pair(np.vstack([far.positions, moved.positions]), np.zeros((3, 3)),
+                                   (False,) * 3, 0.4) is None
+    close = line.copy()
+    close.positions[8] = close.positions[7] + [0.1, 0, 0]
+    with pytest.raises(InputError, match="frame 3: atoms 7 and 8 are 0.1 A apart"):
+        validate_frames([*frames[:3], close], source="x.xyz")
+
+
+def test_text_in_a_numeric_column_is_one_line_after_earlier_geometry(tmp_path):
+    """A text true_local_energy column is a one-line error naming the field, and a close
+    pair in the same frame (checked first) is still what is reported."""
+    body = ("2\nLattice=\"6 0 0 0 6 0 0 0 6\" Properties=species:S:1:pos:R:3:"
+            "true_local_energy:S:1 energy=1.0 pbc=\"T T T\"\n"
+            "Cu 0 0 0 a\nCu {x} 0 0 b\n")
+    close, apart = tmp_path / "close.xyz", tmp_path / "apart.xyz"
+    close.write_text(body.format(x=0.1))
+    apart.write_text(body.format(x=2.5))
+    with pytest.raises(InputError, match="frame 0: atoms 0 and 1 are 0.1 A apart"):
+        datasets.load(str(close))
+    with pytest.raises(InputError,
+                       match=r"^apart.xyz: frame 0: true_local_energy: expected numbers"):
+        datasets.load(str(apart))

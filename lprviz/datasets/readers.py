@@ -551,13 +551,22 @@ def _check_results(atoms: Atoms, where: str, limits, *, require_energy: bool) ->
     calc_results = getattr(atoms.calc, "results", {}) if atoms.calc is not None else {}
     forces = calc_results.get("forces", atoms.arrays.get("forces"))
     if forces is not None:
-        forces = np.asarray(forces, dtype=float)
+        forces = _numbers(forces, f"{where}: forces")
         if forces.shape != (n, 3) or not np.all(np.isfinite(forces)):
             raise InputError(f"{where}: forces must be finite with shape ({n}, 3)")
     if "true_local_energy" in atoms.arrays:
-        local = np.asarray(atoms.arrays["true_local_energy"], dtype=float).reshape(-1)
+        local = _numbers(atoms.arrays["true_local_energy"],
+                         f"{where}: true_local_energy").reshape(-1)
         if local.shape != (n,) or not np.all(np.isfinite(local)):
             raise InputError(f"{where}: true_local_energy must be finite, one per atom")
+
+
+def _numbers(values, what: str) -> np.ndarray:
+    """``values`` as a float array, or one line naming ``what`` (a text column, say)."""
+    try:
+        return np.asarray(values, dtype=float)
+    except (TypeError, ValueError):
+        raise InputError(f"{what}: expected numbers, got text or other values") from None
 
 
 def _check_geometry(frames: list[Atoms], source: str, limits) -> None:
@@ -583,12 +592,13 @@ def _check_geometry(frames: list[Atoms], source: str, limits) -> None:
         close = np.flatnonzero(frames_with_close_pairs(
             np.concatenate([a.positions for a in frames[:stop]]), sizes, cells[:stop],
             pbcs[:stop], floor))
-        if close.size:
-            k = int(close[0])
-            i, j, dist = closest_pair(frames[k].positions, cells[k], pbcs[k], floor)
-            raise InputError(f"{source}: frame {k}: atoms {i} and {j} are {dist:.3g} A apart, "
-                             f"closer than {floor:g} A (limit min_distance, "
-                             "LPRVIZ_MIN_DISTANCE); duplicated atoms or wrong units?")
+        for k in close.tolist():  # the screen may only over-report: the pair decides
+            pair = closest_pair(frames[k].positions, cells[k], pbcs[k], floor)
+            if pair is not None:
+                i, j, dist = pair
+                raise InputError(f"{source}: frame {k}: atoms {i} and {j} are {dist:.3g} A "
+                                 f"apart, closer than {floor:g} A (limit min_distance, "
+                                 "LPRVIZ_MIN_DISTANCE); duplicated atoms or wrong units?")
     if thin.size:
         axis = int(np.argmin(heights[stop]))
         raise InputError(
