@@ -225,6 +225,27 @@ def _patterns(pbcs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return patterns, which.reshape(-1)
 
 
+def _search_grid(heights: np.ndarray, cutoff: float):
+    """The cell-list grid of :func:`search_pairs` for cells of these heights (n_cells, 3).
+
+    Returns ``(valid, n_sub, reach)``: sub-cells per axis (at least ``cutoff`` thick, at most
+    :data:`MAX_SUBCELLS` in all) and sub-cells searched each way; ``valid`` is False where
+    the search is unbounded (a degenerate or non-finite cell, a reach beyond 1e12), with
+    ``reach`` 0 there.
+    """
+    with np.errstate(all="ignore"):
+        valid = ((heights > 0) & np.isfinite(heights)).all(axis=1)
+        h = np.where(valid[:, None], heights, 1.0)
+        n_sub = np.maximum(1.0, np.floor(h / cutoff))
+        prod = n_sub.prod(axis=1)
+        over = prod > MAX_SUBCELLS
+        n_sub[over] = np.maximum(1.0, np.floor(
+            n_sub[over] * ((MAX_SUBCELLS / prod[over]) ** (1 / 3))[:, None]))
+        reach = np.ceil(cutoff * n_sub / h)
+        valid &= (np.isfinite(reach) & (reach <= 1e12)).all(axis=1)
+    return valid, n_sub, np.where(valid[:, None], reach, 0.0)
+
+
 def search_pairs(positions: np.ndarray, cell: np.ndarray, cutoff: float) -> float:
     """Atom pairs a cell-list neighbour search examines in a fully periodic cell.
 
@@ -249,15 +270,10 @@ def search_pairs(positions: np.ndarray, cell: np.ndarray, cutoff: float) -> floa
         Estimated pairs examined (candidate pairs plus sub-cell visits); ``inf`` for a
         degenerate or non-finite cell.
     """
-    heights = cell_heights(cell, (True, True, True))
-    if not np.all(np.isfinite(heights)) or np.any(heights <= 0):
+    valid, n_sub, reach = _search_grid(cell_heights(cell, (True, True, True))[None], cutoff)
+    if not valid[0]:
         return math.inf
-    n_sub = np.maximum(1.0, np.floor(heights / cutoff))
-    if n_sub.prod() > MAX_SUBCELLS:
-        n_sub = np.maximum(1.0, np.floor(n_sub * (MAX_SUBCELLS / n_sub.prod()) ** (1 / 3)))
-    reach = np.ceil(cutoff * n_sub / heights)  # sub-cells searched each way
-    if not np.all(np.isfinite(reach)) or np.any(reach > 1e12):
-        return math.inf
+    n_sub, reach = n_sub[0], reach[0]
     visits = float(n_sub.prod() * np.prod(2 * reach + 1))
     shape = tuple(int(n) for n in n_sub)
     frac = np.linalg.solve(cell.T, np.asarray(positions, dtype=float).T).T
@@ -299,20 +315,12 @@ def search_pairs_many(positions: Sequence[np.ndarray], cells, cutoff: float,
         ``limit``).
     """
     cells = np.asarray(cells, dtype=float).reshape(-1, 3, 3)
-    heights = cell_heights(cells, np.ones((len(cells), 3), dtype=bool))
+    valid, n_sub, reach = _search_grid(
+        cell_heights(cells, np.ones((len(cells), 3), dtype=bool)), cutoff)
     n = np.array([len(p) for p in positions], dtype=float)
-    with np.errstate(all="ignore"):
-        valid = ((heights > 0) & np.isfinite(heights)).all(1)
-        n_sub = np.maximum(1.0, np.floor(np.where(valid[:, None], heights, 1.0) / cutoff))
-        scale = np.minimum(1.0, MAX_SUBCELLS / n_sub.prod(axis=1)) ** (1 / 3)
-        n_sub = np.where((n_sub.prod(axis=1) > MAX_SUBCELLS)[:, None],
-                         np.maximum(1.0, np.floor(n_sub * scale[:, None])), n_sub)
-        reach = np.ceil(cutoff * n_sub / np.where(valid[:, None], heights, 1.0))
-        valid &= (reach <= 1e12).all(1)
-        reach = np.where(valid[:, None], reach, 0.0)
-        visits = n_sub.prod(axis=1) * np.prod(2 * reach + 1, axis=1)
-        laps = np.ceil((2 * reach + 1) / n_sub).prod(axis=1)
-        bound = n * n * laps / 2 + visits
+    visits = n_sub.prod(axis=1) * np.prod(2 * reach + 1, axis=1)
+    laps = np.ceil((2 * reach + 1) / n_sub).prod(axis=1)
+    bound = n * n * laps / 2 + visits
     single = valid & (n_sub == 1).all(1)  # the bound is the count
     settled = single if limit is None else single | (valid & (bound <= limit))
     out = np.where(settled, bound, 0.0)
