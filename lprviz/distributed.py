@@ -510,9 +510,10 @@ def _test_chunk(item, role, wanted: list[str], first: int, fit, alphas,
     with _one_thread():
         desc = compute_soap(chunk.frames, fit.hypers, species=fit.species, cache=False,
                             names=chunk.names)
-        phi = fit.model_features(desc.values, desc.atom_numbers)
+        phi, baseline = fit.model_feature_blocks(desc.values, desc.atom_numbers)
         del desc
-        results = _chunk_results(fit, alphas, chunk, frames[:0], frames, phi, times)
+        results = _chunk_results(fit, alphas, chunk, frames[:0], frames, phi, times,
+                                 baseline=baseline)
     schema = {"include_training": False, "extra_provenance": provenance}
     buf = io.StringIO()
     write_annotated(buf, chunk, results, **schema)

@@ -240,15 +240,29 @@ class Fit:
         Use this to add structures to :attr:`solver` (``solver.with_structures``) or to
         compute the LPR of new atoms with the same model.
         """
-        if self.nystrom is not None:
-            phi = self.nystrom.transform(values)
-        elif self.nn is not None:
-            phi = self.nn.transform(values, atom_numbers)
-        else:
-            phi = values
         if self.spec.baseline:
-            phi = append_baseline(phi, atom_numbers, self.species, scale=self.scale)
-        return np.asarray(phi, dtype=np.float64)
+            return append_baseline(self._readout(values, atom_numbers), atom_numbers,
+                                   self.species, scale=self.scale)
+        return self.model_feature_blocks(values, atom_numbers)[0]
+
+    def model_feature_blocks(
+        self, values: np.ndarray, atom_numbers: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """:meth:`model_features` as two column blocks, not stacked into one copy: the
+        readout's features (``values`` themselves for the linear model) and the baseline's
+        one-hot species columns (None without the baseline). :func:`evaluate_features`
+        takes them as they are."""
+        phi = np.asarray(self._readout(values, atom_numbers), dtype=np.float64)
+        if not self.spec.baseline:
+            return phi, None
+        return phi, self.scale * composition_features(atom_numbers, self.species)
+
+    def _readout(self, values: np.ndarray, atom_numbers: np.ndarray) -> np.ndarray:
+        if self.nystrom is not None:
+            return self.nystrom.transform(values)
+        if self.nn is not None:
+            return self.nn.transform(values, atom_numbers)
+        return values
 
 
 @dataclass(eq=False)
@@ -825,7 +839,8 @@ def evaluate(fit: Fit, alpha: float, *, grid: AlphaGrid | None = None) -> Result
 
 
 def evaluate_features(fit: Fit, phi_raw: np.ndarray, structure_index: np.ndarray,
-                      alphas: Sequence[float]) -> Iterator[Results]:
+                      alphas: Sequence[float], *,
+                      baseline: np.ndarray | None = None) -> Iterator[Results]:
     """:func:`evaluate` for atoms outside the fit's dataset, given their raw model features.
 
     The block is projected once (thin on the solver's dual route) for every alpha; nothing
@@ -842,6 +857,10 @@ def evaluate_features(fit: Fit, phi_raw: np.ndarray, structure_index: np.ndarray
         Structure ``0 .. m-1`` of each atom, sorted.
     alphas : sequence of float
         Regularisers (each in :data:`ALPHA_RANGE`).
+    baseline : numpy.ndarray of shape (n, d - k), optional
+        The last columns of the model features, when ``phi_raw`` holds only the first
+        ``k`` (:meth:`Fit.model_feature_blocks`): the block is never stacked into one copy
+        on the solver's dual route.
 
     Yields
     ------
@@ -852,20 +871,22 @@ def evaluate_features(fit: Fit, phi_raw: np.ndarray, structure_index: np.ndarray
     """
     alphas = [check_number("alpha", a, *ALPHA_RANGE) for a in alphas]
     solver = fit.solver
-    phi = np.asarray(phi_raw, dtype=np.float64)
     structure_index = np.asarray(structure_index)
-    if phi.ndim != 2 or phi.shape[0] != structure_index.shape[0]:
-        raise InputError(f"features: expected one row per atom ({structure_index.shape[0]}), "
-                         f"got shape {phi.shape}")
+    blocks = [np.asarray(x, dtype=np.float64) for x in (phi_raw, baseline) if x is not None]
+    for x in blocks:
+        if x.ndim != 2 or x.shape[0] != structure_index.shape[0]:
+            raise InputError(f"features: expected one row per atom "
+                             f"({structure_index.shape[0]}), got shape {x.shape}")
     n_frames = int(structure_index.max()) + 1 if structure_index.size else 0
-    rows = structure_features(phi, structure_index, n_frames, convention="mean")
+    rows = [structure_features(x, structure_index, n_frames, convention="mean")
+            for x in blocks]
     if solver.route == "dual":
-        (P, rho2), (Q, rho2_rows) = (solver.thin_projections(x, dtype=np.float64)
-                                     for x in (phi, rows))
+        (P, rho2), (Q, rho2_rows) = (solver.thin_projections(*x, dtype=np.float64)
+                                     for x in (blocks, rows))
         norm2 = np.einsum("ij,ij->i", P, P) + rho2
     else:
-        (P, rho2), (Q, rho2_rows) = (solver.projections(phi), None), (solver.projections(rows),
-                                                                     None)
+        (P, rho2), (Q, rho2_rows) = ((solver.projections(_stacked(blocks)), None),
+                                     (solver.projections(_stacked(rows)), None))
         norm2 = np.einsum("ij,ij->i", P, P)
     for alpha in alphas:
         lpr, undetermined, local = _block_lpr(solver, P, rho2, alpha,
@@ -883,6 +904,10 @@ def evaluate_features(fit: Fit, phi_raw: np.ndarray, structure_index: np.ndarray
             data_share=data_share(lpr, norm2, alpha),
             **_provenance(fit),
         )
+
+
+def _stacked(blocks: list[np.ndarray]) -> np.ndarray:
+    return blocks[0] if len(blocks) == 1 else np.hstack(blocks)
 
 
 def _block_lpr(solver: RigiditySolver, P: np.ndarray, rho2: np.ndarray | None, alpha: float,

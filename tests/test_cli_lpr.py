@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import platform
+import sys
+from pathlib import Path
+
 import ase.io
 import numpy as np
 import pytest
@@ -291,9 +295,12 @@ def test_streamed_output_equals_one_chunk_and_the_library(files, tmp_path, monke
 
 
 def test_streamed_phase_leaves_the_blas_threads_as_it_found_them(tmp_path, monkeypatch):
-    """The streamed phase runs BLAS on one thread while chunks are finished behind the
-    featurisation; the last chunk (and the sparse kernel's own one-thread blocks inside it)
-    finishes before the limit is lifted, so an in-process caller gets its threads back."""
+    """The streamed phase runs BLAS on one thread and hands the GIL over in short turns
+    while chunks are finished behind the featurisation; the last chunk (and the sparse
+    kernel's own one-thread blocks inside it) finishes before the limits are lifted, so an
+    in-process caller gets its threads and switch interval back."""
+    import sys
+
     from threadpoolctl import threadpool_info
 
     from lprviz import cli
@@ -301,13 +308,15 @@ def test_streamed_phase_leaves_the_blas_threads_as_it_found_them(tmp_path, monke
     def blas_threads():
         return sorted(p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas")
 
-    before = blas_threads()
+    before, interval = blas_threads(), sys.getswitchinterval()
+    assert interval != cli._STREAM_SWITCH_INTERVAL
     monkeypatch.setattr(cli, "_CLI_CHUNK_ATOMS", 200)  # several chunks
     seen = []
     real = cli._chunk_results
 
     def spy(*args, **kwargs):
         seen.append(blas_threads())
+        assert sys.getswitchinterval() == pytest.approx(cli._STREAM_SWITCH_INTERVAL)
         return real(*args, **kwargs)
 
     monkeypatch.setattr(cli, "_chunk_results", spy)
@@ -316,4 +325,47 @@ def test_streamed_phase_leaves_the_blas_threads_as_it_found_them(tmp_path, monke
                  "--model", "sparse-kernel", "--n-sparse", "60", *SOAP_ARGS, "-q",
                  "-o", str(out)]) == 0
     assert len(seen) > 3 and all(threads == [1] * len(before) for threads in seen)
-    assert blas_threads() == before
+    assert blas_threads() == before and sys.getswitchinterval() == interval
+
+
+ROOT = Path(__file__).resolve().parents[1]
+_HELD = """
+import ctypes, sys
+import numpy as np
+from lprviz import cli
+
+class Info(ctypes.Structure):  # glibc's struct mallinfo2 (sizes in bytes)
+    _fields_ = [(name, ctypes.c_size_t) for name in (
+        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks",
+        "fordblks", "keepcost")]
+
+mallinfo2 = ctypes.CDLL("libc.so.6").mallinfo2
+mallinfo2.restype = Info
+took = cli._reuse_freed_memory() if sys.argv[1] == "tuned" else None
+a = np.ones(8 << 20)  # a 64 MiB chunk, above glibc's default mmap threshold (<= 32 MiB)
+mapped = mallinfo2().hblkhd
+del a
+print(took, mapped >> 20, mallinfo2().fordblks >> 20)
+"""
+
+
+@pytest.mark.skipif(sys.platform != "linux" or platform.libc_ver()[0] != "glibc"
+                    or tuple(map(int, platform.libc_ver()[1].split(".")[:2])) < (2, 33),
+                    reason="the allocator settings are glibc's (mallopt; mallinfo2 >= 2.33)")
+def test_cli_allocator_keeps_freed_chunks():
+    """``lprviz lpr`` has glibc keep freed large blocks for the next chunk: by default a
+    64 MiB array is a mapping of its own, returned to the kernel when freed (and faulted
+    in afresh next time); with the CLI's settings it comes from the heap and stays there,
+    free for reuse."""
+    import subprocess
+
+    def run(mode):
+        out = subprocess.run([sys.executable, "-c", _HELD, mode], capture_output=True,
+                             text=True, check=True, cwd=ROOT)
+        took, mapped, held = out.stdout.split()
+        return took, int(mapped), int(held)
+
+    took, mapped, held = run("default")
+    assert mapped >= 64 and held < 64
+    took, mapped, held = run("tuned")
+    assert took == "True" and mapped < 64 and held >= 64

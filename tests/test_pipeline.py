@@ -277,6 +277,18 @@ def test_evaluate_features_equals_evaluate_on_the_same_atoms(emt, baseline):
         assert got.rank_diff == ref.rank_diff and not got.train_mask.any()
     with pytest.raises(InputError, match="alpha"):
         next(evaluate_features(fit, phi, block_index, [-1.0]))
+    # the same features in two column blocks (the baseline's one-hot columns not stacked)
+    core, extra = fit.model_feature_blocks(desc.values[atoms], desc.atom_numbers[atoms])
+    assert (extra is not None) == baseline
+    np.testing.assert_array_equal(core if extra is None else np.hstack([core, extra]), phi)
+    for got, ref in zip(evaluate_features(fit, core, block_index, alphas, baseline=extra),
+                        evaluate_features(fit, phi, block_index, alphas), strict=True):
+        for name in ("lpr", "local_energy", "energy_pred", "pr", "data_share"):
+            np.testing.assert_allclose(getattr(got, name), getattr(ref, name), rtol=1e-10,
+                                       atol=1e-12, err_msg=name)
+        np.testing.assert_array_equal(got.undetermined, ref.undetermined)
+    with pytest.raises(InputError, match="one row per atom"):
+        next(evaluate_features(fit, core, block_index, alphas, baseline=np.ones((2, 3))))
 
 
 def test_sparse_kernel_matches_solver_on_model_features(emt):

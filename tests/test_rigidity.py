@@ -601,6 +601,30 @@ def test_dual_equals_primal_on_every_output(alpha):
     np.testing.assert_allclose(np.sort(dual.eigvals), np.sort(primal.eigvals), atol=1e-12)
 
 
+def test_dual_route_blocks_of_rows_give_the_same_numbers(monkeypatch):
+    """The dual route projects atoms in blocks of ``_THIN_ROWS`` rows (the explicit residual
+    of near-span rows taken per block): blocks of 7 rows, with training rows (explicit
+    residual) and outside rows (difference) falling in the same and in different blocks,
+    give what one block gives."""
+    rng = np.random.default_rng(35)
+    train = random_structures(rng, 6, 30)
+    solver = RigiditySolver.from_structures(train)
+    assert solver.route == "dual"
+    rows = scaled_rows(train, 1.0)
+    atoms = np.vstack([rng.random((5, 30)), rows, np.vstack(train)[:9], rng.random((4, 30))])
+    P, rho2 = solver.thin_projections(atoms, dtype=np.float64)
+    lpr, undetermined = solver.lpr_and_undetermined(atoms, 1e-6)
+    monkeypatch.setattr(rigidity, "_THIN_ROWS", 7)
+    P7, rho2_7 = solver.thin_projections(atoms[:, :20], atoms[:, 20:], dtype=np.float64)
+    np.testing.assert_allclose(P7, P, rtol=0, atol=1e-14 * np.abs(P).max())
+    np.testing.assert_allclose(rho2_7, rho2, rtol=1e-10, atol=1e-20)
+    lpr7, undetermined7 = solver.lpr_and_undetermined(atoms, 1e-6)
+    np.testing.assert_allclose(lpr7, lpr, rtol=1e-10)
+    np.testing.assert_array_equal(undetermined7, undetermined)
+    # training rows lie in the span: their residual is ~0, not a cancellation's noise
+    assert np.all(rho2_7[5:11] < 1e-20 * np.einsum("ij,ij->i", rows, rows) / solver.scale**2)
+
+
 def test_sweep_from_projections_equals_per_alpha_calls():
     rng = np.random.default_rng(33)
     train = random_structures(rng, 40, 12)
