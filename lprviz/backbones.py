@@ -46,7 +46,7 @@ from ase.data import chemical_symbols
 
 from lprviz import features as _features
 from lprviz.errors import InputError
-from lprviz.limits import get_limits, search_pairs
+from lprviz.limits import first_over_search_limit, get_limits
 
 __all__ = [
     "BACKBONES",
@@ -398,14 +398,14 @@ def _check_species(frames: Sequence[ase.Atoms], labels: Sequence[str], readout: 
 def _check_search(frames: Sequence[ase.Atoms], labels: Sequence[str], readout: _Readout,
                   spec: _Spec) -> None:
     """Refuse a frame whose neighbour list would exceed ``Limits.max_search_pairs``."""
-    limit = get_limits().max_search_pairs
-    for atoms, label in zip(frames, labels, strict=True):
-        boxed = _periodic(atoms, readout.cutoff)
-        pairs = search_pairs(boxed.positions, boxed.cell.array, readout.cutoff)
-        if not pairs <= limit:
-            raise InputError(f"{label}: {spec.label}'s neighbour list at its {readout.cutoff:g} "
-                             f"A cutoff would examine ~{pairs:.2g} atom pairs (limit "
-                             f"{limit:.2g}, LPRVIZ_MAX_SEARCH_PAIRS)")
+    boxed = [_periodic(atoms, readout.cutoff) for atoms in frames]
+    over = first_over_search_limit([a.positions for a in boxed],
+                                   [a.cell.array for a in boxed], readout.cutoff)
+    if over is not None:
+        k, pairs, limit = over
+        raise InputError(f"{labels[k]}: {spec.label}'s neighbour list at its "
+                         f"{readout.cutoff:g} A cutoff would examine ~{pairs:.2g} atom pairs "
+                         f"(limit {limit:.2g}, LPRVIZ_MAX_SEARCH_PAIRS)")
 
 
 @contextlib.contextmanager

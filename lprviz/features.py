@@ -39,7 +39,12 @@ from ase.data import chemical_symbols
 
 from lprviz.cachefiles import remove_stale
 from lprviz.errors import InputError
-from lprviz.limits import cell_heights, check_number, get_limits, search_pairs_many
+from lprviz.limits import (
+    cell_heights,
+    check_number,
+    first_over_search_limit,
+    get_limits,
+)
 
 __all__ = [
     "SOAP_PRESETS",
@@ -388,17 +393,15 @@ def _check_search(frames: Sequence[ase.Atoms], cutoff: float,
     returned for the featomic call), for every frame before the first featomic call: its
     search cannot be interrupted, and when an allocation fails it aborts the whole process.
     """
-    limit = get_limits().max_search_pairs
     ready = [_featomic_ready(frame, cutoff) for frame in frames]
-    pairs = search_pairs_many([a.positions for a in ready], [a.cell.array for a in ready],
-                              cutoff, limit)
-    over = np.flatnonzero(~(pairs <= limit))  # NaN counts as over
-    if over.size:
-        k = int(over[0])
+    over = first_over_search_limit([a.positions for a in ready],
+                                   [a.cell.array for a in ready], cutoff)
+    if over is not None:
+        k, pairs, limit = over
         heights = ", ".join(f"{h:.3g}" for h in cell_heights(ready[k].cell.array, ready[k].pbc))
         raise InputError(
             f"{labels[k]}: a neighbour search at the SOAP cutoff {cutoff:g} A would examine "
-            f"~{pairs[k]:.2g} atom pairs (limit {limit:.2g}, LPRVIZ_MAX_SEARCH_PAIRS); cell "
+            f"~{pairs:.2g} atom pairs (limit {limit:.2g}, LPRVIZ_MAX_SEARCH_PAIRS); cell "
             f"heights {heights} A, {len(ready[k])} atoms"
         )
     return ready

@@ -34,6 +34,7 @@ __all__ = [
     "cell_heights",
     "check_number",
     "closest_pair",
+    "first_over_search_limit",
     "frames_with_close_pairs",
     "get_limits",
     "search_pairs",
@@ -327,6 +328,19 @@ def search_pairs_many(positions: Sequence[np.ndarray], cells, cutoff: float,
     for i in np.flatnonzero(~settled):
         out[i] = search_pairs(positions[i], cells[i], cutoff)
     return out
+
+
+def first_over_search_limit(positions: Sequence[np.ndarray], cells,
+                            cutoff: float) -> tuple[int, float, float] | None:
+    """The first fully periodic frame whose neighbour search exceeds
+    ``Limits.max_search_pairs`` (:func:`search_pairs_many`), as ``(index, pairs, limit)``,
+    or None. What the featurisers check before a search that cannot be interrupted."""
+    limit = get_limits().max_search_pairs
+    pairs = search_pairs_many(positions, cells, cutoff, limit)
+    over = np.flatnonzero(~(pairs <= limit))  # NaN counts as over
+    if not over.size:
+        return None
+    return int(over[0]), float(pairs[over[0]]), limit
 
 
 def _circular_window_sum(grid: np.ndarray, axis: int, reach: int) -> np.ndarray:

@@ -316,3 +316,21 @@ def test_broken_install_is_one_line_input_error(monkeypatch):
     with pytest.raises(InputError, match=r"SevenNet could not be loaded \(ImportError") as info:
         backbones.last_layer_features([ase.Atoms("Cu")], "sevenn")
     assert "\n" not in str(info.value) and "lprviz[nn]" in str(info.value)
+
+
+def test_search_limit_is_checked_over_all_frames_before_the_model_runs():
+    """A frame whose neighbour list would exceed the search limit (a needle-thin cell) is
+    refused by name, before any model runs; the frames before it pass the same check."""
+    from types import SimpleNamespace
+
+    from ase.build import bulk
+
+    thin = ase.Atoms("Cu", cell=[[1, 0, 0], [1e6, 1, 0], [0, 0, 1]], pbc=True)
+    fine = [bulk("Cu", "fcc", a=3.6, cubic=True), ase.Atoms("CO", [[0, 0, 0], [0, 0, 1.1]])]
+    readout, spec = SimpleNamespace(cutoff=5.0), SimpleNamespace(label="CHGNet")
+    backbones._check_search(fine, ["f#0", "f#1"], readout, spec)
+    with pytest.raises(InputError) as info:
+        backbones._check_search([*fine, thin], ["f#0", "f#1", "f#2"], readout, spec)
+    msg = str(info.value)
+    assert msg.startswith("f#2: CHGNet's neighbour list at its 5 A cutoff")
+    assert "LPRVIZ_MAX_SEARCH_PAIRS" in msg and "\n" not in msg
