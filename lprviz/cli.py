@@ -718,8 +718,9 @@ def _cmd_lpr(args: argparse.Namespace) -> int:
     def write(fh) -> None:
         progress(0, n_test_atoms)
         # Each chunk's LPR and writing run behind the next chunk's featurisation. featomic
-        # keeps one core busy and releases the GIL, so with SOAP the streamed phase has one
-        # BLAS thread (the LPR gets the other core); other sources keep every thread.
+        # releases the GIL and runs threads of its own (~1.5 cores busy alone), so with SOAP
+        # the streamed phase has one BLAS thread (no oversubscribed cores; other sources
+        # keep every thread) and short GIL turns for featomic's callbacks.
         # The distributed workers' test chunks run the same way (distributed._test_chunk):
         # a sparse kernel's features carry the GEMM's summation order at ~1e-8.
         # (_Behind inside: the last chunk finishes before the limits are lifted)
