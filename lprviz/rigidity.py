@@ -76,6 +76,7 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import os
+import threading
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -1248,6 +1249,10 @@ def _lpr_pass(P: np.ndarray, W: np.ndarray, dot: np.ndarray | None,
 
 
 _CONTROLLER: ThreadpoolController | None = None
+# _one_thread's shared state: blocks open in any thread, and the limit they hold.
+_LIMIT_LOCK = threading.Lock()
+_LIMIT_DEPTH = 0
+_LIMIT = None
 
 
 def project_dot(P: np.ndarray, v: np.ndarray) -> np.ndarray:
@@ -1277,15 +1282,52 @@ def project_dot(P: np.ndarray, v: np.ndarray) -> np.ndarray:
 def _one_thread(active: bool = True):
     """BLAS on :data:`_FACTOR_THREADS` threads inside the block (no-op when not ``active``).
 
-    One controller for the process: ``threadpool_limits`` rescans the loaded libraries on
-    every call (0.4 ms), ``ThreadpoolController.limit`` does not (16 us).
+    The limit is process-wide (OpenBLAS has one pool), so blocks open in several threads at
+    once (the app's sessions, a Dask worker's threads, the CLI's two threads) share one
+    limit: the first block to open sets it, the last to close restores what the first
+    found, whichever threads those are. Separate limits would restore out of order and leave
+    the process on one thread (measured with two overlapping threads). One controller for
+    the process: ``threadpool_limits`` rescans the loaded libraries on every call (0.4 ms),
+    ``ThreadpoolController.limit`` does not (16 us).
     """
-    global _CONTROLLER
     if not active:
         return contextlib.nullcontext()
-    if _CONTROLLER is None:
-        _CONTROLLER = ThreadpoolController()
-    return _CONTROLLER.limit(limits=_FACTOR_THREADS, user_api="blas")
+    return _shared_limit()
+
+
+@contextlib.contextmanager
+def _shared_limit():
+    global _CONTROLLER, _LIMIT, _LIMIT_DEPTH
+    with _LIMIT_LOCK:
+        if _LIMIT_DEPTH == 0:
+            if _CONTROLLER is None:
+                _CONTROLLER = ThreadpoolController()
+            _release_blas_control()
+            _LIMIT = _CONTROLLER.limit(limits=_FACTOR_THREADS, user_api="blas")
+        _LIMIT_DEPTH += 1
+    try:
+        yield
+    finally:
+        with _LIMIT_LOCK:
+            _LIMIT_DEPTH -= 1
+            if _LIMIT_DEPTH == 0:
+                _release_blas_control()
+                _LIMIT.restore_original_limits()
+                _release_blas_control()
+                _LIMIT = None
+
+
+def _release_blas_control() -> None:
+    """Let the current thread set OpenBLAS's limit: recent threadpoolctl (3.8 here) lets
+    only the thread that last set it change a pthreads OpenBLAS pool, and the block that
+    closes a shared limit may run in another thread than the one that opened it."""
+    try:
+        from threadpoolctl import OpenBLASController
+    except ImportError:  # older threadpoolctl: any thread may set the limit
+        return
+    clear = getattr(OpenBLASController, "clear_controlling_thread", None)
+    if clear is not None:
+        clear(force=True)
 
 
 def _invert(u: np.ndarray) -> np.ndarray:

@@ -712,3 +712,47 @@ def test_lpr_grid_equals_per_alpha_passes(n_structures):
     lpr32 = solver.lpr_grid(P.astype(np.float32), alphas)[0]
     assert lpr32.dtype == np.float32
     np.testing.assert_allclose(lpr32, lpr, rtol=1e-5)
+
+
+def test_one_thread_blocks_overlapping_in_two_threads_share_one_limit():
+    """Blocks open in two threads at once (the app's sessions, a Dask worker's threads):
+    the second still runs on one BLAS thread after the first has closed, and once both
+    have closed the process has the threads it started with (separate limits restored out
+    of order: the second block ran on two threads and the process was left on one)."""
+    import threading
+
+    from threadpoolctl import threadpool_info
+
+    def blas_threads():
+        return sorted(p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas")
+
+    before = blas_threads()
+    first_in, second_in, first_out = threading.Event(), threading.Event(), threading.Event()
+    seen = {}
+
+    def first():
+        with rigidity._one_thread():
+            seen["first"] = blas_threads()
+            first_in.set()
+            second_in.wait(10)
+        first_out.set()
+
+    def second():
+        first_in.wait(10)
+        with rigidity._one_thread():
+            second_in.set()
+            first_out.wait(10)
+            seen["second, first closed"] = blas_threads()
+            with rigidity._one_thread():  # nested in the same thread
+                seen["nested"] = blas_threads()
+            seen["after nested"] = blas_threads()
+
+    threads = [threading.Thread(target=first), threading.Thread(target=second)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    ones = [1] * len(before)
+    assert seen == {"first": ones, "second, first closed": ones, "nested": ones,
+                    "after nested": ones}
+    assert blas_threads() == before
