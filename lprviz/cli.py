@@ -529,8 +529,9 @@ class _Behind:
     """Runs jobs one at a time on a background thread, in the order given, at most one
     waiting: :meth:`submit` first waits for the previous job (and raises its error), so
     the work overlaps by one step and memory holds at most two steps. Leaving the block
-    waits for the running job (a file it writes stays open until it is done) and, on a
-    normal exit, raises its error."""
+    waits for the running job (a file it writes stays open until it is done) and raises
+    its error, also in place of an error of the block itself: the job's step came first
+    (an interrupt is kept as it is)."""
 
     def __init__(self) -> None:
         from concurrent.futures import ThreadPoolExecutor
@@ -550,12 +551,16 @@ class _Behind:
     def __enter__(self) -> _Behind:
         return self
 
-    def __exit__(self, kind, *_) -> None:
+    def __exit__(self, kind, value, _traceback) -> None:
         try:
             if kind is None:
                 self.wait()
         finally:
             self._pool.shutdown(wait=True)
+        if kind is not None and issubclass(kind, Exception) and self._pending is not None:
+            earlier = self._pending.exception()
+            if earlier is not None:
+                raise earlier from value
 
 
 # glibc's mallopt parameters (malloc.h)

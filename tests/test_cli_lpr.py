@@ -15,6 +15,7 @@ from skmatter.metrics import local_prediction_rigidity as skmatter_lpr
 
 from lprviz import datasets, features
 from lprviz.cli import main
+from lprviz.errors import InputError
 from lprviz.features import SoapHypers, compute_soap
 from lprviz.pipeline import ModelSpec, evaluate, prepare
 
@@ -369,3 +370,29 @@ def test_cli_allocator_keeps_freed_chunks():
     assert mapped >= 64 and held < 64
     took, mapped, held = run("tuned")
     assert took == "True" and mapped < 64 and held >= 64
+
+
+@pytest.mark.parametrize("main_error", [InputError, KeyboardInterrupt])
+def test_background_error_of_an_earlier_chunk_is_the_one_reported(main_error):
+    """Both threads of the streamed phase fail (the previous chunk's write, the next
+    chunk's featurisation): the error reported is the earlier chunk's, so the first bad
+    frame in file order is named. An interrupt stays an interrupt."""
+    import threading
+
+    from lprviz import cli
+
+    started = threading.Event()
+
+    def earlier_chunk():
+        started.set()
+        raise InputError("chunk 1: disk full")
+
+    expected = InputError if main_error is InputError else KeyboardInterrupt
+    with pytest.raises(expected) as info:
+        with cli._Behind() as behind:
+            behind.submit(earlier_chunk)
+            started.wait(10)
+            raise main_error("chunk 2: over the limit")
+    if main_error is InputError:
+        assert str(info.value) == "chunk 1: disk full"
+        assert str(info.value.__cause__) == "chunk 2: over the limit"
