@@ -145,3 +145,35 @@ def test_slider_positions_read_from_one_cached_grid(tmp_path, monkeypatch):
     np.testing.assert_allclose(small.lpr, pipeline.evaluate(fit, positions[20]).lpr,
                                rtol=1e-12)
     caches.clear()
+
+
+def test_rank_agreement_computed_once_per_models_training_set_and_alpha(monkeypatch):
+    """Compare's rank agreement is kept per (models, training set, alpha): a rerun at the
+    same alpha reads it, another alpha or training set computes it; the value is
+    comparison.rank_agreement's."""
+    from lprviz import comparison
+
+    caches.clear()
+    calls = []
+    real = comparison.rank_agreement
+
+    def counted(*args, **kwargs):
+        calls.append(args)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(comparison, "rank_agreement", counted)
+    rng = np.random.default_rng(0)
+    a, b = rng.random(50), rng.random(50)
+    groups = np.repeat(["x", "y"], 25)
+    models = (("soap:default", "linear"), ("soap:default", "sparse-kernel"))
+    first = caches.rank_agreement("emt-alloys", models, (1, 2), 1e-4, a, b, groups)
+    again = caches.rank_agreement("emt-alloys", models, (1, 2), 1e-4, a, b, groups)
+    assert again is first and len(calls) == 1
+    assert first.spearman == pytest.approx(real(a, b, groups).spearman)
+    caches.rank_agreement("emt-alloys", models, (1, 2), 1e-3, b, a, groups)
+    caches.rank_agreement("emt-alloys", models, (1, 3), 1e-4, b, a, groups)
+    assert len(calls) == 3
+    caches.release("emt-alloys")
+    caches.rank_agreement("emt-alloys", models, (1, 2), 1e-4, a, b, groups)
+    assert len(calls) == 4
+    caches.clear()

@@ -330,6 +330,18 @@ def results(source: str, preset: str, train: tuple[int, ...], spec: pipeline.Mod
                        compute)
 
 
+def rank_agreement(source: str, models: tuple, train: tuple[int, ...], alpha: float,
+                   lpr_a: np.ndarray, lpr_b: np.ndarray, groups: np.ndarray):
+    """:func:`lprviz.comparison.rank_agreement` of two models' LPR (Compare), kept per
+    ``models`` (each model's feature key and spec), training set and alpha: at 100k atoms
+    its sorts cost ~8 float32 ``P @ w`` passes, paid again on every rerun of the page at the
+    same alpha (another widget) or on coming back to an alpha."""
+    from lprviz import comparison
+
+    return DERIVED.get((source, "rank_agreement", models, tuple(train), alpha),
+                       lambda: comparison.rank_agreement(lpr_a, lpr_b, groups))
+
+
 def force_pool(source: str, preset: str, train: tuple[int, ...], spec: pipeline.ModelSpec,
                pool: tuple[int, ...]):
     """:func:`lprviz.suggest.force_pool` of a force-trained fit's candidates (Improve), as

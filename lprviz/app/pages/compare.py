@@ -184,7 +184,8 @@ def _models_at_alpha(settings: state.Settings, train: tuple[int, ...], a: tuple[
                        "readout; a model marked *energies only* is fitted to energies alone.")
     sidx = ds.structure_index
     groups_atom = np.asarray(ds.groups)[sidx].astype(str)
-    agree = comparison.rank_agreement(res[0].lpr, res[1].lpr, groups_atom)
+    agree = caches.rank_agreement(settings.source, (a, specs[0], b, specs[1]), train, alpha,
+                                  res[0].lpr, res[1].lpr, groups_atom)
     st.metric("Spearman rank correlation, all atoms", f"{agree.spearman:.3f}")
     left, right = st.columns([3, 2])
     with left:
