@@ -559,8 +559,10 @@ class _Behind:
             self._pool.shutdown(wait=True)
         if kind is not None and issubclass(kind, Exception) and self._pending is not None:
             earlier = self._pending.exception()
-            if earlier is not None:
-                raise earlier from value
+            if isinstance(earlier, Exception):
+                if earlier.__cause__ is None:  # keep a cause of its own
+                    raise earlier from value
+                raise earlier
 
 
 # glibc's mallopt parameters (malloc.h)
@@ -574,8 +576,10 @@ def _reuse_freed_memory() -> bool:
     (featomic's output, the dense chunk, each ~48 MB at 4k atoms and d = 1470). By default
     glibc maps every block above 32 MB afresh and unmaps it when freed, so each reuse
     page-faults the memory in again: on 100k test atoms the process spent 1.3-1.9 s in the
-    kernel, 0.4-0.7 s with the thresholds raised (peak RSS 0.43 -> 0.47 GiB). Returns
-    whether the allocator took the settings (False off glibc).
+    kernel, 0.4-0.7 s with the thresholds raised (peak RSS 0.43 -> 0.47 GiB; glibc 2.36).
+    The settings last for the process, so only the command itself makes them (``main``
+    called without ``argv``), not a caller's process running ``main([...])``. Returns
+    whether the allocator took every setting (each is tried; False off glibc).
     """
     import ctypes
     import platform
@@ -586,9 +590,13 @@ def _reuse_freed_memory() -> bool:
         mallopt = ctypes.CDLL("libc.so.6").mallopt
     except (OSError, AttributeError):
         return False
+    mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
     settings = ((_M_MMAP_THRESHOLD, 512 << 20), (_M_TRIM_THRESHOLD, 1 << 30),
                 (_M_TOP_PAD, 64 << 20))
-    return all(mallopt(key, value) == 1 for key, value in settings)
+    assert all(0 < value < 2**31 for _, value in settings)  # mallopt takes a C int
+    # each on its own: a glibc that refuses one (an older one caps the mmap threshold at
+    # 32 MiB) still takes the others
+    return all([mallopt(key, value) == 1 for key, value in settings])
 
 
 # GIL switch interval of the streamed phase (Python's default is 5 ms); see _short_gil_turns.
@@ -644,7 +652,8 @@ def _cmd_lpr(args: argparse.Namespace) -> int:
                              "workers)")
         n_frames, _, lprs = run_lpr(args, steps, alphas, source.hypers, spec, collector)
         return _finish_lpr(args, steps, collector, n_frames, lprs, alphas[0])
-    _reuse_freed_memory()
+    if args.process_entry:
+        _reuse_freed_memory()
     with steps("loading structures"):
         data, train = _lpr_inputs(args)
         reference = _reference_set(args, data)
@@ -1182,6 +1191,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``lprviz`` command; return its exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.process_entry = argv is None  # the command itself, not a caller's process
     try:
         return int(args.func(args) or 0)
     except InputError as exc:

@@ -1207,8 +1207,10 @@ def _sq_dot(P: np.ndarray, W: np.ndarray, dot: np.ndarray | None = None):
         if halves:
             mid = n // 2 // _PASS_CHUNK * _PASS_CHUNK
             other = _executor().submit(blocks, mid, n)
-            blocks(0, mid)
-            other.result()
+            try:
+                blocks(0, mid)
+            finally:  # the other half ends inside the limit, and its error is not lost
+                other.result()
         else:
             blocks(0, n)
     return out if dot is None else (out, linear)
@@ -1282,39 +1284,49 @@ def project_dot(P: np.ndarray, v: np.ndarray) -> np.ndarray:
 def _one_thread(active: bool = True):
     """BLAS on :data:`_FACTOR_THREADS` threads inside the block (no-op when not ``active``).
 
-    The limit is process-wide (OpenBLAS has one pool), so blocks open in several threads at
+    A pthreads OpenBLAS has one pool for the process, so blocks open in several threads at
     once (the app's sessions, a Dask worker's threads, the CLI's two threads) share one
     limit: the first block to open sets it, the last to close restores what the first
     found, whichever threads those are. Separate limits would restore out of order and leave
-    the process on one thread (measured with two overlapping threads). One controller for
-    the process: ``threadpool_limits`` rescans the loaded libraries on every call (0.4 ms),
-    ``ThreadpoolController.limit`` does not (16 us).
+    the process on one thread (measured with two overlapping threads). Where every BLAS
+    library limits per thread (OpenMP builds), each block sets and restores its own.
+    One controller for the process: ``threadpool_limits`` rescans the loaded libraries on
+    every call (0.4 ms), ``ThreadpoolController.limit`` does not (16 us).
     """
+    global _CONTROLLER
     if not active:
         return contextlib.nullcontext()
+    if _CONTROLLER is None:
+        _CONTROLLER = ThreadpoolController()
+    if all(getattr(lib, "threading_layer", None) == "openmp"
+           for lib in _CONTROLLER.lib_controllers if lib.user_api == "blas"):
+        return _CONTROLLER.limit(limits=_FACTOR_THREADS, user_api="blas")
     return _shared_limit()
 
 
 @contextlib.contextmanager
 def _shared_limit():
-    global _CONTROLLER, _LIMIT, _LIMIT_DEPTH
-    with _LIMIT_LOCK:
-        if _LIMIT_DEPTH == 0:
-            if _CONTROLLER is None:
-                _CONTROLLER = ThreadpoolController()
-            _release_blas_control()
-            _LIMIT = _CONTROLLER.limit(limits=_FACTOR_THREADS, user_api="blas")
-        _LIMIT_DEPTH += 1
+    global _LIMIT, _LIMIT_DEPTH
+    entered = False
     try:
-        yield
-    finally:
         with _LIMIT_LOCK:
-            _LIMIT_DEPTH -= 1
             if _LIMIT_DEPTH == 0:
                 _release_blas_control()
-                _LIMIT.restore_original_limits()
-                _release_blas_control()
-                _LIMIT = None
+                _LIMIT = _CONTROLLER.limit(limits=_FACTOR_THREADS, user_api="blas")
+            _LIMIT_DEPTH += 1
+            entered = True
+        yield
+    finally:
+        if entered:
+            with _LIMIT_LOCK:
+                _LIMIT_DEPTH -= 1
+                if _LIMIT_DEPTH == 0:
+                    limit, _LIMIT = _LIMIT, None
+                    try:
+                        _release_blas_control()
+                        limit.restore_original_limits()
+                    finally:
+                        _release_blas_control()
 
 
 def _release_blas_control() -> None:

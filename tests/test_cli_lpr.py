@@ -396,3 +396,39 @@ def test_background_error_of_an_earlier_chunk_is_the_one_reported(main_error):
     if main_error is InputError:
         assert str(info.value) == "chunk 1: disk full"
         assert str(info.value.__cause__) == "chunk 2: over the limit"
+
+
+def test_background_error_keeps_its_own_cause_and_only_errors_replace():
+    """The earlier chunk's error keeps a cause of its own (the root of a failed write);
+    a background exit that is not an error does not replace the main thread's error."""
+    import threading
+
+    from lprviz import cli
+
+    def failed_write():
+        try:
+            raise OSError(28, "No space left on device")
+        except OSError as exc:
+            raise RuntimeError("chunk 1: writing failed") from exc
+
+    def exits():
+        raise SystemExit(3)
+
+    for job, expected in ((failed_write, "chunk 1: writing failed"),
+                          (exits, "chunk 2: over the limit")):
+        started = threading.Event()
+
+        def run(job=job, started=started):
+            started.set()
+            job()
+
+        with pytest.raises(Exception) as info:
+            with cli._Behind() as behind:
+                behind.submit(run)
+                started.wait(10)
+                raise InputError("chunk 2: over the limit")
+        assert str(info.value) == expected
+        if job is failed_write:
+            assert isinstance(info.value.__cause__, OSError)
+        else:
+            assert info.type is InputError

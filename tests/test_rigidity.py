@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import mpmath
 import numpy as np
 import pytest
@@ -756,3 +758,24 @@ def test_one_thread_blocks_overlapping_in_two_threads_share_one_limit():
     assert seen == {"first": ones, "second, first closed": ones, "nested": ones,
                     "after nested": ones}
     assert blas_threads() == before
+
+
+def test_one_thread_per_block_where_blas_limits_per_thread(monkeypatch):
+    """An OpenMP BLAS limits each thread on its own: every block sets and restores its own
+    limit (a shared one would limit only the thread that opened it)."""
+    from types import SimpleNamespace
+
+    made = []
+
+    class Controller:
+        lib_controllers = [SimpleNamespace(user_api="blas", threading_layer="openmp")]
+
+        def limit(self, *, limits, user_api):
+            made.append((limits, user_api))
+            return contextlib.nullcontext()
+
+    monkeypatch.setattr(rigidity, "_CONTROLLER", Controller())
+    with rigidity._one_thread():
+        with rigidity._one_thread():
+            assert rigidity._LIMIT_DEPTH == 0  # not the shared limit
+    assert made == [(rigidity._FACTOR_THREADS, "blas")] * 2
