@@ -428,26 +428,22 @@ def _soap_calculator(hypers: SoapHypers):
 
 
 def _featurise(
-    frames: Sequence[ase.Atoms],
+    ready: Sequence[ase.Atoms],
     hypers: SoapHypers,
     offsets: dict[tuple[int, int], int],
     l_of_prop: np.ndarray,
     out: np.ndarray,
     starts: np.ndarray,
-    ready: Sequence[ase.Atoms] | None = None,
 ) -> None:
-    """Dense ``(n_atoms, d)`` SOAP of each frame (one featomic call for all frames), written
-    into ``out[starts[k] : starts[k] + len(frames[k])]``, rows that must hold zeros.
-    ``ready``: the frames' :func:`_featomic_ready` copies, when already made.
+    """Dense ``(n_atoms, d)`` SOAP of each frame (one featomic call for all frames), given
+    as its :func:`_featomic_ready` copy, written into
+    ``out[starts[k] : starts[k] + len(ready[k])]``, rows that must hold zeros.
 
     Writing in place keeps one full-size array per call: a fresh array of 100k x 1470
     floats costs ~1 s of page faults on a shared virtual machine, more than featomic's
     own time for some chunks.
     """
-    calculator = _soap_calculator(hypers)
-    if ready is None:
-        ready = [_featomic_ready(a, hypers.cutoff) for a in frames]
-    tensor = calculator.compute(list(ready))
+    tensor = _soap_calculator(hypers).compute(list(ready))
     width = len(l_of_prop)
     starts = np.asarray(starts, dtype=np.int64)
     for key, block in tensor.items():
@@ -562,8 +558,8 @@ def compute_soap(
             chunk.append(i)
             chunk_atoms_now += int(sizes[i])
             if chunk_atoms_now >= chunk_atoms or pos == len(todo) - 1:
-                _featurise([frames[j] for j in chunk], hypers, offsets, l_of_prop, values,
-                           starts[chunk], [ready.pop(j) for j in chunk])
+                _featurise([ready.pop(j) for j in chunk], hypers, offsets, l_of_prop, values,
+                           starts[chunk])
                 if cache:  # copies: a view would keep the whole array alive
                     for j in chunk:
                         _remember(keys[j], values[rows[j]].copy())

@@ -51,8 +51,8 @@ from lprviz.features import (
     _layout,
     _remember,
     _settings_hash,
+    _soap_calculator,
     _structure_hash,
-    import_featomic,
 )
 from lprviz.limits import get_limits
 from lprviz.rigidity import _one_thread
@@ -135,23 +135,16 @@ def _kernel_factors(values: np.ndarray, nystrom) -> tuple[np.ndarray, np.ndarray
     return xhat, f1, f2
 
 
-def _calculator(hypers: SoapHypers):
-    featomic = import_featomic()
-
-    # built once per call of position_gradients: construction costs ~50 ms
-    return featomic.SoapPowerSpectrum(**hypers.featomic_hypers())
-
-
 def _summed_gradients(
     frames: Sequence[ase.Atoms],
     hypers: SoapHypers,
     offsets: dict[tuple[int, int], int],
     l_of_prop: np.ndarray,
     nystrom=None,
-    calculator=None,
 ) -> np.ndarray:
-    r"""``sum_k d phi_k / d r_j`` of every atom ``j`` of ``frames`` (one featomic call):
-    shape ``(n_atoms, 3, d)`` for raw SOAP, ``(n_atoms, 3, r)`` with a Nyström map.
+    r"""``sum_k d phi_k / d r_j`` of every atom ``j`` of ``frames`` (one featomic call; the
+    frames as their :func:`~lprviz.features._featomic_ready` copies): shape
+    ``(n_atoms, 3, d)`` for raw SOAP, ``(n_atoms, 3, r)`` with a Nyström map.
 
     featomic's gradient block of a (center type, neighbour pair) key has samples
     ``(sample, system, atom)``: row ``sample`` of the values block (a center ``k``), and the
@@ -160,10 +153,7 @@ def _summed_gradients(
     rule factor depends on the centre only, so it is applied per gradient sample before the
     sum, block by block (``d k_m/d r = f1 (g . m) - f2 (g . xhat)``).
     """
-    if calculator is None:
-        calculator = _calculator(hypers)
-    tensor = calculator.compute([_featomic_ready(a, hypers.cutoff) for a in frames],
-                                gradients=["positions"])
+    tensor = _soap_calculator(hypers).compute(list(frames), gradients=["positions"])
     width = len(l_of_prop)
     d = width * len(offsets)
     sizes = np.array([len(a) for a in frames])
@@ -282,17 +272,17 @@ def position_gradients(
     # Only raw SOAP gradients are cached: the kernel's chain rule needs per-centre gradients
     # (not their sums), and its active set changes with the training set anyway.
     use_cache = cache and nystrom is None
-    _check_search([a for a, k in zip(frames, keys, strict=True)
-                   if not (use_cache and k in _MEMORY)], hypers.cutoff,
-                  [lab for lab, k in zip(labels, keys, strict=True)
-                   if not (use_cache and k in _MEMORY)])
+    todo = [i for i, k in enumerate(keys) if not (use_cache and k in _MEMORY)]
+    ready = dict(zip(todo, _check_search([frames[i] for i in todo], hypers.cutoff,
+                                         [labels[i] for i in todo]), strict=True))
     pending: list[int] = []
-    calculator = _calculator(hypers)
 
     def flush() -> Iterator[tuple[int, np.ndarray]]:
         sizes = [len(frames[i]) for i in pending]
-        dense = _summed_gradients([frames[i] for i in pending], hypers, offsets, l_of_prop,
-                                  nystrom, calculator)
+        # the checked copies; one evicted from the cache since the check is made now
+        copies = [ready.pop(i) if i in ready else _featomic_ready(frames[i], hypers.cutoff)
+                  for i in pending]
+        dense = _summed_gradients(copies, hypers, offsets, l_of_prop, nystrom)
         for i, part in zip(pending, np.split(dense, np.cumsum(sizes)[:-1]), strict=True):
             part = np.ascontiguousarray(part)
             if use_cache:
