@@ -37,7 +37,6 @@ from lprviz.gramsum import atom_sumsq, block_stops, model_sums
 from lprviz.limits import check_number, get_limits
 from lprviz.models import (
     NystromMap,
-    append_baseline,
     composition_features,
     fit_nystrom,
     predict_forces,
@@ -240,18 +239,17 @@ class Fit:
         Use this to add structures to :attr:`solver` (``solver.with_structures``) or to
         compute the LPR of new atoms with the same model.
         """
-        if self.spec.baseline:
-            return append_baseline(self._readout(values, atom_numbers), atom_numbers,
-                                   self.species, scale=self.scale)
-        return self.model_feature_blocks(values, atom_numbers)[0]
+        phi, baseline = self.model_feature_blocks(values, atom_numbers)
+        return phi if baseline is None else np.hstack([phi, baseline])
 
     def model_feature_blocks(
         self, values: np.ndarray, atom_numbers: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray | None]:
         """:meth:`model_features` as two column blocks, not stacked into one copy: the
         readout's features (``values`` themselves for the linear model) and the baseline's
-        one-hot species columns (None without the baseline). :func:`evaluate_features`
-        takes them as they are."""
+        one-hot species columns times :attr:`scale` (None without the baseline; see
+        :func:`lprviz.models.append_baseline`). :func:`evaluate_features` takes them as
+        they are."""
         phi = np.asarray(self._readout(values, atom_numbers), dtype=np.float64)
         if not self.spec.baseline:
             return phi, None
