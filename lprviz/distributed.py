@@ -195,6 +195,7 @@ def _text_blocks(source: _Source, chunk_atoms: int) -> Iterator[_Block]:
     ``readers._check_xyz_counts`` (count line, comment, one line per atom, ``VEC`` lines;
     stop at the first blank line), each comment's ``Properties`` checked on the way."""
     from lprviz.datasets import readers
+    from lprviz.limits import get_limits
 
     label = source.label
     head = readers._sniff(source.path, label)
@@ -202,6 +203,7 @@ def _text_blocks(source: _Source, chunk_atoms: int) -> Iterator[_Block]:
         raise InputError(f"{label}: expected an extended XYZ text file")
     lines: list[str] = []
     start = frame = atoms = 0
+    limit = get_limits().max_columns
     try:
         with open(source.path) as fh:  # default encoding and newlines, as ase.io.read
             line = fh.readline()
@@ -214,7 +216,7 @@ def _text_blocks(source: _Source, chunk_atoms: int) -> Iterator[_Block]:
                 if n < 1:
                     raise InputError(f"{label}: frame {frame}: has {n} atoms")
                 comment = fh.readline()
-                readers._check_properties(comment, f"{label}: frame {frame}")
+                readers._check_properties(comment, f"{label}: frame {frame}", limit)
                 lines += [line, comment]
                 for _ in range(n):
                     row = fh.readline()

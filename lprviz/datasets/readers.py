@@ -101,8 +101,10 @@ def _read_file(
         fmt = "extxyz"
     else:
         fmt = None
+    frames = _read_bulk(path) if fmt == "extxyz" else None
     try:
-        frames = ase.io.read(path, index=":", format=fmt)
+        if frames is None:
+            frames = ase.io.read(path, index=":", format=fmt)
     except Exception as exc:  # ASE raises many types for malformed files
         msg = " ".join(str(exc).split())[:200] or type(exc).__name__
         raise InputError(f"{label}: cannot read structures ({msg})") from None
@@ -115,6 +117,19 @@ def _read_file(
     for a in frames:
         _energy_to_calc(a)
     return frames, {"groups": groups, "names": names, "splits": splits}
+
+
+def _read_bulk(path: Path) -> list[Atoms] | None:
+    """The frames of an extxyz file read in bulk (:func:`lprviz.datasets.bulkxyz.read_extxyz`:
+    the frames ASE's reader gives), or None where that reader leaves the file to ASE."""
+    from lprviz.datasets.bulkxyz import read_extxyz
+
+    try:
+        with open(path) as fh:  # default encoding and newlines: what ase.io.read uses
+            text = fh.read()
+    except (OSError, UnicodeDecodeError):
+        return None  # ASE reads it again and names the problem
+    return read_extxyz(text)
 
 
 # Compressed inputs are expanded into memory up to this many bytes per allowed atom (an
@@ -163,6 +178,7 @@ def _check_xyz_counts(path: Path, *, max_atoms: int, label: str) -> None:
     Lines that are not counts, and undecodable text, are left for ASE to report.
     """
     total, frame = 0, 0
+    limit = get_limits().max_columns  # read once, not per frame
     try:
         with open(path) as fh:  # default encoding and newlines: what ase.io.read uses
             line = fh.readline()
@@ -177,7 +193,7 @@ def _check_xyz_counts(path: Path, *, max_atoms: int, label: str) -> None:
                                      f"in total (limit max_atoms; this frame claims {n})")
                 comment = fh.readline()
                 if n:
-                    _check_properties(comment, f"{label}: frame {frame}")
+                    _check_properties(comment, f"{label}: frame {frame}", limit)
                 for _ in range(n):
                     if not fh.readline():
                         return  # truncated: ASE names the problem
@@ -192,10 +208,11 @@ def _check_xyz_counts(path: Path, *, max_atoms: int, label: str) -> None:
 _PROPERTIES = re.compile(r"""(?:^|\s)Properties=(?:"([^"]*)"|'([^']*)'|(\S*))""")
 
 
-def _check_properties(comment: str, where: str) -> None:
+def _check_properties(comment: str, where: str, limit: int | None = None) -> None:
     """Refuse an extxyz ``Properties`` without positions (ASE then puts every atom at the
-    origin) or with more than ``Limits.max_columns`` columns (ASE builds a record type of
-    every column first: 60 bytes declaring 1e8 columns would take minutes and GBs)."""
+    origin) or with more than ``limit`` columns (default ``Limits.max_columns``: ASE builds
+    a record type of every column first, so 60 bytes declaring 1e8 columns would take
+    minutes and GBs)."""
     found = _PROPERTIES.findall(comment)
     if not found:
         return  # ASE's default: species and pos
@@ -204,7 +221,7 @@ def _check_properties(comment: str, where: str) -> None:
         columns = sum(int(x) for x in fields[2::3])  # int(str), as ASE reads them
     except ValueError:
         return  # ASE reports it
-    limit = get_limits().max_columns
+    limit = get_limits().max_columns if limit is None else limit
     if columns > limit:
         raise InputError(f"{where}: Properties declares {columns} columns per atom (limit "
                          f"{limit}, LPRVIZ_MAX_COLUMNS)")
