@@ -716,3 +716,98 @@ def test_combine_puts_training_frames_first_with_splits(tmp_path):
     empty = a.subset([])
     msg = _one_line_error(datasets.combine, a, empty, match="no structures")
     assert msg.startswith(a.name)
+
+
+def _mutated_frames(rng, kind: str, n_frames: int = 12):
+    """Valid periodic Cu frames with energies and forces, one of them broken by ``kind``."""
+    from ase.build import bulk
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    frames = []
+    for _ in range(n_frames):
+        atoms = bulk("Cu", "fcc", a=3.6, cubic=True).repeat((1, 1, int(rng.integers(1, 3))))
+        atoms.rattle(0.01, seed=int(rng.integers(1 << 30)))
+        atoms.calc = SinglePointCalculator(atoms, energy=-3.0 * len(atoms),
+                                           forces=rng.normal(0, 0.1, (len(atoms), 3)))
+        atoms.arrays["true_local_energy"] = np.full(len(atoms), -3.0)
+        frames.append(atoms)
+    k = int(rng.integers(n_frames))
+    a = frames[k]
+    results = a.calc.results
+    if kind == "element":
+        a.numbers[0] = 0
+    elif kind == "nan-position":
+        a.positions[1, 2] = np.nan
+    elif kind == "far-position":
+        a.positions[0, 0] = 1e9
+    elif kind == "nan-cell":
+        a.cell[2, 2] = np.nan
+    elif kind == "degenerate-cell":
+        a.cell[2] = a.cell[1]
+    elif kind == "nan-energy":
+        results["energy"] = np.nan
+    elif kind == "huge-energy":
+        results["energy"] = 1e9
+    elif kind == "missing-energy":
+        del results["energy"]
+    elif kind == "nan-force":
+        results["forces"][0, 1] = np.inf
+    elif kind == "force-shape":
+        results["forces"] = results["forces"].reshape(-1)
+    elif kind == "text-forces":
+        results["forces"] = np.full((len(a), 3), "x", dtype=object)
+    elif kind == "nan-local":
+        a.arrays["true_local_energy"][0] = np.nan
+    elif kind == "empty":
+        frames[k] = a[:0]
+    return frames, k
+
+
+def _first_error_frame_by_frame(frames, *, require_energy, max_atoms, limits):
+    """The per-frame loop ``validate_frames`` ran before its array-wide screen."""
+    from lprviz.datasets import readers
+
+    total = 0
+    for i, atoms in enumerate(frames):
+        total += len(atoms)
+        where = f"f: frame {i}"
+        try:
+            readers._check_values(atoms, where, limits, total=total, max_atoms=max_atoms,
+                                  source="f")
+            readers._check_results(atoms, where, limits, require_energy=require_energy)
+        except InputError as exc:
+            return str(exc)
+    return None
+
+
+@pytest.mark.parametrize("kind", ["none", "element", "nan-position", "far-position",
+                                  "nan-cell", "degenerate-cell", "nan-energy", "huge-energy",
+                                  "missing-energy", "nan-force", "force-shape", "text-forces",
+                                  "nan-local", "empty"])
+def test_validate_screen_reports_what_the_frame_loop_reports(kind):
+    """The array-wide screen never clears a frame the per-frame checks refuse: the message
+    is the frame-by-frame loop's, for every kind of bad value and position in the file."""
+    from lprviz.datasets import readers
+    from lprviz.limits import get_limits
+
+    rng = np.random.default_rng(sum(map(ord, kind)))
+    for _ in range(4):
+        frames, k = _mutated_frames(rng, kind)
+        for require_energy in (False, True):
+            for max_atoms in (10_000, 50):
+                want = _first_error_frame_by_frame(frames, require_energy=require_energy,
+                                                   max_atoms=max_atoms, limits=get_limits())
+                got = None
+                try:
+                    readers.validate_frames(frames, source="f", require_energy=require_energy,
+                                            max_atoms=max_atoms)
+                except InputError as exc:
+                    got = str(exc)
+                assert got == want, (kind, k, require_energy, max_atoms)
+                screened = readers._suspects(frames, get_limits(),
+                                             require_energy=require_energy,
+                                             max_atoms=max_atoms)
+                if kind != "none" and want is not None and "frame" in want:
+                    assert screened and screened[0] <= k  # the bad frame is screened
+    assert readers._suspects(_mutated_frames(rng, "none")[0], get_limits(),
+                             require_energy=True, max_atoms=10_000) == []

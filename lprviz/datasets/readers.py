@@ -497,16 +497,17 @@ def validate_frames(
     if not frames:
         raise InputError(f"{source}: no structures found")
     limits = get_limits()
-    total = 0
+    totals = np.cumsum([len(a) for a in frames])
     # The geometry of every frame is checked at once after this loop (one KD-tree, not
     # one per frame); a failure here is raised after the geometry of the frames before it
     # (and of its own frame when the failure comes later in a frame's order of checks).
+    # The per-frame checks run only on the frames the array-wide screen cannot clear.
     failure: tuple[int, InputError, bool] | None = None
-    for i, atoms in enumerate(frames):
+    for i in _suspects(frames, limits, require_energy=require_energy, max_atoms=max_atoms):
+        atoms = frames[i]
         where = f"{source}: frame {i}"
-        total += len(atoms)
         try:
-            _check_values(atoms, where, limits, total=total, max_atoms=max_atoms,
+            _check_values(atoms, where, limits, total=int(totals[i]), max_atoms=max_atoms,
                           source=source)
         except InputError as exc:
             failure = (i, exc, False)
@@ -520,6 +521,57 @@ def validate_frames(
     _check_geometry(checked, source, limits)
     if failure is not None:
         raise failure[1]
+
+
+def _suspects(frames: list[Atoms], limits, *, require_energy: bool,
+              max_atoms: int) -> list[int]:
+    """Indices (ascending) of the frames that may fail :func:`_check_values` or
+    :func:`_check_results`, screened over all frames at once: every frame that fails is
+    listed (the screen's thresholds are the checks' own, or looser), so the exact per-frame
+    checks need to run on these only."""
+    n = len(frames)
+    sizes = np.array([len(a) for a in frames], dtype=np.int64)
+    bad = (sizes == 0) | (np.cumsum(sizes) > max_atoms)
+    owner = np.repeat(np.arange(n), sizes)
+
+    def flag_atoms(mask: np.ndarray) -> None:
+        bad[owner[mask]] = True
+
+    numbers = np.concatenate([a.numbers for a in frames])
+    flag_atoms((numbers < 1) | (numbers >= len(chemical_symbols)))
+    positions = np.concatenate([a.positions for a in frames]).reshape(-1, 3)
+    flag_atoms(~(np.abs(positions) <= limits.max_length).all(axis=1))  # NaN fails too
+    cells = np.array([a.cell.array for a in frames], dtype=float).reshape(n, 3, 3)
+    pbcs = np.array([a.pbc for a in frames], dtype=bool).reshape(n, 3)
+    bad |= ~(np.abs(cells) <= limits.max_length).all(axis=(1, 2))
+    with np.errstate(invalid="ignore", over="ignore"):
+        short = (np.linalg.norm(cells, axis=2) < 2e-6) & pbcs  # the check's 1e-6, looser
+        flat = pbcs.all(axis=1) & ~(np.abs(np.linalg.det(cells)) >= 2e-6)
+    bad |= short.any(axis=1) | flat
+    for i, atoms in enumerate(frames):
+        if bad[i]:
+            continue
+        energy = _frame_energy(atoms)
+        if energy is None:
+            bad[i] = require_energy
+        elif not math.isfinite(energy) or abs(energy) > limits.max_energy_per_atom * len(atoms):
+            bad[i] = True
+        results = getattr(atoms.calc, "results", {}) if atoms.calc is not None else {}
+        forces = results.get("forces", atoms.arrays.get("forces"))
+        local = atoms.arrays.get("true_local_energy")
+        if forces is not None and not _finite_floats(forces, (len(atoms), 3)):
+            bad[i] = True
+        if local is not None and not _finite_floats(local.reshape(-1), (len(atoms),)):
+            bad[i] = True
+    return np.flatnonzero(bad).tolist()
+
+
+def _finite_floats(values, shape: tuple[int, ...]) -> bool:
+    """Whether ``values`` is a finite real array of ``shape``: what the result checks
+    accept without a second look."""
+    if not isinstance(values, np.ndarray) or values.dtype.kind not in "fiu":
+        return False
+    return values.shape == shape and bool(np.isfinite(values).all())
 
 
 def _check_values(atoms: Atoms, where: str, limits, *, total: int, max_atoms: int,
