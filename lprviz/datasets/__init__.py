@@ -18,7 +18,8 @@ Frames carry their energy and forces as an ASE ``SinglePointCalculator`` (where 
 readers put them); :attr:`Dataset.energies` is the canonical array.
 
 Modules: :mod:`~lprviz.datasets.dataset` (the container), :mod:`~lprviz.datasets.readers`
-(file formats and validation), :mod:`~lprviz.datasets.registry` (names, locations,
+(file formats and validation), :mod:`~lprviz.datasets.bulkxyz` (extxyz read in bulk, the
+frames ASE's reader gives), :mod:`~lprviz.datasets.registry` (names, locations,
 :func:`load`), :mod:`~lprviz.datasets.download` (verified download),
 :mod:`~lprviz.datasets.importer` (user files into the cache).
 """
