@@ -93,6 +93,9 @@ _READ = {
          [r + " 1 2 3" for r in _ATOMS]),
         (f"{_CELL} energy=3", list(_ATOMS))],
     "empty-frame": [(_CELL, [])],
+    # ASE glues the token after an empty value onto it: no cell, no energy here
+    "empty-quoted-value": [(f'{_CELL} note="" energy=-1.5', list(_ATOMS)),
+                           (f'a="" {_CELL} energy=2', list(_ATOMS))],
     "exponents-and-signs": [(_CELL, ["Cu +1e-3 -2.5E+0 .5", "Au 5. 1e400 -0.0",
                                      "Cu nan 0 0", "Au inf -inf 1"])],
 }
@@ -127,6 +130,23 @@ def test_reads_what_ase_reads(tmp_path, name):
 def test_leaves_to_ase(tmp_path, name):
     path = _file(tmp_path, name, *_LEFT[name])
     assert read_extxyz(path.read_text()) is None
+
+
+def test_empty_value_glues_the_next_token_as_in_ase(tmp_path):
+    path = _file(tmp_path, "glued", *_READ["empty-quoted-value"])
+    first, second = read_extxyz(path.read_text())
+    assert first.info["note"] == "energy=-1.5" and first.calc is None
+    assert not second.pbc.any() and "energy" in second.calc.results
+
+
+def test_missing_comment_line_at_the_end_left_to_ase(tmp_path):
+    """A last frame of 0 atoms without its comment line: ASE fails, so the bulk reader does
+    not read it either."""
+    path = _file(tmp_path, "cut", (_CELL, list(_ATOMS)))
+    path.write_text(path.read_text() + "0\n")
+    assert read_extxyz(path.read_text()) is None
+    with pytest.raises(Exception):  # noqa: B017 - whatever ASE raises
+        _ase(path)
 
 
 def test_vec_lines_left_to_ase(tmp_path):
@@ -178,7 +198,7 @@ def test_comment_tokens_parse_as_whole_lines():
     the whole line, and no value shared between frames."""
     lines = [
         f"{_CELL} Properties=species:S:1:pos:R:3 energy=-1.5 pbc=\"T T T\" group=a",
-        'stress="1 2 3 4 5 6 7 8 9" flags="T F" n=3 n=4 x=1e5 s=abc empty=""',
+        'stress="1 2 3 4 5 6 7 8 9" flags="T F" n=3 n=4 x=1e5 s=abc',
         "a=1 b=2.5 c=T d=F e=true f=False g=1,2,3",
     ]
     memo: dict = {}
@@ -195,6 +215,7 @@ def test_comment_tokens_parse_as_whole_lines():
             if isinstance(value, (np.ndarray, list)):
                 assert value is not second[key]
     assert not bulkxyz._SIMPLE_LINE.fullmatch('a="x\\" y" b=1')  # escapes: whole-line parse
+    assert not bulkxyz._SIMPLE_LINE.fullmatch('a="" b=1')  # ASE glues b=1 onto a
 
 
 def test_load_uses_it_and_falls_back(tmp_path, monkeypatch):

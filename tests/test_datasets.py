@@ -754,6 +754,10 @@ def _mutated_frames(rng, kind: str, n_frames: int = 12):
         results["forces"][0, 1] = np.inf
     elif kind == "force-shape":
         results["forces"] = results["forces"].reshape(-1)
+    elif kind == "long-double-forces":  # finite as a long double, inf as float64
+        results["forces"] = np.full((len(a), 3), np.longdouble("1e4000"))
+    elif kind == "overflow-energy":  # an integer beyond float
+        results["energy"] = 10**400
     elif kind == "text-forces":
         results["forces"] = np.full((len(a), 3), "x", dtype=object)
     elif kind == "nan-local":
@@ -783,6 +787,7 @@ def _first_error_frame_by_frame(frames, *, require_energy, max_atoms, limits):
 @pytest.mark.parametrize("kind", ["none", "element", "nan-position", "far-position",
                                   "nan-cell", "degenerate-cell", "nan-energy", "huge-energy",
                                   "missing-energy", "nan-force", "force-shape", "text-forces",
+                                  "long-double-forces", "overflow-energy",
                                   "nan-local", "empty"])
 def test_validate_screen_reports_what_the_frame_loop_reports(kind):
     """The array-wide screen never clears a frame the per-frame checks refuse: the message

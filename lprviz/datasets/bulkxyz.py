@@ -18,7 +18,8 @@ lines, logical (``L``) columns, ``move_mask`` constraints, strings of
 :data:`_MAX_STRING` characters or more, and any token NumPy does not parse. NumPy rejects
 every token Python's ``int``/``float`` rejects and some they take (``1_0``, non-ASCII
 digits): those files fall back too. Blank lines inside a frame, and atom lines with too
-few columns, also fall back (NumPy skips or refuses what ASE reports). Extra tokens on an
+few columns, and a last frame cut before its comment line, also fall back (NumPy skips
+or refuses what ASE reports). Extra tokens on an
 atom line are ignored, as ASE ignores them.
 """
 from __future__ import annotations
@@ -84,7 +85,8 @@ def _frame_table(lines: list[str]) -> list[tuple[int, int]] | None:
     first blank line ends the file); None for anything ASE would reject or read with VEC
     cell lines."""
     frames = []
-    i, end = 0, len(lines)
+    # the "" after a final newline is no line (ASE's reader meets the end of the file there)
+    i, end = 0, len(lines) - (lines[-1] == "")
     while i < end and lines[i].strip():
         try:
             n = int(lines[i])
@@ -100,12 +102,13 @@ def _frame_table(lines: list[str]) -> list[tuple[int, int]] | None:
 
 
 # A comment line made only of ``key=value`` tokens, each value bare or in double quotes,
-# without the characters ASE's parser treats specially (quotes, brackets, backslash, "=")
-# inside: ASE's parser reads each such token on its own, so the line's dict is the tokens'
-# dicts merged in order, and repeated tokens (Properties, pbc, groups, often the cell) are
-# parsed once per file.
+# never empty, without the characters ASE's parser treats specially (quotes, brackets,
+# backslash, "=") inside: ASE's parser reads each such token on its own, so the line's dict
+# is the tokens' dicts merged in order, and repeated tokens (Properties, pbc, groups, often
+# the cell) are parsed once per file. An empty value (``a=""``) is not such a token: ASE
+# then glues the next token onto it (``a="" b=1`` gives ``{"a": "b=1"}``).
 _KEY = r"[^\s\"'\\=\[\]{}]+"
-_VALUE = r"(?:\"[^\"'\\=\[\]{}]*\"|[^\s\"'\\=\[\]{}]+)"
+_VALUE = r"(?:\"[^\"'\\=\[\]{}]+\"|[^\s\"'\\=\[\]{}]+)"
 _TOKEN = re.compile(rf"{_KEY}={_VALUE}")
 _SIMPLE_LINE = re.compile(rf"(?:{_KEY}={_VALUE}\s+)*(?:{_KEY}={_VALUE})?")
 

@@ -283,7 +283,7 @@ def _frame_energy(atoms: Atoms) -> float | None:
 def _as_float(value) -> float:
     try:
         return float(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # text, or an integer beyond float
         return math.nan  # reported by validate_frames, naming the frame
 
 
@@ -569,7 +569,8 @@ def _suspects(frames: list[Atoms], limits, *, require_energy: bool,
 def _finite_floats(values, shape: tuple[int, ...]) -> bool:
     """Whether ``values`` is a finite real array of ``shape``: what the result checks
     accept without a second look."""
-    if not isinstance(values, np.ndarray) or values.dtype.kind not in "fiu":
+    if (not isinstance(values, np.ndarray) or values.dtype.kind not in "fiu"
+            or values.dtype.itemsize > 8):  # a long double may overflow float64
         return False
     return values.shape == shape and bool(np.isfinite(values).all())
 
