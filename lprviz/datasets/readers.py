@@ -634,7 +634,8 @@ def _check_results(atoms: Atoms, where: str, limits, *, require_energy: bool) ->
 def _numbers(values, what: str) -> np.ndarray:
     """``values`` as a float array, or one line naming ``what`` (a text column, say)."""
     try:
-        return np.asarray(values, dtype=float)
+        with np.errstate(over="ignore"):  # a long double beyond float64: inf, reported
+            return np.asarray(values, dtype=float)
     except (TypeError, ValueError):
         raise InputError(f"{what}: expected numbers, got text or other values") from None
 
