@@ -232,3 +232,29 @@ def test_load_uses_it_and_falls_back(tmp_path, monkeypatch):
     assert_same_frames(bulk.frames, plain.frames)
     assert np.array_equal(bulk.energies, plain.energies)
     assert list(bulk.groups) == list(plain.groups) and list(bulk.names) == list(plain.names)
+
+
+def test_real_dft_frames_written_by_ase(tmp_path):
+    """Real DFT structures (mlearn Si: energies, forces, bulk and surfaces, dislocations) as
+    ASE's extxyz writer writes them, with a stress and a group added: the bulk reader gives
+    ASE's frames, and ``load`` the same dataset either way."""
+    from ase.calculators.singlepoint import SinglePointCalculator
+    from reference_data import mlearn_dir
+
+    frames, meta = readers.read_mlearn_json(mlearn_dir() / "Si_training.json")
+    rng = np.random.default_rng(3)
+    for atoms, group in zip(frames, meta["groups"], strict=True):
+        results = dict(atoms.calc.results)
+        results["stress"] = rng.normal(0, 0.01, 6)
+        atoms.calc = SinglePointCalculator(atoms, **results)
+        atoms.info["group"] = group
+    path = tmp_path / "si.extxyz"
+    ase.io.write(path, frames, format="extxyz")
+    fast = read_extxyz(path.read_text())
+    assert fast is not None and len(fast) == len(frames)
+    ref = _ase(path)
+    assert_same_frames(fast, ref)
+    assert all("forces" in a.calc.results and "stress" in a.calc.results for a in fast)
+    data = datasets.load(str(path))
+    assert np.array_equal(data.energies, [a.calc.results["energy"] for a in ref])
+    assert list(data.groups) == meta["groups"]
