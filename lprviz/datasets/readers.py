@@ -208,11 +208,11 @@ def _check_xyz_counts(path: Path, *, max_atoms: int, label: str) -> None:
 _PROPERTIES = re.compile(r"""(?:^|\s)Properties=(?:"([^"]*)"|'([^']*)'|(\S*))""")
 
 
-def _check_properties(comment: str, where: str, limit: int | None = None) -> None:
+def _check_properties(comment: str, where: str, limit: int) -> None:
     """Refuse an extxyz ``Properties`` without positions (ASE then puts every atom at the
-    origin) or with more than ``limit`` columns (default ``Limits.max_columns``: ASE builds
-    a record type of every column first, so 60 bytes declaring 1e8 columns would take
-    minutes and GBs)."""
+    origin) or with more than ``limit`` columns (``Limits.max_columns``, read once per file
+    by the caller: ASE builds a record type of every column first, so 60 bytes declaring
+    1e8 columns would take minutes and GBs)."""
     found = _PROPERTIES.findall(comment)
     if not found:
         return  # ASE's default: species and pos
@@ -221,7 +221,6 @@ def _check_properties(comment: str, where: str, limit: int | None = None) -> Non
         columns = sum(int(x) for x in fields[2::3])  # int(str), as ASE reads them
     except ValueError:
         return  # ASE reports it
-    limit = get_limits().max_columns if limit is None else limit
     if columns > limit:
         raise InputError(f"{where}: Properties declares {columns} columns per atom (limit "
                          f"{limit}, LPRVIZ_MAX_COLUMNS)")
