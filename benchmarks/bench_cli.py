@@ -12,7 +12,7 @@ which the test file contains as well (so they must not be featurised twice). Pri
   ``features.compute_soap`` (cache-free chunks) plus the solve. The CLI also pays Python
   start-up, imports, extxyz reading and writing: listed separately. The floors run in a new
   process, as the CLI does, with the allocator settings the CLI makes
-  (``lprviz.cli._reuse_freed_memory``); their start-up and reading are not timed.
+  (``lprviz.cli._tune_process_memory``); their start-up and reading are not timed.
   ``compute_soap`` runs first there and pays for first touching its memory, as the CLI
   does (seconds on a virtual machine that hands free memory back to its host); featomic
   alone runs last, in memory already touched, which only makes its floor lower.
@@ -128,9 +128,9 @@ def floors_in_new_process(train_path: str, test_path: str, alpha: float):
 
 def main() -> None:
     if len(sys.argv) == 5 and sys.argv[1] == "--floors-only":
-        from lprviz.cli import _reuse_freed_memory
+        from lprviz.cli import _tune_process_memory
 
-        _reuse_freed_memory()
+        _tune_process_memory()
         print(json.dumps(floors(sys.argv[2], sys.argv[3], float(sys.argv[4]))))
         return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -140,9 +140,9 @@ def main() -> None:
                         help="alternating CLI / floor runs; the best of each is reported")
     args = parser.parse_args()
     # the floors run in a new process under the allocator settings the CLI uses
-    from lprviz.cli import _reuse_freed_memory
+    from lprviz.cli import _tune_process_memory
 
-    tuned = _reuse_freed_memory()
+    tuned = _tune_process_memory()
     test_path = replicated_emt(args.copies, rattle=0.01)
     ds = datasets.load(datasets.DEFAULT_DATASET)
     train_path = str(Path(tempfile.gettempdir()) / "lprviz-bench-cli-train.extxyz")
@@ -180,7 +180,7 @@ def main() -> None:
     t_soap, t_solve = min(((r[4], r[5]) for r in runs), key=sum)  # the best floor's parts
     t_featomic, cpu_featomic = min(r[6] for r in runs)
     n_test, d, n_distinct = runs[0][7:10]
-    print(f"best of {args.repeat} alternating runs; glibc thresholds raised in the CLI and "
+    print(f"best of {args.repeat} alternating runs; the CLI's process memory settings, also "
           f"for the floors: {tuned}")
     dense = n_test * d * 8.0
     floor = t_soap + t_solve

@@ -372,6 +372,48 @@ def test_cli_allocator_keeps_freed_chunks():
     assert took == "True" and mapped < 64 and held >= 64
 
 
+_PAGES = """
+import sys
+import numpy as np
+from lprviz import cli
+
+took = cli._small_pages() if sys.argv[1] == "tuned" else None
+a = np.empty(8 << 20)  # 64 MiB: NumPy advises huge pages from 4 MiB
+a[:] = 1.0
+inside = a.ctypes.data + (1 << 20)  # past the first page, which NumPy leaves out
+flags, in_range = [], False
+with open("/proc/self/smaps") as fh:
+    for line in fh:
+        head = line.split()[0]
+        if "-" in head and not head.endswith(":"):
+            lo, hi = (int(x, 16) for x in head.split("-"))
+            in_range = lo <= inside < hi
+        elif in_range and line.startswith("VmFlags:"):
+            flags = line.split()[1:]
+print(took, "hg" in flags)
+"""
+
+
+@pytest.mark.skipif(not Path("/sys/kernel/mm/transparent_hugepage").is_dir(),
+                    reason="huge-page advice needs Linux with transparent huge pages")
+def test_cli_numpy_arrays_get_small_pages():
+    """``lprviz lpr`` stops NumPy advising huge pages (``madvise``; the ``hg`` flag of the
+    array's mapping): by default a 64 MiB array carries the advice, with the CLI's setting
+    it does not."""
+    import os
+    import subprocess
+
+    env = {k: v for k, v in os.environ.items() if k != "NUMPY_MADVISE_HUGEPAGE"}
+
+    def run(mode):
+        out = subprocess.run([sys.executable, "-c", _PAGES, mode], capture_output=True,
+                             text=True, check=True, cwd=ROOT, env=env)
+        return out.stdout.split()
+
+    assert run("default") == ["None", "True"]
+    assert run("tuned") == ["True", "False"]
+
+
 @pytest.mark.parametrize("main_error", [InputError, KeyboardInterrupt])
 def test_background_error_of_an_earlier_chunk_is_the_one_reported(main_error):
     """Both threads of the streamed phase fail (the previous chunk's write, the next
