@@ -385,15 +385,22 @@ def _featomic_ready(atoms: ase.Atoms, cutoff: float) -> ase.Atoms:
     return out
 
 
+def _featomic_system(atoms: ase.Atoms, cutoff: float) -> ase.Atoms:
+    """What featomic receives for ``atoms``: the frame itself when fully periodic (featomic
+    reads only its numbers, positions and cell; a copy per frame cost ~60 us, 0.2 s per
+    100k atoms), else its :func:`_featomic_ready` copy."""
+    return atoms if np.all(atoms.pbc) else _featomic_ready(atoms, cutoff)
+
+
 def _check_search(frames: Sequence[ase.Atoms], cutoff: float,
                   labels: Sequence[str]) -> list[ase.Atoms]:
     """Refuse a frame whose neighbour search would exceed ``Limits.max_search_pairs``.
 
-    Estimated on the fully periodic copies featomic receives (:func:`_featomic_ready`,
+    Estimated on the fully periodic frames featomic receives (:func:`_featomic_system`,
     returned for the featomic call), for every frame before the first featomic call: its
     search cannot be interrupted, and when an allocation fails it aborts the whole process.
     """
-    ready = [_featomic_ready(frame, cutoff) for frame in frames]
+    ready = [_featomic_system(frame, cutoff) for frame in frames]
     over = first_over_search_limit([a.positions for a in ready],
                                    [a.cell.array for a in ready], cutoff)
     if over is not None:
@@ -436,7 +443,7 @@ def _featurise(
     starts: np.ndarray,
 ) -> None:
     """Dense ``(n_atoms, d)`` SOAP of each frame (one featomic call for all frames), given
-    as its :func:`_featomic_ready` copy, written into
+    fully periodic (:func:`_featomic_system`), written into
     ``out[starts[k] : starts[k] + len(ready[k])]``, rows that must hold zeros.
 
     Writing in place keeps one full-size array per call: a fresh array of 100k x 1470

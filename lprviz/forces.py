@@ -47,7 +47,7 @@ from lprviz.features import (
     _MEMORY,
     SoapHypers,
     _check_search,
-    _featomic_ready,
+    _featomic_system,
     _layout,
     _remember,
     _settings_hash,
@@ -143,7 +143,7 @@ def _summed_gradients(
     nystrom=None,
 ) -> np.ndarray:
     r"""``sum_k d phi_k / d r_j`` of every atom ``j`` of ``frames`` (one featomic call; the
-    frames as their :func:`~lprviz.features._featomic_ready` copies): shape
+    frames fully periodic, :func:`~lprviz.features._featomic_system`): shape
     ``(n_atoms, 3, d)`` for raw SOAP, ``(n_atoms, 3, r)`` with a Nyström map.
 
     featomic's gradient block of a (center type, neighbour pair) key has samples
@@ -280,7 +280,7 @@ def position_gradients(
     def flush() -> Iterator[tuple[int, np.ndarray]]:
         sizes = [len(frames[i]) for i in pending]
         # the checked copies; one evicted from the cache since the check is made now
-        copies = [ready.pop(i) if i in ready else _featomic_ready(frames[i], hypers.cutoff)
+        copies = [ready.pop(i) if i in ready else _featomic_system(frames[i], hypers.cutoff)
                   for i in pending]
         dense = _summed_gradients(copies, hypers, offsets, l_of_prop, nystrom)
         for i, part in zip(pending, np.split(dense, np.cumsum(sizes)[:-1]), strict=True):
