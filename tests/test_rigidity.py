@@ -505,6 +505,40 @@ def test_user_errors_raise_input_error():
         solver.lpr(np.full((1, 4), np.nan), 1e-3)
 
 
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf, "inf-inf"])
+@pytest.mark.filterwarnings("error::RuntimeWarning")  # refused before any product warns
+def test_nonfinite_descriptors_refused_anywhere_in_a_block(bad):
+    """The dual route's thin projections and the structure rows check finiteness through
+    their row sums (no pass of its own): a NaN or inf at any atom and column is refused,
+    also +inf and -inf in one structure's column (their sum is NaN). Huge finite values
+    that overflow those sums are not refused, as before."""
+    rng = np.random.default_rng(23)
+    d = 40
+    train = random_structures(rng, 6, d)  # 6 structures < d / 2: the dual route
+    solver = RigiditySolver.from_structures(train)
+    assert solver.route == "dual"
+    X = rng.random((3 * rigidity._THIN_ROWS + 7, d))
+    index = np.repeat(np.arange(X.shape[0] // 7 + 1), 7)[: X.shape[0]]
+    for row in (0, rigidity._THIN_ROWS + 100, X.shape[0] - 1):
+        col = int(rng.integers(d))
+        Y = X.copy()
+        if bad == "inf-inf":
+            partner = row - 1 if index[row - 1] == index[row] else row + 1
+            Y[row, col], Y[partner, col] = np.inf, -np.inf
+        else:
+            Y[row, col] = bad
+        with pytest.raises(InputError, match="NaN or inf"):
+            solver.thin_projections(Y)
+        with pytest.raises(InputError, match="NaN or inf"):
+            structure_features(Y, index)
+    huge = X.copy()
+    huge[5, 3] = 1e300  # its square overflows: a finite input, so no error
+    with np.errstate(over="ignore", invalid="ignore"):
+        solver.thin_projections(huge)
+    assert np.isfinite(structure_features(huge, index)).all()
+
+
 # ---------------------------------------------------------------- primal and dual routes
 def _primal(solver):
     """The same training set forced onto the primal route (no rows: eigh of the Gram)."""
@@ -561,6 +595,32 @@ def test_dual_route_against_high_precision_including_training_rows(alpha):
     # the primal route squares the condition number: fine at practical alpha only
     if alpha >= 1e-4:
         np.testing.assert_allclose(_primal(dual).lpr(atoms, alpha), ref, rtol=1e-10)
+
+
+@pytest.mark.parametrize("alpha", [1e-8, 1e-4])
+def test_dual_route_near_the_span_on_both_sides_of_the_cancellation_guard(alpha):
+    """Atoms whose out-of-span share ``rho^2 / |x|^2`` lies just above and below
+    ``_CANCEL`` (the difference ``|x|^2 - |P|^2`` above it, the explicit residual below),
+    and far below it: the dual route matches mpmath to 1e-9. Taking the difference
+    everywhere is off by ~1e-7 at a share of 1e-8."""
+    rng = np.random.default_rng(37)
+    n, d = 12, 40
+    rows = rng.standard_normal((n, d))
+    dual = RigiditySolver.from_atoms(rows, np.arange(n), scale=1.0)
+    assert dual.route == "dual"
+    basis = np.linalg.qr(rows.T)[0]
+    atoms = []
+    for share in (1e-3, 1e-4, 3 * rigidity._CANCEL, 1.05 * rigidity._CANCEL,
+                  0.95 * rigidity._CANCEL, 1e-7, 1e-8):
+        inside = rng.standard_normal(n) @ rows
+        outside = rng.standard_normal(d)
+        outside -= basis @ (basis.T @ outside)
+        outside *= np.sqrt(share / (1 - share)) * np.linalg.norm(inside) / np.linalg.norm(
+            outside)
+        atoms.append(inside + outside)
+    atoms = np.array(atoms)
+    np.testing.assert_allclose(dual.lpr(atoms, alpha), _mp_lpr(rows, atoms, alpha, digits=40),
+                               rtol=1e-9)
 
 
 @pytest.mark.parametrize("alpha", [0.0, 1e-14, 1e-8, 1e-4, 1.0, 1e2])
