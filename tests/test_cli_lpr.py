@@ -414,6 +414,33 @@ def test_cli_numpy_arrays_get_small_pages():
     assert run("tuned") == ["True", "False"]
 
 
+_PAUSED = """
+import gc
+from lprviz import cli
+
+with cli._collector_paused():
+    paused = not gc.isenabled()
+    made = [[i] for i in range(5000)]  # tracked objects made while paused
+print(paused, gc.isenabled(), gc.get_freeze_count() >= len(made))
+"""
+
+
+def test_cli_collector_paused_while_loading_then_frozen(tmp_path):
+    """``lprviz lpr`` (the command's own process) pauses the cyclic garbage collector
+    while the structures load and freezes what they made; an in-process ``main([...])``
+    leaves the caller's collector alone."""
+    import gc
+    import subprocess
+
+    out = subprocess.run([sys.executable, "-c", _PAUSED], capture_output=True, text=True,
+                         check=True, cwd=ROOT)
+    assert out.stdout.split() == ["True", "True", "True"]
+    frozen, enabled = gc.get_freeze_count(), gc.isenabled()
+    assert main(["lpr", "--dataset", "emt-alloys", "--train-groups", "bulk-pure",
+                 *SOAP_ARGS, "-q", "-o", str(tmp_path / "out.extxyz")]) == 0
+    assert (gc.get_freeze_count(), gc.isenabled()) == (frozen, enabled)
+
+
 @pytest.mark.parametrize("main_error", [InputError, KeyboardInterrupt])
 def test_background_error_of_an_earlier_chunk_is_the_one_reported(main_error):
     """Both threads of the streamed phase fail (the previous chunk's write, the next
