@@ -38,7 +38,12 @@ from ase import Atoms
 from ase.calculators.calculator import all_properties
 from ase.calculators.singlepoint import SinglePointCalculator
 from ase.data import chemical_symbols
-from ase.io.extxyz import key_val_dict_to_str, output_column_format, save_calc_results
+from ase.io.extxyz import (
+    escape,
+    key_val_dict_to_str,
+    output_column_format,
+    save_calc_results,
+)
 from ase.stress import voigt_6_to_full_3x3_stress
 
 from lprviz.errors import InputError
@@ -116,6 +121,30 @@ class _Record:
     info: str
 
 
+def _info_text(info: Mapping) -> str:
+    """ASE's ``key_val_dict_to_str(info)``, written here when every key is a ``str`` and
+    every value a Python ``bool``, ``int``, ``float``, ``str`` or None (the entries the
+    writer adds per frame; ~4x faster than ASE's type dispatch); any other entry sends the
+    whole dict to ASE. The same text: ``T``/``F``, ``f"{value}"`` and ASE's ``escape``, a
+    bare key for None."""
+    parts = []
+    for key, value in info.items():
+        kind = type(value)
+        if type(key) is not str:
+            return key_val_dict_to_str(info)
+        if kind is float or kind is int:
+            parts.append(f"{escape(key)}={escape(f'{value}')}")
+        elif kind is bool:
+            parts.append(f"{escape(key)}={'T' if value else 'F'}")
+        elif kind is str:
+            parts.append(f"{escape(key)}={escape(value)}")
+        elif value is None:
+            parts.append(escape(key))
+        else:
+            return key_val_dict_to_str(info)
+    return " ".join(parts).strip()
+
+
 def _raw_info(info: Mapping) -> str:
     """ASE's header text of ``info`` (``key_val_dict_to_str``) before its final strip.
 
@@ -125,7 +154,7 @@ def _raw_info(info: Mapping) -> str:
     """
     left = "_" * (1 + max(map(len, info), default=0))
     right = left + "_"
-    text = key_val_dict_to_str({left: None, **info, right: None})
+    text = _info_text({left: None, **info, right: None})
     return text[len(left) + 1:-len(right)]
 
 
@@ -178,7 +207,7 @@ def _annotated_record(original: Atoms, columns: dict, frame_info: dict, shared: 
     # text only takes the end, as the strip of the whole would.
     keys = list(info)
     n = len(before)
-    after = key_val_dict_to_str({k: info[k] for k in keys[n + len(shared):]})
+    after = _info_text({k: info[k] for k in keys[n + len(shared):]})
     text = (_raw_info({k: info[k] for k in keys[:n]}) if n else "") + shared_text + after
     return _Record(original.numbers, original.positions, original.cell.array, arrays,
                    text.strip())

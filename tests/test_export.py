@@ -359,3 +359,30 @@ def test_bad_columns_and_calculator_results_are_one_line_errors():
     res = _fit(ds, np.array([True]), [1e-3])
     with pytest.raises(InputError, match="calculator result 'bogus'"):
         export.write_annotated(io.StringIO(), ds, res)
+
+
+def test_info_text_is_ases_header_text():
+    """The writer's own header text of simple entries equals ASE's ``key_val_dict_to_str``
+    on every kind of value, awkward strings and numbers included; other values (NumPy
+    scalars, arrays, lists) go to ASE."""
+    from ase.io.extxyz import key_val_dict_to_str
+
+    rng = np.random.default_rng(41)
+    strings = ["", "a", "two words", 'q"uote', "s'ingle", "{brace}", "[x]", "tab\there",
+               " lead", "trail ", "é", "a=b", "T", "1.5", "\t"]
+    numbers = [0.0, -0.0, 1.5, -2.25e-300, 5e-324, 1e300, float("inf"), float("-inf"),
+               float("nan"), 0.1 + 0.2, 7, -3, 10**30, 0]
+    values = [*strings, *numbers, True, False, None]
+    others = [np.float64(1.5), np.int64(3), np.bool_(True), np.array([1.0, 2.0]), [1, 2],
+              {"a": 1}]
+    keys = ["k", "two words", "energy_pred", "x\ty", "", "T"]
+    for trial in range(400):
+        n = int(rng.integers(0, 6))
+        info = {f"{keys[int(rng.integers(len(keys)))]}{i}": values[int(rng.integers(len(values)))]
+                for i in range(n)}
+        if trial % 4 == 0 and n:
+            info[f"other{trial}"] = others[int(rng.integers(len(others)))]
+        assert export._info_text(info) == key_val_dict_to_str(info), info
+    for s in strings:  # each awkward string as a key and as the value of the last entry
+        info = {s: s} if s else {"k": s}
+        assert export._info_text(info) == key_val_dict_to_str(info)
