@@ -15,7 +15,7 @@ which the test file contains as well (so they must not be featurised twice). Pri
   (``lprviz.cli._tune_process_memory``, ``_collector_paused`` while loading); their
   start-up and reading are not timed.
   ``compute_soap`` runs first there and pays for first touching its memory, as the CLI
-  does (seconds on a virtual machine that hands free memory back to its host); featomic
+  does (expensive on a virtual machine, above all for huge pages); featomic
   alone runs last, in memory already touched, which only makes its floor lower.
 
     python benchmarks/bench_cli.py [--copies 13] [--alpha 1e-4] [--repeat 2]
@@ -119,7 +119,7 @@ def floors(train_path: str, test_path: str, alpha: float, chunk_atoms: int = 200
 def floors_in_new_process(train_path: str, test_path: str, alpha: float):
     """:func:`floors` run in a new Python process under the CLI's allocator settings: the
     CLI is always a new process, which pays for first touching its memory (page faults,
-    expensive on a virtual machine that has handed free memory back to its host), and the
+    expensive on a virtual machine, above all for huge pages), and the
     floors should pay the same, not run in this benchmark's warm process."""
     out = subprocess.run(
         [sys.executable, __file__, "--floors-only", train_path, test_path, f"{alpha!r}"],
