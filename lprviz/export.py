@@ -39,6 +39,7 @@ from ase.calculators.calculator import all_properties
 from ase.calculators.singlepoint import SinglePointCalculator
 from ase.data import chemical_symbols
 from ase.io.extxyz import (
+    SPECIAL_3_3_KEYS,
     escape,
     key_val_dict_to_str,
     output_column_format,
@@ -123,23 +124,27 @@ class _Record:
 
 def _info_text(info: Mapping) -> str:
     """ASE's ``key_val_dict_to_str(info)``, written here when every key is a ``str`` and
-    every value a Python ``bool``, ``int``, ``float``, ``str`` or None (the entries the
-    writer adds per frame; ~4x faster than ASE's type dispatch); any other entry sends the
-    whole dict to ASE. The same text: ``T``/``F``, ``f"{value}"`` and ASE's ``escape``, a
-    bare key for None."""
+    every value a bool, a real number (Python or NumPy scalar), a ``str``, None or a 1-D
+    NumPy bool array (``pbc``): the entries the writer adds per frame, ~4x faster than ASE's
+    type dispatch. Any other entry sends the whole dict to ASE. The same text: ``T``/``F``,
+    ``f"{value}"`` and ASE's ``escape``, a bare key for None."""
     parts = []
     for key, value in info.items():
         kind = type(value)
         if type(key) is not str:
             return key_val_dict_to_str(info)
-        if kind is float or kind is int:
-            parts.append(f"{escape(key)}={escape(f'{value}')}")
-        elif kind is bool:
+        if kind is bool or kind is np.bool_:
             parts.append(f"{escape(key)}={'T' if value else 'F'}")
+        elif kind is float or kind is int or isinstance(value, (np.floating, np.integer)):
+            parts.append(f"{escape(key)}={escape(f'{value}')}")
         elif kind is str:
             parts.append(f"{escape(key)}={escape(value)}")
         elif value is None:
             parts.append(escape(key))
+        elif (kind is np.ndarray and value.ndim == 1 and value.dtype.kind == "b"
+              and key not in SPECIAL_3_3_KEYS):
+            flags = " ".join("T" if v else "F" for v in value.tolist())
+            parts.append(f"{escape(key)}={escape(flags)}")
         else:
             return key_val_dict_to_str(info)
     return " ".join(parts).strip()

@@ -372,10 +372,12 @@ def test_info_text_is_ases_header_text():
                " lead", "trail ", "é", "a=b", "T", "1.5", "\t"]
     numbers = [0.0, -0.0, 1.5, -2.25e-300, 5e-324, 1e300, float("inf"), float("-inf"),
                float("nan"), 0.1 + 0.2, 7, -3, 10**30, 0]
-    values = [*strings, *numbers, True, False, None]
-    others = [np.float64(1.5), np.int64(3), np.bool_(True), np.array([1.0, 2.0]), [1, 2],
-              {"a": 1}]
-    keys = ["k", "two words", "energy_pred", "x\ty", "", "T"]
+    values = [*strings, *numbers, True, False, None, np.float64(1.5), np.float32(0.1),
+              np.longdouble(2.5), np.int64(-3), np.uint8(7), np.bool_(True), np.bool_(False),
+              np.array([True, False, True]), np.array([], dtype=bool), np.array([False])]
+    others = [np.array([1.0, 2.0]), np.array([[True]]), np.array([1, 2]), [1, 2], {"a": 1},
+              (1, 2)]
+    keys = ["k", "two words", "energy_pred", "x\ty", "", "T", "pbc", "stress"]
     for trial in range(400):
         n = int(rng.integers(0, 6))
         info = {f"{keys[int(rng.integers(len(keys)))]}{i}": values[int(rng.integers(len(values)))]
@@ -385,4 +387,7 @@ def test_info_text_is_ases_header_text():
         assert export._info_text(info) == key_val_dict_to_str(info), info
     for s in strings:  # each awkward string as a key and as the value of the last entry
         info = {s: s} if s else {"k": s}
+        assert export._info_text(info) == key_val_dict_to_str(info)
+    for info in ({"pbc": np.array([True, False, True])}, {"energy": np.float64(-1.25),
+                 "stress": np.ones(9, dtype=bool)}, {"virial": np.zeros(9, dtype=bool)}):
         assert export._info_text(info) == key_val_dict_to_str(info)
