@@ -444,15 +444,21 @@ def _featurise(
 ) -> None:
     """Dense ``(n_atoms, d)`` SOAP of each frame (one featomic call for all frames), given
     fully periodic (:func:`_featomic_system`), written into
-    ``out[starts[k] : starts[k] + len(ready[k])]``, rows that must hold zeros.
+    ``out[starts[k] : starts[k] + len(ready[k])]``: featomic's blocks, and zeros where no
+    block covers a row (a species pair the call's environments lack).
 
     Writing in place keeps one full-size array per call: a fresh array of 100k x 1470
     floats costs ~1 s of page faults on a shared virtual machine, more than featomic's
-    own time for some chunks.
+    own time for some chunks. Zeroing only the uncovered parts, not the whole rows
+    beforehand, saves a pass over them (~6 ms per 4,000 atoms at d = 1470).
     """
     tensor = _soap_calculator(hypers).compute(list(ready))
     width = len(l_of_prop)
     starts = np.asarray(starts, dtype=np.int64)
+    sizes = np.array([len(a) for a in ready], dtype=np.int64)
+    first = np.concatenate([[0], np.cumsum(sizes)])  # of each frame within this call
+    column = {off: j for j, off in enumerate(sorted(set(offsets.values())))}
+    covered = np.zeros((int(first[-1]), len(column)), dtype=bool)
     for key, block in tensor.items():
         pair = (int(key["neighbor_1_type"]), int(key["neighbor_2_type"]))
         off = offsets[pair]
@@ -461,6 +467,13 @@ def _featurise(
             raise RuntimeError("unexpected featomic property layout")  # guards the column map
         samples = block.samples.values
         out[starts[samples[:, 0]] + samples[:, 1], off : off + width] = block.values
+        covered[first[samples[:, 0]] + samples[:, 1], column[off]] = True
+    if not covered.all():
+        rows = np.repeat(starts, sizes) + (np.arange(first[-1]) - np.repeat(first[:-1], sizes))
+        for off, j in column.items():
+            missing = rows[~covered[:, j]]
+            if missing.size:
+                out[missing, off : off + width] = 0.0
 
 
 def compute_soap(
@@ -542,7 +555,9 @@ def compute_soap(
             progress(total, total)
     else:
         starts = np.concatenate([[0], np.cumsum(sizes)])
-        values = np.zeros((total, width))  # filled in place: no per-frame pieces joined
+        # filled in place, every row written below (no per-frame pieces joined; no
+        # zeroing pass: _featurise zeroes what featomic leaves out)
+        values = np.empty((total, width))
         rows = [slice(starts[i], starts[i + 1]) for i in range(len(frames))]
         # Each distinct structure once: memory hits copied in, repeats (equal keys) copied
         # from the first one's rows after featurisation.

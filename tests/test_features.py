@@ -78,6 +78,26 @@ def test_blocks_partition_columns_and_absent_pairs_are_zero():
     assert np.abs(o_row[desc.blocks["H-H"]]).sum() > 0
 
 
+def test_every_entry_written_over_dirty_memory(monkeypatch):
+    """The output array is not zeroed beforehand: every entry is featomic's value or a zero
+    where a featomic call's environments lack a species pair (one frame per call here, so
+    the pure-Cu call lacks every H and O pair), even in memory handed out dirty (NaN)."""
+    real = np.empty
+
+    def dirty(shape, dtype=float, *args, **kwargs):
+        out = real(shape, dtype, *args, **kwargs)
+        if out.dtype.kind == "f":
+            out.fill(np.nan)
+        return out
+
+    frames = _mixed_frames()
+    monkeypatch.setattr(np, "empty", dirty)
+    desc = compute_soap(frames, SMALL, species=(1, 8, 29), cache=False, chunk_atoms=1)
+    monkeypatch.undo()
+    np.testing.assert_allclose(desc.values, _reference_dense(frames, SMALL, (1, 8, 29)),
+                               rtol=0, atol=1e-12)
+
+
 def test_same_width_whatever_the_frames_species():
     species = (1, 8, 29)
     a = compute_soap([molecule("H2O")], SMALL, species=species, cache=False)
