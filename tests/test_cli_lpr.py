@@ -405,36 +405,46 @@ def test_cli_numpy_arrays_get_small_pages():
 
     env = {k: v for k, v in os.environ.items() if k != "NUMPY_MADVISE_HUGEPAGE"}
 
-    def run(mode):
+    def run(mode, **more):
         out = subprocess.run([sys.executable, "-c", _PAGES, mode], capture_output=True,
-                             text=True, check=True, cwd=ROOT, env=env)
+                             text=True, check=True, cwd=ROOT, env={**env, **more})
         return out.stdout.split()
 
     assert run("default") == ["None", "True"]
     assert run("tuned") == ["True", "False"]
+    # a user's own choice, read by NumPy at import, stays in force
+    assert run("tuned", NUMPY_MADVISE_HUGEPAGE="1") == ["False", "True"]
 
 
 _PAUSED = """
 import gc
+import weakref
 from lprviz import cli
+
+class Node:
+    pass
 
 with cli._collector_paused():
     paused = not gc.isenabled()
     made = [[i] for i in range(5000)]  # tracked objects made while paused
-print(paused, gc.isenabled(), gc.get_freeze_count() >= len(made))
+    cycle = Node()
+    cycle.me = cycle  # garbage once dropped: collected, not frozen
+    gone = weakref.ref(cycle)
+    del cycle
+print(paused, gc.isenabled(), gc.get_freeze_count() >= len(made), gone() is None)
 """
 
 
 def test_cli_collector_paused_while_loading_then_frozen(tmp_path):
     """``lprviz lpr`` (the command's own process) pauses the cyclic garbage collector
-    while the structures load and freezes what they made; an in-process ``main([...])``
-    leaves the caller's collector alone."""
+    while the structures load, collects the garbage cycles they left and freezes the rest;
+    an in-process ``main([...])`` leaves the caller's collector alone."""
     import gc
     import subprocess
 
     out = subprocess.run([sys.executable, "-c", _PAUSED], capture_output=True, text=True,
                          check=True, cwd=ROOT)
-    assert out.stdout.split() == ["True", "True", "True"]
+    assert out.stdout.split() == ["True", "True", "True", "True"]
     frozen, enabled = gc.get_freeze_count(), gc.isenabled()
     assert main(["lpr", "--dataset", "emt-alloys", "--train-groups", "bulk-pure",
                  *SOAP_ARGS, "-q", "-o", str(tmp_path / "out.extxyz")]) == 0

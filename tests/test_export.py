@@ -362,9 +362,10 @@ def test_bad_columns_and_calculator_results_are_one_line_errors():
 
 
 def test_info_text_is_ases_header_text():
-    """The writer's own header text of simple entries equals ASE's ``key_val_dict_to_str``
-    on every kind of value, awkward strings and numbers included; other values (NumPy
-    scalars, arrays, lists) go to ASE."""
+    """The writer's own header text of simple entries (bools, Python and NumPy real
+    scalars, strings, None, 1-D bool arrays) equals ASE's ``key_val_dict_to_str``, awkward
+    strings and numbers included; other values (float arrays, 2-D arrays, lists, dicts)
+    go to ASE."""
     from ase.io.extxyz import key_val_dict_to_str
 
     rng = np.random.default_rng(41)
