@@ -12,7 +12,7 @@ which the test file contains as well (so they must not be featurised twice). Pri
   ``features.compute_soap`` (cache-free chunks) plus the solve. The CLI also pays Python
   start-up, imports, extxyz reading and writing: listed separately. The floors run in a new
   process, as the CLI does, with the process settings the CLI makes
-  (``lprviz.cli._tune_process_memory``, ``_collector_paused`` while loading); their
+  (``lprviz.process.tune_process_memory``, ``collector_paused`` while loading); their
   start-up and reading are not timed.
   ``compute_soap`` runs first there and pays for first touching its memory, as the CLI
   does (expensive on a virtual machine, above all for huge pages); featomic
@@ -78,10 +78,10 @@ def featomic_alone(frames, hypers) -> tuple[float, float]:
 def floors(train_path: str, test_path: str, alpha: float, chunk_atoms: int = 20000):
     """Seconds of: reading both files, SOAP of the distinct structures, the solve, and
     featomic alone on the distinct structures."""
-    from lprviz.cli import _collector_paused
+    from lprviz.process import collector_paused
 
     t = time.perf_counter()
-    with _collector_paused():  # as the CLI loads (the floors run in a process of their own)
+    with collector_paused():  # as the CLI loads (the floors run in a process of their own)
         train, test = datasets.load(train_path), datasets.load(test_path)
     t_read = time.perf_counter() - t
     hypers = features.SOAP_PRESETS["default"]
@@ -132,9 +132,9 @@ def floors_in_new_process(train_path: str, test_path: str, alpha: float):
 
 def main() -> None:
     if len(sys.argv) == 5 and sys.argv[1] == "--floors-only":
-        from lprviz.cli import _tune_process_memory
+        from lprviz.process import tune_process_memory
 
-        _tune_process_memory()
+        tune_process_memory()
         print(json.dumps(floors(sys.argv[2], sys.argv[3], float(sys.argv[4]))))
         return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -144,9 +144,9 @@ def main() -> None:
                         help="alternating CLI / floor runs; the best of each is reported")
     args = parser.parse_args()
     # the floors run in a new process under the allocator settings the CLI uses
-    from lprviz.cli import _tune_process_memory
+    from lprviz.process import tune_process_memory
 
-    tuned = _tune_process_memory()
+    tuned = tune_process_memory()
     test_path = replicated_emt(args.copies, rattle=0.01)
     ds = datasets.load(datasets.DEFAULT_DATASET)
     train_path = str(Path(tempfile.gettempdir()) / "lprviz-bench-cli-train.extxyz")

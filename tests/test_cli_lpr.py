@@ -333,7 +333,7 @@ ROOT = Path(__file__).resolve().parents[1]
 _HELD = """
 import ctypes, sys
 import numpy as np
-from lprviz import cli
+from lprviz import process
 
 class Info(ctypes.Structure):  # glibc's struct mallinfo2 (sizes in bytes)
     _fields_ = [(name, ctypes.c_size_t) for name in (
@@ -342,7 +342,7 @@ class Info(ctypes.Structure):  # glibc's struct mallinfo2 (sizes in bytes)
 
 mallinfo2 = ctypes.CDLL("libc.so.6").mallinfo2
 mallinfo2.restype = Info
-took = cli._reuse_freed_memory() if sys.argv[1] == "tuned" else None
+took = process.reuse_freed_memory() if sys.argv[1] == "tuned" else None
 a = np.ones(8 << 20)  # a 64 MiB chunk, above glibc's default mmap threshold (<= 32 MiB)
 mapped = mallinfo2().hblkhd
 del a
@@ -375,9 +375,9 @@ def test_cli_allocator_keeps_freed_chunks():
 _PAGES = """
 import sys
 import numpy as np
-from lprviz import cli
+from lprviz import process
 
-took = cli._small_pages() if sys.argv[1] == "tuned" else None
+took = process.small_pages() if sys.argv[1] == "tuned" else None
 a = np.empty(8 << 20)  # 64 MiB: NumPy advises huge pages from 4 MiB
 a[:] = 1.0
 inside = a.ctypes.data + (1 << 20)  # past the first page, which NumPy leaves out
@@ -419,12 +419,12 @@ def test_cli_numpy_arrays_get_small_pages():
 _PAUSED = """
 import gc
 import weakref
-from lprviz import cli
+from lprviz import process
 
 class Node:
     pass
 
-with cli._collector_paused():
+with process.collector_paused():
     paused = not gc.isenabled()
     made = [[i] for i in range(5000)]  # tracked objects made while paused
     cycle = Node()

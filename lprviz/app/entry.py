@@ -10,6 +10,7 @@ from pathlib import Path
 
 import streamlit as st
 
+from lprviz import process
 from lprviz.app import common, state
 
 PAGES = Path(__file__).resolve().parent / "pages"
@@ -17,6 +18,7 @@ PAGES = Path(__file__).resolve().parent / "pages"
 
 def main() -> None:
     """Configure the page, draw the sidebar, run the selected page."""
+    process.small_pages()  # the server's process is the app's own (idempotent, ~1 us)
     st.set_page_config(page_title="lprviz: local prediction rigidity", layout="wide")
     state.keep_across_pages()
     nav = st.navigation(
