@@ -457,8 +457,9 @@ def _featurise(
     starts = np.asarray(starts, dtype=np.int64)
     sizes = np.array([len(a) for a in ready], dtype=np.int64)
     first = np.concatenate([[0], np.cumsum(sizes)])  # of each frame within this call
-    column = {off: j for j, off in enumerate(sorted(set(offsets.values())))}
-    covered = np.zeros((int(first[-1]), len(column)), dtype=bool)
+    rows = np.arange(first[-1]) + np.repeat(starts - first[:-1], sizes)  # in ``out``
+    # pair blocks are consecutive, ``width`` columns each (_layout): block ``off // width``
+    covered = np.zeros((int(first[-1]), len(offsets)), dtype=bool)
     for key, block in tensor.items():
         pair = (int(key["neighbor_1_type"]), int(key["neighbor_2_type"]))
         off = offsets[pair]
@@ -466,12 +467,12 @@ def _featurise(
         if props.shape[0] != width or not np.array_equal(props[:, 0], l_of_prop):
             raise RuntimeError("unexpected featomic property layout")  # guards the column map
         samples = block.samples.values
-        out[starts[samples[:, 0]] + samples[:, 1], off : off + width] = block.values
-        covered[first[samples[:, 0]] + samples[:, 1], column[off]] = True
+        local = first[samples[:, 0]] + samples[:, 1]
+        out[rows[local], off : off + width] = block.values
+        covered[local, off // width] = True
     if not covered.all():
-        rows = np.repeat(starts, sizes) + (np.arange(first[-1]) - np.repeat(first[:-1], sizes))
-        for off, j in column.items():
-            missing = rows[~covered[:, j]]
+        for off in offsets.values():
+            missing = rows[~covered[:, off // width]]
             if missing.size:
                 out[missing, off : off + width] = 0.0
 
