@@ -626,12 +626,14 @@ class RigiditySolver:
         (scaled chunk by chunk), with the cancellation guard of the module docstring. With
         ``cols``, ``X_raw`` holds only those columns of vectors zero elsewhere (LCPR)."""
         _, W = self._svd()
-        B = W if cols is None else W[cols]
+        # the scale folded into the basis and the norms, as in thin_projections
+        B = (W if cols is None else W[cols]) / self.scale
         u = np.empty((X_raw.shape[0], W_thin.shape[1]))
         for start in range(0, X_raw.shape[0], _THIN_ROWS):
-            Xc = X_raw[start : start + _THIN_ROWS] / self.scale
-            P = Xc @ B
-            rho2 = self._residual2(P, np.einsum("ij,ij->i", Xc, Xc), Xc.__getitem__, cols)
+            raw = X_raw[start : start + _THIN_ROWS]
+            P = raw @ B
+            rho2 = self._residual2(P, np.einsum("ij,ij->i", raw, raw) / self.scale**2,
+                                   lambda mask, raw=raw: raw[mask] / self.scale, cols)
             u[start : start + _THIN_ROWS] = (_sq_dot(P, W_thin)
                                              + rho2[:, None] * w_null[None, :])
         return u
@@ -696,23 +698,27 @@ class RigiditySolver:
         if width != self.n_features or (E is not None and E.shape[0] != X.shape[0]):
             raise InputError(f"X: expected {self.n_features} features (as in training), "
                              f"got {width}")
-        W = self.thin_basis
+        # The scale is folded into the basis and the norms: no scaled copy of each block
+        # (a pass over it: ~20 % of the projection's time, one thread, d = 1470).
+        scaled_basis = self.thin_basis / self.scale
         k = X.shape[1]
-        P = np.empty((X.shape[0], W.shape[1]), dtype=dtype)
+        P = np.empty((X.shape[0], scaled_basis.shape[1]), dtype=dtype)
         rho2 = np.empty(X.shape[0])
         for start in range(0, X.shape[0], _THIN_ROWS):
             raw = _as_2d(X[start : start + _THIN_ROWS], "X", check_finite=False)
-            Xc = raw / self.scale
-            norm2 = np.einsum("ij,ij->i", Xc, Xc)
+            norm2 = np.einsum("ij,ij->i", raw, raw)
             _refuse_nonfinite(raw, norm2, "X")  # before the product, which would warn
-            Pc = Xc @ W[:k]
+            Pc = raw @ scaled_basis[:k]
+            Ec = None
             if E is not None:
-                Ec = E[start : start + _THIN_ROWS] / self.scale
-                Pc += Ec @ W[k:]
+                Ec = E[start : start + _THIN_ROWS]
+                Pc += Ec @ scaled_basis[k:]
                 norm2 += np.einsum("ij,ij->i", Ec, Ec)
+            norm2 /= self.scale**2
 
-            def rows(mask, Xc=Xc, Ec=None if E is None else Ec):
-                return Xc[mask] if Ec is None else np.hstack([Xc[mask], Ec[mask]])
+            def rows(mask, raw=raw, Ec=Ec):
+                part = raw[mask] if Ec is None else np.hstack([raw[mask], Ec[mask]])
+                return part / self.scale
 
             rho2[start : start + _THIN_ROWS] = self._residual2(Pc, norm2, rows)
             P[start : start + _THIN_ROWS] = Pc
