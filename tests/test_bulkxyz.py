@@ -3,6 +3,7 @@ to ASE (``None``); it never accepts a file ASE rejects."""
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from ase.io.extxyz import key_val_str_to_dict
 
 from lprviz import InputError, datasets
 from lprviz.datasets import bulkxyz, readers
-from lprviz.datasets.bulkxyz import read_extxyz
+from lprviz.datasets.bulkxyz import _unusual, read_extxyz
 
 sys.path.insert(0, str(Path(__file__).parent))
 from corpus import build_corpus  # noqa: E402
@@ -258,3 +259,13 @@ def test_real_dft_frames_written_by_ase(tmp_path):
     data = datasets.load(str(path))
     assert np.array_equal(data.energies, [a.calc.results["energy"] for a in ref])
     assert list(data.groups) == meta["groups"]
+
+
+def test_unusual_characters_are_those_outside_printable_ascii_tab_and_newline():
+    # the definition as a regular expression (what the reader scanned with before)
+    pattern = re.compile(r"[^\t\n\x20-\x7e]")
+    chars = [chr(c) for c in [*range(0x300), 0x7FF, 0x800, 0xFFFD, 0x10000, 0x10FFFF]]
+    for c in chars:
+        for text in (c, f"Cu 0 0 0\n{c}", f"{c}\n\t  x"):
+            assert _unusual(text) == bool(pattern.search(text)), repr(text)
+    assert not _unusual("") and not _unusual("1\nCu 0 0 0\n")

@@ -34,8 +34,17 @@ from ase.io.extxyz import key_val_str_to_dict, parse_properties, set_calc_and_ar
 # that fills the width might have been cut, so the file falls back to ASE.
 _MAX_STRING = 64
 
-# Characters outside printable ASCII, tab and newline.
-_UNUSUAL = re.compile(r"[^\t\n\x20-\x7e]")
+# Printable ASCII, tab and newline: the only characters this reader takes.
+_USUAL = bytes(range(0x20, 0x7F)) + b"\t\n"
+
+
+def _unusual(text: str) -> bool:
+    """Whether ``text`` has a character other than printable ASCII, tab and newline.
+
+    ``str.isascii`` is a flag lookup, and deleting the usual bytes leaves any other: 20 ms
+    for 14 MB, where one regular-expression scan for them took 130 ms.
+    """
+    return not text.isascii() or bool(text.encode("ascii").translate(None, _USUAL))
 
 _DEFAULT_PROPERTIES = "species:S:1:pos:R:3"
 
@@ -54,7 +63,7 @@ def read_extxyz(text: str) -> list[Atoms] | None:
         ``None`` when the text uses something this reader leaves to ASE, or is not valid
         extended XYZ (see the module docstring): read it with ASE, which reports problems.
     """
-    if _UNUSUAL.search(text):
+    if _unusual(text):
         return None
     lines = text.split("\n")
     frames = _frame_table(lines)
