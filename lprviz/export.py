@@ -273,14 +273,15 @@ def _scaled(a: np.ndarray, exponent: np.ndarray) -> tuple[np.ndarray, np.ndarray
     return floor.astype(np.int64) + carry.astype(np.int64), frac - carry
 
 
-def _e15_rows(x: np.ndarray) -> list[str]:
-    """Each row of the float64 array ``x`` (n, k) as ``" ".join("%22.15e" % v ...)``,
-    vectorised.
+def _e15_bytes(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The fixed-width text of each row of the float64 array ``x`` (n, k): an (n, 23 k)
+    uint8 array holding ``" ".join("%22.15e" % v ...)`` followed by a space, and a bool
+    (n,) of the rows that are not yet right (Python's ``%`` must format those).
 
     16 significant digits of ``|v|`` in [1e-99, 1e99) and zeros are built with integer
     arithmetic (a scaled product to ~2e-7, rounded to nearest); rows with a value this cannot
     decide -- a fraction within 1e-6 of one half (ties included), other magnitudes, inf,
-    NaN -- are formatted by Python, so every text is Python's own (tests compare millions).
+    NaN -- are left to Python, so every text is Python's own (tests compare millions).
     """
     n, k = x.shape
     flat = x.reshape(-1)
@@ -303,7 +304,7 @@ def _e15_rows(x: np.ndarray) -> list[str]:
     digits[zero] = 0
     exponent[zero] = 0
     ok = (ok & (np.abs(exponent) < 100)) | zero
-    # " d.ddddddddddddddde+dd" or "-d...": 22 characters and a space, "\n" ending a row
+    # " d.ddddddddddddddde+dd" or "-d...": 22 characters and a space
     high8 = digits // 10**8
     low8 = (digits - high8 * 10**8).astype(np.int32)
     high8 = high8.astype(np.int32)
@@ -320,12 +321,22 @@ def _e15_rows(x: np.ndarray) -> list[str]:
     text[:, 19] = np.where(exponent < 0, ord("-"), ord("+"))
     text[:, 20:22] = _DIGITS2[np.abs(exponent) % 100].view(np.uint8).reshape(-1, 2)
     text[:, 22] = ord(" ")
-    text = text.reshape(n, 23 * k)
+    return text.reshape(n, 23 * k), ~ok.reshape(n, k).all(axis=1)
+
+
+def _python_e15(row: np.ndarray) -> str:
+    return " ".join(["%22.15e" % v for v in row.tolist()])  # noqa: UP031 (the format reproduced)
+
+
+def _e15_rows(x: np.ndarray) -> list[str]:
+    """Each row of the float64 array ``x`` (n, k) as ``" ".join("%22.15e" % v ...)``,
+    vectorised (:func:`_e15_bytes`; the rows it leaves are formatted by Python)."""
+    text, left = _e15_bytes(x)
     text[:, -1] = ord("\n")
     out = text.tobytes().decode("ascii").split("\n")
     out.pop()  # after the last row
-    for i in np.flatnonzero(~ok.reshape(n, k).all(axis=1)).tolist():
-        out[i] = " ".join(["%22.15e" % v for v in x[i].tolist()])  # noqa: UP031 (the format reproduced)
+    for i in np.flatnonzero(left).tolist():
+        out[i] = _python_e15(x[i])
     return out
 
 
@@ -336,24 +347,31 @@ def _float_run(columns: list[np.ndarray]) -> np.ndarray:
     return np.concatenate(columns, axis=1, dtype=np.float64, casting="same_kind")
 
 
-def _frame_columns(record: _Record) -> tuple[int, str, str, list]:
-    """A frame's atom count, first two lines, row format and fields in order: lists of
-    values, or float64 (n, k) arrays for runs of ``k`` adjacent float fields (one ``%s``
-    each; :func:`_batch_text` formats them)."""
+def _columns(record: _Record) -> tuple[int, dict[str, np.ndarray], tuple]:
+    """A frame's atom count, its columns in the order written (symbols, positions, the
+    other arrays) and their layout: (name, dtype, trailing shape) per column."""
     n = len(record.numbers)
     # np.array of no symbols is a float array, as in ASE's writer
     symbols = _SYMBOLS[record.numbers] if n else np.array([])
-    columns = {"symbols": symbols, "positions": record.positions,
-               **{k: v for k, v in record.arrays.items() if k not in _SKIP_ARRAYS}}
-    layout = []
-    fields: list = []
-    run: list = []  # float columns since the last other field
-    for name, array in columns.items():
+    columns = {}
+    for name, array in {"symbols": symbols, "positions": record.positions,
+                        **{k: v for k, v in record.arrays.items()
+                           if k not in _SKIP_ARRAYS}}.items():
         array = np.asarray(array)
         if array.ndim > 2 or len(array) != n:
             raise InputError(f"array {name!r}: expected one value or row per atom ({n}), got "
                              f"shape {array.shape}")
-        layout.append((name, array.dtype, array.shape[1:]))
+        columns[name] = array
+    return n, columns, tuple((k, v.dtype, v.shape[1:]) for k, v in columns.items())
+
+
+def _fields(columns: dict[str, np.ndarray], n: int, *, as_lists: bool = True) -> list:
+    """The fields of a row format in order: float64 (n, k) arrays for runs of ``k`` adjacent
+    float fields (one ``%s`` each), and each other field's values (a list, or with
+    ``as_lists=False`` a 1-D array)."""
+    fields: list = []
+    run: list = []  # float columns since the last other field
+    for array in columns.values():
         # (n, 1) is one field, as in ASE's writer
         array = array if array.ndim == 2 else array.reshape(n, 1)
         if array.dtype.kind == "f":  # any float prints as Python's float of it: float64
@@ -362,15 +380,19 @@ def _frame_columns(record: _Record) -> tuple[int, str, str, list]:
         if run:
             fields.append(_float_run(run))
             run = []
-        fields.extend(array.T.tolist())
+        fields.extend(array.T.tolist() if as_lists else list(array.T))
     if run:
         fields.append(_float_run(run))
-    spec, fmt = _column_format(tuple(layout))
+    return fields
+
+
+def _header(record: _Record, n: int, spec: str) -> str:
+    """A frame's first two lines."""
     head = ""
     if record.cell.any():  # as ASE: the transposed cell, in Fortran order
         head = 'Lattice="' + " ".join(
             str(x) for x in np.reshape(record.cell.T, 9, order="F")) + '" '
-    return n, f"{n}\n{head}Properties={spec} {record.info}\n", fmt, fields
+    return f"{n}\n{head}Properties={spec} {record.info}\n"
 
 
 # Atoms whose float fields are formatted in one vectorised call (bounds its memory).
@@ -383,16 +405,43 @@ def _write_records(file: str | Path | IO[str], records: Iterable[_Record]) -> No
         batch, n_atoms = [], 0
         for record in itertools.chain(records, [None]):
             if record is not None:
-                batch.append(_frame_columns(record))
-                n_atoms += len(record.numbers)
+                batch.append((record, *_columns(record)))
+                n_atoms += batch[-1][1]
             if batch and (record is None or n_atoms >= _BATCH_ATOMS):
                 fh.write(_batch_text(batch))
                 batch, n_atoms = [], 0
 
 
-def _batch_text(frames: list[tuple[int, str, str, list]]) -> str:
-    """The text of frames from :func:`_frame_columns`, the float runs of one width
-    formatted together."""
+def _batch_text(batch: list[tuple[_Record, int, dict, tuple]]) -> str:
+    """The text of consecutive frames (record, atom count, columns, layout of
+    :func:`_columns`). Each run of frames with one layout is written as fixed-width rows
+    (:func:`_fixed_rows`: a few array operations for all its atoms) when every field has a
+    fixed width there, else by :func:`_percent_text`."""
+    out = []
+    for layout, group in itertools.groupby(batch, key=lambda frame: frame[3]):
+        group = list(group)
+        spec, fmt = _column_format(layout)
+        heads = [_header(record, n, spec) for record, n, _, _ in group]
+        rows = (_fixed_rows(fmt, [columns for _, _, columns, _ in group])
+                if all(n for _, n, _, _ in group) else None)
+        if rows is None:
+            out.append(_percent_text([(n, head, fmt, _fields(columns, n))
+                                      for (_, n, columns, _), head in zip(group, heads,
+                                                                          strict=True)]))
+            continue
+        width = rows.shape[1]
+        text = rows.tobytes().decode("ascii")
+        start = 0
+        for (_, n, _, _), head in zip(group, heads, strict=True):
+            out.append(head)
+            out.append(text[start * width:(start + n) * width])
+            start += n
+    return "".join(out)
+
+
+def _percent_text(frames: list[tuple[int, str, str, list]]) -> str:
+    """The text of frames as (atom count, first two lines, row format, :func:`_fields`),
+    the float runs of one width formatted together, then one Python ``%`` per frame."""
     runs: dict[int, list] = {}
     for *_, fields in frames:
         for f in fields:
@@ -408,6 +457,88 @@ def _batch_text(frames: list[tuple[int, str, str, list]]) -> str:
         out.append(head + (fmt * n) % tuple(
             itertools.chain.from_iterable(zip(*values, strict=True))))
     return "".join(out)
+
+
+# The field formats of _column_format's row formats: "%s" is a float run's text or a
+# string column.
+_FIELD = re.compile(r"%-2s|%8d|%\.1s|%s")
+
+
+def _fixed_rows(fmt: str, frames: list[dict[str, np.ndarray]]) -> np.ndarray | None:
+    """The atom lines of frames of one layout (their :func:`_columns`, row format ``fmt``)
+    as one (n_atoms, width) uint8 array of ASCII, every line ending in a newline: the same
+    text as Python's ``%``, built column by column. None when a field has no fixed width
+    here (a ``%s`` string column, integers beyond 8 characters, species names beyond 2, a
+    float run with a 3-digit exponent): those frames go to :func:`_percent_text`."""
+    merged = {name: np.concatenate([columns[name] for columns in frames])
+              for name in frames[0]}
+    n = len(merged["positions"])
+    fields = _fields(merged, n, as_lists=False)
+    specs = _FIELD.findall(fmt)
+    literals = _FIELD.split(fmt)  # around the fields; the last one is the newline
+    if len(specs) != len(fields):
+        return None
+    blocks = []
+    for literal, spec, values in zip(literals[:-1], specs, fields, strict=True):
+        if literal:
+            blocks.append(_constant(literal, n))
+        block = _fixed_field(spec, values)
+        if block is None:
+            return None
+        blocks.append(block)
+    blocks.append(_constant(literals[-1], n))
+    return np.concatenate(blocks, axis=1)
+
+
+def _constant(text: str, n: int) -> np.ndarray:
+    return np.broadcast_to(np.frombuffer(text.encode("ascii"), np.uint8), (n, len(text)))
+
+
+def _fixed_field(spec: str, values: np.ndarray) -> np.ndarray | None:
+    """One field's text for every row, (n, width) uint8, or None if its width varies."""
+    if spec == "%s" and values.ndim == 2:  # a float run
+        text, left = _e15_bytes(values)
+        text = text[:, :-1]  # the last value's trailing space
+        for i in np.flatnonzero(left).tolist():
+            row = _python_e15(values[i]).encode("ascii")
+            if len(row) != text.shape[1]:
+                return None
+            text[i] = np.frombuffer(row, np.uint8)
+        return text
+    if spec == "%8d" and values.dtype.kind == "i":
+        return _int8_text(values)
+    if spec == "%.1s" and values.dtype.kind == "b":
+        return np.where(values, ord("T"), ord("F")).astype(np.uint8)[:, None]
+    if spec == "%-2s" and values.dtype.kind == "U":
+        try:
+            text = values.astype("S2")  # ASCII, cut to 2 characters
+        except UnicodeEncodeError:
+            return None
+        text = text.view(np.uint8).reshape(-1, 2).copy()
+        # longer names (cut above), or a NUL before a character (not padding)
+        if (np.char.str_len(values) > 2).any() or ((text[:, 0] == 0) & (text[:, 1] != 0)).any():
+            return None
+        text[text == 0] = ord(" ")  # "%-2s": padded on the right
+        return text
+    return None
+
+
+def _int8_text(values: np.ndarray) -> np.ndarray | None:
+    """``"%8d" % v`` for every value, (n, 8) uint8; None if one needs more than 8
+    characters."""
+    v = values.astype(np.int64)
+    if v.size and (v.min() < -9_999_999 or v.max() > 99_999_999):
+        return None
+    a = np.abs(v)
+    groups = np.empty((len(a), 2), dtype=np.uint32)
+    groups[:, 0] = _DIGITS4[a // 10**4]
+    groups[:, 1] = _DIGITS4[a % 10**4]
+    n_digits = 1 + sum((a >= 10**p).astype(np.int64) for p in range(1, 8))
+    text = np.where(np.arange(8) >= 8 - n_digits[:, None], groups.view(np.uint8), ord(" "))
+    text = text.astype(np.uint8)
+    negative = np.flatnonzero(v < 0)
+    text[negative, 7 - n_digits[negative]] = ord("-")
+    return text
 
 
 # --------------------------------------------------------------------------- the schema

@@ -392,3 +392,86 @@ def test_info_text_is_ases_header_text():
     for info in ({"pbc": np.array([True, False, True])}, {"energy": np.float64(-1.25),
                  "stress": np.ones(9, dtype=bool)}, {"virial": np.zeros(9, dtype=bool)}):
         assert export._info_text(info) == key_val_dict_to_str(info)
+
+
+def _column_frames(rng, n_frames=40):
+    """Frames sharing one layout, with a column of every kind the fixed-width rows take
+    (species, floats of any magnitude, float32, ints at the edges of "%8d", booleans)."""
+    from ase.build import bulk
+
+    frames = []
+    for k in range(n_frames):
+        a = bulk("Cu", "fcc", a=3.6, cubic=True) * (1, 1, 1 + k % 2)
+        a.numbers[::3] = rng.choice([1, 8, 79, 118], len(a.numbers[::3]))  # 1- and 2-letter
+        a.positions += rng.normal(scale=1e-3, size=a.positions.shape)
+        a.arrays["x"] = _hard_floats(rng, len(a))[rng.permutation(len(a) * 8)[: len(a)]]
+        a.arrays["v32"] = rng.standard_normal((len(a), 2)).astype(np.float32)
+        a.arrays["n"] = rng.choice([0, 7, -1, -9, 10, -10, 9_999_999, -9_999_999,
+                                    99_999_999, 12345], len(a))
+        a.arrays["ok"] = rng.random(len(a)) < 0.5
+        frames.append(a)
+    return frames
+
+
+def _assert_written_as_reference(frames):
+    want = io.StringIO()
+    reference_write(want, frames)
+    got = io.StringIO()
+    export.write_extxyz(got, frames)
+    assert got.getvalue() == want.getvalue()
+
+
+def test_fixed_width_rows_are_the_reference_text(monkeypatch):
+    """Frames of one layout go through the fixed-width rows (the % route is made to fail),
+    and their text is the reference writer's, byte for byte."""
+    frames = _column_frames(np.random.default_rng(11))  # inf and NaN fit the width too
+    for a in frames:  # negative values with a 3-digit exponent are one character wider
+        x = a.arrays["x"]
+        a.arrays["x"] = np.where((np.abs(x) >= 1e100) | ((np.abs(x) < 1e-99) & (x != 0)),
+                                 np.abs(x), x)
+
+    def refuse(*_args):
+        raise AssertionError("the % route was taken")
+
+    monkeypatch.setattr(export, "_percent_text", refuse)
+    _assert_written_as_reference(frames)
+
+
+def test_rows_without_a_fixed_width_fall_back_to_percent(monkeypatch):
+    """A negative value with a 3-digit exponent, an integer beyond 8 characters, a string
+    column or a text column wider than 2 sends that run of frames to the % route; the text
+    stays the reference's."""
+    rng = np.random.default_rng(12)
+    cases = {"exponent": ("x", -1e-150), "wide int": ("n", 100_000_000),
+             "negative int": ("n", -10_000_000)}
+    taken = []
+    real = export._percent_text
+    monkeypatch.setattr(export, "_percent_text",
+                        lambda frames: taken.append(len(frames)) or real(frames))
+    for column, value in cases.values():
+        frames = _column_frames(rng, 6)
+        frames[3].arrays[column][1] = value
+        taken.clear()
+        _assert_written_as_reference(frames)
+        assert taken == [6]  # one batch, one layout: all its frames by %
+    frames = _column_frames(rng, 6)
+    for a in frames:
+        a.arrays["label"] = np.array([f"s{i}" * (i % 3) for i in range(len(a))])  # '%-2s'
+    taken.clear()
+    _assert_written_as_reference(frames)
+    assert taken == [6]
+    frames = _column_frames(rng, 4)
+    frames[2].arrays["note"] = np.array(["x"] * len(frames[2]), dtype=object)  # '%s'
+    taken.clear()
+    _assert_written_as_reference(frames)
+    assert taken == [1]  # only the frame of its own layout
+
+
+def test_int_text_is_pythons():
+    values = np.concatenate([np.arange(-10_000, 10_000), 10 ** np.arange(8) - 1,
+                             -(10 ** np.arange(7)) + 1, 10 ** np.arange(8), -(10 ** np.arange(7)),
+                             np.random.default_rng(0).integers(-9_999_999, 99_999_999, 10_000)])
+    text = export._int8_text(values)
+    assert [bytes(row).decode() for row in text] == ["%8d" % v for v in values.tolist()]  # noqa: UP031
+    for wide in (100_000_000, -10_000_000):
+        assert export._int8_text(np.array([1, wide])) is None
