@@ -122,6 +122,12 @@ class _Record:
     info: str
 
 
+@functools.lru_cache(maxsize=4096)
+def _escaped(text: str) -> str:
+    """ASE's ``escape`` of a text that recurs from frame to frame (keys, pbc flags)."""
+    return escape(text)
+
+
 def _info_text(info: Mapping) -> str:
     """ASE's ``key_val_dict_to_str(info)``, written here when every key is a ``str`` and
     every value a bool, a real number (Python or NumPy scalar), a ``str``, None or a 1-D
@@ -134,17 +140,18 @@ def _info_text(info: Mapping) -> str:
         if type(key) is not str:
             return key_val_dict_to_str(info)
         if kind is bool or kind is np.bool_:
-            parts.append(f"{escape(key)}={'T' if value else 'F'}")
+            parts.append(f"{_escaped(key)}={'T' if value else 'F'}")
         elif kind is float or kind is int or isinstance(value, (np.floating, np.integer)):
-            parts.append(f"{escape(key)}={escape(f'{value}')}")
+            # a real number's text has none of the characters escape quotes for
+            parts.append(f"{_escaped(key)}={value}")
         elif kind is str:
-            parts.append(f"{escape(key)}={escape(value)}")
+            parts.append(f"{_escaped(key)}={escape(value)}")
         elif value is None:
-            parts.append(escape(key))
+            parts.append(_escaped(key))
         elif (kind is np.ndarray and value.ndim == 1 and value.dtype.kind == "b"
               and key not in SPECIAL_3_3_KEYS):
             flags = " ".join("T" if v else "F" for v in value.tolist())
-            parts.append(f"{escape(key)}={escape(flags)}")
+            parts.append(f"{_escaped(key)}={_escaped(flags)}")
         else:
             return key_val_dict_to_str(info)
     return " ".join(parts).strip()
