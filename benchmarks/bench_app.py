@@ -88,8 +88,8 @@ def _library(ds, mask) -> tuple[float, float, int]:
     """Seconds of pipeline.prepare and pipeline.evaluate alone, and the model's d."""
     desc = features.compute_soap(ds.frames, features.SOAP_PRESETS["default"],
                                  species=ds.species)
-    # float32, as the app holds them (lprviz.app.caches.descriptors): its projection
-    # products run in float32, about twice as fast as on float64 descriptors
+    # float32, as the app holds them (lprviz.app.caches.descriptors): on the primal route
+    # its projection products run in float32, about twice as fast as on float64
     desc = dataclasses.replace(desc, values=desc.values.astype(np.float32))
     t_prep = _timed(lambda: pipeline.prepare(ds, desc, mask, pipeline.ModelSpec()))
     fit = pipeline.prepare(ds, desc, mask, pipeline.ModelSpec())

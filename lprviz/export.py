@@ -385,12 +385,16 @@ def _fields(columns: dict[str, np.ndarray], n: int, *, as_lists: bool = True) ->
             run.append(array)
             continue
         if run:
-            fields.append(_float_run(run))
+            fields.extend(_float_runs(run))
             run = []
         fields.extend(array.T.tolist() if as_lists else list(array.T))
-    if run:
-        fields.append(_float_run(run))
-    return fields
+    return fields + _float_runs(run)
+
+
+def _float_runs(run: list[np.ndarray]) -> list[np.ndarray]:
+    """The run of adjacent float columns as one field, or none when they have no column
+    (an (n, 0) array has no field in the row format)."""
+    return [_float_run(run)] if sum(c.shape[1] for c in run) else []
 
 
 def _header(record: _Record, n: int, spec: str) -> str:
@@ -475,8 +479,9 @@ def _fixed_rows(fmt: str, frames: list[dict[str, np.ndarray]]) -> np.ndarray | N
     """The atom lines of frames of one layout (their :func:`_columns`, row format ``fmt``)
     as one (n_atoms, width) uint8 array of ASCII, every line ending in a newline: the same
     text as Python's ``%``, built column by column. None when a field has no fixed width
-    here (a ``%s`` string column, integers beyond 8 characters, species names beyond 2, a
-    float run with a 3-digit exponent): those frames go to :func:`_percent_text`."""
+    here (a ``%s`` string column; a ``%-2s`` text column with a value longer than 2, not
+    ASCII or starting with NUL; an integer beyond 8 characters; a negative float with a
+    3-digit exponent): those frames go to :func:`_percent_text`."""
     merged = {name: np.concatenate([columns[name] for columns in frames])
               for name in frames[0]}
     n = len(merged["positions"])

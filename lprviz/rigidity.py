@@ -623,7 +623,8 @@ class RigiditySolver:
         self, X_raw: np.ndarray, W_thin: np.ndarray, w_null: np.ndarray, cols=None
     ) -> np.ndarray:
         """Dual route: ``sum_j P_j^2 W_thin[j] + rho^2 w_null`` per row of ``X_raw / scale``
-        (scaled chunk by chunk), with the cancellation guard of the module docstring. With
+        (the scale folded into the basis and the norms), with the cancellation guard of the
+        module docstring. With
         ``cols``, ``X_raw`` holds only those columns of vectors zero elsewhere (LCPR)."""
         _, W = self._svd()
         # the scale folded into the basis and the norms, as in thin_projections

@@ -396,7 +396,8 @@ def test_info_text_is_ases_header_text():
 
 def _column_frames(rng, n_frames=40):
     """Frames sharing one layout, with a column of every kind the fixed-width rows take
-    (species, floats of any magnitude, float32, ints at the edges of "%8d", booleans)."""
+    (species, floats of any magnitude, float32, ints at the edges of "%8d" and an (n, 2)
+    int32 column, booleans (n,) and (n, 1), short text)."""
     from ase.build import bulk
 
     frames = []
@@ -404,11 +405,17 @@ def _column_frames(rng, n_frames=40):
         a = bulk("Cu", "fcc", a=3.6, cubic=True) * (1, 1, 1 + k % 2)
         a.numbers[::3] = rng.choice([1, 8, 79, 118], len(a.numbers[::3]))  # 1- and 2-letter
         a.positions += rng.normal(scale=1e-3, size=a.positions.shape)
-        a.arrays["x"] = _hard_floats(rng, len(a))[rng.permutation(len(a) * 8)[: len(a)]]
+        x = _hard_floats(rng, len(a))[rng.permutation(len(a) * 8)[: len(a)]]
+        # inf and NaN fit the width; negative values with a 3-digit exponent do not
+        wide = (np.abs(x) >= 1e100) | ((np.abs(x) < 1e-99) & (x != 0))
+        a.arrays["x"] = np.where(wide, np.abs(x), x)
         a.arrays["v32"] = rng.standard_normal((len(a), 2)).astype(np.float32)
         a.arrays["n"] = rng.choice([0, 7, -1, -9, 10, -10, 9_999_999, -9_999_999,
                                     99_999_999, 12345], len(a))
         a.arrays["ok"] = rng.random(len(a)) < 0.5
+        a.arrays["pair"] = rng.integers(-99, 99, (len(a), 2)).astype(np.int32)
+        a.arrays["flag"] = rng.random((len(a), 1)) < 0.5
+        a.arrays["label"] = rng.choice(["", "a", "ab", "Z"], len(a))
         frames.append(a)
     return frames
 
@@ -424,11 +431,7 @@ def _assert_written_as_reference(frames):
 def test_fixed_width_rows_are_the_reference_text(monkeypatch):
     """Frames of one layout go through the fixed-width rows (the % route is made to fail),
     and their text is the reference writer's, byte for byte."""
-    frames = _column_frames(np.random.default_rng(11))  # inf and NaN fit the width too
-    for a in frames:  # negative values with a 3-digit exponent are one character wider
-        x = a.arrays["x"]
-        a.arrays["x"] = np.where((np.abs(x) >= 1e100) | ((np.abs(x) < 1e-99) & (x != 0)),
-                                 np.abs(x), x)
+    frames = _column_frames(np.random.default_rng(11))
 
     def refuse(*_args):
         raise AssertionError("the % route was taken")
@@ -438,33 +441,41 @@ def test_fixed_width_rows_are_the_reference_text(monkeypatch):
 
 
 def test_rows_without_a_fixed_width_fall_back_to_percent(monkeypatch):
-    """A negative value with a 3-digit exponent, an integer beyond 8 characters, a string
-    column or a text column wider than 2 sends that run of frames to the % route; the text
-    stays the reference's."""
+    """A negative value with a 3-digit exponent, an integer beyond 8 characters, a text value
+    longer than 2, not ASCII or starting with NUL, or a string column sends that run of
+    frames to the % route; the text stays the reference's."""
     rng = np.random.default_rng(12)
-    cases = {"exponent": ("x", -1e-150), "wide int": ("n", 100_000_000),
-             "negative int": ("n", -10_000_000)}
+    cases = [("x", -1e-150), ("n", 100_000_000), ("n", -10_000_000), ("label", "abc"),
+             ("label", "\u00e9"), ("label", "\x00a")]
     taken = []
     real = export._percent_text
     monkeypatch.setattr(export, "_percent_text",
                         lambda frames: taken.append(len(frames)) or real(frames))
-    for column, value in cases.values():
+    for column, value in cases:
         frames = _column_frames(rng, 6)
-        frames[3].arrays[column][1] = value
+        for a in frames:  # a column wide enough for the value
+            a.arrays["label"] = a.arrays["label"].astype("U3")
         taken.clear()
         _assert_written_as_reference(frames)
-        assert taken == [6]  # one batch, one layout: all its frames by %
-    frames = _column_frames(rng, 6)
-    for a in frames:
-        a.arrays["label"] = np.array([f"s{i}" * (i % 3) for i in range(len(a))])  # '%-2s'
-    taken.clear()
-    _assert_written_as_reference(frames)
-    assert taken == [6]
+        assert taken == []  # as drawn, these frames take the fixed-width rows
+        frames[3].arrays[column][1] = value
+        _assert_written_as_reference(frames)
+        assert taken == [6], (column, value)  # one batch, one layout: all its frames by %
     frames = _column_frames(rng, 4)
     frames[2].arrays["note"] = np.array(["x"] * len(frames[2]), dtype=object)  # '%s'
     taken.clear()
     _assert_written_as_reference(frames)
     assert taken == [1]  # only the frame of its own layout
+
+
+def test_a_float_column_without_columns_has_no_field():
+    a = ase.Atoms("Cu3", positions=np.eye(3), cell=np.eye(3) * 5, pbc=True)
+    a.arrays["i"] = np.arange(3)
+    a.arrays["f0"] = np.zeros((3, 0))
+    a.arrays["b"] = np.ones(3, dtype=bool)
+    b = a.copy()
+    del b.arrays["b"]  # the empty float run last
+    _assert_written_as_reference([a, b])
 
 
 def test_int_text_is_pythons():

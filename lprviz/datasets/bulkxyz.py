@@ -46,6 +46,7 @@ def _unusual(text: str) -> bool:
     """
     return not text.isascii() or bool(text.encode("ascii").translate(None, _USUAL))
 
+
 _DEFAULT_PROPERTIES = "species:S:1:pos:R:3"
 
 
