@@ -94,6 +94,8 @@ _READ = {
          [r + " 1 2 3" for r in _ATOMS]),
         (f"{_CELL} energy=3", list(_ATOMS))],
     "empty-frame": [(_CELL, [])],
+    "species-case": [(_CELL, ["cu 0 0 0", "AU 2 2 0", "Cu 0 2 2", "aU 2 0 2"]),
+                     (_CELL, ["X 0 0 0", "h 1 1 1"])],
     # ASE glues the token after an empty value onto it: no cell, no energy here
     "empty-quoted-value": [(f'{_CELL} note="" energy=-1.5', list(_ATOMS)),
                            (f'a="" {_CELL} energy=2', list(_ATOMS))],
@@ -114,6 +116,7 @@ _LEFT = {
     "blank-atom-line": [(_CELL, ["Cu 0 0 0", "", *_ATOMS[2:]])],
     "short-atom-line": [(_CELL, ["Cu 0 0", *_ATOMS[1:]])],
     "long-string": [(_CELL, ["C" * 80 + " 0 0 0", *_ATOMS[1:]])],
+    "unknown-species": [(_CELL, ["Xy 0 0 0", *_ATOMS[1:]])],
     "int-column-float": [("Properties=species:S:1:pos:R:3:tag:I:1",
                           [r + " 1.5" for r in _ATOMS])],
 }

@@ -28,6 +28,7 @@ import re
 
 import numpy as np
 from ase import Atoms
+from ase.data import atomic_numbers
 from ase.io.extxyz import key_val_str_to_dict, parse_properties, set_calc_and_arrays
 
 # Strings (species and other S columns) are parsed into fixed-width NumPy strings; a value
@@ -179,19 +180,24 @@ def _build_group(lines, frames, headers, props: str, members: list[int]):
     for name in strings:
         if data.size and np.char.str_len(data[name]).max() >= _MAX_STRING:
             return None
+    columns = _group_columns(data, properties, names, strings)
     out = []
     start = 0
     for k, n in zip(members, sizes, strict=True):
         info, pbc, cell, _ = headers[k]
-        out.append(_atoms(data[start : start + n], properties, names, strings, info, pbc,
+        rows = slice(start, start + n)
+        out.append(_atoms({name: value[rows] for name, value in columns.items()}, info, pbc,
                           cell))
         start += n
     return out
 
 
-def _atoms(data, properties, names, strings, info, pbc, cell) -> Atoms:
-    """One frame from its parsed rows, built as ASE's ``_read_xyz_frame`` builds it."""
-    arrays = {}
+def _group_columns(data, properties, names, strings) -> dict[str, np.ndarray]:
+    """The ASE arrays of a group's parsed rows, each for all its frames at once: one value
+    per row, multi-column properties as (n, k) arrays, S columns as Python strings, and
+    species as atomic numbers (ASE's ``symbols2numbers`` of the capitalised names, one
+    lookup per distinct name; an unknown name raises, and ASE reads the file)."""
+    out = {}
     for name in names:
         ase_name, cols = properties[name]
         if cols == 1:
@@ -199,15 +205,23 @@ def _atoms(data, properties, names, strings, info, pbc, cell) -> Atoms:
             if name in strings:
                 value = value.astype(object)  # ASE keeps S columns as Python strings
         else:
-            value = np.vstack([data[name + str(c)] for c in range(cols)]).T
+            value = np.column_stack([data[name + str(c)] for c in range(cols)])
             if any(name + str(c) in strings for c in range(cols)):
                 value = value.astype(object)
-        arrays[ase_name] = value
-    numbers = arrays.pop("numbers", None)
-    symbols = arrays.pop("symbols", None)
-    if symbols is not None:
-        symbols = [s.capitalize() for s in symbols]
-    atoms = Atoms(numbers if numbers is not None else symbols,
+        out[ase_name] = value
+    if "numbers" not in out and "symbols" in out:
+        names_, inverse = np.unique(out.pop("symbols").astype(str), return_inverse=True)
+        numbers = np.array([atomic_numbers[s.capitalize()] for s in names_.tolist()],
+                           dtype=int)
+        out["numbers"] = numbers[inverse.reshape(-1)]
+    return out
+
+
+def _atoms(arrays: dict[str, np.ndarray], info, pbc, cell) -> Atoms:
+    """One frame from its ASE arrays, built as ASE's ``_read_xyz_frame`` builds it: the
+    same ``numbers`` array, given as numbers rather than converted one by one (every array
+    is copied by ``Atoms`` or the calculator, so views of the group's are fine)."""
+    atoms = Atoms(numbers=arrays.pop("numbers", None),
                   positions=arrays.pop("positions", None),
                   charges=arrays.pop("initial_charges", None),
                   cell=cell, pbc=pbc, info=info)
