@@ -437,7 +437,7 @@ def frames_with_close_pairs(positions: np.ndarray, sizes, cells, pbcs,
         crowded[rest] = frames_with_close_pairs(positions[~crowded[frame]], sizes[rest],
                                                 cells[rest], pbcs[rest], below)
         return crowded
-    _, partner = _near_hits(points, owner, frame[owner], wrapped, frame, below)
+    _, partner = _near_hits(points, owner, frame[owner], wrapped, frame, below, screen=True)
     hit = (partner >= 0).any(axis=1)
     return np.bincount(frame[hit], minlength=len(sizes)) > 0
 
@@ -485,22 +485,24 @@ def _with_images(positions: np.ndarray, frame: np.ndarray, cells: np.ndarray,
 
 
 def _near_hits(points: np.ndarray, owner: np.ndarray, point_frame: np.ndarray,
-               queries: np.ndarray, query_frame: np.ndarray, below: float):
+               queries: np.ndarray, query_frame: np.ndarray, below: float, *,
+               screen: bool = False):
     """The two nearest points of each query atom within ``below``, frames kept apart.
 
     Returns ``(dist, partner)``, both ``(n_queries, 2)``: ``partner`` is the other atom a
     hit is a copy of, or -1 where the hit is the atom itself, missing or not closer than
-    ``below``.
+    ``below``. With ``screen`` (only whether a frame has a hit is wanted): an unbalanced
+    tree, built in half the time, and the queries on two threads; which of two equally
+    close partners is named can then differ, so :func:`closest_pair`, whose pair goes into
+    error messages, keeps the balanced tree.
     """
     from scipy.spatial import cKDTree
 
     lift = 2.0 * below  # frames apart by this in the 4th coordinate never meet
-    # an unbalanced tree builds in half the time and answers these short-range queries as
-    # fast; the queries run on two threads (the same answers: each query is independent)
-    tree = cKDTree(np.column_stack([points, point_frame * lift]), balanced_tree=False,
-                   compact_nodes=False)
+    tree = cKDTree(np.column_stack([points, point_frame * lift]), balanced_tree=not screen,
+                   compact_nodes=not screen)
     dist, idx = tree.query(np.column_stack([queries, query_frame * lift]), k=2,
-                           distance_upper_bound=below, workers=2)
+                           distance_upper_bound=below, workers=2 if screen else 1)
     found = np.isfinite(dist)
     partner = np.where(found, owner[np.minimum(idx, len(owner) - 1)], -1)
     own = np.arange(len(queries))[:, None]

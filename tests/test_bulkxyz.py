@@ -94,6 +94,9 @@ _READ = {
          [r + " 1 2 3" for r in _ATOMS]),
         (f"{_CELL} energy=3", list(_ATOMS))],
     "empty-frame": [(_CELL, [])],
+    "z-and-species": [("Properties=species:S:1:Z:I:1:pos:R:3",
+                       ["Cu 29 0 0 0", "Au 79 2 2 2", "cu 47 0 2 2"])],  # Z wins, as in ASE
+    "z-real": [("Properties=Z:R:1:pos:R:3", ["29.0 0 0 0", "79 2 2 2"])],
     "species-case": [(_CELL, ["cu 0 0 0", "AU 2 2 0", "Cu 0 2 2", "aU 2 0 2"]),
                      (_CELL, ["X 0 0 0", "h 1 1 1"])],
     # ASE glues the token after an empty value onto it: no cell, no energy here
@@ -117,6 +120,9 @@ _LEFT = {
     "short-atom-line": [(_CELL, ["Cu 0 0", *_ATOMS[1:]])],
     "long-string": [(_CELL, ["C" * 80 + " 0 0 0", *_ATOMS[1:]])],
     "unknown-species": [(_CELL, ["Xy 0 0 0", *_ATOMS[1:]])],
+    "two-column-species": [("Properties=species:S:2:pos:R:3",
+                            ["Cu Au 0 0 0", "Au Cu 2 2 2"])],
+    "string-z": [("Properties=Z:S:1:pos:R:3", ["6 0 0 0", "8 2 2 2"])],
     "int-column-float": [("Properties=species:S:1:pos:R:3:tag:I:1",
                           [r + " 1.5" for r in _ATOMS])],
 }

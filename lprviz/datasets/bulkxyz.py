@@ -180,23 +180,25 @@ def _build_group(lines, frames, headers, props: str, members: list[int]):
     for name in strings:
         if data.size and np.char.str_len(data[name]).max() >= _MAX_STRING:
             return None
-    columns = _group_columns(data, properties, names, strings)
+    columns, species = _group_columns(data, properties, names, strings)
     out = []
     start = 0
     for k, n in zip(members, sizes, strict=True):
         info, pbc, cell, _ = headers[k]
         rows = slice(start, start + n)
-        out.append(_atoms({name: value[rows] for name, value in columns.items()}, info, pbc,
-                          cell))
+        out.append(_atoms({name: value[rows] for name, value in columns.items()},
+                          None if species is None else species[rows], info, pbc, cell))
         start += n
     return out
 
 
-def _group_columns(data, properties, names, strings) -> dict[str, np.ndarray]:
-    """The ASE arrays of a group's parsed rows, each for all its frames at once: one value
-    per row, multi-column properties as (n, k) arrays, S columns as Python strings, and
-    species as atomic numbers (ASE's ``symbols2numbers`` of the capitalised names, one
-    lookup per distinct name; an unknown name raises, and ASE reads the file)."""
+def _group_columns(data, properties, names, strings):
+    """The ASE arrays of a group's parsed rows, each for all its frames at once (one value
+    per row, multi-column properties as (n, k) arrays, S columns as Python strings), and the
+    atomic numbers of a species column when there is no Z column (which ASE would use
+    instead): ASE's ``symbols2numbers`` of the capitalised names, one lookup per distinct
+    name. An unknown name, or a species property of several columns, raises (ASE reads the
+    file and reports it)."""
     out = {}
     for name in names:
         ase_name, cols = properties[name]
@@ -209,19 +211,23 @@ def _group_columns(data, properties, names, strings) -> dict[str, np.ndarray]:
             if any(name + str(c) in strings for c in range(cols)):
                 value = value.astype(object)
         out[ase_name] = value
-    if "numbers" not in out and "symbols" in out:
-        names_, inverse = np.unique(out.pop("symbols").astype(str), return_inverse=True)
-        numbers = np.array([atomic_numbers[s.capitalize()] for s in names_.tolist()],
-                           dtype=int)
-        out["numbers"] = numbers[inverse.reshape(-1)]
-    return out
+    symbols = out.pop("symbols", None)  # never an array of its own, as in ASE
+    if symbols is None or "numbers" in out:
+        return out, None
+    if symbols.ndim != 1:
+        raise ValueError("a species property of several columns")
+    names_, inverse = np.unique(symbols.astype(str), return_inverse=True)
+    numbers = np.array([atomic_numbers[s.capitalize()] for s in names_.tolist()], dtype=int)
+    return out, numbers[inverse.reshape(-1)]
 
 
-def _atoms(arrays: dict[str, np.ndarray], info, pbc, cell) -> Atoms:
-    """One frame from its ASE arrays, built as ASE's ``_read_xyz_frame`` builds it: the
-    same ``numbers`` array, given as numbers rather than converted one by one (every array
-    is copied by ``Atoms`` or the calculator, so views of the group's are fine)."""
-    atoms = Atoms(numbers=arrays.pop("numbers", None),
+def _atoms(arrays: dict[str, np.ndarray], species: np.ndarray | None, info, pbc,
+           cell) -> Atoms:
+    """One frame from its ASE arrays and species numbers, built as ASE's
+    ``_read_xyz_frame`` builds it: a Z column goes in as ASE passes it (converted value by
+    value), species names as their numbers (the same ``numbers`` array). Every array is
+    copied by ``Atoms`` or the calculator, so views of the group's arrays are fine."""
+    atoms = Atoms(arrays.pop("numbers", None), numbers=species,
                   positions=arrays.pop("positions", None),
                   charges=arrays.pop("initial_charges", None),
                   cell=cell, pbc=pbc, info=info)
