@@ -623,11 +623,10 @@ class RigiditySolver:
         self, X_raw: np.ndarray, W_thin: np.ndarray, w_null: np.ndarray, cols=None
     ) -> np.ndarray:
         """Dual route: ``sum_j P_j^2 W_thin[j] + rho^2 w_null`` per row of ``X_raw / scale``
-        (the scale folded into the basis and the norms), with the cancellation guard of the
-        module docstring. With
-        ``cols``, ``X_raw`` holds only those columns of vectors zero elsewhere (LCPR)."""
+        (the scale folded into the basis and the norms, as in :meth:`thin_projections`),
+        with the cancellation guard of the module docstring. With ``cols``, ``X_raw`` holds
+        only those columns of vectors zero elsewhere (LCPR)."""
         _, W = self._svd()
-        # the scale folded into the basis and the norms, as in thin_projections
         B = (W if cols is None else W[cols]) / self.scale
         u = np.empty((X_raw.shape[0], W_thin.shape[1]))
         for start in range(0, X_raw.shape[0], _THIN_ROWS):
