@@ -30,6 +30,7 @@ import numpy as np
 from lprviz.errors import InputError
 
 __all__ = [
+    "MAX_DESCRIPTOR_VALUE",
     "Limits",
     "cell_heights",
     "check_number",
@@ -43,6 +44,11 @@ __all__ = [
 
 #: A cell-list search keeps at most this many sub-cells (featomic's own cap, 1e5).
 MAX_SUBCELLS = 100_000
+
+#: Largest descriptor magnitude accepted (fixed): squares and products of values up to 1e100,
+#: summed over many columns and divided by a small alpha, stay far from float64's overflow
+#: (1.8e308), which would otherwise turn an LPR into 0 and its log into -inf without a word.
+MAX_DESCRIPTOR_VALUE = 1e100
 
 
 @dataclass(frozen=True)

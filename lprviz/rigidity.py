@@ -86,6 +86,7 @@ import scipy.sparse
 from threadpoolctl import ThreadpoolController
 
 from lprviz.errors import InputError
+from lprviz.limits import MAX_DESCRIPTOR_VALUE
 
 __all__ = [
     "RigiditySolver",
@@ -133,18 +134,33 @@ def _as_2d(X, what: str, *, check_finite: bool = True) -> np.ndarray:
     if X.ndim != 2:
         raise InputError(f"{what}: expected a 2D array (n_atoms, n_features), got shape {X.shape}")
     if check_finite:
-        _refuse_nonfinite(X, X, what)
+        _refuse_bad_values(X, X, what)
     return X
 
 
-def _refuse_nonfinite(X: np.ndarray, derived: np.ndarray, what: str) -> None:
-    """Refuse NaN or inf in ``X``, checked through ``derived``: ``X`` itself, or sums of
-    squares or of entries of ``X``, which any NaN or inf in ``X`` makes NaN or inf. ``X``
-    is scanned only when ``derived`` is not finite (a finite ``X`` may overflow), so a
-    large block checked through its row sums costs one small check instead of a pass over
-    it (~0.3 s per 100k atoms at d = 1470)."""
-    if not np.isfinite(derived).all() and not np.isfinite(X).all():
+def _within(values: np.ndarray, bound: float) -> bool:
+    """Whether every entry of ``values`` lies in [-bound, bound] (False for NaN): a maximum
+    and a minimum, no temporary array."""
+    return values.size == 0 or bool(values.max() <= bound and values.min() >= -bound)
+
+
+def _refuse_bad_values(X: np.ndarray, derived: np.ndarray, what: str,
+                       bound: float = MAX_DESCRIPTOR_VALUE) -> None:
+    """Refuse NaN, inf, or magnitudes beyond :data:`~lprviz.limits.MAX_DESCRIPTOR_VALUE` in
+    ``X``, checked through ``derived``: ``X`` itself, its row sums, or its rows' sums of
+    squares (``bound`` the limit squared), which any such value puts outside ``bound``.
+    ``X`` is scanned only when ``derived`` leaves ``bound`` (sums of many allowed values
+    may, and are then let through), so a large block checked through its row sums costs
+    one small check instead of a pass over it (~0.3 s per 100k atoms at d = 1470)."""
+    if _within(derived, bound):
+        return
+    if not np.isfinite(X).all():
         raise InputError(f"{what}: descriptors contain NaN or inf")
+    largest = float(np.abs(X).max())
+    if largest > MAX_DESCRIPTOR_VALUE:
+        raise InputError(f"{what}: descriptor values up to {largest:.3g}, beyond "
+                         f"{MAX_DESCRIPTOR_VALUE:g} (their squares would overflow); rescale "
+                         "the descriptors")
 
 
 def _check_alpha(alpha) -> float:
@@ -152,6 +168,14 @@ def _check_alpha(alpha) -> float:
     if not np.isfinite(alpha) or alpha < 0:
         raise InputError(f"alpha: expected a finite number >= 0, got {alpha}")
     return alpha
+
+
+def _check_alphas(alphas) -> list[float]:
+    """``alphas`` as a non-empty list of checked regularisers (:func:`_check_alpha`)."""
+    if np.ndim(alphas) != 1 or len(alphas) == 0:
+        raise InputError(f"alphas: expected a non-empty sequence of numbers >= 0, got "
+                         f"{type(alphas).__name__} of shape {np.shape(alphas)}")
+    return [_check_alpha(a) for a in alphas]
 
 
 def _check_convention(convention: str) -> str:
@@ -231,7 +255,7 @@ def structure_features(
         (np.ones(X.shape[0]), (idx, np.arange(X.shape[0]))), shape=(n_structures, X.shape[0])
     )
     rows = np.asarray(S @ X)
-    _refuse_nonfinite(X, rows, "X_atoms")  # every atom is in one row
+    _refuse_bad_values(X, rows, "X_atoms")  # every atom is in one row
     if convention == "mean":
         counts = np.bincount(idx, minlength=n_structures).astype(np.float64)
         rows /= np.maximum(counts, 1.0)[:, None]
@@ -707,7 +731,8 @@ class RigiditySolver:
         for start in range(0, X.shape[0], _THIN_ROWS):
             raw = _as_2d(X[start : start + _THIN_ROWS], "X", check_finite=False)
             norm2 = np.einsum("ij,ij->i", raw, raw)
-            _refuse_nonfinite(raw, norm2, "X")  # before the product, which would warn
+            # before the product, which would warn
+            _refuse_bad_values(raw, norm2, "X", MAX_DESCRIPTOR_VALUE**2)
             Pc = raw @ scaled_basis[:k]
             Ec = None
             if E is not None:
@@ -732,7 +757,7 @@ class RigiditySolver:
         -------
         numpy.ndarray of shape (n_alphas, n)
         """
-        W_thin, w_null = self._thin_weights(alphas)
+        W_thin, w_null = self._thin_weights(_check_alphas(alphas))
         return _invert(_sq_dot(P, W_thin) + np.asarray(rho2)[:, None] * w_null[None, :]).T
 
     def lpr_and_undetermined_from_thin(
@@ -848,7 +873,7 @@ class RigiditySolver:
         numpy.ndarray of shape (n_alphas, n)
             Row ``a`` equals ``lpr_from_projections(P, alphas[a])``.
         """
-        inv = np.stack([self.inverse_eigvals(a) for a in alphas], axis=1)
+        inv = np.stack([self.inverse_eigvals(a) for a in _check_alphas(alphas)], axis=1)
         return _invert(_sq_dot(P, inv)).T
 
     def undetermined_from_projections(self, P: np.ndarray, alpha: float) -> np.ndarray:
@@ -925,7 +950,7 @@ class RigiditySolver:
         linear : numpy.ndarray of shape (n_alphas, n) or None
             In ``P``'s dtype; None without ``dots``.
         """
-        alphas = [_check_alpha(a) for a in alphas]
+        alphas = _check_alphas(alphas)
         if rho2 is None:
             inv = np.stack([1.0 / self._effective(a) for a in alphas], axis=1)
             floored = np.stack([self.eigvals + a <= self._resolution(a) for a in alphas],
@@ -981,6 +1006,7 @@ class RigiditySolver:
         numpy.ndarray of shape (n_alphas, n)
         """
         X = self._check_features(X_atoms_raw)
+        alphas = _check_alphas(alphas)
         if self.route == "dual":
             W_thin, w_null = self._thin_weights(alphas)
             return _invert(self._thin_u(X, W_thin, w_null)).T

@@ -38,6 +38,7 @@ import numpy as np
 
 from lprviz.errors import InputError
 from lprviz.features import SOAP_PRESETS, Descriptors, SoapHypers, compute_soap
+from lprviz.limits import MAX_DESCRIPTOR_VALUE
 
 __all__ = [
     "BACKBONE_LABELS", "FeatureSource", "array_names", "backbone_names",
@@ -185,7 +186,8 @@ def read_array(dataset, name: str) -> np.ndarray:
     ------
     InputError
         One line naming the dataset (the file), the frame and the array: missing, not
-        numeric, not 2D per atom, NaN/inf, or a width other than the first frame's.
+        numeric, not 2D per atom, NaN/inf or beyond
+        :data:`~lprviz.limits.MAX_DESCRIPTOR_VALUE`, or a width other than the first frame's.
     """
     where = f"{dataset.name}: per-atom array '{name}'"
     if not dataset.frames:
@@ -211,6 +213,11 @@ def read_array(dataset, name: str) -> np.ndarray:
         if not np.all(np.isfinite(value)):
             atom = int(np.flatnonzero(~np.isfinite(value).all(axis=1))[0])
             raise InputError(f"{frame}: NaN or inf at atom {atom}")
+        big = np.abs(value) > MAX_DESCRIPTOR_VALUE
+        if big.any():
+            atom = int(np.flatnonzero(big.any(axis=1))[0])
+            raise InputError(f"{frame}: a value of {value[atom][big[atom]][0]:.3g} at atom "
+                             f"{atom}, beyond {MAX_DESCRIPTOR_VALUE:g}; rescale the array")
         parts.append(value)
     return np.concatenate(parts, axis=0)
 

@@ -511,8 +511,7 @@ def test_user_errors_raise_input_error():
 def test_nonfinite_descriptors_refused_anywhere_in_a_block(bad):
     """The dual route's thin projections and the structure rows check finiteness through
     their row sums (no pass of its own): a NaN or inf at any atom and column is refused,
-    also +inf and -inf in one structure's column (their sum is NaN). Huge finite values
-    that overflow those sums are not refused, as before."""
+    also +inf and -inf in one structure's column (their sum is NaN)."""
     rng = np.random.default_rng(23)
     d = 40
     train = random_structures(rng, 6, d)  # 6 structures < d / 2: the dual route
@@ -532,11 +531,34 @@ def test_nonfinite_descriptors_refused_anywhere_in_a_block(bad):
             solver.thin_projections(Y)
         with pytest.raises(InputError, match="NaN or inf"):
             structure_features(Y, index)
-    huge = X.copy()
-    huge[5, 3] = 1e300  # its square overflows: a finite input, so no error
-    with np.errstate(over="ignore", invalid="ignore"):
-        solver.thin_projections(huge)
-    assert np.isfinite(structure_features(huge, index)).all()
+
+
+@pytest.mark.parametrize("value", [1e101, -1e200, 1e300])
+@pytest.mark.filterwarnings("error::RuntimeWarning")  # refused before anything overflows
+def test_descriptors_beyond_the_magnitude_limit_are_refused(value):
+    """A finite value beyond MAX_DESCRIPTOR_VALUE, whose square (or its products) would
+    overflow and turn an LPR into 0 without a word, is refused on every route, checked
+    through the same derived sums; values up to the limit give finite LPRs."""
+    rng = np.random.default_rng(29)
+    d = 40
+    dual = RigiditySolver.from_structures(random_structures(rng, 6, d))
+    primal = RigiditySolver.from_structures(random_structures(rng, 60, d))
+    assert (dual.route, primal.route) == ("dual", "primal")
+    X = rng.random((rigidity._THIN_ROWS + 9, d))
+    index = np.repeat(np.arange(X.shape[0] // 3 + 1), 3)[: X.shape[0]]
+    for row in (0, rigidity._THIN_ROWS + 4):
+        Y = X.copy()
+        Y[row, 7] = value
+        for call in (dual.thin_projections, lambda A: structure_features(A, index),
+                     lambda A: dual.lpr(A, 1e-4), lambda A: primal.lpr(A, 1e-4),
+                     lambda A: local_prediction_rigidity([X[:30], X[30:60]], [A], 1e-4)):
+            with pytest.raises(InputError, match="beyond 1e\\+100"):
+                call(Y)
+    Y = X.copy()
+    Y[3, 7] = 1e99  # within the limit: finite and positive
+    for solver in (dual, primal):
+        lpr = solver.lpr(Y, 1e-4)
+        assert np.isfinite(lpr).all() and (lpr > 0).all()
 
 
 # ---------------------------------------------------------------- primal and dual routes
@@ -839,3 +861,34 @@ def test_one_thread_per_block_where_blas_limits_per_thread(monkeypatch):
         with rigidity._one_thread():
             assert rigidity._LIMIT_DEPTH == 0  # not the shared limit
     assert made == [(rigidity._FACTOR_THREADS, "blas")] * 2
+
+
+
+def _many_alpha_calls(solver, X):
+    """Each many-alpha entry point of ``solver`` on ``X``, as ``f(alphas) -> LPR array``."""
+    if solver.route == "dual":
+        P, rho2 = solver.thin_projections(X)
+        return [lambda a: solver.lpr_sweep(X, a),
+                lambda a: solver.lpr_grid(P, a, rho2=rho2)[0],
+                lambda a: solver.lpr_sweep_from_thin(P, rho2, a)]
+    P = solver.projections(X)
+    return [lambda a: solver.lpr_sweep(X, a), lambda a: solver.lpr_grid(P, a)[0],
+            lambda a: solver.lpr_sweep_from_projections(P, a)]
+
+
+def test_alpha_sequences_are_checked():
+    """Every many-alpha entry point refuses a scalar, an empty list or a bad alpha in one
+    InputError naming ``alphas`` (not a bare TypeError or ValueError from NumPy)."""
+    rng = np.random.default_rng(31)
+    d = 12
+    X = rng.random((5, d))
+    for solver in (RigiditySolver.from_structures(random_structures(rng, 30, d)),
+                   RigiditySolver.from_structures(random_structures(rng, 4, d))):
+        for call in _many_alpha_calls(solver, X):
+            for bad, needle in ((1e-4, "alphas: expected a non-empty sequence"),
+                                ([], "alphas: expected a non-empty sequence"),
+                                ([1e-4, -1.0], "alpha: expected a finite number >= 0")):
+                with pytest.raises(InputError, match=needle):
+                    call(bad)
+            lpr = call([1e-4, 1e-2])
+            assert lpr.shape == (2, 5) and np.allclose(lpr[0], solver.lpr(X, 1e-4))

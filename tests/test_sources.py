@@ -129,6 +129,10 @@ def _nan(frames):
     frames[1].arrays["feat"][2, 3] = np.nan
 
 
+def _huge(frames):
+    frames[1].arrays["feat"][2, 3] = -1.5e150  # finite, but its square overflows
+
+
 def _width(frames):
     frames[3].arrays["feat"] = np.ones((len(frames[3]), WIDTH + 2))
 
@@ -138,8 +142,9 @@ def _width(frames):
     (_strings, "expected numbers"),
     (_one_d, "expected a 2D per-atom array of shape (4, d), got shape (4,)"),
     (_nan, "frame 1 ('bad.extxyz#1'): NaN or inf at atom 2"),
+    (_huge, "frame 1 ('bad.extxyz#1'): a value of -1.5e+150 at atom 2, beyond 1e+100"),
     (_width, "frame 3 ('bad.extxyz#3'): 9 columns, but frame 0 has 7"),
-], ids=["missing", "strings", "1d", "nan", "width"])
+], ids=["missing", "strings", "1d", "nan", "huge", "width"])
 def test_bad_arrays_give_one_line_naming_file_and_array(tmp_path, capsys, change, needle):
     path = _bad(tmp_path, change)
     with pytest.raises(InputError) as info:
