@@ -97,6 +97,31 @@ def _refuse_input_as_output(output: str, option: str, inputs: dict[str, str | No
                                  f"({value}); choose another output file")
 
 
+def _check_output(path: str, option: str, inputs: dict[str, str | None]) -> None:
+    """Refuse, before any work, an output path that cannot be written (a directory, a
+    missing directory) or that is one of the input files (:func:`_refuse_input_as_output`)."""
+    out = Path(path)
+    if not path or out.is_dir():  # "" is the current directory
+        raise InputError(f"{option} {path!r}: is a directory, expected a file name")
+    if not out.parent.is_dir():
+        raise InputError(f"{option} {path}: directory {out.parent} does not exist")
+    _refuse_input_as_output(path, option, inputs)
+
+
+def _refuse_shared_outputs(outputs: Sequence[tuple[str, str]]) -> None:
+    """InputError when two of the ``(option, path)`` outputs are one file (the same path,
+    a symbolic or hard link): the later write would replace the earlier."""
+    seen: dict[object, str] = {}
+    for option, path in outputs:
+        out = Path(path)
+        key = ((out.stat().st_dev, out.stat().st_ino) if out.exists()
+               else out.resolve())
+        if key in seen:
+            raise InputError(f"{option} {path}: is also the file of {seen[key]}; choose "
+                             "another file name")
+        seen[key] = f"{option} {path}"
+
+
 def _write_atomically(path: str, option: str, write, *, newline: str | None = None) -> None:
     """``write(file_object)`` into ``path`` via :func:`lprviz.export.atomic_output`; an
     ``OSError`` becomes a one-line InputError and leaves an existing file as it was."""
@@ -113,7 +138,7 @@ def _parse_alphas(text: str) -> list[float]:
     from lprviz.pipeline import ALPHA_RANGE
 
     try:
-        alphas = [float(v) for v in text.split(",") if v.strip()]
+        alphas = [float(v) for v in text.split(",")]  # an empty item is a typo: refused
     except ValueError:
         alphas = []
     if not alphas or not all(ALPHA_RANGE[0] <= a <= ALPHA_RANGE[1] for a in alphas):
@@ -155,6 +180,9 @@ def _group_mask(data, text: str, option: str):
 
     wanted = [g.strip() for g in text.split(",") if g.strip()]
     available = sorted(set(data.groups.tolist()))
+    if not wanted:
+        raise InputError(f"{option}: no group given (expected comma-separated group names; "
+                         f"dataset '{data.name}' has {', '.join(available)})")
     unknown = [g for g in wanted if g not in available]
     if unknown:
         raise InputError(
@@ -604,10 +632,12 @@ def _cmd_lpr(args: argparse.Namespace) -> int:
     _check_numbers(args)
     source, kind = _feature_source(args)
     spec = _model_spec(args, kind)
-    _refuse_input_as_output(args.output, "-o", {
+    _check_output(args.output, "-o", {
         "--train": args.train, "--test": args.test, "--dataset": args.dataset,
         "--reference-train": args.reference_train})
     collector = _summary_collector(args, alphas)
+    if collector is not None:
+        _refuse_shared_outputs([("-o", args.output), *_summary_outputs(args)])
     if args.workers is not None or args.scheduler is not None:
         from lprviz.distributed import run_lpr
 
@@ -648,6 +678,7 @@ def _cmd_lpr(args: argparse.Namespace) -> int:
         del desc_train
     if fit.notice:
         print(f"lprviz: note: {fit.notice}", file=sys.stderr)
+    _note_unseen_elements(data, train_frames, test_frames)  # once the model stands
     n_test_atoms = int(np.asarray(data.frame_sizes)[test_frames].sum())
     summary = []
     # the streamed phases, reported as steps of their own (times summed over chunks)
@@ -727,6 +758,25 @@ def _cmd_lpr(args: argparse.Namespace) -> int:
     return _finish_lpr(args, steps, collector, test_frames.size, summary, alphas[0])
 
 
+def _note_unseen_elements(data, train_frames, test_frames) -> None:
+    """A note on stderr naming the elements of the test structures that no training
+    structure contains: the model's answer for them comes from the regulariser, and their
+    low LPRs are the point, not a failure (nothing is refused)."""
+    import numpy as np
+    from ase.data import chemical_symbols
+
+    def elements(frames):
+        return set(np.unique(np.concatenate([data.frames[i].numbers for i in frames]))
+                   .tolist()) if len(frames) else set()
+
+    unseen = sorted(elements(test_frames) - elements(train_frames))
+    if unseen:
+        names = ", ".join(chemical_symbols[z] for z in unseen)
+        print(f"lprviz: note: no training structure contains {names}: what the model "
+              "predicts for these elements is set by the regulariser, not by data (expect "
+              "low LPRs on and near their atoms)", file=sys.stderr)
+
+
 def _summary_collector(args: argparse.Namespace, alphas: list[float]):
     """The :class:`lprviz.summary.SummaryCollector` of ``--summary`` (None without it)."""
     if args.summary is None:
@@ -740,8 +790,8 @@ def _summary_collector(args: argparse.Namespace, alphas: list[float]):
         raise InputError(f"--sample: expected 0..10000 structures, got {args.sample}")
     inputs = {"--train": args.train, "--test": args.test, "--dataset": args.dataset,
               "--reference-train": args.reference_train}
-    for path in _summary_files(args):
-        _refuse_input_as_output(path, "--summary", inputs)
+    for option, path in _summary_outputs(args):
+        _check_output(path, option, inputs)
     from lprviz.summary import SummaryCollector
 
     return SummaryCollector(alphas[0], n_sample=args.sample)
@@ -756,6 +806,13 @@ def _summary_files(args: argparse.Namespace) -> list[str]:
     if args.sample:
         out.append(str(path.with_suffix(".sample.extxyz")))
     return out
+
+
+def _summary_outputs(args: argparse.Namespace) -> list[tuple[str, str]]:
+    """:func:`_summary_files` with the option each comes from, for messages."""
+    files = _summary_files(args)
+    return [("--sample" if path.endswith(".sample.extxyz") and i else "--summary", path)
+            for i, path in enumerate(files)]
 
 
 def _summarise_chunk(collector, data, chunk, out_frames, first, lpr, annotated) -> None:
@@ -872,7 +929,7 @@ def _cmd_suggest(args: argparse.Namespace) -> int:
     alpha = alphas[0]
     _check_numbers(args)
     if args.csv:
-        _refuse_input_as_output(args.csv, "--csv", {
+        _check_output(args.csv, "--csv", {
             "--train": args.train, "--pool": args.pool, "--target": args.target,
             "--dataset": args.dataset})
     with steps("loading structures"):
@@ -904,9 +961,11 @@ def _cmd_suggest(args: argparse.Namespace) -> int:
     with steps(f"ranking {pool.size} candidate structures"):
         sug = suggest_from_projections(fit.solver, P, Q, alpha, args.k)
     frames = pool[sug.chosen]
+    # "frame": the index in the file the structure comes from (the pool file, or the dataset)
+    first = 0 if args.dataset is not None else int(pool[0])
     table = pd.DataFrame({
         "step": np.arange(1, len(frames) + 1),
-        "frame": frames,
+        "frame": frames - first,
         "name": [str(data.names[i]) for i in frames],
         "group": [str(data.groups[i]) for i in frames],
         "atoms": np.asarray(data.frame_sizes)[frames],
@@ -1108,7 +1167,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--random-seeds", type=int, default=5,
                    help="random draws of k additions to compare with (default 5; 0: none)")
     p.add_argument("--csv", help="also write the ranked table to this CSV file (replaced "
-                   "atomically, never one of the input files)")
+                   "atomically, never one of the input files; its 'frame' is the index in "
+                   "the --pool file, or in the --dataset)")
     p.add_argument("-q", "--quiet", action="store_true",
                    help="no progress (steps and times on stderr)")
     p.set_defaults(func=_cmd_suggest)

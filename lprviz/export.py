@@ -885,6 +885,13 @@ def _new_file_mode() -> int:
     return 0o666 & ~umask
 
 
+# Output names ending so are written compressed, as the readers take them: the module and
+# its options (gzip's own command-line default level: its library default, 9, is ~3x slower
+# for ~1 % smaller extxyz).
+_COMPRESSED_OUTPUT = {".gz": ("gzip", {"compresslevel": 6}), ".bz2": ("bz2", {}),
+                      ".xz": ("lzma", {})}
+
+
 @contextlib.contextmanager
 def atomic_output(path: str | Path, *, newline: str | None = None) -> Iterator[IO[str]]:
     """Open ``path`` for writing text so it is replaced whole or not at all.
@@ -892,7 +899,9 @@ def atomic_output(path: str | Path, *, newline: str | None = None) -> Iterator[I
     Writes go to a temporary file in the same directory (so the final rename stays on one
     file system); on success it is flushed, fsynced and renamed over ``path`` with
     :func:`os.replace`. On any exception the temporary file is removed and an existing
-    ``path`` is left untouched. A symbolic link is followed: its target is replaced.
+    ``path`` is left untouched. A symbolic link is followed: its target is replaced. A name
+    ending in ``.gz``, ``.bz2`` or ``.xz`` is written compressed so (UTF-8 text inside), as
+    the readers and ASE expect of such a name.
 
     Parameters
     ----------
@@ -907,11 +916,23 @@ def atomic_output(path: str | Path, *, newline: str | None = None) -> Iterator[I
     target = Path(path).resolve()
     mode = (target.stat().st_mode & 0o7777) if target.is_file() else _new_file_mode()
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    compressor = _COMPRESSED_OUTPUT.get(Path(path).suffix.lower())
     try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline=newline) as fh:
+        with os.fdopen(fd, "wb") as raw:
+            packed = None
+            if compressor is not None:
+                import importlib
+
+                module, options = compressor
+                packed = importlib.import_module(module).open(raw, "wb", **options)
+            fh = io.TextIOWrapper(packed or raw, encoding="utf-8", newline=newline)
             yield fh
             fh.flush()
-            os.fsync(fh.fileno())
+            fh.detach()  # leaves the file objects under it open
+            if packed is not None:
+                packed.close()  # the compressed stream's end; ``raw`` stays open
+            raw.flush()
+            os.fsync(raw.fileno())
         os.chmod(tmp, mode)
         os.replace(tmp, target)
     except BaseException:

@@ -177,10 +177,22 @@ def test_bad_input(files, tmp_path, capsys):
         ["lpr", "--train", str(train), "--test", str(test), "--alpha", "abc", "-o", out], capsys
     )
     assert "--alpha" in msg
+    for typo in ("1e-4,,1e-2", "1e-4,", ","):
+        msg = _run_error(["lpr", "--train", str(train), "--test", str(test), "--alpha", typo,
+                          "-o", out], capsys)
+        assert "--alpha: expected comma-separated numbers" in msg and repr(typo) in msg
     msg = _run_error(
         ["lpr", "--dataset", "emt-alloys", "--train-groups", "nope", "-o", out], capsys
     )
     assert "nope" in msg
+    for empty in (",", " ", " , "):  # names stripped away: no group at all, said so
+        msg = _run_error(
+            ["lpr", "--dataset", "emt-alloys", "--train-groups", empty, "-o", out], capsys
+        )
+        assert "--train-groups: no group given" in msg and "bulk-pure" in msg
+    msg = _run_error(["suggest", "--dataset", "emt-alloys", "--train-groups", "bulk-pure",
+                      "--pool-groups", ","], capsys)
+    assert "--pool-groups: no group given" in msg
     msg = _run_error(["lpr", "--train", str(train), "-o", out], capsys)
     assert "--test" in msg
 
@@ -511,3 +523,26 @@ def test_background_error_keeps_its_own_cause_and_only_errors_replace():
             assert isinstance(info.value.__cause__, OSError)
         else:
             assert info.type is InputError
+
+
+def test_elements_absent_from_training_get_a_note(files, tmp_path, capsys):
+    """Test structures with an element no training structure has are computed as usual,
+    with a one-line note naming the element; its atoms' LPRs are the lowest of the file
+    (the regulariser, not the data, sets their prediction)."""
+    train, test = files
+    frames = ase.io.read(test, ":")
+    frames[2].numbers[0] = 26  # one Fe atom; training has Cu and Au only
+    ase.io.write(test, frames)
+    out = tmp_path / "out.extxyz"
+    assert main(["lpr", "--train", str(train), "--test", str(test), *SOAP_ARGS, "-q",
+                 "-o", str(out)]) == 0
+    notes = [line for line in capsys.readouterr().err.splitlines() if "Fe" in line]
+    assert len(notes) == 1 and notes[0].startswith("lprviz: note: no training structure "
+                                                   "contains Fe:")
+    lpr = np.concatenate([a.arrays["lpr"] for a in ase.io.read(out, ":")])
+    fe = int(sum(len(a) for a in frames[:2]))
+    assert np.isfinite(lpr).all() and lpr[fe] == lpr.min()
+    ase.io.write(test, _emt_frames(3, 2, energies=False))  # Cu and Au: nothing to note
+    assert main(["lpr", "--train", str(train), "--test", str(test), *SOAP_ARGS, "-q",
+                 "-o", str(out)]) == 0
+    assert capsys.readouterr().err == ""

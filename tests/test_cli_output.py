@@ -86,6 +86,79 @@ def test_output_that_is_an_input_is_refused(files, tmp_path, capsys, monkeypatch
     assert (train.read_bytes(), test.read_bytes()) == before
 
 
+def test_unwritable_or_shared_outputs_are_refused_before_any_work(files, tmp_path, capsys,
+                                                                  monkeypatch):
+    """An output in a missing directory, a directory, or one file for two outputs (``-o``
+    and ``--summary``, its CSV tables or its ``--sample``, also through a hard link) is one
+    line before anything is read: the later write would replace the earlier."""
+    from lprviz import cli
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("work started before the output checks")
+
+    monkeypatch.setattr(cli, "_lpr_inputs", no_work)
+    monkeypatch.setattr(cli, "_suggest_inputs", no_work)
+    train, test = files
+    (tmp_path / "dir").mkdir()
+    (tmp_path / "h.json").write_text(OLD)
+    os.link(tmp_path / "h.json", tmp_path / "h2.json")
+    before = sorted(os.listdir(tmp_path))
+
+    def at(name):
+        return str(tmp_path / name)
+
+    for extra, option, needle in [
+        (["-o", at("dir")], "-o", "is a directory"),
+        (["-o", ""], "-o", "is a directory"),
+        (["-o", at("missing/out.extxyz")], "-o", "does not exist"),
+        (["-o", at("o.extxyz"), "--summary", at("missing/s.json")], "--summary",
+         "does not exist"),
+        (["-o", at("s.json"), "--summary", at("s.json")], "--summary", "is also the file of -o"),
+        (["-o", at("s.sample.extxyz"), "--summary", at("s.json"), "--sample", "2"], "--sample",
+         "is also the file of -o"),
+        (["-o", at("t.lowest_atoms.csv"), "--summary", at("t.csv")], "--summary",
+         "is also the file of -o"),
+        (["-o", at("h.json"), "--summary", at("h2.json")], "--summary", "is also the file of -o"),
+    ]:
+        assert main(["lpr", "--train", str(train), "--test", str(test), *SOAP, "-q",
+                     *extra]) == 2, extra
+        msg = _one_error_line(capsys.readouterr().err)
+        assert option in msg and needle in msg, (extra, msg)
+    assert main(["suggest", "--train", str(train), "--pool", str(test), "-q",
+                 "--csv", at("dir")]) == 2
+    msg = _one_error_line(capsys.readouterr().err)
+    assert "--csv" in msg and "is a directory" in msg
+    assert sorted(os.listdir(tmp_path)) == before
+    assert (tmp_path / "h.json").read_text() == OLD
+
+
+@pytest.mark.parametrize("suffix", [".gz", ".bz2", ".xz"])
+def test_compressed_output_names_are_written_compressed(files, tmp_path, suffix):
+    """``-o out.extxyz.gz`` (or ``.bz2``, ``.xz``) holds the plain output compressed, as
+    the readers (lprviz's and ASE's) expect of the name, so it reads back."""
+    import importlib
+
+    import ase.io
+
+    from lprviz import datasets
+
+    train, test = files
+    plain, packed = tmp_path / "out.extxyz", tmp_path / f"out.extxyz{suffix}"
+    for out in (plain, packed):
+        assert main(["lpr", "--train", str(train), "--test", str(test), *SOAP, "-q",
+                     "-o", str(out)]) == 0
+    module = importlib.import_module({".gz": "gzip", ".bz2": "bz2", ".xz": "lzma"}[suffix])
+    assert module.decompress(packed.read_bytes()) == plain.read_bytes()
+    ours, theirs = datasets.load(packed), ase.io.read(packed, ":")
+    expected = ase.io.read(plain, ":")
+    assert len(ours.frames) == len(theirs) == len(expected) == 3
+    for a, b, c in zip(ours.frames, theirs, expected, strict=True):
+        assert np.array_equal(a.arrays["lpr"], c.arrays["lpr"])
+        assert np.array_equal(b.arrays["lpr"], c.arrays["lpr"])
+    assert sorted(os.listdir(tmp_path)) == sorted(
+        ["out.extxyz", f"out.extxyz{suffix}", "train.extxyz", "test.extxyz"])
+
+
 def test_failed_write_keeps_the_old_output_and_leaves_no_temporary(files, tmp_path, capsys,
                                                                     monkeypatch):
     train, test = files

@@ -262,7 +262,7 @@ def test_cli_suggest_features_array_ranks_as_the_library(tmp_path):
     table = pd.read_csv(out)
     solver = RigiditySolver.from_structures(arrays["train"], convention="mean")
     ref = suggest_library(solver, np.vstack(arrays["target"]), arrays["pool"], 1e-3, k=4)
-    assert (table["frame"] - 15).tolist() == [int(i) for i in ref.chosen]
+    assert table["frame"].tolist() == [int(i) for i in ref.chosen]  # in the pool file
     np.testing.assert_allclose(table["gain_mean_ln_lpr"], ref.gains, rtol=1e-6)
     np.testing.assert_allclose(table["alone_gain"], ref.first_gains[ref.chosen], rtol=1e-6)
 
