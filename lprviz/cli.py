@@ -100,12 +100,27 @@ def _refuse_input_as_output(output: str, option: str, inputs: dict[str, str | No
 def _check_output(path: str, option: str, inputs: dict[str, str | None]) -> None:
     """Refuse, before any work, an output path that cannot be written (a directory, a
     missing directory) or that is one of the input files (:func:`_refuse_input_as_output`)."""
+    from lprviz.export import _COMPRESSED_OUTPUT
+
     out = Path(path)
-    if not path or out.is_dir():  # "" is the current directory
-        raise InputError(f"{option} {path!r}: is a directory, expected a file name")
-    if not out.parent.is_dir():
-        raise InputError(f"{option} {path}: directory {out.parent} does not exist")
-    _refuse_input_as_output(path, option, inputs)
+    try:
+        if not path or out.is_dir():  # "" is the current directory
+            raise InputError(f"{option} {path!r}: is a directory, expected a file name")
+        folder = out.resolve().parent  # where the file is written (a link's target's)
+        if not folder.is_dir():
+            raise InputError(f"{option} {path}: directory {folder} does not exist")
+        _refuse_input_as_output(path, option, inputs)
+    except (OSError, RuntimeError) as exc:  # no permission, a symbolic link loop...
+        raise InputError(f"{option} {path}: cannot use it as an output ({exc})") from None
+    compressor = _COMPRESSED_OUTPUT.get(out.suffix.lower())
+    if compressor is not None:
+        import importlib
+
+        try:
+            importlib.import_module(compressor[0])
+        except ImportError:
+            raise InputError(f"{option} {path}: this Python has no {compressor[0]} module to "
+                             f"write {out.suffix} files; choose another name") from None
 
 
 def _refuse_shared_outputs(outputs: Sequence[tuple[str, str]]) -> None:
@@ -114,8 +129,11 @@ def _refuse_shared_outputs(outputs: Sequence[tuple[str, str]]) -> None:
     seen: dict[object, str] = {}
     for option, path in outputs:
         out = Path(path)
-        key = ((out.stat().st_dev, out.stat().st_ino) if out.exists()
-               else out.resolve())
+        try:
+            key = ((out.stat().st_dev, out.stat().st_ino) if out.exists()
+                   else out.resolve())
+        except (OSError, RuntimeError) as exc:  # no permission, a symbolic link loop...
+            raise InputError(f"{option} {path}: cannot use it as an output ({exc})") from None
         if key in seen:
             raise InputError(f"{option} {path}: is also the file of {seen[key]}; choose "
                              "another file name")

@@ -926,8 +926,17 @@ def atomic_output(path: str | Path, *, newline: str | None = None) -> Iterator[I
                 module, options = compressor
                 packed = importlib.import_module(module).open(raw, "wb", **options)
             fh = io.TextIOWrapper(packed or raw, encoding="utf-8", newline=newline)
-            yield fh
-            fh.flush()
+            try:
+                yield fh
+                fh.flush()
+            except BaseException:
+                # nothing may write into ``raw`` once it is closed (the garbage collector
+                # would, closing these): the file is removed below anyway
+                with contextlib.suppress(Exception):
+                    fh.detach()
+                    if packed is not None:
+                        packed.close()
+                raise
             fh.detach()  # leaves the file objects under it open
             if packed is not None:
                 packed.close()  # the compressed stream's end; ``raw`` stays open

@@ -129,34 +129,45 @@ _UNDETERMINED_SHARE = 0.5
 _CONVENTIONS = ("mean", "sum")
 
 
-def _as_2d(X, what: str, *, check_finite: bool = True) -> np.ndarray:
+def _as_2d(X, what: str, *, check: str | None = "descriptors") -> np.ndarray:
+    """``X`` as a 2D float64 array, checked: ``"descriptors"`` (no NaN or inf, magnitudes
+    within :data:`~lprviz.limits.MAX_DESCRIPTOR_VALUE`), ``"finite"`` (arrays built from
+    descriptors, such as a Gram matrix or summed rows, which may legitimately exceed it) or
+    None (the caller checks through sums it forms anyway)."""
     X = np.asarray(X, dtype=np.float64)
     if X.ndim != 2:
         raise InputError(f"{what}: expected a 2D array (n_atoms, n_features), got shape {X.shape}")
-    if check_finite:
-        _refuse_bad_values(X, X, what)
+    if check == "descriptors":  # sums of squares: one pass, as cheap as a finiteness scan
+        with np.errstate(over="ignore", invalid="ignore"):  # judged just below
+            norm2 = np.einsum("ij,ij->i", X, X)
+        _refuse_bad_values(X, norm2, what, MAX_DESCRIPTOR_VALUE**2)
+    elif check == "finite" and not np.isfinite(X).all():
+        raise InputError(f"{what}: contains NaN or inf")
     return X
 
 
 def _within(values: np.ndarray, bound: float) -> bool:
     """Whether every entry of ``values`` lies in [-bound, bound] (False for NaN): a maximum
     and a minimum, no temporary array."""
-    return values.size == 0 or bool(values.max() <= bound and values.min() >= -bound)
+    return values.size == 0 or (float(values.max()) <= bound
+                                and float(values.min()) >= -bound)
 
 
 def _refuse_bad_values(X: np.ndarray, derived: np.ndarray, what: str,
                        bound: float = MAX_DESCRIPTOR_VALUE) -> None:
     """Refuse NaN, inf, or magnitudes beyond :data:`~lprviz.limits.MAX_DESCRIPTOR_VALUE` in
-    ``X``, checked through ``derived``: ``X`` itself, its row sums, or its rows' sums of
-    squares (``bound`` the limit squared), which any such value puts outside ``bound``.
-    ``X`` is scanned only when ``derived`` leaves ``bound`` (sums of many allowed values
-    may, and are then let through), so a large block checked through its row sums costs
+    the descriptors ``X``, checked through ``derived``, an array formed from ``X`` anyway:
+    its rows' sums of squares (``bound`` the limit squared), which any such value puts
+    outside ``bound``, or its row sums (``bound`` the limit), which any NaN or inf does, and
+    a huge value unless another cancels it within the same sum (then the sums, all that is
+    used of those atoms, are fine). ``X`` is scanned only when ``derived`` leaves ``bound``
+    (sums of many allowed values may, and are then let through), so a large block costs
     one small check instead of a pass over it (~0.3 s per 100k atoms at d = 1470)."""
     if _within(derived, bound):
         return
     if not np.isfinite(X).all():
         raise InputError(f"{what}: descriptors contain NaN or inf")
-    largest = float(np.abs(X).max())
+    largest = max(float(X.max()), -float(X.min()))
     if largest > MAX_DESCRIPTOR_VALUE:
         raise InputError(f"{what}: descriptor values up to {largest:.3g}, beyond "
                          f"{MAX_DESCRIPTOR_VALUE:g} (their squares would overflow); rescale "
@@ -233,7 +244,7 @@ def structure_features(
     numpy.ndarray of shape (n_structures, n_features)
         One row per structure.
     """
-    X = _as_2d(X_atoms, "X_atoms", check_finite=False)  # checked through the rows below
+    X = _as_2d(X_atoms, "X_atoms", check=None)  # checked through the rows below
     _check_convention(convention)
     idx = np.asarray(structure_index)
     if idx.shape != (X.shape[0],) or (idx.size and not np.issubdtype(idx.dtype, np.integer)):
@@ -369,12 +380,12 @@ class RigiditySolver:
         RigiditySolver
             With ``extra_gram`` the route is always primal.
         """
-        rows = _as_2d(rows_raw, "rows")
+        rows = _as_2d(rows_raw, "rows", check="finite")
         if rows.shape[0] == 0:
             raise InputError("rows: expected at least one training structure, got none")
         gram = _gram(rows)
         if extra_gram is not None:
-            extra = _as_2d(extra_gram, "extra_gram")
+            extra = _as_2d(extra_gram, "extra_gram", check="finite")
             if extra.shape != gram.shape:
                 raise InputError(f"extra_gram: expected shape {gram.shape}, got {extra.shape}")
             solver = cls._from_raw_gram(gram + extra, scale, rows.shape[0],
@@ -452,7 +463,7 @@ class RigiditySolver:
         -------
         RigiditySolver
         """
-        gram = _as_2d(gram_raw, "gram")
+        gram = _as_2d(gram_raw, "gram", check="finite")
         if gram.shape[0] != gram.shape[1] or n_structures < 1:
             raise InputError(f"gram: expected a square matrix of at least one structure, got "
                              f"shape {gram.shape} of {n_structures} structures")
@@ -527,7 +538,7 @@ class RigiditySolver:
         n_total = self.n_structures + n_more
         n_extra = self.n_extra_rows + int(n_extra_rows)
         if extra_gram is not None:
-            extra = _as_2d(extra_gram, "extra_gram")
+            extra = _as_2d(extra_gram, "extra_gram", check="finite")
             if extra.shape != gram.shape:
                 raise InputError(f"extra_gram: expected shape {gram.shape}, got {extra.shape}")
             gram = gram + extra
@@ -717,7 +728,7 @@ class RigiditySolver:
         X = np.asarray(X_raw)
         if X.ndim != 2:
             raise InputError(f"X: expected a 2D array (n_atoms, n_features), got shape {X.shape}")
-        E = None if X_extra is None else _as_2d(X_extra, "X_extra")
+        E = None if X_extra is None else _as_2d(X_extra, "X_extra", check="finite")
         width = X.shape[1] + (0 if E is None else E.shape[1])
         if width != self.n_features or (E is not None and E.shape[0] != X.shape[0]):
             raise InputError(f"X: expected {self.n_features} features (as in training), "
@@ -729,7 +740,7 @@ class RigiditySolver:
         P = np.empty((X.shape[0], scaled_basis.shape[1]), dtype=dtype)
         rho2 = np.empty(X.shape[0])
         for start in range(0, X.shape[0], _THIN_ROWS):
-            raw = _as_2d(X[start : start + _THIN_ROWS], "X", check_finite=False)
+            raw = _as_2d(X[start : start + _THIN_ROWS], "X", check=None)
             norm2 = np.einsum("ij,ij->i", raw, raw)
             # before the product, which would warn
             _refuse_bad_values(raw, norm2, "X", MAX_DESCRIPTOR_VALUE**2)

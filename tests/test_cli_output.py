@@ -102,6 +102,9 @@ def test_unwritable_or_shared_outputs_are_refused_before_any_work(files, tmp_pat
     (tmp_path / "dir").mkdir()
     (tmp_path / "h.json").write_text(OLD)
     os.link(tmp_path / "h.json", tmp_path / "h2.json")
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    (tmp_path / "loop.json").symlink_to(tmp_path / "loop.json")
+    (tmp_path / "dangling.extxyz").symlink_to(tmp_path / "nowhere" / "x.extxyz")
     before = sorted(os.listdir(tmp_path))
 
     def at(name):
@@ -119,6 +122,10 @@ def test_unwritable_or_shared_outputs_are_refused_before_any_work(files, tmp_pat
         (["-o", at("t.lowest_atoms.csv"), "--summary", at("t.csv")], "--summary",
          "is also the file of -o"),
         (["-o", at("h.json"), "--summary", at("h2.json")], "--summary", "is also the file of -o"),
+        (["-o", at("loop")], "-o", "cannot use it as an output"),
+        (["-o", at("o.extxyz"), "--summary", at("loop.json")], "--summary",
+         "cannot use it as an output"),
+        (["-o", at("dangling.extxyz")], "-o", "does not exist"),
     ]:
         assert main(["lpr", "--train", str(train), "--test", str(test), *SOAP, "-q",
                      *extra]) == 2, extra
@@ -157,6 +164,35 @@ def test_compressed_output_names_are_written_compressed(files, tmp_path, suffix)
         assert np.array_equal(b.arrays["lpr"], c.arrays["lpr"])
     assert sorted(os.listdir(tmp_path)) == sorted(
         ["out.extxyz", f"out.extxyz{suffix}", "train.extxyz", "test.extxyz"])
+
+
+_FAILING_WRITE = """
+import errno, gc, sys
+from lprviz import export
+try:
+    with export.atomic_output(sys.argv[1]) as fh:
+        fh.write("x" * 100_000)
+        raise OSError(errno.ENOSPC, "No space left on device")
+except OSError:
+    pass
+gc.collect()
+"""
+
+
+@pytest.mark.parametrize("suffix", [".gz", ".bz2", ".xz"])
+def test_failed_compressed_write_keeps_the_old_file_and_closes_cleanly(tmp_path, suffix):
+    """A write that fails half way leaves the old compressed file and no temporary, and
+    nothing is left to write into the closed file later: the garbage collector would, an
+    error Python reports only in its development mode (``-X dev``), run here."""
+    import subprocess
+
+    target = tmp_path / f"keep.extxyz{suffix}"
+    target.write_bytes(b"old")
+    env = {**os.environ, "PYTHONPATH": str(Path(export.__file__).resolve().parents[1])}
+    run = subprocess.run([sys.executable, "-X", "dev", "-c", _FAILING_WRITE, str(target)],
+                         capture_output=True, text=True, env=env, timeout=120)
+    assert run.returncode == 0 and "Exception ignored" not in run.stderr, run.stderr
+    assert target.read_bytes() == b"old" and os.listdir(tmp_path) == [target.name]
 
 
 def test_failed_write_keeps_the_old_output_and_leaves_no_temporary(files, tmp_path, capsys,

@@ -559,6 +559,10 @@ def test_descriptors_beyond_the_magnitude_limit_are_refused(value):
     for solver in (dual, primal):
         lpr = solver.lpr(Y, 1e-4)
         assert np.isfinite(lpr).all() and (lpr > 0).all()
+    # arrays built from allowed descriptors may exceed the limit: sums over atoms, a Gram
+    summed = RigiditySolver.from_atoms(np.full((2, 5), 9e99), [0, 0], convention="sum")
+    assert np.isfinite(summed.gram).all() and summed.scale > 1e100  # rows of 1.8e100
+    assert np.isfinite(RigiditySolver(np.eye(d) * 1e150, 1.0, 3, "mean").lpr(X, 1e-4)).all()
 
 
 # ---------------------------------------------------------------- primal and dual routes

@@ -161,6 +161,28 @@ def test_bad_arrays_give_one_line_naming_file_and_array(tmp_path, capsys, change
     assert not (tmp_path / "out.extxyz").exists()
 
 
+def test_large_but_allowed_features_give_the_same_lpr(files, tmp_path):
+    """Features 1e45 times larger (within MAX_DESCRIPTOR_VALUE; their Gram entries ~1e90,
+    the scaled baseline columns ~1e45) with a scale 1e45 times larger describe the same
+    model: the same LPR, no error from the Gram or rows checks."""
+    train, test = files
+    big = {}
+    for name, path in (("train", train), ("test", test)):
+        frames = ase.io.read(path, ":")
+        for a in frames:
+            a.arrays["feat"] = a.arrays["feat"] * 1e45
+        big[name] = tmp_path / f"big_{name}.extxyz"
+        ase.io.write(big[name], frames)
+    lprs = []
+    for (tr, te), scale in (((train, test), "2.5"), ((big["train"], big["test"]), "2.5e45")):
+        out = tmp_path / f"out_{scale}.extxyz"
+        assert main(["lpr", "--train", str(tr), "--test", str(te), "--features-array", "feat",
+                     "--scale", scale, "-q", "-o", str(out)]) == 0
+        lprs.append(np.concatenate([a.arrays["lpr"] for a in ase.io.read(out, ":")]))
+    assert np.all(np.isfinite(lprs[1])) and np.all(lprs[1] > 0)
+    np.testing.assert_allclose(lprs[1], lprs[0], rtol=1e-6)
+
+
 def test_cli_refuses_soap_options_and_lcpr_with_an_array(files, tmp_path, capsys):
     train, test = files
     base = ["lpr", "--train", str(train), "--test", str(test), "--features-array", "feat",
