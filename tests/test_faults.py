@@ -185,10 +185,12 @@ def _interrupt(tmp_path: Path, argv: list[str], ready: re.Pattern) -> None:
     stderr = (seen + rest).decode()
     assert proc.returncode == 130, stderr
     assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr
-    # Besides the steps already reported (and the progress bars), the one line.
+    # Besides the steps already reported (and the progress bars, and notes on the data
+    # printed before the interruption), the one line.
     messages = [line.strip() for line in stderr.splitlines()
                 if line.strip() and " [" not in line and not line.endswith(" s")
-                and not line.strip().endswith("...")]
+                and not line.strip().endswith("...")
+                and not line.startswith("lprviz: note: ")]
     assert messages == ["lprviz: interrupted"], repr(stderr)
     left = [p.name for p in tmp_path.rglob("*") if p.is_file()]
     assert not [n for n in left if n.endswith((".part", ".tmp", ".tmp.npz")) or "tmp" in n]

@@ -16,7 +16,9 @@ VIEWERS = 4  # one per experiment
 
 
 def _viewer_frames(page, n: int, timeout: float = 300.0) -> list:
-    """The component iframes holding a 3Dmol canvas, once ``n`` are there (or the timeout)."""
+    """The component iframes holding a 3Dmol canvas, once exactly ``n`` are there (or the
+    timeout): while Streamlit reruns the page, a replaced viewer's iframe can linger beside
+    its successor for a moment (a loaded CI host once counted 5 of 4)."""
     deadline = time.time() + timeout
     found: list = []
     while time.time() < deadline:
@@ -27,7 +29,7 @@ def _viewer_frames(page, n: int, timeout: float = 300.0) -> list:
                     found.append(frame)
             except Exception:  # frames come and go while Streamlit reruns
                 continue
-        if len(found) >= n:
+        if len(found) == n:
             break
         page.wait_for_timeout(1000)
     return found
