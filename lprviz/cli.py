@@ -128,10 +128,11 @@ def _refuse_shared_outputs(outputs: Sequence[tuple[str, str]]) -> None:
     a symbolic or hard link): the later write would replace the earlier."""
     seen: dict[object, str] = {}
     for option, path in outputs:
-        out = Path(path)
         try:
-            key = ((out.stat().st_dev, out.stat().st_ino) if out.exists()
-                   else out.resolve())
+            stat = os.stat(path)
+            key: object = (stat.st_dev, stat.st_ino)
+        except FileNotFoundError:  # a new file: its resolved path
+            key = Path(path).resolve()
         except (OSError, RuntimeError) as exc:  # no permission, a symbolic link loop...
             raise InputError(f"{option} {path}: cannot use it as an output ({exc})") from None
         if key in seen:
@@ -696,7 +697,7 @@ def _cmd_lpr(args: argparse.Namespace) -> int:
         del desc_train
     if fit.notice:
         print(f"lprviz: note: {fit.notice}", file=sys.stderr)
-    _note_unseen_elements(data, train_frames, test_frames)  # once the model stands
+    _note_unseen_elements(data, train)  # once the model stands
     n_test_atoms = int(np.asarray(data.frame_sizes)[test_frames].sum())
     summary = []
     # the streamed phases, reported as steps of their own (times summed over chunks)
@@ -776,20 +777,17 @@ def _cmd_lpr(args: argparse.Namespace) -> int:
     return _finish_lpr(args, steps, collector, test_frames.size, summary, alphas[0])
 
 
-def _note_unseen_elements(data, train_frames, test_frames) -> None:
-    """A note on stderr naming the elements of the test structures that no training
-    structure contains: the model's answer for them comes from the regulariser, and their
-    low LPRs are the point, not a failure (nothing is refused)."""
+def _note_unseen_elements(data, train) -> None:
+    """A note on stderr naming the elements of the test structures (``~train``) that no
+    training structure contains: the model's answer for them comes from the regulariser,
+    and their low LPRs are the point, not a failure (nothing is refused)."""
     import numpy as np
     from ase.data import chemical_symbols
 
-    def elements(frames):
-        return set(np.unique(np.concatenate([data.frames[i].numbers for i in frames]))
-                   .tolist()) if len(frames) else set()
-
-    unseen = sorted(elements(test_frames) - elements(train_frames))
-    if unseen:
-        names = ", ".join(chemical_symbols[z] for z in unseen)
+    in_training = train[data.structure_index]
+    unseen = np.setdiff1d(data.atom_numbers[~in_training], data.atom_numbers[in_training])
+    if unseen.size:
+        names = ", ".join(chemical_symbols[z] for z in unseen.tolist())
         print(f"lprviz: note: no training structure contains {names}: what the model "
               "predicts for these elements is set by the regulariser, not by data (expect "
               "low LPRs on and near their atoms)", file=sys.stderr)
@@ -815,22 +813,22 @@ def _summary_collector(args: argparse.Namespace, alphas: list[float]):
     return SummaryCollector(alphas[0], n_sample=args.sample)
 
 
-def _summary_files(args: argparse.Namespace) -> list[str]:
-    """``--summary`` and the files written next to it (CSV tables, ``--sample``)."""
+def _summary_outputs(args: argparse.Namespace) -> list[tuple[str, str]]:
+    """``(option, path)`` of ``--summary`` and the files written next to it (CSV tables,
+    ``--sample``); the option names the file in messages."""
     path = Path(args.summary)
-    out = [str(path)]
+    out = [("--summary", str(path))]
     if path.suffix.lower() == ".csv":
-        out += [str(path.with_suffix(f".{t}.csv")) for t in ("lowest_structures", "lowest_atoms")]
+        out += [("--summary", str(path.with_suffix(f".{t}.csv")))
+                for t in ("lowest_structures", "lowest_atoms")]
     if args.sample:
-        out.append(str(path.with_suffix(".sample.extxyz")))
+        out.append(("--sample", str(path.with_suffix(".sample.extxyz"))))
     return out
 
 
-def _summary_outputs(args: argparse.Namespace) -> list[tuple[str, str]]:
-    """:func:`_summary_files` with the option each comes from, for messages."""
-    files = _summary_files(args)
-    return [("--sample" if path.endswith(".sample.extxyz") and i else "--summary", path)
-            for i, path in enumerate(files)]
+def _summary_files(args: argparse.Namespace) -> list[str]:
+    """The paths of :func:`_summary_outputs`."""
+    return [path for _, path in _summary_outputs(args)]
 
 
 def _summarise_chunk(collector, data, chunk, out_frames, first, lpr, annotated) -> None:

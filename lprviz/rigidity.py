@@ -137,13 +137,21 @@ def _as_2d(X, what: str, *, check: str | None = "descriptors") -> np.ndarray:
     X = np.asarray(X, dtype=np.float64)
     if X.ndim != 2:
         raise InputError(f"{what}: expected a 2D array (n_atoms, n_features), got shape {X.shape}")
-    if check == "descriptors":  # sums of squares: one pass, as cheap as a finiteness scan
-        with np.errstate(over="ignore", invalid="ignore"):  # judged just below
-            norm2 = np.einsum("ij,ij->i", X, X)
-        _refuse_bad_values(X, norm2, what, MAX_DESCRIPTOR_VALUE**2)
+    if check == "descriptors":
+        _checked_norms2(X, what)
     elif check == "finite" and not np.isfinite(X).all():
         raise InputError(f"{what}: contains NaN or inf")
     return X
+
+
+def _checked_norms2(X: np.ndarray, what: str) -> np.ndarray:
+    """The rows' sums of squares of the descriptors ``X``, through which NaN, inf and
+    magnitudes beyond :data:`~lprviz.limits.MAX_DESCRIPTOR_VALUE` are refused
+    (:func:`_refuse_bad_values`): one pass, as cheap as a finiteness scan."""
+    with np.errstate(over="ignore", invalid="ignore"):  # judged just below
+        norm2 = np.einsum("ij,ij->i", X, X)
+    _refuse_bad_values(X, norm2, what, MAX_DESCRIPTOR_VALUE**2)
+    return norm2
 
 
 def _within(values: np.ndarray, bound: float) -> bool:
@@ -741,9 +749,7 @@ class RigiditySolver:
         rho2 = np.empty(X.shape[0])
         for start in range(0, X.shape[0], _THIN_ROWS):
             raw = _as_2d(X[start : start + _THIN_ROWS], "X", check=None)
-            norm2 = np.einsum("ij,ij->i", raw, raw)
-            # before the product, which would warn
-            _refuse_bad_values(raw, norm2, "X", MAX_DESCRIPTOR_VALUE**2)
+            norm2 = _checked_norms2(raw, "X")  # before the product, which would warn
             Pc = raw @ scaled_basis[:k]
             Ec = None
             if E is not None:
