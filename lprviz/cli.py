@@ -97,11 +97,23 @@ def _refuse_input_as_output(output: str, option: str, inputs: dict[str, str | No
                                  f"({value}); choose another output file")
 
 
-def _check_output(path: str, option: str, inputs: dict[str, str | None]) -> None:
+# The output name that means standard output (``lprviz lpr -o -``).
+_STDOUT = "-"
+
+
+def _check_output(path: str, option: str, inputs: dict[str, str | None], *,
+                  stdout: bool = False) -> None:
     """Refuse, before any work, an output path that cannot be written (a directory, a
-    missing directory) or that is one of the input files (:func:`_refuse_input_as_output`)."""
+    missing directory) or that is one of the input files (:func:`_refuse_input_as_output`).
+    ``-`` (:data:`_STDOUT`) is standard output where ``stdout`` allows it, else refused (a
+    file named ``-`` would surprise whoever typed it)."""
     from lprviz.export import _COMPRESSED_OUTPUT
 
+    if path == _STDOUT:
+        if stdout:
+            return
+        raise InputError(f"{option} -: expected a file name (only -o of lprviz lpr writes "
+                         "to standard output)")
     out = Path(path)
     try:
         if not path or out.is_dir():  # "" is the current directory
@@ -128,6 +140,8 @@ def _refuse_shared_outputs(outputs: Sequence[tuple[str, str]]) -> None:
     a symbolic or hard link): the later write would replace the earlier."""
     seen: dict[object, str] = {}
     for option, path in outputs:
+        if path == _STDOUT:
+            continue  # a file of its own: the others are refused "-" (_check_output)
         try:
             stat = os.stat(path)
             key: object = (stat.st_dev, stat.st_ino)
@@ -143,14 +157,47 @@ def _refuse_shared_outputs(outputs: Sequence[tuple[str, str]]) -> None:
 
 def _write_atomically(path: str, option: str, write, *, newline: str | None = None) -> None:
     """``write(file_object)`` into ``path`` via :func:`lprviz.export.atomic_output`; an
-    ``OSError`` becomes a one-line InputError and leaves an existing file as it was."""
+    ``OSError`` becomes a one-line InputError and leaves an existing file as it was.
+    ``-`` (:data:`_STDOUT`) writes UTF-8 text to standard output as it comes (a pipe's
+    reader sees it streamed, and a failed run leaves it cut short)."""
     from lprviz.export import atomic_output
 
+    if path == _STDOUT:
+        _write_stdout(option, write, newline)
+        return
     try:
         with atomic_output(path, newline=newline) as fh:
             write(fh)
     except OSError as exc:
         raise InputError(f"{option} {path}: cannot write ({exc.strerror or exc})") from None
+
+
+def _write_stdout(option: str, write, newline: str | None) -> None:
+    """``write(text_file)`` to standard output: UTF-8 with the newlines a file gets, through
+    a duplicate of its descriptor (closed here whatever happens; ``sys.stdout`` stays
+    usable). A ``sys.stdout`` without a descriptor (a caller's replacement) is written
+    as it is. A reader that closes the pipe early (``| head``) is one line."""
+    import io
+
+    sys.stdout.flush()  # anything printed before goes first
+    try:
+        fd = os.dup(sys.stdout.fileno())
+    except (AttributeError, ValueError, OSError):  # io.UnsupportedOperation is a ValueError
+        write(sys.stdout)
+        return
+    fh = io.TextIOWrapper(os.fdopen(fd, "wb"), encoding="utf-8", newline=newline)
+    try:
+        write(fh)
+        fh.flush()
+    except BrokenPipeError:
+        raise InputError(f"{option} -: standard output was closed by its reader before "
+                         "the end") from None
+    except OSError as exc:
+        raise InputError(f"{option} -: cannot write to standard output "
+                         f"({exc.strerror or exc})") from None
+    finally:
+        with contextlib.suppress(OSError):
+            fh.close()  # closes the duplicate even when its last flush fails
 
 
 def _parse_alphas(text: str) -> list[float]:
@@ -184,7 +231,10 @@ def _check_numbers(args: argparse.Namespace) -> None:
                          *ModelSpec.RANGES[field.removeprefix("nn_")], integer=True)
     if getattr(args, "scale", None) is not None:
         check_number("--scale", args.scale, *SCALE_RANGE)
-    if getattr(args, "forces", False):
+    if getattr(args, "force_weight", None) is not None:
+        if not args.forces:  # a weight without forces would be ignored without a word
+            raise InputError("--force-weight: only with --forces (without it the model is "
+                             "trained on energies alone)")
         check_number("--force-weight", args.force_weight, *FORCE_WEIGHT_RANGE)
     if hasattr(args, "k"):  # suggest
         check_number("-k", args.k, 1, 10_000, integer=True)
@@ -192,12 +242,24 @@ def _check_numbers(args: argparse.Namespace) -> None:
         check_number("--random-seeds", args.random_seeds, 0, 1000, integer=True)
 
 
+def _group_names(text: str, option: str) -> list[str]:
+    """The comma-separated group names of ``text`` (``option`` names it in errors); none
+    for a blank text. An empty name beside others (``a,,b``, ``a,``) is refused: a name
+    left out by a typo would change the training set without a word."""
+    items = [g.strip() for g in text.split(",")]
+    wanted = [g for g in items if g]
+    if wanted and len(wanted) < len(items):
+        raise InputError(f"{option}: an empty group name in {text!r} (expected "
+                         "comma-separated group names)")
+    return wanted
+
+
 def _group_mask(data, text: str, option: str):
     """Frames of ``data`` whose group is one of the comma-separated ``text`` (``option``
     names the command-line option in the error)."""
     import numpy as np
 
-    wanted = [g.strip() for g in text.split(",") if g.strip()]
+    wanted = _group_names(text, option)
     available = sorted(set(data.groups.tolist()))
     if not wanted:
         raise InputError(f"{option}: no group given (expected comma-separated group names; "
@@ -314,10 +376,13 @@ def _model_spec(args: argparse.Namespace, kind: str):
 def _fit_step(args: argparse.Namespace, kind: str, n_train: int) -> tuple[str, float | None]:
     """The progress label of fitting ``n_train`` training structures and the force weight of
     ``--forces`` (None without it), for ``lprviz lpr`` and ``suggest``."""
+    from lprviz.pipeline import DEFAULT_FORCE_WEIGHT
+
     what = "training the network and factorising" if kind == "nn" else "factorising"
-    forces_what = " (energies and forces)" if args.forces else ""
-    return (f"{what} the model of {n_train} training structures{forces_what}",
-            args.force_weight if args.forces else None)
+    if not args.forces:
+        return f"{what} the model of {n_train} training structures", None
+    weight = DEFAULT_FORCE_WEIGHT if args.force_weight is None else args.force_weight
+    return f"{what} the model of {n_train} training structures (energies and forces)", weight
 
 
 def _reference_set(args: argparse.Namespace, data):
@@ -653,7 +718,7 @@ def _cmd_lpr(args: argparse.Namespace) -> int:
     spec = _model_spec(args, kind)
     _check_output(args.output, "-o", {
         "--train": args.train, "--test": args.test, "--dataset": args.dataset,
-        "--reference-train": args.reference_train})
+        "--reference-train": args.reference_train}, stdout=True)
     collector = _summary_collector(args, alphas)
     if collector is not None:
         _refuse_shared_outputs([("-o", args.output), *_summary_outputs(args)])
@@ -782,12 +847,19 @@ def _note_unseen_elements(data, train) -> None:
     training structure contains: the model's answer for them comes from the regulariser,
     and their low LPRs are the point, not a failure (nothing is refused)."""
     import numpy as np
-    from ase.data import chemical_symbols
 
     in_training = train[data.structure_index]
-    unseen = np.setdiff1d(data.atom_numbers[~in_training], data.atom_numbers[in_training])
-    if unseen.size:
-        names = ", ".join(chemical_symbols[z] for z in unseen.tolist())
+    _note_unseen(np.setdiff1d(data.atom_numbers[~in_training],
+                              data.atom_numbers[in_training]).tolist())
+
+
+def _note_unseen(unseen: Sequence[int]) -> None:
+    """The note of :func:`_note_unseen_elements` for the atomic numbers ``unseen`` (none:
+    no note); also the distributed run's, from its scan."""
+    from ase.data import chemical_symbols
+
+    if len(unseen):
+        names = ", ".join(chemical_symbols[z] for z in sorted(unseen))
         print(f"lprviz: note: no training structure contains {names}: what the model "
               "predicts for these elements is set by the regulariser, not by data (expect "
               "low LPRs on and near their atoms)", file=sys.stderr)
@@ -865,7 +937,8 @@ def _finish_lpr(args, steps, collector, n_frames: int, lprs: list, alpha: float)
     if not args.quiet:
         lpr = np.concatenate(lprs) if lprs else np.zeros(0)
         print(
-            f"wrote {n_frames} structures ({lpr.size} atoms) to {args.output}; "
+            f"wrote {n_frames} structures ({lpr.size} atoms) to "
+            f"{'standard output' if args.output == _STDOUT else args.output}; "
             f"LPR at alpha={alpha:g}: median {np.median(lpr):.3g}, min {lpr.min():.3g}",
             file=sys.stderr,
         )
@@ -963,7 +1036,7 @@ def _cmd_suggest(args: argparse.Namespace) -> int:
             res = evaluate(fit, alpha)
         rest = np.flatnonzero(~train[data.structure_index])
         target = rest[lowest_lpr_atoms(res.lpr[rest], args.target_fraction)]
-        what = f"lowest-LPR {args.target_fraction:.0%} of non-training atoms"
+        what = f"lowest-LPR {args.target_fraction * 100:.3g}% of non-training atoms"
     else:
         what = "given target"
     if target.size == 0:
@@ -974,6 +1047,9 @@ def _cmd_suggest(args: argparse.Namespace) -> int:
             Q = force_pool(fit, data, pool)
         if Q.notice:
             print(f"lprviz: note: {Q.notice}", file=sys.stderr)
+    if args.k > pool.size:
+        print(f"lprviz: note: -k {args.k}: the pool has {pool.size} candidate structures; "
+              "ranking all of them", file=sys.stderr)
     with steps(f"ranking {pool.size} candidate structures"):
         sug = suggest_from_projections(fit.solver, P, Q, alpha, args.k)
     frames = pool[sug.chosen]
@@ -1071,7 +1147,7 @@ def _add_force_options(p: argparse.ArgumentParser, effect: str) -> None:
                    help="train on forces too (training frames need forces; frames without "
                         "them count for energies only, with a note): the LPR of a potential "
                         f"fitted to energies and forces; {effect}")
-    p.add_argument("--force-weight", type=float, default=DEFAULT_FORCE_WEIGHT,
+    p.add_argument("--force-weight", type=float, default=None,  # DEFAULT_FORCE_WEIGHT
                    help="with --forces: weight lambda_F of the squared force errors, in "
                         "A^2/atom^2 (energies enter per atom in eV/atom, forces in eV/A). "
                         f"Default {DEFAULT_FORCE_WEIGHT:g}: "
@@ -1160,7 +1236,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="no progress (steps and times on stderr) or summary")
     p.add_argument("-o", "--output", required=True,
                    help="output extxyz of the test structures (schema: docs/output_schema.md); "
-                        "replaced atomically, never one of the input files")
+                        "replaced atomically, never one of the input files; '-': standard "
+                        "output")
     p.set_defaults(func=_cmd_lpr)
 
     p = sub.add_parser("suggest", help="structures to add to training to raise a target's LPR")

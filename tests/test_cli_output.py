@@ -67,6 +67,20 @@ def test_suggest_reports_steps_unless_quiet(files, tmp_path, capsys):
     assert capsys.readouterr().err == ""
 
 
+def test_suggest_says_what_it_ranks(files, capsys):
+    """A ``-k`` beyond the pool is a note (all candidates ranked), and a small
+    ``--target-fraction`` is printed as given, not rounded to 0%."""
+    train, pool = files
+    assert main(["suggest", "--train", str(train), "--pool", str(pool), "-k", "5", "-q",
+                 "--random-seeds", "0", "--target-fraction", "1e-6"]) == 0
+    out, err = capsys.readouterr()
+    assert err == ("lprviz: note: -k 5: the pool has 3 candidate structures; ranking all of "
+                   "them\n")
+    assert "lowest-LPR 0.0001% of non-training atoms" in out
+    assert len([line for line in out.splitlines() if line.split()[:1] in (["1"], ["2"],
+                                                                          ["3"])]) == 3
+
+
 def test_output_that_is_an_input_is_refused(files, tmp_path, capsys, monkeypatch):
     train, test = files
     before = train.read_bytes(), test.read_bytes()
@@ -164,6 +178,48 @@ def test_compressed_output_names_are_written_compressed(files, tmp_path, suffix)
         assert np.array_equal(b.arrays["lpr"], c.arrays["lpr"])
     assert sorted(os.listdir(tmp_path)) == sorted(
         ["out.extxyz", f"out.extxyz{suffix}", "train.extxyz", "test.extxyz"])
+
+
+def test_dash_output_is_standard_output(files, tmp_path, capfd, monkeypatch):
+    """``-o -`` writes the bytes ``-o FILE`` writes to standard output (nothing else goes
+    there; the closing line stays on stderr) and makes no file; ``-`` for any other output
+    is refused before any work."""
+    train, test = files
+    argv = ["lpr", "--train", str(train), "--test", str(test), *SOAP]
+    out = tmp_path / "out.extxyz"
+    assert main([*argv, "-q", "-o", str(out)]) == 0
+    capfd.readouterr()
+    before = sorted(os.listdir(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    assert main([*argv, "-o", "-"]) == 0
+    captured = capfd.readouterr()
+    assert captured.out.encode() == out.read_bytes()
+    assert "wrote 3 structures (" in captured.err and "to standard output" in captured.err
+    assert sorted(os.listdir(tmp_path)) == before  # no file named "-"
+    assert main([*argv, "-q", "-o", "-", "--summary", "-"]) == 2
+    assert "--summary -: expected a .csv or .json file name" in _one_error_line(
+        capfd.readouterr().err)
+    assert main(["suggest", "--train", str(train), "--pool", str(test), "-q",
+                 "--csv", "-"]) == 2
+    assert "--csv -: expected a file name" in _one_error_line(capfd.readouterr().err)
+
+
+def test_dash_output_closed_by_its_reader_is_one_line(files):
+    """A reader that stops early (``| head``) gets what was written so far; the command
+    says so in one line and exits 2, with no traceback or 'Exception ignored'."""
+    import subprocess
+
+    train, test = files
+    env = {**os.environ, "PYTHONPATH": str(Path(export.__file__).resolve().parents[1])}
+    proc = subprocess.Popen([sys.executable, "-m", "lprviz", "lpr", "--train", str(train),
+                             "--test", str(test), *SOAP, "-q", "-o", "-"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    proc.stdout.close()  # before the first byte: the first write fails
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=300) == 2
+    assert _one_error_line(err) == ("lprviz: error: -o -: standard output was closed by its "
+                                    "reader before the end")
+    assert "Exception ignored" not in err
 
 
 _FAILING_WRITE = """
