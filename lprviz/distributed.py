@@ -42,6 +42,7 @@ from pathlib import Path
 
 import numpy as np
 
+from lprviz.cli import _group_names, _note_unseen
 from lprviz.errors import InputError
 
 __all__ = ["DASK_HINT", "connect", "gather_training", "iter_chunks", "reduce_training",
@@ -314,6 +315,7 @@ class _Plan:
     n_test: int
     n_test_atoms: int
     n_train_atoms: int
+    unseen: tuple[int, ...]  # elements of test frames that no training frame contains
     stops: np.ndarray  # block ends among the training rows (gramsum.block_stops)
     first_rows: list[int]  # index of each chunk's first training row
 
@@ -323,7 +325,7 @@ def _inputs(args) -> list[tuple[str, str | None]]:
     if args.dataset is not None:
         if args.train is not None or args.test is not None:
             raise InputError("give either --dataset with --train-groups, or --train and --test")
-        if not args.train_groups:
+        if not _group_names(args.train_groups or "", "--train-groups"):
             raise InputError("--dataset: also give --train-groups G1,G2 (test = the other groups)")
         return [(args.dataset, None)]
     if args.train is None or args.test is None:
@@ -352,7 +354,10 @@ def _scan_chunk(item, role, wanted: list[str], value: str, start: int) -> dict:
     if missing.size:
         raise InputError(f"{value}: frame {start + missing[0]} has no energy; training "
                          "frames need energies")
+    in_training = train[chunk.structure_index]
     return {"name": chunk.name, "species": set(np.unique(chunk.atom_numbers).tolist()),
+            "train_species": set(np.unique(chunk.atom_numbers[in_training]).tolist()),
+            "test_species": set(np.unique(chunk.atom_numbers[~in_training]).tolist()),
             "groups": Counter(chunk.groups.tolist()),
             "train_groups": Counter(chunk.groups[train].tolist()),
             "n_train": int(train.sum()), "n_test": int((~train).sum()),
@@ -380,8 +385,10 @@ def _scan(client, args, chunk_atoms: int, in_flight: int) -> tuple[_Plan, list[i
     training sums, :func:`lprviz.gramsum.block_stops`)."""
     from lprviz.gramsum import block_stops
 
-    wanted = [g.strip() for g in (args.train_groups or "").split(",") if g.strip()]
+    wanted = _group_names(args.train_groups or "", "--train-groups")
     species: set[int] = set()
+    train_species: set[int] = set()
+    test_species: set[int] = set()
     groups: Counter = Counter()
     train_groups: Counter = Counter()
     n_train = n_test = n_test_atoms = 0
@@ -393,6 +400,8 @@ def _scan(client, args, chunk_atoms: int, in_flight: int) -> tuple[_Plan, list[i
             if i == 0:
                 names.append(part["name"])
             species |= part["species"]
+            train_species |= part["train_species"]
+            test_species |= part["test_species"]
             groups.update(part["groups"])
             train_groups.update(part["train_groups"])
             first_rows.append(n_train)
@@ -410,6 +419,7 @@ def _scan(client, args, chunk_atoms: int, in_flight: int) -> tuple[_Plan, list[i
             raise InputError(f"dataset '{names[0]}': --train-groups leave no test frame")
     plan = _Plan("+".join(names), tuple(sorted(species)), train_groups, n_train, n_test,
                  n_test_atoms, int(sum(int(t.sum()) for t in train_sizes)),
+                 tuple(sorted(test_species - train_species)),
                  block_stops(np.concatenate(train_sizes)), first_rows)
     return plan, test_per_chunk
 
@@ -716,7 +726,7 @@ def _run(args, steps, alphas, hypers, spec, summary, chunk_atoms):
     from lprviz.export import group_summary
     from lprviz.models import fit_nystrom
 
-    wanted = [g.strip() for g in (args.train_groups or "").split(",") if g.strip()]
+    wanted = _group_names(args.train_groups or "", "--train-groups")
     with connect(args.workers, args.scheduler) as client:
         n_workers = max(len(client.scheduler_info()["workers"]), 1)
         in_flight = 2 * n_workers + 1
@@ -746,6 +756,7 @@ def _run(args, steps, alphas, hypers, spec, summary, chunk_atoms):
         with steps(f"factorising the model of {plan.n_train} training structures"):
             fit = _fit_from_partial(total, spec, hypers, plan.species, args.scale, nystrom)
             del total
+        _note_unseen(plan.unseen)  # once the model stands, as the serial run
         provenance = {"dataset": plan.name, "n_train_frames": plan.n_train,
                       "train_groups": group_summary(
                           [g for g, n in plan.train_groups.items() for _ in range(n)]),

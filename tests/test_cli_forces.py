@@ -89,6 +89,12 @@ def test_bad_force_weight_and_help(files, tmp_path, capsys):
                  "--force-weight", "-1", "-o", str(tmp_path / "o.extxyz")])
     assert code == 2
     assert "--force-weight" in capsys.readouterr().err
+    code = main(["lpr", "--train", str(train), "--test", str(test), "--force-weight", "0.5",
+                 "-o", str(tmp_path / "o.extxyz")])  # without --forces it would be ignored
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "--force-weight: only with --forces" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "o.extxyz").exists()
     help_text = " ".join(build_parser()._subparsers._group_actions[0].choices["lpr"]
                          .format_help().split())
     assert "A^2/atom^2" in help_text and f"Default {DEFAULT_FORCE_WEIGHT:g}" in help_text

@@ -193,6 +193,10 @@ def test_bad_input(files, tmp_path, capsys):
     msg = _run_error(["suggest", "--dataset", "emt-alloys", "--train-groups", "bulk-pure",
                       "--pool-groups", ","], capsys)
     assert "--pool-groups: no group given" in msg
+    for typo in ("bulk-pure,,vacancy", "bulk-pure,", " ,bulk-pure"):
+        msg = _run_error(["lpr", "--dataset", "emt-alloys", "--train-groups", typo, "-o", out],
+                         capsys)
+        assert f"--train-groups: an empty group name in {typo!r}" in msg
     msg = _run_error(["lpr", "--train", str(train), "-o", out], capsys)
     assert "--test" in msg
 

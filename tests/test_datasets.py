@@ -518,6 +518,27 @@ def test_import_user_file_then_load_by_name(tmp_path):
     assert not (datasets.cache_dir() / "imported" / "bad.xyz").exists()
 
 
+def test_import_compressed_file_is_named_without_its_suffixes(tmp_path):
+    """``frames.extxyz.gz`` imports as ``frames`` (not ``frames.extxyz``) and is stored with
+    both suffixes, also under a ``name`` of the user's (so the reader knows the format); a
+    later import of that name in another format replaces it."""
+    import gzip
+
+    plain = tmp_path / "frames.extxyz"
+    ase.io.write(plain, [_frame(group="a"), _frame(group="b")], format="extxyz")
+    packed = tmp_path / "frames.extxyz.gz"
+    packed.write_bytes(gzip.compress(plain.read_bytes()))
+    folder = datasets.cache_dir() / "imported"
+    for name, kwargs in (("frames", {}), ("mine", {"name": "mine"})):
+        info = datasets.import_file(packed, **kwargs)
+        assert info.name == name and info.path == folder / f"{name}.extxyz.gz"
+        assert list(datasets.load(name).groups) == ["a", "b"]
+    assert datasets.import_file(plain).path == folder / "frames.extxyz"
+    assert sorted(p.name for p in folder.iterdir()) == ["frames.extxyz", "mine.extxyz.gz"]
+    assert [r.name for r in datasets.list_available() if r.kind == "imported"] == [
+        "frames", "mine"]
+
+
 def test_import_upstream_file_fills_fetch_cache():
     datasets.import_file(mlearn_dir() / "Si_test.json")
     row = {r.name: r for r in datasets.list_available()}["mlearn-Si"]

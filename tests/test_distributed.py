@@ -365,6 +365,27 @@ def test_train_and_test_files_equal_serial(tmp_path, cluster, capsys, monkeypatc
     assert "test.extxyz: frame 150: positions contain NaN or inf" in err
 
 
+def test_elements_absent_from_training_get_the_serial_note(tmp_path, cluster, capsys):
+    """The distributed run notes test elements no training frame contains, in the serial
+    run's words (from its scan: the species of each chunk's training and test frames)."""
+    lc, _ = cluster
+    frames = ase.io.read(REPO / "lprviz" / "data" / "emt-alloys.extxyz", index=":")
+    train, test = tmp_path / "train.extxyz", tmp_path / "test.extxyz"
+    ase.io.write(train, frames[::3])
+    mixed = frames[1::3][:30]
+    mixed[7].numbers[0] = 26  # one Fe atom
+    ase.io.write(test, mixed)
+    argv = ["lpr", "--train", str(train), "--test", str(test), *SMALL, "-q",
+            "-o", str(tmp_path / "out.extxyz")]
+    notes = []
+    for extra in ([], ["--scheduler", lc.scheduler_address]):
+        assert main([*argv, *extra]) == 0
+        notes.append([line for line in capsys.readouterr().err.splitlines()
+                      if "no training structure contains" in line])
+    assert len(notes[0]) == 1 and "contains Fe:" in notes[0][0]
+    assert notes[1] == notes[0]
+
+
 def test_ctrl_c_closes_the_cluster(tmp_path):
     """SIGINT while the output is being written by a --workers run: exit 130, one line, no
     worker process left and no output file (not even a partial one)."""

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from lprviz.datasets.dataset import DatasetInfo
 from lprviz.datasets.download import _sha256
+from lprviz.datasets.readers import split_format_suffix
 from lprviz.datasets.registry import (
     _FETCHABLE,
     _SHIPPED,
@@ -32,7 +33,8 @@ def import_file(path: str | os.PathLike, *, name: str | None = None) -> DatasetI
     path : path-like
         extxyz (or ASE-readable) or mlearn JSON file; it is loaded and validated first.
     name : str, optional
-        Name to load it by (default: the file's stem). Letters, digits, ``._-`` only; must
+        Name to load it by (default: the file's name without its format and compression
+        suffixes, ``frames`` of ``frames.extxyz.gz``). Letters, digits, ``._-`` only; must
         not clash with a shipped or fetchable name.
 
     Returns
@@ -52,7 +54,8 @@ def import_file(path: str | os.PathLike, *, name: str | None = None) -> DatasetI
                 _copy_atomic(src, target)
                 return next(r for r in list_available() if r.name == ds_name)
     load(src)  # validates; raises InputError with the file/frame/field
-    name = src.stem if name is None else name
+    stem, suffix = split_format_suffix(src)
+    name = stem if name is None else name
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
         raise InputError(f"dataset name {name!r} invalid: use letters, digits, '.', '_', '-'")
     if name in _SHIPPED or name in _FETCHABLE:
@@ -60,11 +63,11 @@ def import_file(path: str | os.PathLike, *, name: str | None = None) -> DatasetI
                          "choose another with --name")
     folder = _imported_dir()
     folder.mkdir(parents=True, exist_ok=True)
-    target = folder / f"{name}{src.suffix.lower()}"
+    target = folder / f"{name}{suffix}"  # the suffixes tell the reader the format
     _copy_atomic(src, target)
     # Only once the new copy is in place: drop an older import of that name in another format.
     for old in folder.glob(f"{name}.*"):
-        if old.stem == name and old != target:
+        if split_format_suffix(old)[0] == name and old != target:
             old.unlink()
     return next(r for r in list_available() if r.name == name)
 

@@ -141,6 +141,17 @@ _BYTES_PER_ATOM = 512
 _DECOMPRESSORS = {".gz": "gzip", ".bz2": "bz2", ".xz": "lzma"}
 
 
+def split_format_suffix(path: Path) -> tuple[str, str]:
+    """``(stem, suffix)`` of a data file's name, the suffix being its format's with the
+    compression's after it, lower case: ``("frames", ".extxyz.gz")`` of ``frames.extxyz.gz``,
+    ``("frames", ".json")`` of ``frames.json`` (the name a file is imported and listed by)."""
+    name = path.name
+    suffix = path.suffix.lower()
+    if suffix in _DECOMPRESSORS:
+        suffix = Path(path.stem).suffix.lower() + suffix
+    return name[: len(name) - len(suffix)], suffix
+
+
 def _read_compressed(
     path: Path, *, group_key: str | None, max_atoms: int, label: str
 ) -> tuple[list[Atoms], dict[str, list]]:

@@ -17,6 +17,7 @@ from lprviz.datasets.readers import (
     _frame_energy,
     _read_file,
     read_mlearn_json,
+    split_format_suffix,
     validate_frames,
 )
 from lprviz.errors import InputError
@@ -139,7 +140,7 @@ def _imported_files() -> dict[str, Path]:
     if not folder.is_dir():
         return {}
     files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
-    return {p.stem: p for p in files}
+    return {split_format_suffix(p)[0]: p for p in files}
 
 
 def list_available() -> list[DatasetInfo]:
