@@ -110,10 +110,12 @@ def _check_output(path: str, option: str, inputs: dict[str, str | None], *,
     from lprviz.export import _COMPRESSED_OUTPUT
 
     if path == _STDOUT:
-        if stdout:
-            return
-        raise InputError(f"{option} -: expected a file name (only -o of lprviz lpr writes "
-                         "to standard output)")
+        if not stdout:
+            raise InputError(f"{option} -: expected a file name (only -o of lprviz lpr "
+                             "writes to standard output)")
+        if not _stdout_open():
+            raise InputError(f"{option} -: there is no standard output (it is closed)")
+        return
     out = Path(path)
     try:
         if not path or out.is_dir():  # "" is the current directory
@@ -172,6 +174,26 @@ def _write_atomically(path: str, option: str, write, *, newline: str | None = No
         raise InputError(f"{option} {path}: cannot write ({exc.strerror or exc})") from None
 
 
+def _output_name(path: str) -> str:
+    """``path`` as messages name it ("standard output" for ``-``)."""
+    return "standard output" if path == _STDOUT else path
+
+
+def _stdout_open() -> bool:
+    """Whether there is a standard output to write to (``>&-`` closes it: Python then has
+    no ``sys.stdout``, or one whose descriptor is invalid). A replacement without a
+    descriptor (a caller's ``StringIO``) counts as open."""
+    if sys.stdout is None:
+        return False
+    try:
+        os.fstat(sys.stdout.fileno())
+    except (AttributeError, ValueError):  # no descriptor: written as it is
+        return not getattr(sys.stdout, "closed", False)
+    except OSError:
+        return False
+    return True
+
+
 def _write_stdout(option: str, write, newline: str | None) -> None:
     """``write(text_file)`` to standard output: UTF-8 with the newlines a file gets, through
     a duplicate of its descriptor (closed here whatever happens; ``sys.stdout`` stays
@@ -179,14 +201,15 @@ def _write_stdout(option: str, write, newline: str | None) -> None:
     as it is. A reader that closes the pipe early (``| head``) is one line."""
     import io
 
-    sys.stdout.flush()  # anything printed before goes first
+    fh = None
     try:
-        fd = os.dup(sys.stdout.fileno())
-    except (AttributeError, ValueError, OSError):  # io.UnsupportedOperation is a ValueError
-        write(sys.stdout)
-        return
-    fh = io.TextIOWrapper(os.fdopen(fd, "wb"), encoding="utf-8", newline=newline)
-    try:
+        sys.stdout.flush()  # anything printed before goes first
+        try:
+            fd = os.dup(sys.stdout.fileno())
+        except (AttributeError, ValueError):  # no descriptor (io.UnsupportedOperation)
+            write(sys.stdout)
+            return
+        fh = io.TextIOWrapper(os.fdopen(fd, "wb"), encoding="utf-8", newline=newline)
         write(fh)
         fh.flush()
     except BrokenPipeError:
@@ -196,8 +219,9 @@ def _write_stdout(option: str, write, newline: str | None) -> None:
         raise InputError(f"{option} -: cannot write to standard output "
                          f"({exc.strerror or exc})") from None
     finally:
-        with contextlib.suppress(OSError):
-            fh.close()  # closes the duplicate even when its last flush fails
+        if fh is not None:
+            with contextlib.suppress(OSError):
+                fh.close()  # closes the duplicate even when its last flush fails
 
 
 def _parse_alphas(text: str) -> list[float]:
@@ -771,7 +795,7 @@ def _cmd_lpr(args: argparse.Namespace) -> int:
                            *(["SOAP gradients of the test structures"] if args.forces else []),
                            *(f"LPR at alpha={a:g}" for a in alphas),
                            *(["LCPR per descriptor block"] if args.lcpr else []),
-                           f"writing {args.output}"], 0.0)
+                           f"writing {_output_name(args.output)}"], 0.0)
 
     progress = _progress_bar("test structures", enabled=not args.quiet)
     done = 0
@@ -803,7 +827,7 @@ def _cmd_lpr(args: argparse.Namespace) -> int:
         # copies only for --sample's texts (the same bytes as in the output)
         annotated = (annotated_frames(part, results, **schema)
                      if collector is not None and collector.n_sample else None)
-        times[f"writing {args.output}"] += time.perf_counter() - start
+        times[f"writing {_output_name(args.output)}"] += time.perf_counter() - start
         summary.append(results[0].lpr[-len(phi):])
         if collector is not None:
             _summarise_chunk(collector, data, chunk, np.searchsorted(test_frames, chunk),
@@ -937,8 +961,7 @@ def _finish_lpr(args, steps, collector, n_frames: int, lprs: list, alpha: float)
     if not args.quiet:
         lpr = np.concatenate(lprs) if lprs else np.zeros(0)
         print(
-            f"wrote {n_frames} structures ({lpr.size} atoms) to "
-            f"{'standard output' if args.output == _STDOUT else args.output}; "
+            f"wrote {n_frames} structures ({lpr.size} atoms) to {_output_name(args.output)}; "
             f"LPR at alpha={alpha:g}: median {np.median(lpr):.3g}, min {lpr.min():.3g}",
             file=sys.stderr,
         )
@@ -1279,7 +1302,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_datasets_fetch)
     p = dsub.add_parser("import", help="import a dataset file you already have")
     p.add_argument("file", help="extxyz (or ASE-readable) or mlearn JSON file")
-    p.add_argument("--name", default=None, help="name to load it by (default: file stem)")
+    p.add_argument("--name", default=None, help="name to load it by (default: the file's "
+                   "name without its format and compression suffixes)")
     p.set_defaults(func=_cmd_datasets_import)
 
     p = sub.add_parser(
@@ -1319,7 +1343,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         # Ctrl-C: one line, the shell's 128 + SIGINT status; every file writer (caches,
-        # output) removes its temporary file in a finally block, so nothing partial is left.
+        # output) removes its temporary file in a finally block, so nothing partial is left
+        # (but standard output, -o -, is cut short where it was).
         print("lprviz: interrupted", file=sys.stderr)  # a step already ended its line
         # Objects the interrupt left half-built are freed after this block; featomic's
         # calculator __del__ then raises (and would print a traceback). We are exiting.

@@ -222,6 +222,22 @@ def test_dash_output_closed_by_its_reader_is_one_line(files):
     assert "Exception ignored" not in err
 
 
+def test_dash_output_without_standard_output_is_refused_before_any_work(files):
+    """``-o -`` with standard output closed (``>&-``) is one line before any work."""
+    import subprocess
+
+    train, test = files
+    env = {**os.environ, "PYTHONPATH": str(Path(export.__file__).resolve().parents[1])}
+    run = subprocess.run([sys.executable, "-m", "lprviz", "lpr", "--train", str(train),
+                          "--test", str(test), *SOAP, "-o", "-"], stdout=subprocess.DEVNULL,
+                         stderr=subprocess.PIPE, text=True, env=env, timeout=300,
+                         preexec_fn=lambda: os.close(1))
+    assert run.returncode == 2
+    assert _one_error_line(run.stderr) == ("lprviz: error: -o -: there is no standard output "
+                                           "(it is closed)")
+    assert "loading structures" not in run.stderr
+
+
 _FAILING_WRITE = """
 import errno, gc, sys
 from lprviz import export

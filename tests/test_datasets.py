@@ -537,6 +537,17 @@ def test_import_compressed_file_is_named_without_its_suffixes(tmp_path):
     assert sorted(p.name for p in folder.iterdir()) == ["frames.extxyz", "mine.extxyz.gz"]
     assert [r.name for r in datasets.list_available() if r.kind == "imported"] == [
         "frames", "mine"]
+    # only a format's suffix goes with the compression's: "v1.2.gz" is "v1.2"
+    dotted = tmp_path / "v1.2.gz"
+    dotted.write_bytes(packed.read_bytes())
+    assert datasets.import_file(dotted).name == "v1.2"
+    assert list(datasets.load("v1.2").groups) == ["a", "b"]
+    _one_line_error(datasets.import_file, dotted, name="v1.xyz", match="format's suffix")
+    # an older cache may hold x.extxyz and x.extxyz.gz (then named x and x.extxyz): both stay
+    (folder / "old.extxyz").write_bytes(plain.read_bytes())
+    (folder / "old.extxyz.gz").write_bytes(packed.read_bytes())
+    names = {r.name: r.path.name for r in datasets.list_available() if r.kind == "imported"}
+    assert names["old"] == "old.extxyz" and names["old.extxyz"] == "old.extxyz.gz"
 
 
 def test_import_upstream_file_fills_fetch_cache():

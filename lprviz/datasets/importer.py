@@ -64,6 +64,9 @@ def import_file(path: str | os.PathLike, *, name: str | None = None) -> DatasetI
     folder = _imported_dir()
     folder.mkdir(parents=True, exist_ok=True)
     target = folder / f"{name}{suffix}"  # the suffixes tell the reader the format
+    if split_format_suffix(target)[0] != name:  # "v1.xyz" + ".gz" would list as "v1"
+        raise InputError(f"dataset name {name!r}: ends in a format's suffix, which the "
+                         f"stored file {target.name} would lose; choose another with --name")
     _copy_atomic(src, target)
     # Only once the new copy is in place: drop an older import of that name in another format.
     for old in folder.glob(f"{name}.*"):

@@ -144,12 +144,24 @@ _DECOMPRESSORS = {".gz": "gzip", ".bz2": "bz2", ".xz": "lzma"}
 def split_format_suffix(path: Path) -> tuple[str, str]:
     """``(stem, suffix)`` of a data file's name, the suffix being its format's with the
     compression's after it, lower case: ``("frames", ".extxyz.gz")`` of ``frames.extxyz.gz``,
-    ``("frames", ".json")`` of ``frames.json`` (the name a file is imported and listed by)."""
+    ``("frames", ".json")`` of ``frames.json`` (the name a file is imported and listed by).
+    Before a compression suffix only a format's suffix counts (``("v1.2", ".gz")`` of
+    ``v1.2.gz``)."""
     name = path.name
     suffix = path.suffix.lower()
     if suffix in _DECOMPRESSORS:
-        suffix = Path(path.stem).suffix.lower() + suffix
+        inner = Path(path.stem).suffix.lower()
+        if inner[1:] in _format_extensions():
+            suffix = inner + suffix
     return name[: len(name) - len(suffix)], suffix
+
+
+def _format_extensions() -> set[str]:
+    """File extensions of the formats ASE reads (``xyz``, ``json``, ``traj``...) and
+    ``extxyz``."""
+    from ase.io.formats import ioformats
+
+    return {"extxyz", *(ext for fmt in ioformats.values() for ext in fmt.extensions)}
 
 
 def _read_compressed(
@@ -167,9 +179,10 @@ def _read_compressed(
     if len(data) > limit:
         raise InputError(f"{label}: expands to more than {limit >> 20} MB, beyond what "
                          f"{max_atoms} atoms (max_atoms) need; decompress and check it")
-    inner = Path(path.stem)  # e.g. "frames.xyz" of "frames.xyz.gz"
+    # the format's suffix: ".xyz" of "frames.xyz.gz", none of "v1.2.gz" (read as extxyz)
+    inner = split_format_suffix(path)[1][: -len(path.suffix)]
     with tempfile.TemporaryDirectory(prefix="lprviz-") as tmp:
-        plain = Path(tmp) / f"data{inner.suffix}"
+        plain = Path(tmp) / f"data{inner}"
         plain.write_bytes(data)
         try:
             return _read_file(plain, group_key=group_key, max_atoms=max_atoms, label=label)

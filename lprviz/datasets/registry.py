@@ -140,7 +140,13 @@ def _imported_files() -> dict[str, Path]:
     if not folder.is_dir():
         return {}
     files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
-    return {split_format_suffix(p)[0]: p for p in files}
+    out: dict[str, Path] = {}
+    for path in files:
+        name = split_format_suffix(path)[0]
+        # Imports made before names dropped the compression suffix may leave two files of
+        # one name (x.extxyz, x.extxyz.gz): the later keeps its old name (x.extxyz).
+        out[path.stem if name in out else name] = path
+    return out
 
 
 def list_available() -> list[DatasetInfo]:
