@@ -791,11 +791,12 @@ def _cmd_lpr(args: argparse.Namespace) -> int:
     summary = []
     # the streamed phases, reported as steps of their own (times summed over chunks)
     featurise = f"{source.label} of the test structures"
+    writing = f"writing {_output_name(args.output)}"
     times = dict.fromkeys([featurise,
                            *(["SOAP gradients of the test structures"] if args.forces else []),
                            *(f"LPR at alpha={a:g}" for a in alphas),
                            *(["LCPR per descriptor block"] if args.lcpr else []),
-                           f"writing {_output_name(args.output)}"], 0.0)
+                           writing], 0.0)
 
     progress = _progress_bar("test structures", enabled=not args.quiet)
     done = 0
@@ -827,7 +828,7 @@ def _cmd_lpr(args: argparse.Namespace) -> int:
         # copies only for --sample's texts (the same bytes as in the output)
         annotated = (annotated_frames(part, results, **schema)
                      if collector is not None and collector.n_sample else None)
-        times[f"writing {_output_name(args.output)}"] += time.perf_counter() - start
+        times[writing] += time.perf_counter() - start
         summary.append(results[0].lpr[-len(phi):])
         if collector is not None:
             _summarise_chunk(collector, data, chunk, np.searchsorted(test_frames, chunk),

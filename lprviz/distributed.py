@@ -355,7 +355,7 @@ def _scan_chunk(item, role, wanted: list[str], value: str, start: int) -> dict:
         raise InputError(f"{value}: frame {start + missing[0]} has no energy; training "
                          "frames need energies")
     in_training = train[chunk.structure_index]
-    return {"name": chunk.name, "species": set(np.unique(chunk.atom_numbers).tolist()),
+    return {"name": chunk.name,
             "train_species": set(np.unique(chunk.atom_numbers[in_training]).tolist()),
             "test_species": set(np.unique(chunk.atom_numbers[~in_training]).tolist()),
             "groups": Counter(chunk.groups.tolist()),
@@ -377,7 +377,8 @@ def _ordered(client, tasks, in_flight: int):
         yield pending.popleft().result()
 
 
-def _scan(client, args, chunk_atoms: int, in_flight: int) -> tuple[_Plan, list[int]]:
+def _scan(client, args, wanted: list[str], chunk_atoms: int,
+          in_flight: int) -> tuple[_Plan, list[int]]:
     """First pass, on the workers: species, groups and sizes; the checks the serial command
     makes on the whole dataset (groups exist, training frames have energies, a test frame
     exists). Also the number of test frames of each chunk (where its output frames start)
@@ -385,8 +386,6 @@ def _scan(client, args, chunk_atoms: int, in_flight: int) -> tuple[_Plan, list[i
     training sums, :func:`lprviz.gramsum.block_stops`)."""
     from lprviz.gramsum import block_stops
 
-    wanted = _group_names(args.train_groups or "", "--train-groups")
-    species: set[int] = set()
     train_species: set[int] = set()
     test_species: set[int] = set()
     groups: Counter = Counter()
@@ -399,7 +398,6 @@ def _scan(client, args, chunk_atoms: int, in_flight: int) -> tuple[_Plan, list[i
         for i, part in enumerate(_ordered(client, tasks, in_flight)):
             if i == 0:
                 names.append(part["name"])
-            species |= part["species"]
             train_species |= part["train_species"]
             test_species |= part["test_species"]
             groups.update(part["groups"])
@@ -417,8 +415,8 @@ def _scan(client, args, chunk_atoms: int, in_flight: int) -> tuple[_Plan, list[i
                              f"{', '.join(unknown)}; groups are {', '.join(sorted(groups))}")
         if n_test == 0:
             raise InputError(f"dataset '{names[0]}': --train-groups leave no test frame")
-    plan = _Plan("+".join(names), tuple(sorted(species)), train_groups, n_train, n_test,
-                 n_test_atoms, int(sum(int(t.sum()) for t in train_sizes)),
+    plan = _Plan("+".join(names), tuple(sorted(train_species | test_species)), train_groups,
+                 n_train, n_test, n_test_atoms, int(sum(int(t.sum()) for t in train_sizes)),
                  tuple(sorted(test_species - train_species)),
                  block_stops(np.concatenate(train_sizes)), first_rows)
     return plan, test_per_chunk
@@ -731,7 +729,7 @@ def _run(args, steps, alphas, hypers, spec, summary, chunk_atoms):
         n_workers = max(len(client.scheduler_info()["workers"]), 1)
         in_flight = 2 * n_workers + 1
         with steps(f"scanning the input on {n_workers} workers"):
-            plan, test_per_chunk = _scan(client, args, chunk_atoms, in_flight)
+            plan, test_per_chunk = _scan(client, args, wanted, chunk_atoms, in_flight)
 
         def chunks():  # the input again, chunk by chunk (the same cuts as the scan)
             for value, role in _inputs(args):

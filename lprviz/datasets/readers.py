@@ -2,6 +2,7 @@
 and the checks every frame passes (:func:`validate_frames`)."""
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -156,12 +157,13 @@ def split_format_suffix(path: Path) -> tuple[str, str]:
     return name[: len(name) - len(suffix)], suffix
 
 
-def _format_extensions() -> set[str]:
+@functools.cache
+def _format_extensions() -> frozenset[str]:
     """File extensions of the formats ASE reads (``xyz``, ``json``, ``traj``...) and
     ``extxyz``."""
     from ase.io.formats import ioformats
 
-    return {"extxyz", *(ext for fmt in ioformats.values() for ext in fmt.extensions)}
+    return frozenset({"extxyz", *(ext for fmt in ioformats.values() for ext in fmt.extensions)})
 
 
 def _read_compressed(
