@@ -5,7 +5,11 @@ Random SOAP-like (positive) descriptors, per-atom mean convention. For each test
 * first call: ``skmatter.metrics.local_prediction_rigidity`` vs
   ``lprviz.rigidity.local_prediction_rigidity`` (same inputs, same outputs);
 * each further alpha: scikit-matter has to redo the whole computation; lprviz re-uses the
-  cached eigendecomposition and projections (``RigiditySolver.lpr_from_projections``);
+  cached factorisation and the projections ``pipeline.prepare`` keeps for this shape: thin
+  (``r`` span coordinates and the out-of-span norm per atom,
+  ``RigiditySolver.lpr_and_undetermined_from_thin``) on the dual route, which fewer training
+  structures than half the features take, else full float32 ones
+  (``RigiditySolver.lpr_from_projections``); the full ones are timed as well;
 * peak memory of each path (tracemalloc, in a separate untimed run);
 * a sweep over 21 alphas in one ``(P*P) @ W`` product vs 21 single-alpha passes;
 * ``eigh`` of a d = 1470 matrix on 1 vs 2 BLAS threads (threadpoolctl), which is why
@@ -139,38 +143,64 @@ def factor_threads(d: int) -> None:
           f"(2 threads / 1 thread = {times[2] / times[1]:.2f})")
 
 
+def _thin_lpr(solver, P, rho2, alpha):
+    """LPR of one alpha from thin projections: the app's per-alpha pass on the dual route
+    (:meth:`~lprviz.rigidity.RigiditySolver.lpr_and_undetermined_from_thin`)."""
+    return solver.lpr_and_undetermined_from_thin(P, rho2, alpha)[0]
+
+
+def further_alphas(lpr_of, alphas, ref) -> tuple[float, float]:
+    """Mean over ``alphas`` of the best-of-3 time of ``lpr_of(alpha)``, and the largest
+    relative difference from ``ref`` (scikit-matter's LPR at ``alphas[1]``)."""
+    times, diff = [], 0.0
+    for a in alphas:
+        t, lpr = timed(partial(lpr_of, a), repeat=3)
+        times.append(t)
+        if a == alphas[1]:
+            diff = float(np.max(np.abs(lpr / ref - 1)))
+    return float(np.mean(times)), diff
+
+
 def run_one(train, test, alpha, more_alphas) -> None:
     """Time and measure one test set; print one table row and a memory line."""
     X_test = np.vstack(test)
     t_sk, (ref, _) = timed(lambda: sk_lpr(train, test, alpha))
     t_ours, (ours, _) = timed(lambda: local_prediction_rigidity(train, test, alpha), repeat=3)
     diff = np.max(np.abs(np.concatenate(ours) / np.concatenate(ref) - 1))
-    diff_more = 0.0
 
     # further alphas: skmatter recomputes from scratch; lprviz re-uses the projections
+    # pipeline.prepare keeps for this shape (thin on the dual route, full otherwise)
     t_sk_more, (ref_more, _) = timed(lambda: sk_lpr(train, test, more_alphas[1]))
+    ref_more = np.concatenate(ref_more)
     solver = RigiditySolver.from_structures(train)
-    P = solver.projections(X_test, dtype=np.float32)  # as pipeline.Fit stores them
-    t_more = []
-    for a in more_alphas:
-        t, lpr = timed(partial(solver.lpr_from_projections, P, a), repeat=3)
-        t_more.append(t)
-        if a == more_alphas[1]:
-            diff_more = np.max(np.abs(lpr / np.concatenate(ref_more) - 1))
-    t_ours_more = float(np.mean(t_more))
+    P = solver.projections(X_test, dtype=np.float32)
+    if solver.route == "dual":
+        P_thin, rho2 = solver.thin_projections(X_test, dtype=np.float32)
+        kept = partial(_thin_lpr, solver, P_thin, rho2)
+    else:
+        kept = partial(solver.lpr_from_projections, P)
+    t_kept, diff_more = further_alphas(kept, more_alphas, ref_more)
+    t_full, diff_full = further_alphas(partial(solver.lpr_from_projections, P), more_alphas,
+                                       ref_more)
     print(
         f"{len(X_test):>10} | {t_sk:>11.3f}s {t_ours:>9.3f}s {t_sk / t_ours:>5.1f}x | "
-        f"{t_sk_more:>8.3f}s {t_ours_more * 1e3:>8.2f}ms {t_sk_more / t_ours_more:>6.0f}x | "
+        f"{t_sk_more:>8.3f}s {t_kept * 1e3:>8.2f}ms {t_sk_more / t_kept:>6.0f}x | "
         f"{diff:>12.1e} {diff_more:>12.1e}"
     )
+    print(f"{'':>10}   further alpha from {solver.route} route's kept projections "
+          f"({'thin: r + 1 numbers per atom' if solver.route == 'dual' else 'full'}); from "
+          f"full float32 projections (n x d): {t_full * 1e3:.2f} ms = "
+          f"{t_sk_more / t_full:.0f}x, rel diff {diff_full:.1e}")
 
     mem_sk = peak_mib(lambda: sk_lpr(train, test, alpha))
     mem_ours = peak_mib(lambda: local_prediction_rigidity(train, test, alpha))
-    mem_proj = peak_mib(partial(solver.lpr_from_projections, P, 1e-3))
+    mem_proj = peak_mib(partial(kept, 1e-3))
+    kept_bytes = P_thin.nbytes + rho2.nbytes if solver.route == "dual" else P.nbytes
     print(
         f"{'':>10}   peak memory (tracemalloc): skmatter {mem_sk:.0f} MiB, "
         f"lprviz first call {mem_ours:.0f} MiB, lprviz further alpha {mem_proj:.0f} MiB "
-        f"(cached projections P: {P.nbytes / 2**20:.0f} MiB)"
+        f"(kept projections: {kept_bytes / 2**20:.0f} MiB; full float32: "
+        f"{P.nbytes / 2**20:.0f} MiB)"
     )
 
 
