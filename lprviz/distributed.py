@@ -174,7 +174,7 @@ def _chunk_dataset(source: _Source, frames, start: int):
         readers._energy_to_calc(a)
     try:
         return registry._build(source.name, frames, meta, source=source.label,
-                               max_atoms=max(readers.DEFAULT_MAX_ATOMS, sum(map(len, frames))),
+                               max_atoms=max(readers.max_atoms_in_force(), sum(map(len, frames))),
                                provenance=f"file {source.label}", licence="")
     except InputError as exc:  # frame numbers of the file, not of the chunk
         raise InputError(re.sub(r"frame (\d+)", lambda m: f"frame {start + int(m[1])}",

@@ -85,6 +85,10 @@ class Limits:
     max_features : int
         Largest model width ``d`` (4096): the ``d x d`` matrix takes 128 MiB and its
         eigendecomposition about a minute on two cores (d = 1473 for three species takes 1-2 s).
+    max_atoms : int
+        Most atoms in one loaded dataset or file (200,000; 100k atoms of three species at the
+        default SOAP preset take 1.2 GB of descriptors). A ``max_atoms=`` argument of
+        :func:`lprviz.datasets.load` takes precedence.
     """
 
     max_file_bytes: int = 256 << 20
@@ -95,6 +99,7 @@ class Limits:
     max_search_pairs: float = 5e7
     max_array_bytes: int = 2 << 30
     max_features: int = 4096
+    max_atoms: int = 200_000
 
     @staticmethod
     def env_name(field: str) -> str:

@@ -26,7 +26,8 @@ from lprviz.pipeline import ModelSpec, evaluate, prepare
 @pytest.fixture(autouse=True)
 def _cache(tmp_path, monkeypatch):
     monkeypatch.setenv("LPRVIZ_CACHE_DIR", str(tmp_path / "cache"))
-    for field in ("MAX_FEATURES", "MAX_SEARCH_PAIRS", "MAX_ARRAY_BYTES", "MIN_DISTANCE"):
+    for field in ("MAX_FEATURES", "MAX_SEARCH_PAIRS", "MAX_ARRAY_BYTES", "MIN_DISTANCE",
+                  "MAX_ATOMS"):
         monkeypatch.delenv(f"LPRVIZ_{field}", raising=False)
     features.clear_memory_cache()
 
@@ -54,6 +55,38 @@ def test_limits_come_from_the_environment(monkeypatch):
     monkeypatch.setenv("LPRVIZ_MAX_FEATURES", "lots")
     with pytest.raises(InputError, match="LPRVIZ_MAX_FEATURES"):
         limits.get_limits()
+
+
+def test_max_atoms_comes_from_the_environment(tmp_path, monkeypatch, capsys):
+    """LPRVIZ_MAX_ATOMS changes the atom limit of every load (the serial CLI's too); an
+    explicit ``max_atoms=`` argument still wins."""
+    from lprviz.cli import main
+
+    n = datasets.load("emt-alloys").n_atoms
+    monkeypatch.setenv("LPRVIZ_MAX_ATOMS", "1000")
+    with pytest.raises(InputError) as info:
+        datasets.load("emt-alloys")
+    msg = str(info.value)
+    assert "more than 1000 atoms" in msg and "LPRVIZ_MAX_ATOMS" in msg and "\n" not in msg
+    assert datasets.load("emt-alloys", max_atoms=n).n_atoms == n
+    code = main(["lpr", "--dataset", "emt-alloys", "--train-groups", "bulk-pure", "-q",
+                 "-o", str(tmp_path / "out.extxyz")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "LPRVIZ_MAX_ATOMS" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "out.extxyz").exists()
+
+    # raised above the default: a file claiming 250k atoms gets past the count walk (then
+    # ASE reports the missing atom lines), where by default the count walk refuses it
+    claims = tmp_path / "claims.xyz"
+    claims.write_text("250000\nProperties=species:S:1:pos:R:3\nSi 0 0 0\n")
+    monkeypatch.delenv("LPRVIZ_MAX_ATOMS")
+    with pytest.raises(InputError, match=r"claims\.xyz: frame 0: more than 200000 atoms .*"
+                                          r"LPRVIZ_MAX_ATOMS"):
+        datasets.load(claims)
+    monkeypatch.setenv("LPRVIZ_MAX_ATOMS", "300000")
+    with pytest.raises(InputError) as info:
+        datasets.load(claims)
+    assert "claims.xyz" in str(info.value) and "max_atoms" not in str(info.value)
 
 
 @pytest.mark.parametrize("value", [math.inf, math.nan, -1.0, 21.0, "5", True, None, 10**400])

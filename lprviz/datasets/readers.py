@@ -19,10 +19,23 @@ from ase.data import chemical_symbols
 from ase.io.extxyz import REV_PROPERTY_NAME_MAP
 
 from lprviz.errors import InputError
-from lprviz.limits import cell_heights, closest_pair, frames_with_close_pairs, get_limits
+from lprviz.limits import (
+    Limits,
+    cell_heights,
+    closest_pair,
+    frames_with_close_pairs,
+    get_limits,
+)
 
-#: Largest total number of atoms :func:`load` accepts unless told otherwise.
-DEFAULT_MAX_ATOMS = 200_000
+#: Largest total number of atoms :func:`load` accepts by default: ``Limits.max_atoms``
+#: (``LPRVIZ_MAX_ATOMS`` changes the limit in force, :func:`max_atoms_in_force`).
+DEFAULT_MAX_ATOMS = Limits.max_atoms
+
+
+def max_atoms_in_force(max_atoms: int | None = None) -> int:
+    """``max_atoms`` when given, else the limit in force (``Limits.max_atoms``, changed by
+    ``LPRVIZ_MAX_ATOMS``)."""
+    return get_limits().max_atoms if max_atoms is None else int(max_atoms)
 
 
 #: Info keys tried, in order, for a frame's group when no ``group_key`` is given.
@@ -68,7 +81,7 @@ def _check_size(path: Path, label: str) -> None:
 
 
 def _read_file(
-    path: Path, *, group_key: str | None, max_atoms: int = DEFAULT_MAX_ATOMS,
+    path: Path, *, group_key: str | None, max_atoms: int,
     label: str | None = None,
 ) -> tuple[list[Atoms], dict[str, list]]:
     """Frames and per-frame metadata (groups, names, splits) of one file.
@@ -180,7 +193,8 @@ def _read_compressed(
         raise InputError(f"{label}: cannot decompress ({exc})") from None
     if len(data) > limit:
         raise InputError(f"{label}: expands to more than {limit >> 20} MB, beyond what "
-                         f"{max_atoms} atoms (max_atoms) need; decompress and check it")
+                         f"{max_atoms} atoms (max_atoms, LPRVIZ_MAX_ATOMS) need; decompress and "
+                         "check it")
     # the format's suffix: ".xyz" of "frames.xyz.gz", none of "v1.2.gz" (read as extxyz)
     inner = split_format_suffix(path)[1][: -len(path.suffix)]
     with tempfile.TemporaryDirectory(prefix="lprviz-") as tmp:
@@ -216,7 +230,8 @@ def _check_xyz_counts(path: Path, *, max_atoms: int, label: str) -> None:
                 total += n
                 if n < 0 or total > max_atoms:
                     raise InputError(f"{label}: frame {frame}: more than {max_atoms} atoms "
-                                     f"in total (limit max_atoms; this frame claims {n})")
+                                     f"in total (limit max_atoms, LPRVIZ_MAX_ATOMS; this "
+                                     f"frame claims {n})")
                 comment = fh.readline()
                 if n:
                     _check_properties(comment, f"{label}: frame {frame}", limit)
@@ -491,7 +506,7 @@ def validate_frames(
     *,
     source: str,
     require_energy: bool = False,
-    max_atoms: int = DEFAULT_MAX_ATOMS,
+    max_atoms: int | None = None,
 ) -> None:
     """Check frames for what the rest of lprviz assumes; raise on the first problem.
 
@@ -510,8 +525,9 @@ def validate_frames(
         File or dataset name used in the messages.
     require_energy : bool
         Whether every frame needs a total energy (training structures do).
-    max_atoms : int
-        Largest total number of atoms accepted.
+    max_atoms : int, optional
+        Largest total number of atoms accepted (default: ``Limits.max_atoms``, changed by
+        ``LPRVIZ_MAX_ATOMS``).
 
     Raises
     ------
@@ -522,6 +538,7 @@ def validate_frames(
     if not frames:
         raise InputError(f"{source}: no structures found")
     limits = get_limits()
+    max_atoms = limits.max_atoms if max_atoms is None else int(max_atoms)
     totals = np.cumsum([len(a) for a in frames])
     # The geometry of every frame is checked at once after this loop (one KD-tree, not
     # one per frame); a failure here is raised after the geometry of the frames before it
@@ -607,8 +624,8 @@ def _check_values(atoms: Atoms, where: str, limits, *, total: int, max_atoms: in
     if n == 0:
         raise InputError(f"{where}: has zero atoms")
     if total > max_atoms:
-        raise InputError(f"{source}: more than {max_atoms} atoms in total (limit max_atoms); "
-                         "use a smaller file or raise the limit")
+        raise InputError(f"{source}: more than {max_atoms} atoms in total (limit max_atoms, "
+                         "LPRVIZ_MAX_ATOMS); use a smaller file or raise the limit")
     numbers = atoms.numbers
     if numbers.min() < 1 or numbers.max() >= len(chemical_symbols):
         bad = int(numbers[(numbers < 1) | (numbers >= len(chemical_symbols))][0])

@@ -13,9 +13,9 @@ from ase import Atoms
 
 from lprviz.datasets.dataset import Dataset, DatasetInfo
 from lprviz.datasets.readers import (
-    DEFAULT_MAX_ATOMS,
     _frame_energy,
     _read_file,
+    max_atoms_in_force,
     read_mlearn_json,
     split_format_suffix,
     validate_frames,
@@ -196,7 +196,8 @@ def load(
         ``atoms.info`` key holding the group label; default tries ``"group"`` then
         ``"config_type"``. For mlearn JSON the entry's ``"group"`` field is used.
     max_atoms : int, optional
-        Largest total number of atoms accepted (default :data:`DEFAULT_MAX_ATOMS`).
+        Largest total number of atoms accepted (default: ``Limits.max_atoms``, 200,000,
+        changed by the ``LPRVIZ_MAX_ATOMS`` environment variable).
     label : str, optional
         For a file path: the name people know the file by (default: the file's name), used
         as the dataset's ``name``, in default structure names ``"<label>#<i>"``, provenance
@@ -212,7 +213,7 @@ def load(
     InputError
         Unknown name, missing or unreadable file, invalid frames, fetchable set not cached.
     """
-    max_atoms = DEFAULT_MAX_ATOMS if max_atoms is None else int(max_atoms)
+    max_atoms = max_atoms_in_force(max_atoms)
     key = str(name_or_path)
     if key in _SHIPPED and not isinstance(name_or_path, Path):
         spec = _SHIPPED[key]
