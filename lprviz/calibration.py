@@ -1,7 +1,7 @@
 """Calibrated uncertainties from the LPR: fit alpha and an overall factor on held-out data.
 
 Read as a Bayesian linear model (docs/science.md §13), the ridge readout
-with the halved loss of docs/science.md §3 has the posterior predictive variance
+with the halved loss of docs/science.md §2 has the posterior predictive variance
 
 .. math:: \\sigma_k^2 = c / \\mathrm{LPR}_k(\\alpha), \\qquad
           \\sigma_A^2 = c / \\mathrm{PR}_A(\\alpha)

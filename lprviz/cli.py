@@ -1254,8 +1254,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "structures and atoms (run.json, or run.csv plus "
                         "run.lowest_structures.csv and run.lowest_atoms.csv)")
     p.add_argument("--sample", type=int, default=0, metavar="N",
-                   help="with --summary run.json: also write the N lowest-LPR structures to "
-                        "run.sample.extxyz")
+                   help="with --summary run.json (or run.csv): also write the N lowest-LPR "
+                        "structures to run.sample.extxyz")
     p.add_argument("-q", "--quiet", action="store_true",
                    help="no progress (steps and times on stderr) or summary")
     p.add_argument("-o", "--output", required=True,

@@ -1,9 +1,10 @@
 """Results to files: one output schema for extxyz, CSV and chemiscope (CLI and app).
 
-The ``lprviz lpr`` command and the app's Export page both call :func:`annotated_frames`
-(through :func:`extxyz_bytes` or :func:`write_extxyz`), so a file says the same thing under
-the same names whoever wrote it; :func:`csv_bytes` and :func:`chemiscope_bytes` draw their
-columns from the same table. ``docs/output_schema.md`` lists every name.
+The ``lprviz lpr`` command (:func:`write_annotated`) and the app's Export page
+(:func:`extxyz_bytes`, which calls it) write the same annotations (:func:`annotated_frames`
+returns them as copies), so a file says the same thing under the same names whoever wrote
+it; :func:`csv_bytes` and :func:`chemiscope_bytes` draw their columns from the same table.
+``docs/output_schema.md`` lists every name.
 
 Every name written is a plain identifier (``[A-Za-z_][A-Za-z0-9_]*``) and every info value a
 number, a ``T``/``F`` boolean or a plain string (no quotes, commas, ``=`` or backslashes,
@@ -832,8 +833,9 @@ def chemiscope_bytes(ds, results, *, include_training: bool = True) -> bytes:
     """A chemiscope input file (gzipped JSON) with the schema's columns as properties.
 
     Per-atom columns are atom properties, per-frame columns structure properties (booleans
-    as ``"True"``/``"False"`` categories), plus ``group`` and the reference ``energy`` when
-    every frame has one; the provenance is in the metadata description.
+    as ``"True"``/``"False"`` categories), plus ``group``, the reference ``energy`` when
+    every frame has one and ``true_local_energy`` when the dataset has it; the provenance is
+    in the metadata description.
     """
     import chemiscope
 
@@ -841,6 +843,9 @@ def chemiscope_bytes(ds, results, *, include_training: bool = True) -> bytes:
     frames = _selected_frames(results, include_training)
     atom_cols, frame_cols = _table(ds, results, frames)
     atom_cols = _flat(atom_cols)
+    if ds.true_local_energies is not None:  # as in the extxyz and CSV outputs
+        atom_cols["true_local_energy"] = np.asarray(ds.true_local_energies)[
+            np.isin(ds.structure_index, frames)]
     structures = [ds.frames[i].copy() for i in frames]
     properties = {}
     for target, columns in (("atom", atom_cols), ("structure", frame_cols)):
@@ -851,6 +856,8 @@ def chemiscope_bytes(ds, results, *, include_training: bool = True) -> bytes:
     properties["lpr"]["description"] = (
         f"local prediction rigidity at alpha={float(results[0].alpha):.6g}")
     properties["local_energy"]["units"] = properties["energy_pred"]["units"] = "eV"
+    if "true_local_energy" in properties:
+        properties["true_local_energy"]["units"] = "eV"
     properties["group"] = {"target": "structure",
                            "values": [str(ds.groups[i]) for i in frames]}
     energies = np.asarray(ds.energies, dtype=float)[frames]

@@ -21,7 +21,7 @@ held-out tenth of the training frames (the weights of the best held-out loss are
 as arrays), the inputs of the final linear readout. :func:`lprviz.pipeline.prepare` treats
 them as the features of a ridge readout, so the LPR it computes is the last-layer prediction
 rigidity (LLPR; Bigi, Chong, Ceriotti, Grasselli, Mach. Learn.: Sci. Technol. 5, 045018
-(2024); docs/science.md §12).
+(2024); docs/science.md §13).
 
 Torch is optional (the ``lprviz[nn]`` extra); without it :func:`fit_nn` raises a one-line
 :class:`~lprviz.errors.InputError` saying how to add it.

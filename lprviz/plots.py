@@ -519,6 +519,8 @@ def parity_figure(
     groups, names : sequences of str of length n_frames
         Colour and hover text (escaped). Hover values are formatted by plotly.js (4
         significant digits), not per point here.
+    unit : str
+        Unit of both energy axes (the energies' own; ``"eV/atom"`` by default).
 
     Returns
     -------
@@ -647,6 +649,14 @@ def lpr_distribution_figure(
     lpr : numpy.ndarray of shape (n_atoms,)
     categories : sequence of str of length n_atoms, or pandas.Categorical
         (:func:`category_codes`; pass a cached Categorical to skip relabelling every atom).
+    title : str
+        Figure title.
+    label : str
+        Name of the quantity on the value axis (e.g. ``"LPR"``, ``"LCPR"``).
+
+    Returns
+    -------
+    plotly.graph_objects.Figure
     """
     lpr = np.asarray(lpr, dtype=float)
     codes, labels = category_codes(categories)
@@ -734,9 +744,19 @@ def environment_map_figure(
     ----------
     coords : numpy.ndarray of shape (n_atoms, 2)
     values : numpy.ndarray of shape (n_atoms,)
+    vmin, vmax : float
+        Colour range (as the 3D viewer's, so both views colour alike).
+    log : bool
+        Colour on a log scale of ``values``.
+    colormap : str
+        Name of the colour map (:data:`LPR_COLORMAP` by default).
     hover : sequence of str, optional
         Hover text per atom (escaped here, unless ``hover_escaped``: the caller did, e.g.
         once for texts it caches).
+    hover_escaped : bool
+        Whether ``hover`` is escaped already.
+    label : str
+        Name of the coloured quantity (colour bar title).
     customdata : numpy.ndarray of int, shape (n_atoms,), optional
         Atom index of each point (default ``arange(n_atoms)``), for linked selection.
 

@@ -102,6 +102,8 @@ def pool_rows(solver: RigiditySolver, pool_structures) -> np.ndarray:
 
     Parameters
     ----------
+    solver : RigiditySolver
+        The training set's solver: its ``convention`` (per-atom mean or sum) makes the rows.
     pool_structures : numpy.ndarray of shape (n_pool, d) or sequence of numpy.ndarray
         Either structure rows already (per-atom means, or sums for a "sum" solver), or one
         ``(n_atoms, d)`` array of raw atomic descriptors per candidate structure.

@@ -116,6 +116,16 @@ def test_csv_and_chemiscope(results):
     assert prop["target"] == "atom" and len(prop["values"]) == ds.n_atoms
     np.testing.assert_allclose(prop["values"], res.lpr, rtol=1e-12)
     assert len(data["structures"]) == len(ds.frames)
+    # the dataset's own per-atom reference, as in the CSV and extxyz outputs
+    local = data["properties"]["true_local_energy"]
+    assert local["target"] == "atom" and local["units"] == "eV"
+    np.testing.assert_allclose(local["values"], ds.true_local_energies, rtol=1e-12)
+    # only the selected frames' atoms
+    test = export.chemiscope_bytes(ds, res, include_training=False)
+    values = json.loads(gzip.decompress(test))["properties"]["true_local_energy"]["values"]
+    np.testing.assert_allclose(
+        values, ds.true_local_energies[~np.asarray(res.train_mask)[ds.structure_index]],
+        rtol=1e-12)
 
 
 def test_csv_cells_never_start_a_spreadsheet_formula(results):
