@@ -261,9 +261,15 @@ def read_summary(fh: IO[str], *, source: str) -> dict:
     Raises
     ------
     lprviz.InputError
-        Not JSON, or without the ``quantiles``/``lowest_structures``/``lowest_atoms`` lists.
+        Not JSON; without a finite ``alpha`` >= 0 or the ``quantiles``/``lowest_structures``/
+        ``lowest_atoms`` lists of records; a quantile record with a column that is not a
+        finite number (the LPR quantiles positive: they go on a log axis).
     """
     from lprviz.errors import InputError
+
+    def number(value) -> bool:
+        return (isinstance(value, (int, float)) and not isinstance(value, bool)
+                and bool(np.isfinite(value)))
 
     try:
         data = json.load(fh)
@@ -277,4 +283,15 @@ def read_summary(fh: IO[str], *, source: str) -> dict:
         if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
             raise InputError(f"{source}: field '{key}': expected a list of records "
                              "(a file written by lprviz lpr --summary)")
+    alpha = data.get("alpha")
+    if not number(alpha) or alpha < 0:
+        raise InputError(f"{source}: field 'alpha': expected a number >= 0, got {alpha!r:.40}")
+    for i, row in enumerate(data["quantiles"]):
+        for column in QUANTILE_COLUMNS[2:]:
+            value = row.get(column)
+            positive = column.startswith("q")
+            if column in row and not (number(value) and (value > 0 if positive else value >= 0)):
+                raise InputError(f"{source}: quantiles[{i}].{column}: expected a "
+                                 f"{'positive' if positive else 'non-negative'} number, got "
+                                 f"{value!r:.40}")
     return data

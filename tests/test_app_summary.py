@@ -59,13 +59,55 @@ def test_summary_page_shows_tables_plot_and_sample(run):
     assert any("3dmolviewer" in str(el.proto) for el in at.main if el.type == "iframe")
 
 
-def test_bad_summary_is_one_line_error(tmp_path):
+@pytest.mark.parametrize(("text", "field"), [
+    ('{"quantiles": 3}', "quantiles"),
+    # a non-numeric alpha crashed the page (a ValueError in float()) before it was checked
+    ('{"alpha": "abc", "quantiles": [], "lowest_structures": [], "lowest_atoms": []}',
+     "alpha"),
+])
+def test_bad_summary_is_one_line_error(tmp_path, text, field):
     bad = tmp_path / "bad.json"
-    bad.write_text('{"quantiles": 3}')
+    bad.write_text(text)
     at = _upload(_page(), "summary_json", bad)
     assert not at.exception
-    assert len(at.error) == 1 and "quantiles" in at.error[0].value and "\n" not in \
+    assert len(at.error) == 1 and field in at.error[0].value and "\n" not in \
         at.error[0].value
+    # the sample's uploader is still drawn below the error
+    assert any(u.key == "summary_sample" for u in at.file_uploader)
+
+
+def _valid_summary() -> dict:
+    return {"alpha": 1e-4, "quantiles": [{"by": "all", "key": "all", "count": 3,
+                                          "undetermined_fraction": 0.0, "q05": 0.01,
+                                          "q25": 0.02, "q50": 0.03, "q75": 0.04, "q95": 0.05}],
+            "lowest_structures": [], "lowest_atoms": []}
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"alpha": None}, "field 'alpha': expected a number >= 0, got None"),
+    ({"alpha": True}, "field 'alpha'"),
+    ({"alpha": -1.0}, "field 'alpha'"),
+    ({"alpha": float("nan")}, "field 'alpha'"),
+    ({"q50": "0.1"}, "quantiles[0].q50: expected a positive number, got '0.1'"),
+    ({"q05": 0.0}, "quantiles[0].q05: expected a positive number"),
+    ({"count": [1]}, "quantiles[0].count: expected a non-negative number"),
+    ({"undetermined_fraction": float("inf")}, "quantiles[0].undetermined_fraction"),
+])
+def test_read_summary_checks_the_numbers_it_draws(change, message):
+    import io
+
+    from lprviz.errors import InputError
+    from lprviz.summary import read_summary
+
+    data = _valid_summary()
+    assert read_summary(io.StringIO(json.dumps(data)), source="s.json") == data
+    if "alpha" in change:
+        data.update(change)
+    else:
+        data["quantiles"][0].update(change)
+    with pytest.raises(InputError) as info:
+        read_summary(io.StringIO(json.dumps(data)), source="s.json")
+    assert str(info.value).startswith("s.json: ") and message in str(info.value)
 
 
 def test_quantile_plot_escapes_user_labels():

@@ -66,6 +66,24 @@ def _sample(upload) -> None:
         width="100%", height=420, script_url=common.script_url()), height=520)
 
 
+def _summary(upload) -> None:
+    """The summary's alpha, quantile plot and tables."""
+    try:
+        text = upload.getvalue().decode("utf-8")
+    except UnicodeDecodeError:
+        raise InputError(f"{upload.name}: not a UTF-8 text file") from None
+    data = read_summary(io.StringIO(text), source=upload.name)
+    st.markdown(f"LPR at alpha = {float(data['alpha']):.3g}")
+    rows = [r for r in data["quantiles"] if all(c in r for c in QUANTILE_COLUMNS)]
+    if rows:
+        st.plotly_chart(quantile_figure(rows), key="summary_plot")
+    st.dataframe(pd.DataFrame(rows, columns=list(QUANTILE_COLUMNS)), hide_index=True)
+    st.subheader("Lowest-LPR structures")
+    st.dataframe(pd.DataFrame(data["lowest_structures"]), hide_index=True)
+    st.subheader("Lowest-LPR atoms")
+    st.dataframe(pd.DataFrame(data["lowest_atoms"]), hide_index=True)
+
+
 def _body(_settings) -> None:
     upload = st.file_uploader("Summary (.json from lprviz lpr --summary)", type=["json"],
                               key="summary_json")
@@ -73,20 +91,8 @@ def _body(_settings) -> None:
         st.markdown("Run `lprviz lpr ... --summary run.json --sample 20` (with `--workers N` "
                     "on a big set), then open `run.json` here, and `run.sample.extxyz` below.")
     else:
-        try:
-            text = upload.getvalue().decode("utf-8")
-        except UnicodeDecodeError:
-            raise InputError(f"{upload.name}: not a UTF-8 text file") from None
-        data = read_summary(io.StringIO(text), source=upload.name)
-        st.markdown(f"LPR at alpha = {float(data.get('alpha', float('nan'))):.3g}")
-        rows = [r for r in data["quantiles"] if all(c in r for c in QUANTILE_COLUMNS)]
-        if rows:
-            st.plotly_chart(quantile_figure(rows), key="summary_plot")
-        st.dataframe(pd.DataFrame(rows, columns=list(QUANTILE_COLUMNS)), hide_index=True)
-        st.subheader("Lowest-LPR structures")
-        st.dataframe(pd.DataFrame(data["lowest_structures"]), hide_index=True)
-        st.subheader("Lowest-LPR atoms")
-        st.dataframe(pd.DataFrame(data["lowest_atoms"]), hide_index=True)
+        with common.guarded():  # a bad summary leaves the sample's uploader in place
+            _summary(upload)
     sample = st.file_uploader("Sample of structures (.sample.extxyz from --sample)",
                               type=["extxyz", "xyz"], key="summary_sample")
     if sample is not None:
