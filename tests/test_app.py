@@ -105,6 +105,44 @@ def test_adding_surface_structures_raises_surface_lpr():
     assert _table(at).set_index("group").loc["surface", "training atoms"] > 0
 
 
+def test_view_choices_survive_a_visit_to_other_pages(caplog):
+    """Explore's, Training set's and Compare's choices come back as the user left them (a
+    widget a page does not draw is forgotten by Streamlit unless kept), and keeping them
+    makes Streamlit log no "default value but also ... Session State API" warning."""
+    import logging
+
+    caplog.set_level(logging.WARNING)
+    at = _app()
+    chosen = {"color_by": "data share of the rigidity", "group_filter": "surface",
+              "order": "name"}
+    for key, value in chosen.items():
+        at.selectbox(key=key).set_value(value).run()
+    at.text_input(key="structure_query").input("surf").run()
+    at.toggle(key="log_colours").set_value(False).run()
+    _ok(at)
+    at.switch_page("lprviz/app/pages/training_set.py").run()
+    at.selectbox(key="ts_preset").set_value("bulk + small structures").run()
+    at.number_input(key="ts_small").set_value(12).run()
+    at.switch_page("lprviz/app/pages/compare.py").run()
+    at.selectbox(key="cmp_B").set_value("bulk + small structures").run()
+    _ok(at)
+    at.switch_page("lprviz/app/pages/export.py").run()
+    at.switch_page("lprviz/app/pages/explore.py").run()
+    _ok(at)
+    for key, value in chosen.items():
+        assert at.selectbox(key=key).value == value, key
+    assert at.text_input(key="structure_query").value == "surf"
+    assert at.toggle(key="log_colours").value is False
+    at.switch_page("lprviz/app/pages/training_set.py").run()
+    assert at.selectbox(key="ts_preset").value == "bulk + small structures"
+    assert at.number_input(key="ts_small").value == 12
+    at.switch_page("lprviz/app/pages/compare.py").run()
+    _ok(at)
+    assert at.selectbox(key="cmp_B").value == "bulk + small structures"
+    assert at.selectbox(key="cmp_A").value == "bulk only"  # its default, never touched
+    assert not [r for r in caplog.records if "Session State API" in r.getMessage()]
+
+
 def test_bad_upload_shows_one_line_error_and_page_keeps_working():
     at = _app()
     at.file_uploader(key="upload").set_value(

@@ -36,6 +36,7 @@ __all__ = [
     "SPLITS", "Settings", "Split", "alpha", "alpha_slider", "available_sources",
     "computed_note", "current_results", "default_training_frames", "feature_options",
     "forget_training_frames", "frame_numbers", "keep_across_pages", "link_alpha_log10",
+    "remembered",
     "model_kinds", "new_training_table", "set_training_frames", "settings", "sidebar",
     "training_frames",
 ]
@@ -50,8 +51,19 @@ ALPHA_POSITIONS = tuple(
     for i in range(round((ALPHA_LOG10_RANGE[1] - ALPHA_LOG10_RANGE[0]) / ALPHA_LOG10_STEP) + 1)
 )
 DEFAULT_PRESET = "bulk only"
-#: Widget keys drawn on some pages only, kept for the others.
-PAGE_WIDGET_KEYS = ("alpha_log10",)
+#: Widget keys drawn on some pages only, kept for the others: alpha, and the view choices a
+#: user makes on Explore, Training set and Compare (the structure, colouring, order, group,
+#: presets). A kept widget takes its first value from :func:`remembered`, never a ``value=``
+#: or ``index=`` of its own (Streamlit warns when both set one). A kept value that the
+#: current dataset does not offer (a group, a structure) falls back to the widget's first
+#: option.
+PAGE_WIDGET_KEYS = (
+    "alpha_log10",
+    "order", "group_filter", "color_by", "structure_query", "structure", "style",
+    "log_colours", "show_cell", "grey_undetermined",
+    "ts_preset", "ts_n_extra", "ts_small", "ts_fraction", "ts_seed",
+    "cmp_mode", "cmp_A", "cmp_B", "cmp_order",
+)
 _SETTINGS = "_settings"
 _SPLIT_SHOWN = "_split_shown"  # the upload whose split widgets the last run drew
 #: Train/test splits offered for an uploaded file (user data has no designed default).
@@ -107,6 +119,13 @@ def keep_across_pages() -> None:
     for key in PAGE_WIDGET_KEYS:
         if key in st.session_state:
             st.session_state[key] = st.session_state[key]
+
+
+def remembered(key: str, default) -> str:
+    """``key`` for a widget of :data:`PAGE_WIDGET_KEYS`, its first value ``default`` set in
+    the session (the widget then passes no default of its own)."""
+    st.session_state.setdefault(key, default)
+    return key
 
 
 def settings() -> Settings:

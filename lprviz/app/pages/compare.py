@@ -20,8 +20,8 @@ MODES = ("two training sets", "two models")
 
 def _choose(settings: state.Settings, ds, numbers, side: str, default: str) -> tuple[int, ...]:
     options = [CURRENT, *selection.PRESETS]
-    choice = st.selectbox(f"Training set {side}", options, index=options.index(default),
-                          key=f"cmp_{side}")
+    choice = st.selectbox(f"Training set {side}", options,
+                          key=state.remembered(f"cmp_{side}", default))
     if choice == CURRENT:
         return state.training_frames(settings)
     mask = selection.preset_mask(choice, ds.groups, numbers, seed=0)

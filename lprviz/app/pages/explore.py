@@ -198,9 +198,9 @@ def _alpha_dependent(settings: state.Settings) -> None:
             frame = _structure_picker(settings.source, ds, res, order)
         o1, o2, o3, o4 = st.columns(4)
         style = o1.radio("Style", ["sphere", "stick"], horizontal=True, key="style")
-        log = o2.toggle("Log colours", value=True, key="log_colours")
-        show_cell = o3.toggle("Unit cell", value=True, key="show_cell")
-        grey = o4.toggle("Grey if undetermined", value=True, key="grey_undetermined",
+        log = o2.toggle("Log colours", key=state.remembered("log_colours", True))
+        show_cell = o3.toggle("Unit cell", key=state.remembered("show_cell", True))
+        grey = o4.toggle("Grey if undetermined", key=state.remembered("grey_undetermined", True),
                          help="Atoms whose LPR is below numerical resolution (alpha ~ 0 and a "
                          "descriptor outside the span of the training data).")
         if not grey:

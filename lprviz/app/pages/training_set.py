@@ -23,10 +23,12 @@ def _presets(settings: state.Settings, ds, numbers) -> None:
     c1, c2, c3, c4, c5 = st.columns([3, 1, 1, 1, 1])
     preset = c1.selectbox("Strategy", selection.PRESETS, key="ts_preset",
                           help="Mirrors the paper's strategies for raising the LPR.")
-    n_extra = c2.number_input("extra per group", 1, 50, 3, key="ts_n_extra")
-    small = c3.number_input("small = at most (atoms)", 1, 500, 8, key="ts_small")
-    fraction = c4.number_input("fraction", 0.01, 1.0, 0.5, step=0.05, key="ts_fraction")
-    seed = c5.number_input("seed", 0, 10**6, 0, key="ts_seed")
+    n_extra = c2.number_input("extra per group", 1, 50, key=state.remembered("ts_n_extra", 3))
+    small = c3.number_input("small = at most (atoms)", 1, 500,
+                            key=state.remembered("ts_small", 8))
+    fraction = c4.number_input("fraction", 0.01, 1.0, step=0.05,
+                               key=state.remembered("ts_fraction", 0.5))
+    seed = c5.number_input("seed", 0, 10**6, key="ts_seed")
     if st.button("Apply preset", key="ts_apply_preset", type="primary"):
         mask = selection.preset_mask(preset, ds.groups, numbers, n_extra=int(n_extra),
                                      small_max_atoms=int(small), fraction=float(fraction),
