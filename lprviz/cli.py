@@ -320,6 +320,7 @@ def _lpr_inputs(args: argparse.Namespace):
     for part, label in ((train_set, args.train), (test_set, args.test)):
         if not part.frames:
             raise InputError(f"{label}: contains no structures")
+    train_set = _training_part(train_set, args.train, args.train_groups)
     missing = np.flatnonzero(~train_set.has_energy)
     if missing.size:
         raise InputError(
@@ -329,6 +330,33 @@ def _lpr_inputs(args: argparse.Namespace):
     data = datasets.combine(train_set, test_set)
     train = data.splits == "train"
     return data, train
+
+
+def _training_part(train_set, label: str, groups: str | None):
+    """The frames of a ``--train`` input that train: its own test split (a fetched set's test
+    file, frames whose ``split`` info says test) left out with a note, then only the
+    ``--train-groups`` (``groups``) when given."""
+    import numpy as np
+
+    held_out = np.asarray(train_set.splits) == "test"
+    if held_out.any():
+        train_set = train_set.subset(np.flatnonzero(~held_out))
+    if groups:
+        train_set = train_set.subset(np.flatnonzero(
+            _group_mask(train_set, groups, "--train-groups")))
+    _training_left(label, int(held_out.sum()), len(train_set.frames))
+    return train_set
+
+
+def _training_left(label: str, held_out: int, n_train: int) -> None:
+    """Say that a ``--train`` input's ``held_out`` test-split structures do not train;
+    refuse when no training structure is left (the serial and distributed runs)."""
+    if held_out:
+        print(f"lprviz: note: {label}: its {held_out} test-split structures are left out of "
+              "training", file=sys.stderr)
+    if n_train == 0:
+        raise InputError(f"{label}: no structure left to train on (its test split and "
+                         "--train-groups leave none)")
 
 
 def _soap_hypers(args: argparse.Namespace):
@@ -1000,6 +1028,7 @@ def _suggest_inputs(args: argparse.Namespace):
     for part, label in zip(parts, (args.train, args.pool, args.target), strict=False):
         if not part.frames:
             raise InputError(f"{label}: contains no structures")
+    parts[0] = _training_part(parts[0], args.train, args.train_groups)
     if not parts[0].has_energy.all():
         raise InputError(f"{args.train}: every training frame needs an energy")
     sizes = [len(p.frames) for p in parts]
@@ -1014,11 +1043,22 @@ def _suggest_inputs(args: argparse.Namespace):
     )
     frame = np.arange(len(data.frames))
     train = frame < sizes[0]
-    pool = np.flatnonzero((frame >= sizes[0]) & (frame < sizes[0] + sizes[1]))
+    pool = (frame >= sizes[0]) & (frame < sizes[0] + sizes[1])
+    if args.pool_groups:  # the pool file stays whole: "frame" numbers its structures
+        pool &= np.concatenate([np.zeros(sizes[0], dtype=bool),
+                                _group_mask(parts[1], args.pool_groups, "--pool-groups"),
+                                np.zeros(sum(sizes[2:]), dtype=bool)])
+    pool = np.flatnonzero(pool)
     target = None
     if args.target is not None:
-        target = np.flatnonzero(data.structure_index >= sizes[0] + sizes[1])
-    return data, train, pool, target
+        target = data.structure_index >= sizes[0] + sizes[1]
+    if args.target_groups:  # atoms of those groups (of the --target file, when given)
+        in_groups = _group_mask(data if args.target is None else parts[2], args.target_groups,
+                                "--target-groups")
+        if args.target is not None:
+            in_groups = np.concatenate([np.zeros(sizes[0] + sizes[1], dtype=bool), in_groups])
+        target = in_groups[data.structure_index]
+    return data, train, pool, None if target is None else np.flatnonzero(target)
 
 
 def _cmd_suggest(args: argparse.Namespace) -> int:
@@ -1078,7 +1118,7 @@ def _cmd_suggest(args: argparse.Namespace) -> int:
         sug = suggest_from_projections(fit.solver, P, Q, alpha, args.k)
     frames = pool[sug.chosen]
     # "frame": the index in the file the structure comes from (the pool file, or the dataset)
-    first = 0 if args.dataset is not None else int(pool[0])
+    first = 0 if args.dataset is not None else int(train.sum())  # where the pool file starts
     table = pd.DataFrame({
         "step": np.arange(1, len(frames) + 1),
         "frame": frames - first,
@@ -1221,7 +1261,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train", help="training structures with energies: file or dataset name")
     p.add_argument("--test", help="structures to compute the LPR of: file or dataset name")
     p.add_argument("--dataset", help="one dataset split by group (use with --train-groups)")
-    p.add_argument("--train-groups", help="comma-separated groups of --dataset to train on")
+    p.add_argument("--train-groups",
+                   help="comma-separated groups to train on: of --dataset (the other groups "
+                        "are the test set), or of the --train file (its other groups are left "
+                        "out)")
     p.add_argument("--alpha", default="1e-4",
                    help="regulariser(s), comma-separated (default 1e-4)")
     _add_model_options(p)
@@ -1270,10 +1313,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target", help="structures whose atoms are the target (default: the "
                    "lowest-LPR --target-fraction of the non-training atoms)")
     p.add_argument("--dataset", help="one dataset split by group (use with --train-groups)")
-    p.add_argument("--train-groups", help="comma-separated groups of --dataset to train on")
-    p.add_argument("--pool-groups", help="groups of --dataset to draw candidates from "
-                   "(default: all non-training frames)")
-    p.add_argument("--target-groups", help="groups of --dataset whose atoms are the target")
+    p.add_argument("--train-groups", help="comma-separated groups to train on: of --dataset, "
+                   "or of the --train file (its other groups are left out)")
+    p.add_argument("--pool-groups", help="groups of --dataset, or of the --pool file, to draw "
+                   "candidates from (default: all non-training frames)")
+    p.add_argument("--target-groups", help="groups whose atoms are the target (of --dataset, "
+                   "of the --target file, or else of the training and pool files)")
     p.add_argument("--target-fraction", type=float, default=0.05,
                    help="target = this lowest-LPR fraction when no target is given (0.05)")
     p.add_argument("-k", type=int, default=10, help="structures to pick greedily (default 10)")

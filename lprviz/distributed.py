@@ -42,7 +42,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lprviz.cli import _group_names, _note_unseen
+from lprviz.cli import _group_names, _note_unseen, _training_left
 from lprviz.errors import InputError
 
 __all__ = ["DASK_HINT", "connect", "gather_training", "iter_chunks", "reduce_training",
@@ -334,35 +334,53 @@ def _inputs(args) -> list[tuple[str, str | None]]:
 
 
 def _train_mask(chunk, role, wanted: list[str]) -> np.ndarray:
-    if role is not None:
-        return np.full(len(chunk.frames), role == "train")
-    return np.isin(chunk.groups, wanted)
+    """Training frames of a chunk: by ``wanted`` group (a dataset split by groups); of a
+    ``--train`` input, all but its own test split and, with ``wanted``, those groups only (as
+    the serial run's ``cli._training_part``); none of a ``--test`` input."""
+    if role is None:
+        return np.isin(chunk.groups, wanted)
+    if role == "test":
+        return np.zeros(len(chunk.frames), dtype=bool)
+    keep = np.asarray(chunk.splits) != "test"
+    return keep & np.isin(chunk.groups, wanted) if wanted else keep
+
+
+def _test_mask(chunk, role, wanted: list[str]) -> np.ndarray:
+    """Test frames of a chunk: the other groups of a dataset split by groups, every frame of
+    the ``--test`` input (the frames a ``--train`` input leaves out are neither)."""
+    if role is None:
+        return ~np.isin(chunk.groups, wanted)
+    return np.full(len(chunk.frames), role == "test")
 
 
 def _split(item, role, wanted: list[str], train: bool):
     """The training (or test) frames of a chunk."""
     chunk = _materialise(item)
-    mask = _train_mask(chunk, role, wanted)
-    return chunk.subset(np.flatnonzero(mask if train else ~mask))
+    mask = _train_mask(chunk, role, wanted) if train else _test_mask(chunk, role, wanted)
+    return chunk.subset(np.flatnonzero(mask))
 
 
 def _scan_chunk(item, role, wanted: list[str], value: str, start: int) -> dict:
     """What the scan needs of one chunk (a worker task)."""
     chunk = _materialise(item)
     train = _train_mask(chunk, role, wanted)
+    test = _test_mask(chunk, role, wanted)
     missing = np.flatnonzero(train & ~chunk.has_energy)
     if missing.size:
         raise InputError(f"{value}: frame {start + missing[0]} has no energy; training "
                          "frames need energies")
-    in_training = train[chunk.structure_index]
     return {"name": chunk.name,
-            "train_species": set(np.unique(chunk.atom_numbers[in_training]).tolist()),
-            "test_species": set(np.unique(chunk.atom_numbers[~in_training]).tolist()),
+            "train_species": set(np.unique(chunk.atom_numbers[train[chunk.structure_index]])
+                                 .tolist()),
+            "test_species": set(np.unique(chunk.atom_numbers[test[chunk.structure_index]])
+                                .tolist()),
             "groups": Counter(chunk.groups.tolist()),
             "train_groups": Counter(chunk.groups[train].tolist()),
-            "n_train": int(train.sum()), "n_test": int((~train).sum()),
+            "n_train": int(train.sum()), "n_test": int(test.sum()),
+            "held_out": int((np.asarray(chunk.splits) == "test").sum()) if role == "train"
+            else 0,
             "train_sizes": np.asarray(chunk.frame_sizes, dtype=np.int32)[train],
-            "n_test_atoms": int(np.asarray(chunk.frame_sizes)[~train].sum())}
+            "n_test_atoms": int(np.asarray(chunk.frame_sizes)[test].sum())}
 
 
 def _ordered(client, tasks, in_flight: int):
@@ -390,7 +408,7 @@ def _scan(client, args, wanted: list[str], chunk_atoms: int,
     test_species: set[int] = set()
     groups: Counter = Counter()
     train_groups: Counter = Counter()
-    n_train = n_test = n_test_atoms = 0
+    n_train = n_test = n_test_atoms = held_out = 0
     names, test_per_chunk, first_rows, train_sizes = [], [], [], []
     for value, role in _inputs(args):
         tasks = ((_scan_chunk, item, role, wanted, value, start)
@@ -400,21 +418,23 @@ def _scan(client, args, wanted: list[str], chunk_atoms: int,
                 names.append(part["name"])
             train_species |= part["train_species"]
             test_species |= part["test_species"]
-            groups.update(part["groups"])
+            if role != "test":  # the groups --train-groups may name
+                groups.update(part["groups"])
             train_groups.update(part["train_groups"])
+            held_out += part["held_out"]
             first_rows.append(n_train)
             train_sizes.append(part["train_sizes"])
             n_train += part["n_train"]
             n_test += part["n_test"]
             n_test_atoms += part["n_test_atoms"]
             test_per_chunk.append(part["n_test"])
-    if args.dataset is not None:
-        unknown = [g for g in wanted if g not in groups]
-        if unknown:
-            raise InputError(f"--train-groups: dataset '{names[0]}' has no group "
-                             f"{', '.join(unknown)}; groups are {', '.join(sorted(groups))}")
-        if n_test == 0:
-            raise InputError(f"dataset '{names[0]}': --train-groups leave no test frame")
+    unknown = [g for g in wanted if g not in groups]
+    if unknown:
+        raise InputError(f"--train-groups: dataset '{names[0]}' has no group "
+                         f"{', '.join(unknown)}; groups are {', '.join(sorted(groups))}")
+    if args.dataset is not None and n_test == 0:
+        raise InputError(f"dataset '{names[0]}': --train-groups leave no test frame")
+    _training_left(args.train or args.dataset, held_out, n_train)
     plan = _Plan("+".join(names), tuple(sorted(train_species | test_species)), train_groups,
                  n_train, n_test, n_test_atoms, int(sum(int(t.sum()) for t in train_sizes)),
                  tuple(sorted(test_species - train_species)),

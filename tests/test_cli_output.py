@@ -81,6 +81,45 @@ def test_suggest_says_what_it_ranks(files, capsys):
                                                                           ["3"])]) == 3
 
 
+def test_suggest_group_options_apply_to_files(tmp_path, capsys):
+    """--train-groups, --pool-groups and --target-groups with files select those groups of
+    them (they were silently ignored): the same ranking as files holding just those frames,
+    and "frame" still numbers the structures of the --pool file."""
+    import ase.io
+    import pandas as pd
+
+    from lprviz import datasets
+
+    frames = datasets.load("emt-alloys").frames
+    by = {g: [a for a in frames if a.info["group"] == g]
+          for g in ("bulk-pure", "bulk-alloy", "surface", "cluster")}
+    ase.io.write(tmp_path / "train.extxyz", by["bulk-pure"] + by["bulk-alloy"][:20])
+    ase.io.write(tmp_path / "pool.extxyz", by["surface"][:15] + by["cluster"][:15])
+    ase.io.write(tmp_path / "only_pure.extxyz", by["bulk-pure"])
+    ase.io.write(tmp_path / "clusters.extxyz", by["cluster"][:15])
+    ase.io.write(tmp_path / "surfaces.extxyz", by["surface"][:15])
+    common = [*SOAP, "-k", "4", "--random-seeds", "0", "-q"]
+    at = str
+    assert main(["suggest", "--train", at(tmp_path / "train.extxyz"), "--train-groups",
+                 "bulk-pure", "--pool", at(tmp_path / "pool.extxyz"), "--pool-groups", "cluster",
+                 "--target-groups", "surface", *common,
+                 "--csv", at(tmp_path / "groups.csv")]) == 0
+    assert main(["suggest", "--train", at(tmp_path / "only_pure.extxyz"),
+                 "--pool", at(tmp_path / "clusters.extxyz"),
+                 "--target", at(tmp_path / "surfaces.extxyz"), *common,
+                 "--csv", at(tmp_path / "files.csv")]) == 0
+    out = capsys.readouterr().out
+    assert f"target: {sum(len(a) for a in by['surface'][:15])} atoms" in out
+    groups, files = (pd.read_csv(tmp_path / f"{n}.csv") for n in ("groups", "files"))
+    assert (groups["group"] == "cluster").all()
+    assert groups["name"].tolist() == files["name"].tolist()
+    numeric = [c for c in files.columns if files[c].dtype.kind == "f"]
+    assert numeric
+    for column in numeric:
+        np.testing.assert_allclose(groups[column], files[column], rtol=1e-8, err_msg=column)
+    np.testing.assert_array_equal(groups["frame"], files["frame"] + 15)  # after the surfaces
+
+
 def test_output_that_is_an_input_is_refused(files, tmp_path, capsys, monkeypatch):
     train, test = files
     before = train.read_bytes(), test.read_bytes()

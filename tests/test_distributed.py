@@ -365,6 +365,51 @@ def test_train_and_test_files_equal_serial(tmp_path, cluster, capsys, monkeypatc
     assert "test.extxyz: frame 150: positions contain NaN or inf" in err
 
 
+def test_train_groups_and_split_of_a_train_file_serial_and_distributed(tmp_path, cluster,
+                                                                      capsys):
+    """--train-groups with a --train file trains on those of its groups only, and frames
+    the file marks ``split=test`` never train (a note says so): serial == distributed ==
+    a run on a file holding just those training frames."""
+    lc, _ = cluster
+    frames = ase.io.read(REPO / "lprviz" / "data" / "emt-alloys.extxyz", index=":")
+    train_frames = frames[::3]
+    for a in train_frames[:4]:
+        a.info["split"] = "test"
+    keep = [a for a in train_frames[4:] if a.info["group"] in ("bulk-alloy", "surface")]
+    for a in keep:
+        a.info.pop("split", None)
+    train, test = tmp_path / "train.extxyz", tmp_path / "test.extxyz"
+    ase.io.write(train, train_frames)
+    ase.io.write(test, frames[1::3][:40])
+    ase.io.write(tmp_path / "kept_train.extxyz", keep)
+    argv = ["lpr", "--test", str(test), *SMALL, "-q"]
+    groups = ["--train", str(train), "--train-groups", "bulk-alloy,surface"]
+    capsys.readouterr()
+    outs = []
+    for name, extra in (("serial", groups),
+                        ("dist", [*groups, "--scheduler", lc.scheduler_address]),
+                        ("kept", ["--train", str(tmp_path / "kept_train.extxyz")])):
+        assert main([*argv, *extra, "-o", str(tmp_path / f"{name}.extxyz")]) == 0
+        outs.append(ase.io.read(tmp_path / f"{name}.extxyz", index=":"))
+        notes = [line for line in capsys.readouterr().err.splitlines() if "note:" in line]
+        if name != "kept":
+            assert notes == [f"lprviz: note: {train}: its 4 test-split structures are left out "
+                             "of training"]
+    serial, dist, kept = outs
+    assert serial[0].info["lprviz_n_train_frames"] == len(keep)
+    assert "surface" in serial[0].info["lprviz_train_groups"]
+    assert "bulk-pure" not in serial[0].info["lprviz_train_groups"]
+    _assert_same(serial, dist)
+    np.testing.assert_allclose(_columns(serial)["lpr"], _columns(kept)["lpr"], rtol=1e-10)
+    # an unknown group of the file: one line, both ways
+    for extra in ([], ["--scheduler", lc.scheduler_address]):
+        code = main([*argv, "--train", str(train), "--train-groups", "bulk-alloy,nope",
+                     "-o", str(tmp_path / "x.extxyz"), *extra])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 2 and err[-1].startswith("lprviz: error: --train-groups: dataset "
+                                                "'train.extxyz' has no group nope")
+
+
 def test_elements_absent_from_training_get_the_serial_note(tmp_path, cluster, capsys):
     """The distributed run notes test elements no training frame contains, in the serial
     run's words (from its scan: the species of each chunk's training and test frames)."""
