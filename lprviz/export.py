@@ -48,6 +48,7 @@ from ase.io.extxyz import (
 )
 from ase.stress import voigt_6_to_full_3x3_stress
 
+from lprviz.datasets.readers import GROUP_KEYS, UNGROUPED
 from lprviz.errors import InputError
 
 __all__ = [
@@ -780,8 +781,15 @@ def _annotations(ds, results, *, include_training: bool = True, atom_arrays=None
     def per_frame() -> Iterator[tuple[Atoms, dict, dict]]:
         for j, frame in enumerate(frames.tolist()):
             rows = slice(starts[j], starts[j + 1])
-            yield (ds.frames[frame], {k: v[rows] for k, v in atom_cols.items()},
-                   {k: v[j] for k, v in frame_values.items()})
+            atoms = ds.frames[frame]
+            info = {k: v[j] for k, v in frame_values.items()}
+            # the dataset's name and group of a frame whose own info has none (an mlearn JSON
+            # entry, an unnamed extxyz frame): how summaries and tables name it
+            if "name" not in atoms.info:
+                info["name"] = str(ds.names[frame])
+            if not any(k in atoms.info for k in GROUP_KEYS) and ds.groups[frame] != UNGROUPED:
+                info["group"] = str(ds.groups[frame])
+            yield atoms, {k: v[rows] for k, v in atom_cols.items()}, info
 
     return shared, per_frame()
 

@@ -43,6 +43,30 @@ def test_extxyz_round_trip_keeps_full_precision(results):
     assert [bool(a.info["in_training"]) for a in frames] == list(res.train_mask)
 
 
+def test_frames_without_a_name_or_group_get_the_datasets(results, tmp_path):
+    """A frame whose own info has no name or group (an mlearn JSON entry, an unnamed extxyz
+    frame) is written with the dataset's, as summaries and tables name it; a frame's own
+    name and group are left as they are."""
+    ds, res = results
+    frames = [a.copy() for a in ds.frames]
+    for a in frames[::2]:
+        a.info.pop("name", None)
+        a.info.pop("group", None)
+    bare = dataclasses.replace(ds, frames=frames,
+                               names=[f"mine.json#{i}" for i in range(len(frames))])
+    out = ase.io.read(io.StringIO(export.extxyz_bytes(bare, res).decode()), index=":",
+                      format="extxyz")
+    for i, (a, b) in enumerate(zip(out, ds.frames, strict=True)):
+        if i % 2:
+            assert a.info["name"] == b.info["name"] and a.info["group"] == b.info["group"]
+        else:
+            assert a.info["name"] == f"mine.json#{i}" and a.info["group"] == ds.groups[i]
+    (tmp_path / "out.extxyz").write_bytes(export.extxyz_bytes(bare, res))
+    again = datasets.load(tmp_path / "out.extxyz")  # read back: the same names and groups
+    assert again.names == [a.info["name"] for a in out]
+    assert again.groups.tolist() == ds.groups.tolist()
+
+
 def test_every_export_carries_the_data_share(results):
     """docs/science.md §11: the per-atom share of the LPR due to the data, in [0, 1], under
     one name in the extxyz and the CSV (docs/output_schema.md)."""
