@@ -394,6 +394,42 @@ def test_plot_selection_does_not_follow_a_dataset_switch():
     assert not any("highlighted" in i.value for i in at.info)
 
 
+def test_a_dataset_of_bulk_groups_only_opens_with_a_test_set():
+    """teaching-stoichiometry's groups are both bulk, so "bulk only" would train on every
+    structure and leave Explore, Improve and Validate nothing to test: half of it trains."""
+    at = _app()
+    at.sidebar.selectbox(key="dataset_label").set_value("teaching-stoichiometry").run()
+    _ok(at)
+    caption = " ".join(c.value for c in at.caption)
+    found = re.search(r"training set (\d+) structures, test (\d+) structures", caption)
+    assert found, caption
+    n_train, n_test = map(int, found.groups())
+    assert n_train + n_test == 80 and 30 <= n_train <= 50
+
+
+def test_pages_when_everything_or_nothing_trains():
+    """Every structure in training is a state, not an error: Improve says how to leave some
+    out, Validate's heading says there is no test set; an empty training set's summary says
+    "none"."""
+    at = _app()
+    at.switch_page("lprviz/app/pages/training_set.py").run()
+    at.selectbox(key="ts_preset").set_value("all structures").run()
+    at.button(key="ts_apply_preset").click().run()
+    _ok(at)
+    at.switch_page("lprviz/app/pages/improve.py").run()
+    _ok(at)
+    assert not at.error
+    assert any("Every structure is in the training set" in i.value for i in at.info)
+    at.switch_page("lprviz/app/pages/validate.py").run()
+    _ok(at)
+    assert any("no test set" in h.value for h in at.subheader)
+    at.switch_page("lprviz/app/pages/training_set.py").run()
+    at.multiselect(key="ts_groups").set_value([]).run()
+    at.button(key="ts_apply_rules").click().run()
+    assert not at.exception
+    assert any(m.value == "Atoms per species: none" for m in at.markdown)
+
+
 def test_clear_selection_brings_back_the_structure_picker():
     at = _app()
     at.session_state["env_map_0"] = {"selection": {"points": [{"customdata": 12}]}}

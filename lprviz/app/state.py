@@ -51,6 +51,8 @@ ALPHA_POSITIONS = tuple(
     for i in range(round((ALPHA_LOG10_RANGE[1] - ALPHA_LOG10_RANGE[0]) / ALPHA_LOG10_STEP) + 1)
 )
 DEFAULT_PRESET = "bulk only"
+#: The default training set of a dataset whose frames are all bulk (half of them, seeded).
+FALLBACK_PRESET = "random fraction"
 #: Widget keys drawn on some pages only, kept for the others: alpha, and the view choices a
 #: user makes on Explore, Training set and Compare (the structure, colouring, order, group,
 #: presets). A kept widget takes its first value from :func:`remembered`, never a ``value=``
@@ -465,7 +467,9 @@ def default_training_frames(current: Settings) -> tuple[int, ...]:
     """The default training set among labelled frames: the upload's random or by-group split
     (its non-test frames); else the source's own splits (its ``"train"`` frames: mlearn, a
     second test file, a file's ``split`` info); else every frame of an upload; else
-    :data:`DEFAULT_PRESET` (all labelled frames when a choice picks none)."""
+    :data:`DEFAULT_PRESET`, or half the frames (seeded) when every labelled frame is bulk
+    (a dataset of bulk structures only would otherwise have no test set); all labelled
+    frames when a choice picks none."""
     ds = caches.dataset(current.source)
     labelled = np.asarray(ds.has_energy, dtype=bool)
     if not labelled.any():
@@ -482,7 +486,10 @@ def default_training_frames(current: Settings) -> tuple[int, ...]:
     elif split is not None:
         mask = np.ones(len(ds.frames), dtype=bool)
     else:
-        mask = selection.preset_mask(DEFAULT_PRESET, ds.groups, frame_numbers(current.source))
+        numbers = frame_numbers(current.source)
+        mask = selection.preset_mask(DEFAULT_PRESET, ds.groups, numbers)
+        if labelled.sum() > 1 and not (labelled & ~mask).any():
+            mask = selection.preset_mask(FALLBACK_PRESET, ds.groups, numbers, fraction=0.5)
     mask &= labelled
     if split is not None and split.kind in ("random fraction", "by group") and not mask.any():
         raise InputError(f"{current.label}: the train/test split leaves no labelled structure "

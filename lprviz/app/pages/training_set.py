@@ -107,8 +107,8 @@ def _summary(settings: state.Settings, ds, numbers) -> None:
     c1.metric("Training structures", s["structures"], help=f"of {len(ds.frames)}")
     c2.metric("Training atoms", s["atoms"], help=f"of {ds.n_atoms}")
     c3.metric("Test structures", len(ds.frames) - s["structures"])
-    st.write("Atoms per species: " + ", ".join(
-        f"{chemical_symbols[z]} {n}" for z, n in s["species"].items()) or "none")
+    st.write("Atoms per species: " + (", ".join(
+        f"{chemical_symbols[z]} {n}" for z, n in s["species"].items()) or "none"))
     if not train:
         st.warning("The training set is empty: include at least one structure.")
         return

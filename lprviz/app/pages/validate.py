@@ -80,8 +80,9 @@ def _lcpr_section(settings, ds, res, train, alpha, frame: int) -> None:
 
 
 def _pr_section(settings, ds, res) -> int:
-    st.subheader("Prediction rigidity of test structures")
     test = np.flatnonzero(~res.train_mask)
+    st.subheader("Prediction rigidity of test structures" if test.size else
+                 "Prediction rigidity of the structures (all in training: no test set)")
     frames = test if test.size else np.arange(len(ds.frames))
     table = validation.pr_table(ds, res.pr, frames=frames, lpr=res.lpr)
     event = st.dataframe(plots.format_table(table), hide_index=True, key="val_pr_table",
