@@ -31,6 +31,7 @@ by the source with no other change (:func:`from_key`).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -54,7 +55,12 @@ _NOT_FEATURES = frozenset({
     "numbers", "positions", "momenta", "masses", "initial_magmoms", "initial_charges",
     "tags", "forces", "coordination", "lpr", "log10_lpr", "local_energy", "undetermined",
     "data_share", "in_training",
+    # reference answers: a model must not be fed the per-atom truth it is judged against
+    "true_local_energy",
 })
+# lprviz's own output columns of an earlier run (several alphas, LCPR, forces)
+_OUTPUT_COLUMN = re.compile(r"(lpr|log10_lpr|local_energy|undetermined|data_share)_\d+"
+                            r"|lcpr_\w+|forces_pred")
 
 
 def _backbones():
@@ -156,17 +162,21 @@ def from_key(key: str) -> FeatureSource:
 def array_names(frames) -> list[str]:
     """Numeric per-atom arrays of every frame that could be features (sorted).
 
-    Geometry, identity, forces and lprviz's own output columns are left out; an array must
-    be present in every frame with at least one column.
+    Geometry, identity, forces, reference answers (``true_local_energy``) and lprviz's own
+    output columns are left out; an array must be present in every frame as numbers of
+    shape ``(n_atoms, d)`` (what :func:`read_array` takes; ASE keeps a one-column array as
+    1-D, so those are left out too).
     """
     frames = list(frames)
     if not frames:
         return []
-    common = set(frames[0].arrays) - _NOT_FEATURES
+    common = {n for n in set(frames[0].arrays) - _NOT_FEATURES
+              if not _OUTPUT_COLUMN.fullmatch(n)}
     for atoms in frames[1:]:
         common &= set(atoms.arrays)
     return sorted(n for n in common
-                  if all(np.asarray(a.arrays[n]).dtype.kind in "biuf" for a in frames))
+                  if all(np.asarray(a.arrays[n]).dtype.kind in "biuf"
+                         and np.asarray(a.arrays[n]).ndim == 2 for a in frames))
 
 
 def read_array(dataset, name: str) -> np.ndarray:

@@ -201,6 +201,12 @@ def test_array_names_offer_numeric_per_atom_arrays_only(files):
     for a in frames:
         a.arrays["label"] = np.array(["x"] * len(a))
         a.arrays["forces"] = np.zeros((len(a), 3))
+        # the reference answer, an earlier run's outputs, a one-column array (ASE keeps it
+        # 1-D, and read_array takes (n_atoms, d) only): none is offered
+        a.arrays["true_local_energy"] = np.zeros(len(a))
+        a.arrays["forces_pred"] = np.zeros((len(a), 3))
+        a.arrays["lcpr_Cu_Cu"] = np.zeros(len(a))
+        a.arrays["one_column"] = np.ones(len(a))
     assert sources.array_names(frames) == ["feat"]
     assert sources.array_names(frames[:1] + [valid_frames(1, 9)[0]]) == []
 
