@@ -32,7 +32,8 @@ from lprviz.plots import format_number
 
 __all__ = [
     "CHANGE_PATTERN", "CompositionLesson", "Lesson", "alpha_lesson", "change", "column",
-    "compare_states", "composition_lesson", "error_notice", "forces_lesson", "showcase_frames",
+    "common_test_frames", "compare_states", "composition_lesson", "error_notice",
+    "forces_lesson", "showcase_frames",
     "small_structures_lesson", "unlike_neighbour_fraction",
 ]
 
@@ -297,13 +298,18 @@ class CompositionLesson:
     environments : pandas.DataFrame
         :func:`compare_states` by ``environment`` (:data:`SINGLE`, :data:`MIXED`).
     test_rmse : dict of str to float
-        RMSE of total energies per atom on each training set's test frames (eV/atom).
+        RMSE of total energies per atom on the common test frames
+        (:func:`common_test_frames`, held out of both training sets), eV/atom.
     notice : str
         The claim, built from the numbers above (Markdown-safe plain text).
     lpr, abs_local_error : dict of str to numpy.ndarray of shape (n_atoms,)
         Per training set, for the viewer.
     frames : tuple of int
         Frames in neither training set where the LPR changes most (:func:`showcase_frames`).
+    train : dict of str to numpy.ndarray of bool, shape (n_frames,)
+        Each training set.
+    test : numpy.ndarray of bool, shape (n_frames,)
+        The common test frames of ``test_rmse``.
     """
 
     groups: pd.DataFrame
@@ -313,6 +319,28 @@ class CompositionLesson:
     lpr: dict[str, np.ndarray]
     abs_local_error: dict[str, np.ndarray]
     frames: tuple[int, ...]
+    train: dict[str, np.ndarray]
+    test: np.ndarray
+
+
+#: Share of each group's labelled frames held out of both training sets of experiment 2.
+TEST_SHARE = 0.25
+
+
+def common_test_frames(groups, has_energy, *, seed: int = 0) -> np.ndarray:
+    """Experiment 2's test set (n_frames,) bool: :data:`TEST_SHARE` of the labelled frames of
+    every group (at least one each; seeded), held out of both training sets, so their test
+    errors are measured on the same structures."""
+    groups = np.asarray(groups).astype(str)
+    labelled = np.asarray(has_energy, dtype=bool)
+    rng = np.random.default_rng(seed)
+    test = np.zeros(groups.size, dtype=bool)
+    for g in dict.fromkeys(groups.tolist()):
+        idx = np.flatnonzero((groups == g) & labelled)
+        if idx.size > 1:
+            size = max(1, round(TEST_SHARE * idx.size))
+            test[rng.choice(idx, size=size, replace=False)] = True
+    return test
 
 
 def composition_lesson(dataset, descriptors, *, alpha: float = 1e-4, cutoff: float = 3.2,
@@ -342,13 +370,16 @@ def composition_lesson(dataset, descriptors, *, alpha: float = 1e-4, cutoff: flo
     numbers = [a.numbers for a in dataset.frames]
     env = np.where(unlike_neighbour_fraction(dataset.frames, cutoff) > 0, MIXED, SINGLE)
     sizes = np.bincount(sidx, minlength=len(dataset.frames))
+    test = common_test_frames(dataset.groups, dataset.has_energy, seed=seed)
+    rest = np.flatnonzero(~test)  # both training sets are drawn from the other frames
     results, rmse, scale = {}, {}, None
     for name in SETS:
-        train = selection.preset_mask(name, dataset.groups, numbers, seed=seed)
+        train = np.zeros(len(dataset.frames), dtype=bool)
+        train[rest] = selection.preset_mask(name, np.asarray(dataset.groups)[rest],
+                                            [numbers[i] for i in rest], seed=seed)
         fit = pipeline.prepare(dataset, descriptors, train, scale=scale)
         scale = fit.scale  # the second set in the first one's feature space (§3)
         res = results[name] = pipeline.evaluate(fit, alpha)
-        test = ~train & np.asarray(dataset.has_energy, bool)
         per_atom = res.energy_error[test] / sizes[test]
         rmse[name] = float(np.sqrt(np.mean(per_atom**2))) if per_atom.size else float("nan")
     lpr = {s: r.lpr for s, r in results.items()}
@@ -356,20 +387,25 @@ def composition_lesson(dataset, descriptors, *, alpha: float = 1e-4, cutoff: flo
     groups = compare_states(np.asarray(dataset.groups).astype(str)[sidx], lpr, err)
     envs = compare_states(env, lpr, err, by="environment")
     in_neither = ~(results[SETS[0]].train_mask | results[SETS[1]].train_mask)
-    frames = showcase_frames(lpr[SETS[0]], lpr[SETS[1]], sidx, in_neither)
+    # shown beside each other, single-species and unlike environments need both elements
+    mixed = np.array([np.unique(z).size > 1 for z in numbers])
+    frames = showcase_frames(lpr[SETS[0]], lpr[SETS[1]], sidx, in_neither & mixed)
     return CompositionLesson(groups=groups, environments=envs, test_rmse=rmse,
-                             notice=_notice(groups, envs, rmse), lpr=lpr,
-                             abs_local_error=err, frames=frames)
+                             notice=_notice(groups, envs, rmse, int(test.sum())), lpr=lpr,
+                             abs_local_error=err, frames=frames,
+                             train={s: r.train_mask for s, r in results.items()}, test=test)
 
 
-def _notice(groups: pd.DataFrame, envs: pd.DataFrame, rmse: dict[str, float]) -> str:
+def _notice(groups: pd.DataFrame, envs: pd.DataFrame, rmse: dict[str, float],
+            n_test: int) -> str:
     one, var = SETS
     e = envs.set_index("environment")
     single, mixed = e.loc[SINGLE], e.loc[MIXED]
     return (
         f"Notice, from {one} to {var}. Median LPR per group: "
         + _phrases(groups, LPR, SETS, by="group")
-        + ". RMSE of test total energies: " + change(rmse[one], rmse[var], unit="eV/atom")
+        + f". RMSE of total energies on the same {n_test} held-out test structures: "
+        + change(rmse[one], rmse[var], unit="eV/atom")
         + ". Atoms whose neighbours are all of their own species: LPR "
         + change(single[column(LPR, one)], single[column(LPR, var)])
         + ", local errors " + change(single[column(ERROR, one)], single[column(ERROR, var)],

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from ase import Atoms
 
-from lprviz import datasets, features, selection
+from lprviz import datasets, features
 from lprviz.lessons import (
     ERROR,
     LPR,
@@ -66,12 +66,21 @@ def test_notice_is_built_from_the_numbers(lesson):
     assert format_number(lesson.test_rmse[SETS[1]]) in text
     assert "fall" in text and "\n" not in text
     # the showcase structures are in neither training set
-    ds = datasets.load("teaching-stoichiometry")
-    numbers = [a.numbers for a in ds.frames]
-    train = np.zeros(len(ds.frames), bool)
-    for name in SETS:
-        train |= selection.preset_mask(name, ds.groups, numbers, seed=0)
+    train = lesson.train[SETS[0]] | lesson.train[SETS[1]]
     assert lesson.frames and not train[list(lesson.frames)].any()
+
+
+def test_both_training_sets_are_tested_on_the_same_structures(lesson):
+    """The RMSE of each training set is measured on one held-out test set that neither
+    trains on (each set's own leftovers were mostly different structures), with both
+    groups in it; the two training sets are the same size."""
+    ds = datasets.load("teaching-stoichiometry")
+    one, var = (lesson.train[s] for s in SETS)
+    assert not (lesson.test & (one | var)).any()
+    assert set(np.asarray(ds.groups)[lesson.test]) == set(ds.groups)
+    assert one.sum() == var.sum() > 0
+    assert f"same {int(lesson.test.sum())} held-out test structures" in lesson.notice
+    assert lesson.test.sum() == 2 * round(0.25 * 40)  # a quarter of each group of 40
 
 
 @pytest.mark.parametrize(("before", "after", "word"), [
@@ -245,8 +254,11 @@ def test_learn_composition_colours_change_with_the_training_set(learn):
     for choice in SETS:
         learn.radio(key="learn_comp").set_value(choice).run()
         colours.append(_check_viewers(learn)[1])
-    # one colour range for both training sets: the structure visibly changes colour
-    assert _distinct(colours[0] + colours[1]) > max(map(_distinct, colours))
+    # one colour range for both training sets: the structure visibly changes colour (the
+    # second set brings colours the first did not show; it may keep some of the first's,
+    # e.g. for atoms of the minority element)
+    assert _distinct(colours[0] + colours[1]) > _distinct(colours[0])
+    assert _distinct(colours[1]) >= 2
 
 
 @pytest.mark.parametrize("add", [False, True])

@@ -115,7 +115,8 @@ def _experiment_composition() -> None:
     ds = caches.dataset(TEACHING)
     st.markdown("Train on Cu/Au structures that all share one composition (CuAu), or on as "
                 "many structures of varied composition. Same number of structures, same "
-                f"alpha = {plots.format_number(ALPHA)}, same feature scale.")
+                f"alpha = {plots.format_number(ALPHA)}, same feature scale; a quarter of each "
+                "group is held out of both, as their common test set.")
     lesson = caches.composition_lesson(TEACHING, PRESET, ALPHA)
     choice = st.radio("Training set (colours the structure)", list(lessons.SETS),
                       horizontal=True, key="learn_comp")
@@ -123,10 +124,11 @@ def _experiment_composition() -> None:
     st.dataframe(plots.format_table(lesson.environments), hide_index=True, key="learn_t2_env")
     left, right = st.columns(2)
     with left:
+        st.caption(f"RMSE of total energies per atom (eV/atom) on the same "
+                   f"{int(lesson.test.sum())} held-out test structures:")
         c1, c2 = st.columns(2)
         for col, name in zip((c1, c2), lessons.SETS, strict=True):
-            col.metric(f"RMSE of test totals, {name} (eV/atom)",
-                       plots.format_number(lesson.test_rmse[name]))
+            col.metric(name, plots.format_number(lesson.test_rmse[name]))
         st.info(common.plain_text(lesson.notice))
     with right:
         lo, hi = _decades(*lesson.lpr.values())
