@@ -783,8 +783,9 @@ def _cmd_lpr(args: argparse.Namespace) -> int:
             raise InputError(f"{option} ({source.label}): not available with --workers/"
                              "--scheduler (the distributed run computes SOAP features on its "
                              "workers)")
-        n_frames, _, lprs = run_lpr(args, steps, alphas, source.hypers, spec, collector)
-        return _finish_lpr(args, steps, collector, n_frames, lprs, alphas[0])
+        n_frames, _, lprs, undetermined = run_lpr(args, steps, alphas, source.hypers, spec,
+                                                  collector)
+        return _finish_lpr(args, steps, collector, n_frames, lprs, alphas[0], undetermined)
     if args.process_entry:
         tune_process_memory()
     with steps("loading structures"), collector_paused(args.process_entry):
@@ -816,7 +817,7 @@ def _cmd_lpr(args: argparse.Namespace) -> int:
         print(f"lprviz: note: {fit.notice}", file=sys.stderr)
     _note_unseen_elements(data, train)  # once the model stands
     n_test_atoms = int(np.asarray(data.frame_sizes)[test_frames].sum())
-    summary = []
+    summary, undetermined = [], []
     # the streamed phases, reported as steps of their own (times summed over chunks)
     featurise = f"{source.label} of the test structures"
     writing = f"writing {_output_name(args.output)}"
@@ -858,6 +859,7 @@ def _cmd_lpr(args: argparse.Namespace) -> int:
                      if collector is not None and collector.n_sample else None)
         times[writing] += time.perf_counter() - start
         summary.append(results[0].lpr[-len(phi):])
+        undetermined.append(int(np.count_nonzero(results[0].undetermined[-len(phi):])))
         if collector is not None:
             _summarise_chunk(collector, data, chunk, np.searchsorted(test_frames, chunk),
                              results[0], summary[-1], annotated)
@@ -892,7 +894,8 @@ def _cmd_lpr(args: argparse.Namespace) -> int:
         if not args.quiet:
             print(file=sys.stderr, flush=True)  # ends the line of the test-structure bar
     steps.report(times)
-    return _finish_lpr(args, steps, collector, test_frames.size, summary, alphas[0])
+    return _finish_lpr(args, steps, collector, test_frames.size, summary, alphas[0],
+                       sum(undetermined))
 
 
 def _note_unseen_elements(data, train) -> None:
@@ -970,8 +973,11 @@ def _summarise_chunk(collector, data, chunk, out_frames, first, lpr, annotated) 
         first.undetermined[-len(lpr):], n_sample=collector.n_sample, annotated=annotated))
 
 
-def _finish_lpr(args, steps, collector, n_frames: int, lprs: list, alpha: float) -> int:
-    """Write the ``--summary`` files and print the closing line of ``lprviz lpr``."""
+def _finish_lpr(args, steps, collector, n_frames: int, lprs: list, alpha: float,
+                undetermined: int) -> int:
+    """Write the ``--summary`` files and print the closing line of ``lprviz lpr``; a note
+    when ``undetermined`` test atoms (at ``alpha``) have an LPR set by numerical resolution
+    (printed with ``-q`` too, as the other notes)."""
     import numpy as np
 
     if collector is not None:
@@ -987,6 +993,12 @@ def _finish_lpr(args, steps, collector, n_frames: int, lprs: list, alpha: float)
             if args.sample:
                 _write_atomically(files[-1], "--sample",
                                   lambda fh: fh.write(collector.sample_text()))
+    n_atoms = sum(len(part) for part in lprs)
+    if undetermined:
+        print(f"lprviz: note: {undetermined} of {n_atoms} test atoms are undetermined at "
+              f"alpha={alpha:g}: the data cannot fix their local energy and their LPR is set "
+              "by numerical resolution (an upper bound of the exact value); raise alpha",
+              file=sys.stderr)
     if not args.quiet:
         lpr = np.concatenate(lprs) if lprs else np.zeros(0)
         print(

@@ -35,6 +35,7 @@ import contextlib
 import io
 import logging
 import re
+import warnings
 from collections import Counter, deque
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -99,13 +100,25 @@ def connect(workers: int | None = None, scheduler: str | None = None, *,
             # featomic's thread pool would otherwise use every core in every worker
             cluster = stack.enter_context(dd.LocalCluster(
                 n_workers=workers, threads_per_worker=1, processes=True,
-                memory_limit=memory_limit, dashboard_address=":0", silence_logs=logging.ERROR,
+                # errors reach the command through the futures; the workers' own log lines
+                # (a heartbeat racing the cluster's close) are noise on its stderr
+                memory_limit=memory_limit, dashboard_address=":0",
+                silence_logs=logging.CRITICAL,
                 env={"RAYON_NUM_THREADS": "1"}))
             client = dd.Client(cluster)
         stack.enter_context(client)
         if scheduler is not None:
             _check_workers(client, scheduler, timeout)
         yield client
+
+
+def _submit_value(client, value):
+    """A future of ``value`` as a task (not scattered data: if every worker holding it dies,
+    the scheduler recomputes it). Dask warns that such a graph is large (a fitted model is
+    tens of MB) and suggests scattering; that warning, and only it, is silenced."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sending large graph", category=UserWarning)
+        return client.submit(_same, value, pure=False)
 
 
 def _lprviz_version() -> str | None:
@@ -728,7 +741,8 @@ def run_lpr(args, steps, alphas, hypers, spec, summary=None, *,
 
     Returns
     -------
-    (n_test_frames, n_test_atoms, list of per-chunk LPR arrays of the first alpha)
+    (n_test_frames, n_test_atoms, list of per-chunk LPR arrays of the first alpha, number
+    of test atoms undetermined at the first alpha)
     """
     _check_supported(args)
     chunk_atoms = CHUNK_ATOMS if chunk_atoms is None else chunk_atoms
@@ -764,7 +778,7 @@ def _run(args, steps, alphas, hypers, spec, summary, chunk_atoms):
                                          plan.n_train_atoms, in_flight=in_flight)
                 nystrom = fit_nystrom(values, spec.n_sparse, zeta=spec.zeta)
                 del values
-                nystrom_future = client.submit(_same, nystrom, pure=False)
+                nystrom_future = _submit_value(client, nystrom)
         with steps(f"SOAP and X^T X of {plan.n_train} training structures on {n_workers} "
                    "workers"):
             total = reduce_training(client, chunks(), hypers, plan.species,
@@ -779,13 +793,13 @@ def _run(args, steps, alphas, hypers, spec, summary, chunk_atoms):
                       "train_groups": group_summary(
                           [g for g, n in plan.train_groups.items() for _ in range(n)]),
                       "scale_from": "training" if args.scale is None else "option"}
-        # A task, not scattered data: if every worker holding the model dies, the scheduler
-        # recomputes it from the task (scattered data would be lost with its workers).
-        fit_future = client.submit(_same, fit, pure=False)
+        fit_future = _submit_value(client, fit)
         lprs: list = []
+        undetermined = 0
         times: Counter = Counter()
 
         def write(fh) -> None:
+            nonlocal undetermined
             firsts = np.concatenate([[0], np.cumsum(test_per_chunk)])
             tasks = ((_test_chunk, item, role, wanted_, int(first), fit_future,
                       alphas, provenance, getattr(summary, "n_sample", 0))
@@ -797,6 +811,7 @@ def _run(args, steps, alphas, hypers, spec, summary, chunk_atoms):
                 fh.write(text)
                 times.update(chunk_times)
                 lprs.append(part.lpr.astype(np.float32))  # the closing line's median
+                undetermined += int(np.count_nonzero(part.undetermined))
                 if summary is not None:
                     summary.add(part)
 
@@ -804,4 +819,4 @@ def _run(args, steps, alphas, hypers, spec, summary, chunk_atoms):
                    f"{n_workers} workers"):
             _write_atomically(args.output, "-o", write)
     steps.report({f"{k} (summed over the workers)": v for k, v in times.items()})
-    return plan.n_test, plan.n_test_atoms, lprs
+    return plan.n_test, plan.n_test_atoms, lprs, undetermined

@@ -148,6 +148,27 @@ def test_dataset_with_train_groups(tmp_path):
     assert frames[0].arrays["undetermined"].dtype == bool
 
 
+def test_undetermined_atoms_are_noted_at_alpha_zero(files, tmp_path, capsys):
+    """At alpha 0 (few training structures, many features) the test atoms are undetermined:
+    the closing lines say how many (with -q too), not only a median that looks like data."""
+    train, test = files
+    out = tmp_path / "out.extxyz"
+    for alpha, quiet in (("0", []), ("0", ["-q"]), ("1e-4", [])):
+        assert main(["lpr", "--train", str(train), "--test", str(test), *SOAP_ARGS,
+                     "--alpha", alpha, *quiet, "-o", str(out)]) == 0
+        err = capsys.readouterr().err
+        flags = np.concatenate([a.arrays["undetermined"] for a in ase.io.read(out, ":")])
+        notes = [line for line in err.splitlines() if "undetermined at alpha" in line]
+        if flags.any():
+            assert notes == [f"lprviz: note: {flags.sum()} of {flags.size} test atoms are "
+                             f"undetermined at alpha={float(alpha):g}: the data cannot fix their "
+                             "local energy and their LPR is set by numerical resolution (an "
+                             "upper bound of the exact value); raise alpha"]
+        else:
+            assert notes == []
+        assert flags.any() == (alpha == "0")
+
+
 def _run_error(argv, capsys):
     code = main(argv)
     err = capsys.readouterr().err
