@@ -117,6 +117,8 @@ def _check_output(path: str, option: str, inputs: dict[str, str | None], *,
             raise InputError(f"{option} -: there is no standard output (it is closed)")
         return
     out = Path(path)
+    if stdout:  # lpr's -o: extended XYZ, whatever the name says
+        _refuse_other_format(path, option)
     try:
         if not path or out.is_dir():  # "" is the current directory
             raise InputError(f"{option} {path!r}: is a directory, expected a file name")
@@ -135,6 +137,27 @@ def _check_output(path: str, option: str, inputs: dict[str, str | None], *,
         except ImportError:
             raise InputError(f"{option} {path}: this Python has no {compressor[0]} module to "
                              f"write {out.suffix} files; choose another name") from None
+
+
+# Suffixes of other formats a user may hope -o writes (tables, arrays, documents).
+_NOT_EXTXYZ = frozenset({".csv", ".tsv", ".txt", ".dat", ".npz", ".npy", ".h5", ".hdf5",
+                         ".parquet", ".xlsx", ".html", ".pdf", ".png"})
+
+
+def _refuse_other_format(path: str, option: str) -> None:
+    """Refuse an output name of another format (``out.csv``, ``out.json``, ``out.traj``):
+    ``lprviz lpr`` writes extended XYZ only, and a file named for another format would not
+    read back as one. Names without a suffix, or with an unknown one, are taken as given."""
+    from lprviz.datasets.readers import _format_extensions, split_format_suffix
+
+    suffix = split_format_suffix(Path(path))[1].split(".")[1:2]
+    suffix = f".{suffix[0]}" if suffix else ""
+    if suffix in (".xyz", ".extxyz") or not suffix:
+        return
+    if suffix in _NOT_EXTXYZ or suffix[1:] in _format_extensions():
+        raise InputError(f"{option} {path}: lprviz lpr writes extended XYZ; give a name ending "
+                         ".extxyz or .xyz (optionally .gz, .bz2 or .xz); the app's Export page "
+                         "writes per-atom CSV and chemiscope files")
 
 
 def _refuse_shared_outputs(outputs: Sequence[tuple[str, str]]) -> None:

@@ -120,6 +120,21 @@ def test_suggest_group_options_apply_to_files(tmp_path, capsys):
     np.testing.assert_array_equal(groups["frame"], files["frame"] + 15)  # after the surfaces
 
 
+@pytest.mark.parametrize("name", ["out.csv", "out.json", "out.traj", "out.npz"])
+def test_output_named_for_another_format_is_refused(files, tmp_path, capsys, name):
+    """-o out.csv wrote extended XYZ under a CSV name (unreadable as either); names of
+    extxyz, without a suffix or with an unknown one are written as given."""
+    train, test = files
+    assert main(["lpr", "--train", str(train), "--test", str(test), *SOAP, "-q",
+                 "-o", str(tmp_path / name)]) == 2
+    msg = _one_error_line(capsys.readouterr().err)
+    assert name in msg and "writes extended XYZ" in msg
+    assert not (tmp_path / name).exists()
+    for ok in ("out.extxyz.gz", "results", "out.v2"):
+        assert main(["lpr", "--train", str(train), "--test", str(test), *SOAP, "-q",
+                     "-o", str(tmp_path / ok)]) == 0
+
+
 def test_output_that_is_an_input_is_refused(files, tmp_path, capsys, monkeypatch):
     train, test = files
     before = train.read_bytes(), test.read_bytes()
