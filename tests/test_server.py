@@ -91,3 +91,25 @@ def test_app_refuses_a_missing_3dmol_file(tmp_path, capsys):
     assert main(["app", "--3dmol-js", str(tmp_path / "none.js")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "none.js" in err
+
+
+def test_app_refuses_a_busy_port_or_an_unknown_address_in_one_line(capsys):
+    """Streamlit printed a traceback (an unresolvable --address) or a log line (a busy
+    port), exit 1; lprviz names the option, exit 2, before starting anything."""
+    from lprviz.cli import main
+
+    port = free_port()
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", port))
+        busy.listen()
+        assert main(["app", "--port", str(port), "--no-fetch-3dmol"]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and f"--port {port}: already in use on 127.0.0.1" in err
+    assert main(["app", "--address", "no-such-host.invalid", "--no-fetch-3dmol"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--address no-such-host.invalid: not an address" in err
+    # an address of another machine: nothing can listen there
+    assert main(["app", "--address", "192.0.2.1", "--no-fetch-3dmol"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--address 192.0.2.1: cannot listen there" in err
+    server.check_listen("127.0.0.1", free_port())  # a free port passes

@@ -19,7 +19,8 @@ from pathlib import Path
 
 from lprviz import threedmol
 
-__all__ = ["DEFAULT_ADDRESS", "DEFAULT_PORT", "SERVER_OPTIONS", "prepare_run_dir", "serve"]
+__all__ = ["DEFAULT_ADDRESS", "DEFAULT_PORT", "SERVER_OPTIONS", "check_listen",
+           "prepare_run_dir", "serve"]
 
 DEFAULT_ADDRESS = "127.0.0.1"
 DEFAULT_PORT = 8501
@@ -81,6 +82,37 @@ def flags(options: dict[str, object]) -> list[str]:
     return out
 
 
+def check_listen(address: str, port: int) -> None:
+    """Refuse, in one line, an address that does not resolve or a port already in use
+    there (Streamlit would print a traceback or a log line and exit 1).
+
+    Raises
+    ------
+    lprviz.InputError
+    """
+    import errno
+    import socket
+
+    from lprviz.errors import InputError
+
+    try:
+        infos = socket.getaddrinfo(address, port, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as exc:
+        raise InputError(f"--address {address}: not an address of this machine ({exc})") from None
+    family, kind, proto, _, where = infos[0]
+    with socket.socket(family, kind, proto) as sock:
+        if os.name != "nt":  # as the server binds: a port in TIME_WAIT is free to use
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(where)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise InputError(f"--port {port}: already in use on {address} (another server "
+                                 "may be running); choose another port") from None
+            raise InputError(f"--address {address}: cannot listen there "
+                             f"({exc.strerror or exc})") from None
+
+
 def serve(*, address: str = DEFAULT_ADDRESS, port: int = DEFAULT_PORT,
           threedmol_js: str | None = None, fetch_3dmol: bool = True) -> int:
     """Run the app's server in this process until it is stopped; return an exit status.
@@ -96,6 +128,7 @@ def serve(*, address: str = DEFAULT_ADDRESS, port: int = DEFAULT_PORT,
     """
     from streamlit.web import cli as streamlit_cli
 
+    check_listen(address, port)
     if threedmol_js:
         os.environ[threedmol.JS_ENV] = str(Path(threedmol_js).resolve())
     path, problem = threedmol.ensure(allow_fetch=fetch_3dmol)
