@@ -1212,7 +1212,13 @@ def _cmd_datasets_import(args: argparse.Namespace) -> int:
     from lprviz import datasets
 
     info = datasets.import_file(args.file, name=args.name)
-    print(f"imported as '{info.name}' ({info.kind}): {info.path}")
+    if info.kind == "fetchable" and not info.cached:
+        missing = ", ".join(p.name for p in info.files if not p.is_file())
+        print(f"stored as a file of '{info.name}' ({info.path}); it loads by that name once "
+              f"{missing} is there too (import it, or lprviz datasets fetch {info.name}); to "
+              "use this file alone now, import it with --name NAME")
+    else:
+        print(f"imported as '{info.name}' ({info.kind}): {info.path}")
     return 0
 
 

@@ -550,10 +550,17 @@ def test_import_compressed_file_is_named_without_its_suffixes(tmp_path):
     assert names["old"] == "old.extxyz" and names["old.extxyz"] == "old.extxyz.gz"
 
 
-def test_import_upstream_file_fills_fetch_cache():
-    datasets.import_file(mlearn_dir() / "Si_test.json")
+def test_import_upstream_file_fills_fetch_cache(capsys):
+    assert main(["datasets", "import", str(mlearn_dir() / "Si_test.json")]) == 0
     row = {r.name: r for r in datasets.list_available()}["mlearn-Si"]
-    assert not row.cached  # training.json still missing
+    assert not row.cached  # training.json still missing, and the command says so
+    out = capsys.readouterr().out
+    assert "stored as a file of 'mlearn-Si'" in out and "once training.json is there" in out
+    # with --name, the same file is a dataset of its own at once
+    assert main(["datasets", "import", str(mlearn_dir() / "Si_test.json"),
+                 "--name", "si-test"]) == 0
+    assert "imported as 'si-test' (imported)" in capsys.readouterr().out
+    assert len(datasets.load("si-test").frames) == 25
     datasets.import_file(mlearn_dir() / "Si_training.json")
     row = {r.name: r for r in datasets.list_available()}["mlearn-Si"]
     assert row.cached

@@ -24,9 +24,10 @@ from lprviz.errors import InputError
 def import_file(path: str | os.PathLike, *, name: str | None = None) -> DatasetInfo:
     """Validate a dataset file and copy it into the cache so it loads by name.
 
-    A file identical (SHA-256) to one of a fetchable dataset's files goes to that dataset's
-    cache folder (e.g. an mlearn ``training.json`` downloaded by hand); any other file goes
-    to ``cache_dir()/imported/<name><suffix>``.
+    Without ``name``, a file identical (SHA-256) to one of a fetchable dataset's files goes
+    to that dataset's cache folder (e.g. an mlearn ``training.json`` downloaded by hand: the
+    dataset loads by its name once all its files are there); any other file, and any file
+    given a ``name``, goes to ``cache_dir()/imported/<name><suffix>``.
 
     Parameters
     ----------
@@ -45,7 +46,7 @@ def import_file(path: str | os.PathLike, *, name: str | None = None) -> DatasetI
     src = Path(path).expanduser()
     if not src.is_file():
         raise InputError(f"{src}: no such file to import")
-    digest = _sha256(src)
+    digest = _sha256(src) if name is None else None
     for ds_name, spec in _FETCHABLE.items():
         for remote in spec.files:
             if remote.sha256 == digest:
