@@ -283,6 +283,9 @@ def _check_numbers(args: argparse.Namespace) -> None:
             raise InputError("--force-weight: only with --forces (without it the model is "
                              "trained on energies alone)")
         check_number("--force-weight", args.force_weight, *FORCE_WEIGHT_RANGE)
+        if args.force_weight == 0:  # the force work would be done for an energy-only model
+            raise InputError("--force-weight 0: forces would count for nothing; give a "
+                             "positive weight, or drop --forces to train on energies alone")
     if hasattr(args, "k"):  # suggest
         check_number("-k", args.k, 1, 10_000, integer=True)
         check_number("--target-fraction", args.target_fraction, 1e-6, 1.0)
@@ -444,8 +447,17 @@ def _model_spec(args: argparse.Namespace, kind: str):
     from :func:`_feature_source`)."""
     from lprviz.pipeline import ModelSpec
 
-    return ModelSpec(kind=kind, baseline=args.baseline, n_sparse=args.n_sparse,
-                     hidden=args.nn_hidden, seed=args.nn_seed)
+    # an option of another model would be ignored without a word: refused instead
+    for option, value, model in (("--n-sparse", args.n_sparse, "sparse-kernel"),
+                                 ("--nn-hidden", args.nn_hidden, "nn"),
+                                 ("--nn-seed", args.nn_seed, "nn")):
+        if value is not None and args.model != model:
+            raise InputError(f"{option}: only with --model {model} (the {args.model} model "
+                             "does not use it)")
+    given = {name: value for name, value in (("n_sparse", args.n_sparse),
+                                             ("hidden", args.nn_hidden),
+                                             ("seed", args.nn_seed)) if value is not None}
+    return ModelSpec(kind=kind, baseline=args.baseline, **given)
 
 
 def _fit_step(args: argparse.Namespace, kind: str, n_train: int) -> tuple[str, float | None]:
@@ -1272,13 +1284,13 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
                         "on SOAP; its last hidden layer gives the LLPR), or a pretrained "
                         "backbone whose last-layer features get a linear readout refit on "
                         "the training set (needs pip install 'lprviz[nn]')")
-    p.add_argument("--nn-hidden", type=int, default=32,
+    p.add_argument("--nn-hidden", type=int,
                    help="nn model: width of the hidden layers (default 32)")
-    p.add_argument("--nn-seed", type=int, default=0, help="nn model: training seed (default 0)")
+    p.add_argument("--nn-seed", type=int, help="nn model: training seed (default 0)")
     p.add_argument("--features-array", metavar="NAME",
                    help="features from the per-atom array NAME of the input files (e.g. "
                         "descriptors written into the extxyz) instead of SOAP")
-    p.add_argument("--n-sparse", type=int, default=500,
+    p.add_argument("--n-sparse", type=int,
                    help="active environments of the sparse-kernel model (default 500)")
     p.add_argument("--baseline", action=argparse.BooleanOptionalAction, default=True,
                    help="per-species composition baseline in the model (default on)")

@@ -32,7 +32,8 @@ def files(tmp_path):
 def test_forces_output_matches_library_and_raises_lpr(files, tmp_path, capsys, model):
     train, test = files
     argv = ["lpr", "--train", str(train), "--test", str(test), "--alpha", "1e-3",
-            "--model", model, "--n-sparse", "40", "--scale", "2.0", *SOAP_ARGS, "-q"]
+            "--model", model, *(["--n-sparse", "40"] if model == "sparse-kernel" else []),
+            "--scale", "2.0", *SOAP_ARGS, "-q"]
     plain, forced = tmp_path / "plain.extxyz", tmp_path / "forced.extxyz"
     assert main([*argv, "-o", str(plain)]) == 0
     assert main([*argv, "--forces", "--force-weight", "0.1", "-o", str(forced)]) == 0
@@ -94,6 +95,18 @@ def test_bad_force_weight_and_help(files, tmp_path, capsys):
     assert code == 2
     err = capsys.readouterr().err
     assert "--force-weight: only with --forces" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "o.extxyz").exists()
+    # options of a model or mode not in use would be ignored without a word: refused
+    for extra, message in ((["--forces", "--force-weight", "0"], "--force-weight 0: forces "
+                            "would count for nothing"),
+                           (["--n-sparse", "40"], "--n-sparse: only with --model sparse-kernel"),
+                           (["--nn-seed", "3"], "--nn-seed: only with --model nn"),
+                           (["--model", "sparse-kernel", "--nn-hidden", "8"],
+                            "--nn-hidden: only with --model nn (the sparse-kernel model")):
+        code = main(["lpr", "--train", str(train), "--test", str(test), *extra,
+                     "-o", str(tmp_path / "o.extxyz")])
+        err = capsys.readouterr().err
+        assert code == 2 and message in err and len(err.splitlines()) == 1, (extra, err)
     assert not (tmp_path / "o.extxyz").exists()
     help_text = " ".join(build_parser()._subparsers._group_actions[0].choices["lpr"]
                          .format_help().split())
