@@ -855,3 +855,23 @@ def test_validate_screen_reports_what_the_frame_loop_reports(kind):
                     assert screened and screened[0] <= k  # the bad frame is screened
     assert readers._suspects(_mutated_frames(rng, "none")[0], get_limits(),
                              require_energy=True, max_atoms=10_000) == []
+
+
+def test_files_without_a_suffix_and_clearer_reader_messages(tmp_path):
+    """A file without a suffix is extxyz when its first line is an atom count, else ASE
+    tells its format (a VASP POSCAR was read as extxyz and refused); an unknown element and
+    a JSON of neither format say so."""
+    si = bulk("Si", "diamond", 5.43, cubic=True)
+    ase.io.write(tmp_path / "POSCAR", si, format="vasp")
+    poscar = datasets.load(tmp_path / "POSCAR")
+    assert poscar.n_atoms == 8 and poscar.frames[0].get_chemical_formula() == "Si8"
+    si.calc = SinglePointCalculator(si, energy=-40.0)
+    ase.io.write(tmp_path / "frames", [si, si], format="extxyz")
+    assert datasets.load(tmp_path / "frames").has_energy.tolist() == [True, True]
+    (tmp_path / "xx.xyz").write_text("1\nProperties=species:S:1:pos:R:3\nXx 0 0 0\n")
+    _one_line_error(datasets.load, tmp_path / "xx.xyz",
+                    match=r"xx\.xyz: cannot read structures \(unknown element symbol or key 'Xx'\)")
+    (tmp_path / "other.json").write_text('{"a": 1}')
+    _one_line_error(datasets.load, tmp_path / "other.json",
+                    match=r"other\.json: cannot read structures \(expected an mlearn JSON list or "
+                          r"an ASE JSON database")

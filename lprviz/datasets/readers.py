@@ -108,7 +108,7 @@ def _read_file(
             frames, meta = read_mlearn_json(path, label=label)
             return frames, meta
         fmt = "json"
-    elif suffix in (".xyz", ".extxyz", ""):
+    elif suffix in (".xyz", ".extxyz") or (suffix == "" and _xyz_count_line(head)):
         if not _is_text(head):
             raise InputError(f"{label}: binary data, expected an extended XYZ text file")
         _check_xyz_counts(path, max_atoms=max_atoms, label=label)
@@ -121,6 +121,10 @@ def _read_file(
             frames = ase.io.read(path, index=":", format=fmt)
     except Exception as exc:  # ASE raises many types for malformed files
         msg = " ".join(str(exc).split())[:200] or type(exc).__name__
+        if isinstance(exc, KeyError):  # ASE's lookups: most often an unknown element symbol
+            msg = f"unknown element symbol or key {msg}"
+        if suffix == ".json":
+            msg = f"expected an mlearn JSON list or an ASE JSON database: {msg}"
         raise InputError(f"{label}: cannot read structures ({msg})") from None
     if isinstance(frames, Atoms):
         frames = [frames]
@@ -177,6 +181,14 @@ def _format_extensions() -> frozenset[str]:
     from ase.io.formats import ioformats
 
     return frozenset({"extxyz", *(ext for fmt in ioformats.values() for ext in fmt.extensions)})
+
+
+def _xyz_count_line(head: bytes) -> bool:
+    """Whether a file's first line is an (ext)xyz atom count: a file without a suffix is
+    read as extxyz then, else ASE tells its format by name and content (``POSCAR``,
+    ``OUTCAR``...)."""
+    first = head.split(b"\n", 1)[0].strip()
+    return first.isdigit()
 
 
 def _read_compressed(
