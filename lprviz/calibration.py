@@ -83,6 +83,13 @@ class Calibration:
     sigma_frames: np.ndarray
     target: str = "errors"
 
+    @property
+    def at_grid_edge(self) -> bool:
+        """Whether the fitted alpha is the first or last of the grid tried: the likelihood
+        may be higher beyond it, so the fit is the best the grid allows, not an optimum."""
+        return bool(self.alphas.size > 1
+                    and self.alpha in (float(self.alphas[0]), float(self.alphas[-1])))
+
 
 def fit_calibration(errors: np.ndarray, pr_sweep: np.ndarray,
                     alphas: np.ndarray) -> tuple[float, float, np.ndarray]:

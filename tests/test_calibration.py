@@ -14,6 +14,7 @@ import pytest
 from lprviz import datasets, insight_plots
 from lprviz.calibration import (
     ALPHA_GRID,
+    Calibration,
     calibrate,
     calibrate_to_spread,
     calibration_curve,
@@ -57,6 +58,20 @@ def test_recovers_alpha_and_factor_of_the_bayesian_model():
     # the fit sees alpha: data drawn at alpha = 1e-1 give a clearly different answer
     other = fit_calibration(*_draw(0, 1e-1), ALPHA_GRID)[0]
     assert np.log10(other) > np.log10(alpha) + 1
+
+
+def test_a_fit_at_the_end_of_the_grid_is_flagged():
+    """Data drawn at alpha = 1e-3 fit inside the full grid; on a grid that stops below
+    or above the truth, the fit lands on its end and says so."""
+    errors, sweep = _draw(0, 1e-3)
+    for grid, edge in ((ALPHA_GRID, False), (ALPHA_GRID[ALPHA_GRID <= 1e-5], True),
+                       (ALPHA_GRID[ALPHA_GRID >= 1e-1], True)):
+        rows = np.flatnonzero(np.isin(ALPHA_GRID, grid))
+        alpha, factor, nll = fit_calibration(errors, sweep[rows], grid)
+        cal = Calibration(alpha=alpha, factor=factor, alphas=grid, nll=nll,
+                          sigma_atoms=np.ones(1), frames=np.arange(1), errors=np.ones(1),
+                          sigma_frames=np.ones(1))
+        assert cal.at_grid_edge is edge, (grid[[0, -1]], alpha)
 
 
 def test_likelihood_factor_is_the_closed_form_optimum():

@@ -128,6 +128,12 @@ def _calibration_section(settings, ds, train, alpha, frame: int) -> None:
                f"eV^2 and alpha_u = {plots.format_number(cal.alpha)} fitted by maximum "
                f"likelihood to {what} (the model's predictions stay those at the slider's "
                "alpha). Points on the dotted line are calibrated.")
+    if cal.at_grid_edge:
+        st.warning(f"alpha_u = {plots.format_number(cal.alpha)} is at the end of the range "
+                   f"tried ({plots.format_number(cal.alphas[0])} to "
+                   f"{plots.format_number(cal.alphas[-1])}): the likelihood may be higher "
+                   "beyond it, so these uncertainties are the best the range allows, not a "
+                   "fitted optimum.")
     sel = ds.atoms_of(frame)
     sigma = cal.sigma_atoms[sel]
     html = structure_html(ds.frames[frame], sigma, vmin=float(cal.sigma_atoms.min()),
