@@ -346,6 +346,7 @@ def _lpr_inputs(args: argparse.Namespace):
     for part, label in ((train_set, args.train), (test_set, args.test)):
         if not part.frames:
             raise InputError(f"{label}: contains no structures")
+    _check_feature_arrays(args, train_set, test_set)
     train_set = _training_part(train_set, args.train, args.train_groups)
     missing = np.flatnonzero(~train_set.has_energy)
     if missing.size:
@@ -356,6 +357,17 @@ def _lpr_inputs(args: argparse.Namespace):
     data = datasets.combine(train_set, test_set)
     train = data.splits == "train"
     return data, train
+
+
+def _check_feature_arrays(args: argparse.Namespace, *parts) -> None:
+    """With ``--features-array``, check each input file's arrays on its own, so a bad frame
+    is named by its file and its number there (the combined dataset's check that follows
+    adds only the widths across files)."""
+    from lprviz.sources import read_array
+
+    if getattr(args, "features_array", None) is not None:
+        for part in parts:
+            read_array(part, args.features_array)
 
 
 def _training_part(train_set, label: str, groups: str | None):
@@ -1075,6 +1087,7 @@ def _suggest_inputs(args: argparse.Namespace):
     for part, label in zip(parts, (args.train, args.pool, args.target), strict=False):
         if not part.frames:
             raise InputError(f"{label}: contains no structures")
+    _check_feature_arrays(args, *parts)
     parts[0] = _training_part(parts[0], args.train, args.train_groups)
     if not parts[0].has_energy.all():
         raise InputError(f"{args.train}: every training frame needs an energy")

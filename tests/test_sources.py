@@ -159,6 +159,16 @@ def test_bad_arrays_give_one_line_naming_file_and_array(tmp_path, capsys, change
     err = capsys.readouterr().err.strip()
     assert code == 2 and "\n" not in err and needle in err
     assert not (tmp_path / "out.extxyz").exists()
+    # the bad file as --test (lpr) or --pool (suggest): named by itself and its own frame
+    # numbers, not as frames of the combined train+test set
+    train = tmp_path / "train.extxyz"
+    ase.io.write(train, _with_features(valid_frames(5, 5), 5))
+    for argv in (["lpr", "--test", str(path), "-o", str(tmp_path / "out.extxyz")],
+                 ["suggest", "--pool", str(path)]):
+        code = main([*argv, "--train", str(train), "--features-array", "feat", "-q"])
+        err = capsys.readouterr().err.strip()
+        assert code == 2 and "\n" not in err and needle in err, (argv[0], err)
+        assert "lprviz: error: bad.extxyz: per-atom array 'feat'" in err
 
 
 def test_large_but_allowed_features_give_the_same_lpr(files, tmp_path):
