@@ -22,11 +22,22 @@ from lprviz.errors import InputError
 from lprviz.process import collector_paused, tune_process_memory
 
 
+def _bars_shown() -> bool:
+    """Whether stderr is a terminal: only there are bars redrawn in place (``\\r``); in a log
+    file or a pipe each redraw would be text of its own, so only the step lines go there."""
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):  # replaced or closed stderr
+        return False
+
+
 def _progress_bar(label: str, *, enabled: bool = True, width: int = 30):
-    """A tqdm-style text bar on stderr, as a ``progress(done, total)`` callback.
+    """A tqdm-style text bar on stderr, as a ``progress(done, total)`` callback; nothing
+    unless stderr is a terminal (:func:`_bars_shown`).
 
     The line is left open: the :class:`_Steps` step around it ends it with its time.
     """
+    enabled = enabled and _bars_shown()
 
     def update(done: int, total: int) -> None:
         if not enabled:
@@ -874,7 +885,8 @@ def _cmd_lpr(args: argparse.Namespace) -> int:
                            *(["LCPR per descriptor block"] if args.lcpr else []),
                            writing], 0.0)
 
-    progress = _progress_bar("test structures", enabled=not args.quiet)
+    bar = not args.quiet and _bars_shown()
+    progress = _progress_bar("test structures", enabled=bar)
     done = 0
 
     def finish(fh, chunk, desc, grads) -> None:
@@ -938,7 +950,7 @@ def _cmd_lpr(args: argparse.Namespace) -> int:
     try:
         _write_atomically(args.output, "-o", write)
     finally:
-        if not args.quiet:
+        if bar:
             print(file=sys.stderr, flush=True)  # ends the line of the test-structure bar
     steps.report(times)
     return _finish_lpr(args, steps, collector, test_frames.size, summary, alphas[0],

@@ -36,7 +36,11 @@ def _one_error_line(err: str) -> str:
     return lines[0]
 
 
-def test_every_step_is_reported_and_quiet_silences_them(files, tmp_path, capsys):
+def test_every_step_is_reported_and_quiet_silences_them(files, tmp_path, capsys,
+                                                        monkeypatch):
+    import lprviz.cli as cli
+
+    monkeypatch.setattr(cli, "_bars_shown", lambda: True)  # as on a terminal
     train, test = files
     out = tmp_path / "out.extxyz"
     argv = ["lpr", "--train", str(train), "--test", str(test), "--alpha", "1e-4,1e-2",
@@ -168,8 +172,11 @@ def test_unwritable_or_shared_outputs_are_refused_before_any_work(files, tmp_pat
     monkeypatch.setattr(cli, "_suggest_inputs", no_work)
     train, test = files
     (tmp_path / "dir").mkdir()
-    (tmp_path / "h.json").write_text(OLD)
-    os.link(tmp_path / "h.json", tmp_path / "h2.json")
+    # -o writes extended XYZ only, so a summary file shares it only through a hard link
+    (tmp_path / "h.extxyz").write_text(OLD)
+    os.link(tmp_path / "h.extxyz", tmp_path / "h2.json")
+    (tmp_path / "t.extxyz").write_text(OLD)
+    os.link(tmp_path / "t.extxyz", tmp_path / "t.lowest_atoms.csv")
     (tmp_path / "loop").symlink_to(tmp_path / "loop")
     (tmp_path / "loop.json").symlink_to(tmp_path / "loop.json")
     (tmp_path / "dangling.extxyz").symlink_to(tmp_path / "nowhere" / "x.extxyz")
@@ -184,12 +191,13 @@ def test_unwritable_or_shared_outputs_are_refused_before_any_work(files, tmp_pat
         (["-o", at("missing/out.extxyz")], "-o", "does not exist"),
         (["-o", at("o.extxyz"), "--summary", at("missing/s.json")], "--summary",
          "does not exist"),
-        (["-o", at("s.json"), "--summary", at("s.json")], "--summary", "is also the file of -o"),
+        (["-o", at("s.json"), "--summary", at("s.json")], "-o", "writes extended XYZ"),
         (["-o", at("s.sample.extxyz"), "--summary", at("s.json"), "--sample", "2"], "--sample",
          "is also the file of -o"),
-        (["-o", at("t.lowest_atoms.csv"), "--summary", at("t.csv")], "--summary",
+        (["-o", at("t.extxyz"), "--summary", at("t.csv")], "--summary",
          "is also the file of -o"),
-        (["-o", at("h.json"), "--summary", at("h2.json")], "--summary", "is also the file of -o"),
+        (["-o", at("h.extxyz"), "--summary", at("h2.json")], "--summary",
+         "is also the file of -o"),
         (["-o", at("loop")], "-o", "cannot use it as an output"),
         (["-o", at("o.extxyz"), "--summary", at("loop.json")], "--summary",
          "cannot use it as an output"),
@@ -204,7 +212,7 @@ def test_unwritable_or_shared_outputs_are_refused_before_any_work(files, tmp_pat
     msg = _one_error_line(capsys.readouterr().err)
     assert "--csv" in msg and "is a directory" in msg
     assert sorted(os.listdir(tmp_path)) == before
-    assert (tmp_path / "h.json").read_text() == OLD
+    assert (tmp_path / "h.extxyz").read_text() == OLD == (tmp_path / "t.extxyz").read_text()
 
 
 @pytest.mark.parametrize("suffix", [".gz", ".bz2", ".xz"])
@@ -381,3 +389,20 @@ def test_atomic_output_replaces_whole_files_and_follows_links(tmp_path):
     os.umask(umask)
     assert stat.S_IMODE(fresh.stat().st_mode) == 0o666 & ~umask
     assert np.array_equal(np.frombuffer(fresh.read_bytes(), np.uint8), [ord("x")])
+
+
+def test_progress_bars_only_on_a_terminal(files, tmp_path, capsys, monkeypatch):
+    """In a log file or a pipe every bar redraw (a carriage return) would be text of its
+    own: there stderr gets the step lines only; on a terminal the bars are drawn."""
+    import lprviz.cli as cli
+
+    train, test = files
+    argv = ["lpr", "--train", str(train), "--test", str(test), *SOAP,
+            "-o", str(tmp_path / "out.extxyz")]
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert "\r" not in err and "[" not in err and "SOAP... done in" in err
+    monkeypatch.setattr(cli, "_bars_shown", lambda: True)
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert "\rtest structures [" in err and "atoms" in err

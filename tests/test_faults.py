@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import pty
 import re
 import signal
 import subprocess
@@ -166,19 +167,34 @@ def _interrupt(tmp_path: Path, argv: list[str], ready: re.Pattern) -> None:
     out_dir.mkdir()
     env = dict(os.environ, LPRVIZ_CACHE_DIR=str(cache), PYTHONUNBUFFERED="1",
                PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    # stderr is a terminal (a pseudo-terminal), as for a user at one: the progress bars are
+    # drawn there only, and they tell when to interrupt
+    master, slave = pty.openpty()
     proc = subprocess.Popen(
         [sys.executable, "-m", "lprviz.cli", "lpr", *argv, "-o", str(out_dir / "out.extxyz")],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+        stdout=subprocess.PIPE, stderr=slave, env=env,
     )
+    os.close(slave)
+
+    def read() -> bytes:
+        try:
+            return os.read(master, 256)
+        except OSError:  # EIO: the child has closed the terminal
+            return b""
+
     try:
         seen = b""
         while not ready.search(seen):
-            chunk = os.read(proc.stderr.fileno(), 256)
+            chunk = read()
             assert chunk, f"lprviz exited too early: {seen.decode(errors='replace')}"
             seen += chunk
         proc.send_signal(signal.SIGINT)
-        _, rest = proc.communicate(timeout=120)
+        proc.communicate(timeout=120)
+        rest = b""
+        while chunk := read():
+            rest += chunk
     finally:
+        os.close(master)
         if proc.poll() is None:
             proc.kill()
             proc.wait()
