@@ -230,8 +230,12 @@ def test_uploaded_structures_are_named_after_the_users_file(monkeypatch):
         return offered[-1]
 
     monkeypatch.setattr(export, "csv_bytes", recording_csv)
-    at = _upload(_app(), "cu-au run 7.extxyz", _teaching_extxyz(slice(0, 12)))
+    at = _app()
+    assert at.query_params["dataset"] == "emt-alloys"
+    at = _upload(at, "cu-au run 7.extxyz", _teaching_extxyz(slice(0, 12)))
     _ok(at)
+    # a link to the page cannot name the upload, and must not name the dataset before it
+    assert "dataset" not in at.query_params
     stored = Path(at.session_state["uploads"]["cu-au run 7.extxyz"]).name
     labels = _structure_labels(at)
     assert len(labels) == 12

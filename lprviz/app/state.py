@@ -236,6 +236,8 @@ def sidebar() -> Settings:
                      "the default makes forces and energies add about equal curvature.")
     if label in sources:
         qp["dataset"] = label
+    else:  # an upload lives in this session only: a link to it cannot name it
+        qp.pop("dataset", None)
     current = Settings(source=source, label=label, preset=key,
                        spec=pipeline.ModelSpec(kind=st.session_state["model_kind"],
                                                force_weight=force_weight))
