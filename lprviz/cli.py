@@ -1248,7 +1248,11 @@ def _cmd_datasets_fetch(args: argparse.Namespace) -> int:
 def _cmd_datasets_import(args: argparse.Namespace) -> int:
     from lprviz import datasets
 
+    before = {r.name for r in datasets.list_available() if r.kind == "imported"}
     info = datasets.import_file(args.file, name=args.name)
+    if info.kind == "imported" and info.name in before:
+        print(f"lprviz: note: '{info.name}' replaces the earlier import of that name",
+              file=sys.stderr)
     if info.kind == "fetchable" and not info.cached:
         missing = ", ".join(p.name for p in info.files if not p.is_file())
         print(f"stored as a file of '{info.name}' ({info.path}); it loads by that name once "

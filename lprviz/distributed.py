@@ -92,8 +92,10 @@ def connect(workers: int | None = None, scheduler: str | None = None, *,
                 client = dd.Client(scheduler, timeout=timeout)
             except (OSError, TimeoutError, ValueError) as exc:
                 msg = " ".join(str(exc).split())[:160] or type(exc).__name__
-                raise InputError(f"--scheduler {scheduler}: cannot reach a Dask scheduler "
-                                 f"within {timeout:g} s ({msg})") from None
+                waited = (f" within {timeout:g} s" if isinstance(exc, TimeoutError)
+                          or "timed out" in msg.lower() else "")
+                raise InputError(f"--scheduler {scheduler}: cannot reach a Dask scheduler"
+                                 f"{waited} ({msg})") from None
         else:
             if workers < 1:
                 raise InputError(f"--workers: expected at least 1, got {workers}")

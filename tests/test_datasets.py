@@ -604,7 +604,11 @@ def test_cli_errors_exit_2_one_line(server, capsys, tmp_path):
     path = tmp_path / "ok.xyz"
     ase.io.write(path, [_frame()], format="extxyz")
     assert main(["datasets", "import", str(path), "--name", "okset"]) == 0
-    assert "okset" in capsys.readouterr().out
+    out, err = capsys.readouterr()
+    assert "okset" in out and err == ""
+    assert main(["datasets", "import", str(path), "--name", "okset"]) == 0  # again: said
+    assert capsys.readouterr().err == ("lprviz: note: 'okset' replaces the earlier import of "
+                                       "that name\n")
 
 
 def test_bulk_only_training_gives_lower_lpr_on_surfaces_and_defects(emt):

@@ -163,8 +163,15 @@ def test_unreachable_scheduler_is_one_line_error(tmp_path, capsys, monkeypatch):
     err = capsys.readouterr().err
     assert code == 2
     assert err.count("\n") == 1 and address in err and "cannot reach" in err
+    assert "within 1 s" in err  # it waited
     assert time.perf_counter() - start < 30
     assert not (tmp_path / "out.extxyz").exists()
+    # an address Dask cannot parse fails at once: no wait is claimed
+    code = main(["lpr", "--dataset", "emt-alloys", "--train-groups", TRAIN_GROUPS, *SMALL,
+                 "-q", "-o", str(tmp_path / "out.extxyz"), "--scheduler", "garbage"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1
+    assert "--scheduler garbage: cannot reach a Dask scheduler (" in err
 
 
 def test_without_dask_names_the_extra(tmp_path, capsys, monkeypatch):

@@ -78,6 +78,9 @@ def _intro() -> None:
         "below states what its numbers show; the structures are coloured on one scale for "
         "both settings."
     )
+    st.caption(f"The experiments run on the shipped {TEACHING} and {ALLOYS} datasets with "
+               "linear models on SOAP and controls of their own: the sidebar's dataset, "
+               "model and alpha do not change them (the other pages use those).")
 
 
 # --------------------------------------------------------------------------- experiments
