@@ -57,6 +57,11 @@ class _Steps:
     :func:`lprviz.features.compute_soap`. Disabled (``-q``), it prints nothing.
     """
 
+    #: Whether a step's line is open (``label...`` printed, its time not yet), and the
+    #: notes (:func:`_note`) waiting for it to end.
+    open_line = False
+    pending: list[str] = []
+
     def __init__(self, enabled: bool) -> None:
         self.enabled = enabled
 
@@ -68,12 +73,19 @@ class _Steps:
             return
         print(f"{label}...", end=" ", file=sys.stderr, flush=True)
         start = time.perf_counter()
+        _Steps.open_line = True
         try:
             yield progress
         except BaseException:
             print(file=sys.stderr, flush=True)  # the error message gets a line of its own
             raise
-        print(f"done in {time.perf_counter() - start:.1f} s", file=sys.stderr, flush=True)
+        else:
+            print(f"done in {time.perf_counter() - start:.1f} s", file=sys.stderr, flush=True)
+        finally:
+            _Steps.open_line = False
+            for line in _Steps.pending:
+                print(line, file=sys.stderr, flush=True)
+            _Steps.pending.clear()
 
     def report(self, times: dict[str, float]) -> None:
         """One ``label... done in 1.2 s`` line per phase of a streamed step (times summed
@@ -150,22 +162,26 @@ def _check_output(path: str, option: str, inputs: dict[str, str | None], *,
                              f"write {out.suffix} files; choose another name") from None
 
 
-# Suffixes of other formats a user may hope -o writes (tables, arrays, documents).
-_NOT_EXTXYZ = frozenset({".csv", ".tsv", ".txt", ".dat", ".npz", ".npy", ".h5", ".hdf5",
-                         ".parquet", ".xlsx", ".html", ".pdf", ".png"})
+# Suffixes of other formats a user may hope -o writes: tables, arrays, documents and the
+# structure formats ASE writes (a name of theirs would not read back as what it says).
+_NOT_EXTXYZ = frozenset({
+    ".csv", ".tsv", ".txt", ".dat", ".json", ".npz", ".npy", ".h5", ".hdf5", ".parquet",
+    ".xlsx", ".html", ".pdf", ".png", ".traj", ".db", ".cif", ".pdb", ".vasp", ".xsf",
+    ".cfg", ".lammps", ".nc", ".gen", ".res", ".mol", ".sdf",
+})
 
 
 def _refuse_other_format(path: str, option: str) -> None:
-    """Refuse an output name of another format (``out.csv``, ``out.json``, ``out.traj``):
-    ``lprviz lpr`` writes extended XYZ only, and a file named for another format would not
-    read back as one. Names without a suffix, or with an unknown one, are taken as given."""
-    from lprviz.datasets.readers import _format_extensions, split_format_suffix
+    """Refuse an output name of another format (``out.csv``, ``out.json.gz``, ``out.traj``):
+    ``lprviz lpr`` writes extended XYZ only. Names without a suffix, or with any other one
+    (``run.out``, ``v1.2``), are taken as given."""
+    from lprviz.export import _COMPRESSED_OUTPUT
 
-    suffix = split_format_suffix(Path(path))[1].split(".")[1:2]
-    suffix = f".{suffix[0]}" if suffix else ""
-    if suffix in (".xyz", ".extxyz") or not suffix:
-        return
-    if suffix in _NOT_EXTXYZ or suffix[1:] in _format_extensions():
+    name = Path(path).name.lower()
+    compression = Path(name).suffix
+    if compression in _COMPRESSED_OUTPUT:  # the format is the suffix before it
+        name = name[: -len(compression)]
+    if Path(name).suffix in _NOT_EXTXYZ:
         raise InputError(f"{option} {path}: lprviz lpr writes extended XYZ; give a name ending "
                          ".extxyz or .xyz (optionally .gz, .bz2 or .xz); the app's Export page "
                          "writes per-atom CSV and chemiscope files")
@@ -336,7 +352,6 @@ def _group_mask(data, text: str, option: str):
 
 def _lpr_inputs(args: argparse.Namespace):
     """The combined dataset (training frames first) and its training mask."""
-    import numpy as np
 
     from lprviz import datasets
 
@@ -359,12 +374,6 @@ def _lpr_inputs(args: argparse.Namespace):
             raise InputError(f"{label}: contains no structures")
     _check_feature_arrays(args, train_set, test_set)
     train_set = _training_part(train_set, args.train, args.train_groups)
-    missing = np.flatnonzero(~train_set.has_energy)
-    if missing.size:
-        raise InputError(
-            f"{args.train}: frame {missing[0]} has no energy ({missing.size} of "
-            f"{len(train_set.frames)} frames); training frames need energies"
-        )
     data = datasets.combine(train_set, test_set)
     train = data.splits == "train"
     return data, train
@@ -384,25 +393,37 @@ def _check_feature_arrays(args: argparse.Namespace, *parts) -> None:
 def _training_part(train_set, label: str, groups: str | None):
     """The frames of a ``--train`` input that train: its own test split (a fetched set's test
     file, frames whose ``split`` info says test) left out with a note, then only the
-    ``--train-groups`` (``groups``) when given."""
+    ``--train-groups`` (``groups``) when given; each needs an energy (a missing one is
+    named by its frame number in the file)."""
     import numpy as np
 
     held_out = np.asarray(train_set.splits) == "test"
-    if held_out.any():
-        train_set = train_set.subset(np.flatnonzero(~held_out))
+    keep = np.flatnonzero(~held_out)
     if groups:
-        train_set = train_set.subset(np.flatnonzero(
-            _group_mask(train_set, groups, "--train-groups")))
-    _training_left(label, int(held_out.sum()), len(train_set.frames))
-    return train_set
+        keep = keep[_group_mask(train_set.subset(keep), groups, "--train-groups")]
+    _training_left(label, int(held_out.sum()), keep.size)
+    missing = keep[~np.asarray(train_set.has_energy, dtype=bool)[keep]]
+    if missing.size:
+        raise InputError(f"{label}: frame {missing[0]} has no energy ({missing.size} of "
+                         f"{keep.size} training frames); training frames need energies")
+    return train_set if keep.size == len(train_set.frames) else train_set.subset(keep)
+
+
+def _note(text: str) -> None:
+    """Print ``lprviz: note: text`` on stderr, after the step line open at the time if any
+    (:class:`_Steps`), so a note never splits ``label... done in 1.2 s``."""
+    line = f"lprviz: note: {text}"
+    if _Steps.open_line:
+        _Steps.pending.append(line)
+    else:
+        print(line, file=sys.stderr, flush=True)
 
 
 def _training_left(label: str, held_out: int, n_train: int) -> None:
     """Say that a ``--train`` input's ``held_out`` test-split structures do not train;
     refuse when no training structure is left (the serial and distributed runs)."""
     if held_out:
-        print(f"lprviz: note: {label}: its {held_out} test-split structures are left out of "
-              "training", file=sys.stderr)
+        _note(f"{label}: its {held_out} test-split structures are left out of training")
     if n_train == 0:
         raise InputError(f"{label}: no structure left to train on (its test split and "
                          "--train-groups leave none)")
@@ -872,7 +893,7 @@ def _cmd_lpr(args: argparse.Namespace) -> int:
             blocks = fit_blocks(fit, desc_train)
         del desc_train
     if fit.notice:
-        print(f"lprviz: note: {fit.notice}", file=sys.stderr)
+        _note(fit.notice)
     _note_unseen_elements(data, train)  # once the model stands
     n_test_atoms = int(np.asarray(data.frame_sizes)[test_frames].sum())
     summary, undetermined = [], []
@@ -975,9 +996,9 @@ def _note_unseen(unseen: Sequence[int]) -> None:
 
     if len(unseen):
         names = ", ".join(chemical_symbols[z] for z in sorted(unseen))
-        print(f"lprviz: note: no training structure contains {names}: what the model "
+        _note(f"no training structure contains {names}: what the model "
               "predicts for these elements is set by the regulariser, not by data (expect "
-              "low LPRs on and near their atoms)", file=sys.stderr)
+              "low LPRs on and near their atoms)")
 
 
 def _summary_collector(args: argparse.Namespace, alphas: list[float]):
@@ -1054,10 +1075,9 @@ def _finish_lpr(args, steps, collector, n_frames: int, lprs: list, alpha: float,
                                   lambda fh: fh.write(collector.sample_text()))
     n_atoms = sum(len(part) for part in lprs)
     if undetermined:
-        print(f"lprviz: note: {undetermined} of {n_atoms} test atoms are undetermined at "
+        _note(f"{undetermined} of {n_atoms} test atoms are undetermined at "
               f"alpha={alpha:g}: the data cannot fix their local energy and their LPR is set "
-              "by numerical resolution (an upper bound of the exact value); raise alpha",
-              file=sys.stderr)
+              "by numerical resolution (an upper bound of the exact value); raise alpha")
     if not args.quiet:
         lpr = np.concatenate(lprs) if lprs else np.zeros(0)
         print(
@@ -1101,8 +1121,6 @@ def _suggest_inputs(args: argparse.Namespace):
             raise InputError(f"{label}: contains no structures")
     _check_feature_arrays(args, *parts)
     parts[0] = _training_part(parts[0], args.train, args.train_groups)
-    if not parts[0].has_energy.all():
-        raise InputError(f"{args.train}: every training frame needs an energy")
     sizes = [len(p.frames) for p in parts]
     data = datasets.Dataset(
         name="+".join(p.name for p in parts),
@@ -1166,7 +1184,7 @@ def _cmd_suggest(args: argparse.Namespace) -> int:
     with steps(label):
         fit = prepare(data, desc, train, spec, force_weight=force_weight)
     if fit.notice:
-        print(f"lprviz: note: {fit.notice}", file=sys.stderr)
+        _note(fit.notice)
     if target is None:
         with steps(f"LPR at alpha={alpha:g}"):
             res = evaluate(fit, alpha)
@@ -1182,10 +1200,10 @@ def _cmd_suggest(args: argparse.Namespace) -> int:
         with steps(f"force rows of {pool.size} candidate structures"):
             Q = force_pool(fit, data, pool)
         if Q.notice:
-            print(f"lprviz: note: {Q.notice}", file=sys.stderr)
+            _note(Q.notice)
     if args.k > pool.size:
-        print(f"lprviz: note: -k {args.k}: the pool has {pool.size} candidate structures; "
-              "ranking all of them", file=sys.stderr)
+        _note(f"-k {args.k}: the pool has {pool.size} candidate structures; "
+              "ranking all of them")
     with steps(f"ranking {pool.size} candidate structures"):
         sug = suggest_from_projections(fit.solver, P, Q, alpha, args.k)
     frames = pool[sug.chosen]
@@ -1251,8 +1269,7 @@ def _cmd_datasets_import(args: argparse.Namespace) -> int:
     before = {r.name for r in datasets.list_available() if r.kind == "imported"}
     info = datasets.import_file(args.file, name=args.name)
     if info.kind == "imported" and info.name in before:
-        print(f"lprviz: note: '{info.name}' replaces the earlier import of that name",
-              file=sys.stderr)
+        _note(f"'{info.name}' replaces the earlier import of that name")
     if info.kind == "fetchable" and not info.cached:
         missing = ", ".join(p.name for p in info.files if not p.is_file())
         print(f"stored as a file of '{info.name}' ({info.path}); it loads by that name once "
@@ -1385,8 +1402,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="no progress (steps and times on stderr) or summary")
     p.add_argument("-o", "--output", required=True,
                    help="output extxyz of the test structures (schema: docs/output_schema.md); "
-                        "replaced atomically, never one of the input files; '-': standard "
-                        "output")
+                        "replaced atomically, never one of the input files; a name of another "
+                        "format (.csv, .json, .traj...) is refused; '-': standard output")
     p.set_defaults(func=_cmd_lpr)
 
     p = sub.add_parser("suggest", help="structures to add to training to raise a target's LPR")

@@ -171,10 +171,22 @@ def _resolve(value: str) -> _Source:
         return _Source(value, path.name, path=path)
     path = Path(value).expanduser()
     if value not in registry._imported_files() and path.is_file() \
-            and path.suffix.lower() in _STREAMED:
+            and path.suffix.lower() in _STREAMED and _xyz_text(path):
         return _Source(path.name, path.name, path=path)
     data = datasets.load(value)  # names, JSON and compressed files: loaded whole
     return _Source(data.name, data.name, data=data)
+
+
+def _xyz_text(path: Path) -> bool:
+    """Whether ``path`` streams as (ext)xyz: any ``.xyz``/``.extxyz``, and a file without a
+    suffix whose first line is an atom count (others go to ASE's format detection, as the
+    serial readers do)."""
+    from lprviz.datasets import readers
+
+    if path.suffix:
+        return True
+    with open(path, "rb") as fh:
+        return readers._xyz_count_line(fh.read(4096))
 
 
 def _chunk_dataset(source: _Source, frames, start: int):
@@ -345,6 +357,9 @@ def _inputs(args) -> list[tuple[str, str | None]]:
         return [(args.dataset, None)]
     if args.train is None or args.test is None:
         raise InputError("give --train TRAIN and --test TEST (or --dataset NAME --train-groups)")
+    if args.train_groups is not None and not _group_names(args.train_groups, "--train-groups"):
+        raise InputError("--train-groups: no group given (expected comma-separated group "
+                         "names)")
     return [(args.train, "train"), (args.test, "test")]
 
 
@@ -389,7 +404,9 @@ def _scan_chunk(item, role, wanted: list[str], value: str, start: int) -> dict:
                                  .tolist()),
             "test_species": set(np.unique(chunk.atom_numbers[test[chunk.structure_index]])
                                 .tolist()),
-            "groups": Counter(chunk.groups.tolist()),
+            # the groups --train-groups may name (of a --train input: outside its test split)
+            "groups": Counter((chunk.groups if role is None else
+                               chunk.groups[np.asarray(chunk.splits) != "test"]).tolist()),
             "train_groups": Counter(chunk.groups[train].tolist()),
             "n_train": int(train.sum()), "n_test": int(test.sum()),
             "held_out": int((np.asarray(chunk.splits) == "test").sum()) if role == "train"
@@ -723,7 +740,7 @@ def _check_supported(args) -> None:
 
 
 def run_lpr(args, steps, alphas, hypers, spec, summary=None, *,
-            chunk_atoms: int | None = None) -> tuple[int, int, list]:
+            chunk_atoms: int | None = None) -> tuple[int, int, list, int]:
     """``lprviz lpr`` on Dask: scan, reduce the training Gram on the workers, factorise,
     stream the test chunks into ``args.output`` in frame order.
 

@@ -417,6 +417,43 @@ def test_train_groups_and_split_of_a_train_file_serial_and_distributed(tmp_path,
                                                 "'train.extxyz' has no group nope")
 
 
+def test_train_file_edge_cases_serial_and_distributed(tmp_path, cluster, capsys):
+    """The serial and distributed runs agree: a missing energy is named by its frame number
+    in the --train file (after a test split and groups are left out), a group found only
+    in the file's test split does not exist for training, an empty group list is refused;
+    a note never splits a step's line."""
+    lc, _ = cluster
+    frames = ase.io.read(REPO / "lprviz" / "data" / "emt-alloys.extxyz", index=":")[:12]
+    for a in frames[:2]:
+        a.info["split"] = "test"
+        a.info["group"] = "only-held-out"
+    frames[6].calc = None  # no energy
+    train, test = tmp_path / "train.extxyz", tmp_path / "test.extxyz"
+    ase.io.write(train, frames)
+    ase.io.write(test, frames[2:5])
+    groups = sorted({a.info["group"] for a in frames[2:]})
+    base = ["lpr", "--train", str(train), "--test", str(test), *SMALL,
+            "-o", str(tmp_path / "o.extxyz")]
+    cases = [
+        ([], "train.extxyz: frame 6 has no energy"),
+        (["--train-groups", "only-held-out"], "--train-groups: dataset 'train.extxyz' has no "
+                                              "group only-held-out"),
+        (["--train-groups", ","], "--train-groups: no group given"),
+    ]
+    for extra, message in cases:
+        for where in ([], ["--scheduler", lc.scheduler_address]):
+            code = main([*base, "-q", *extra, *where])
+            err = capsys.readouterr().err.strip().splitlines()
+            assert code == 2 and message in err[-1], (extra, where, err)
+    del frames[6]
+    ase.io.write(train, frames)
+    assert main([*base, "--train-groups", ",".join(groups)]) == 0
+    err = capsys.readouterr().err.splitlines()
+    assert err[0].startswith("loading structures... done in ")
+    assert "lprviz: note: " + str(train) + ": its 2 test-split structures are left out of " \
+        "training" in err
+
+
 def test_elements_absent_from_training_get_the_serial_note(tmp_path, cluster, capsys):
     """The distributed run notes test elements no training frame contains, in the serial
     run's words (from its scan: the species of each chunk's training and test frames)."""
@@ -568,3 +605,19 @@ def test_sparse_kernel_descriptors_over_the_limit_is_one_line(tmp_path, capsys, 
     assert code == 2 and len(err.splitlines()) == 1
     assert "LPRVIZ_MAX_ARRAY_BYTES" in err and "training atoms" in err
     assert not (tmp_path / "out.extxyz").exists()
+
+
+def test_files_without_a_suffix_stream_only_when_they_are_xyz(tmp_path):
+    """As the serial readers: a file without a suffix streams as extxyz when its first line
+    is an atom count; a POSCAR is loaded whole through ASE's format detection."""
+    from ase.build import bulk
+
+    import lprviz.distributed as dmod
+
+    si = bulk("Si", "diamond", 5.43, cubic=True)
+    ase.io.write(tmp_path / "POSCAR", si, format="vasp")
+    ase.io.write(tmp_path / "frames", [si, si], format="extxyz")
+    poscar, frames = dmod._resolve(str(tmp_path / "POSCAR")), dmod._resolve(
+        str(tmp_path / "frames"))
+    assert poscar.path is None and poscar.data.n_atoms == 8
+    assert frames.path == tmp_path / "frames" and frames.data is None
