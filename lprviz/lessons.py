@@ -305,7 +305,8 @@ class CompositionLesson:
     lpr, abs_local_error : dict of str to numpy.ndarray of shape (n_atoms,)
         Per training set, for the viewer.
     frames : tuple of int
-        Frames in neither training set where the LPR changes most (:func:`showcase_frames`).
+        Frames holding both elements, in neither training set, where the LPR changes most
+        (:func:`showcase_frames`); empty when no frame qualifies.
     train : dict of str to numpy.ndarray of bool, shape (n_frames,)
         Each training set.
     test : numpy.ndarray of bool, shape (n_frames,)
@@ -328,9 +329,23 @@ TEST_SHARE = 0.25
 
 
 def common_test_frames(groups, has_energy, *, seed: int = 0) -> np.ndarray:
-    """Experiment 2's test set (n_frames,) bool: :data:`TEST_SHARE` of the labelled frames of
-    every group (at least one each; seeded), held out of both training sets, so their test
-    errors are measured on the same structures."""
+    """Experiment 2's test set: :data:`TEST_SHARE` of the labelled frames of every group
+    (at least one of each group of two or more; seeded), held out of both training sets, so
+    their test errors are measured on the same structures.
+
+    Parameters
+    ----------
+    groups : sequence of str
+        Group of each frame.
+    has_energy : array-like of bool, shape (n_frames,)
+        Which frames are labelled.
+    seed : int
+        Of the random choice.
+
+    Returns
+    -------
+    numpy.ndarray of bool, shape (n_frames,)
+    """
     groups = np.asarray(groups).astype(str)
     labelled = np.asarray(has_energy, dtype=bool)
     rng = np.random.default_rng(seed)
@@ -356,7 +371,8 @@ def composition_lesson(dataset, descriptors, *, alpha: float = 1e-4, cutoff: flo
     cutoff : float
         Neighbour distance (Angstrom) for the environment split (first shell of Cu/Au fcc).
     seed : int
-        Of the ``varied compositions`` preset.
+        Of the common test set (:func:`common_test_frames`) and of the ``varied
+        compositions`` preset.
 
     Returns
     -------

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import IO
@@ -268,8 +269,12 @@ def read_summary(fh: IO[str], *, source: str) -> dict:
     from lprviz.errors import InputError
 
     def number(value) -> bool:
-        return (isinstance(value, (int, float)) and not isinstance(value, bool)
-                and bool(np.isfinite(value)))
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            return False
+        try:
+            return math.isfinite(float(value))
+        except OverflowError:  # a JSON integer beyond float's range
+            return False
 
     try:
         data = json.load(fh)

@@ -88,6 +88,7 @@ def _valid_summary() -> dict:
     ({"alpha": True}, "field 'alpha'"),
     ({"alpha": -1.0}, "field 'alpha'"),
     ({"alpha": float("nan")}, "field 'alpha'"),
+    ({"alpha": 10**400}, "field 'alpha'"),  # beyond float: float() overflows
     ({"q50": "0.1"}, "quantiles[0].q50: expected a positive number, got '0.1'"),
     ({"q05": 0.0}, "quantiles[0].q05: expected a positive number"),
     ({"count": [1]}, "quantiles[0].count: expected a non-negative number"),

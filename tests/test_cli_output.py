@@ -124,7 +124,8 @@ def test_suggest_group_options_apply_to_files(tmp_path, capsys):
     np.testing.assert_array_equal(groups["frame"], files["frame"] + 15)  # after the surfaces
 
 
-@pytest.mark.parametrize("name", ["out.csv", "out.json", "out.traj", "out.npz"])
+@pytest.mark.parametrize("name", ["out.csv", "out.json", "out.traj", "out.npz",
+                                  "out.csv.gz"])
 def test_output_named_for_another_format_is_refused(files, tmp_path, capsys, name):
     """-o out.csv wrote extended XYZ under a CSV name (unreadable as either); names of
     extxyz, without a suffix or with an unknown one are written as given."""
@@ -134,7 +135,7 @@ def test_output_named_for_another_format_is_refused(files, tmp_path, capsys, nam
     msg = _one_error_line(capsys.readouterr().err)
     assert name in msg and "writes extended XYZ" in msg
     assert not (tmp_path / name).exists()
-    for ok in ("out.extxyz.gz", "results", "out.v2"):
+    for ok in ("out.extxyz.gz", "results", "out.v2", "run.out"):
         assert main(["lpr", "--train", str(train), "--test", str(test), *SOAP, "-q",
                      "-o", str(tmp_path / ok)]) == 0
 

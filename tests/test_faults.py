@@ -7,6 +7,7 @@ import hashlib
 import os
 import pty
 import re
+import select
 import signal
 import subprocess
 import sys
@@ -176,9 +177,13 @@ def _interrupt(tmp_path: Path, argv: list[str], ready: re.Pattern) -> None:
     )
     os.close(slave)
 
-    def read() -> bytes:
+    def read(timeout: float = 120.0) -> bytes:
+        """The next output, b"" once the child has closed the terminal (EIO) or after
+        ``timeout`` seconds of silence."""
+        if not select.select([master], [], [], timeout)[0]:
+            return b""
         try:
-            return os.read(master, 256)
+            return os.read(master, 4096)
         except OSError:  # EIO: the child has closed the terminal
             return b""
 
@@ -189,10 +194,10 @@ def _interrupt(tmp_path: Path, argv: list[str], ready: re.Pattern) -> None:
             assert chunk, f"lprviz exited too early: {seen.decode(errors='replace')}"
             seen += chunk
         proc.send_signal(signal.SIGINT)
-        proc.communicate(timeout=120)
         rest = b""
-        while chunk := read():
+        while chunk := read():  # drained as it goes: a full terminal would block the child
             rest += chunk
+        proc.communicate(timeout=120)
     finally:
         os.close(master)
         if proc.poll() is None:

@@ -83,8 +83,20 @@ def flags(options: dict[str, object]) -> list[str]:
 
 
 def check_listen(address: str, port: int) -> None:
-    """Refuse, in one line, an address that does not resolve or a port already in use
-    there (Streamlit would print a traceback or a log line and exit 1).
+    """Refuse, in one line, an address that does not resolve or where nothing can listen,
+    or a port already in use there (Streamlit would print a traceback or a log line and
+    exit 1).
+
+    Every address ``address`` resolves to is tried, as the server binds them (``localhost``
+    is ``127.0.0.1`` and ``::1``); one that cannot be bound (IPv6 turned off) is skipped
+    while another can.
+
+    Parameters
+    ----------
+    address : str
+        Host name or IP address to listen on.
+    port : int
+        TCP port.
 
     Raises
     ------
@@ -99,18 +111,22 @@ def check_listen(address: str, port: int) -> None:
         infos = socket.getaddrinfo(address, port, type=socket.SOCK_STREAM)
     except (socket.gaierror, UnicodeError) as exc:
         raise InputError(f"--address {address}: not an address of this machine ({exc})") from None
-    family, kind, proto, _, where = infos[0]
-    with socket.socket(family, kind, proto) as sock:
-        if os.name != "nt":  # as the server binds: a port in TIME_WAIT is free to use
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind(where)
-        except OSError as exc:
-            if exc.errno == errno.EADDRINUSE:
-                raise InputError(f"--port {port}: already in use on {address} (another server "
-                                 "may be running); choose another port") from None
-            raise InputError(f"--address {address}: cannot listen there "
-                             f"({exc.strerror or exc})") from None
+    problem = None
+    for family, kind, proto, _, where in infos:
+        with socket.socket(family, kind, proto) as sock:
+            if os.name != "nt":  # as the server binds: a port in TIME_WAIT is free to use
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind(where)
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE:
+                    raise InputError(f"--port {port}: already in use on {address} (another "
+                                     "server may be running); choose another port") from None
+                problem = exc
+                continue
+        return
+    raise InputError(f"--address {address}: cannot listen there "
+                     f"({getattr(problem, 'strerror', None) or problem})")
 
 
 def serve(*, address: str = DEFAULT_ADDRESS, port: int = DEFAULT_PORT,

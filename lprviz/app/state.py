@@ -36,9 +36,8 @@ __all__ = [
     "SPLITS", "Settings", "Split", "alpha", "alpha_slider", "available_sources",
     "computed_note", "current_results", "default_training_frames", "feature_options",
     "forget_training_frames", "frame_numbers", "keep_across_pages", "link_alpha_log10",
-    "remembered",
-    "model_kinds", "new_training_table", "set_training_frames", "settings", "sidebar",
-    "training_frames",
+    "model_kinds", "new_training_table", "remembered", "set_training_frames", "settings",
+    "sidebar", "training_frames",
 ]
 
 DEFAULT_ALPHA_LOG10 = -4.0
@@ -469,9 +468,10 @@ def default_training_frames(current: Settings) -> tuple[int, ...]:
     """The default training set among labelled frames: the upload's random or by-group split
     (its non-test frames); else the source's own splits (its ``"train"`` frames: mlearn, a
     second test file, a file's ``split`` info); else every frame of an upload; else
-    :data:`DEFAULT_PRESET`, or half the frames (seeded) when every labelled frame is bulk
-    (a dataset of bulk structures only would otherwise have no test set); all labelled
-    frames when a choice picks none."""
+    :data:`DEFAULT_PRESET`, or half the frames (:data:`FALLBACK_PRESET`, seeded) when it
+    picks all labelled frames or none (a dataset of bulk structures only, or of defects
+    only, would otherwise have no test set); all labelled frames when a choice picks
+    none."""
     ds = caches.dataset(current.source)
     labelled = np.asarray(ds.has_energy, dtype=bool)
     if not labelled.any():
@@ -490,7 +490,7 @@ def default_training_frames(current: Settings) -> tuple[int, ...]:
     else:
         numbers = frame_numbers(current.source)
         mask = selection.preset_mask(DEFAULT_PRESET, ds.groups, numbers)
-        if labelled.sum() > 1 and not (labelled & ~mask).any():
+        if labelled.sum() > 1 and not ((labelled & ~mask).any() and (labelled & mask).any()):
             mask = selection.preset_mask(FALLBACK_PRESET, ds.groups, numbers, fraction=0.5)
     mask &= labelled
     if split is not None and split.kind in ("random fraction", "by group") and not mask.any():

@@ -46,8 +46,8 @@ def import_file(path: str | os.PathLike, *, name: str | None = None) -> DatasetI
     src = Path(path).expanduser()
     if not src.is_file():
         raise InputError(f"{src}: no such file to import")
-    digest = _sha256(src) if name is None else None
-    for ds_name, spec in _FETCHABLE.items():
+    digest = _sha256(src) if name is None else None  # a name: a dataset of its own
+    for ds_name, spec in _FETCHABLE.items() if digest is not None else ():
         for remote in spec.files:
             if remote.sha256 == digest:
                 target = _fetch_dir(ds_name) / Path(remote.path).name

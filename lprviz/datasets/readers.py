@@ -33,8 +33,18 @@ DEFAULT_MAX_ATOMS = Limits.max_atoms
 
 
 def max_atoms_in_force(max_atoms: int | None = None) -> int:
-    """``max_atoms`` when given, else the limit in force (``Limits.max_atoms``, changed by
-    ``LPRVIZ_MAX_ATOMS``)."""
+    """The atom limit of a load: ``max_atoms`` when given, else the limit in force.
+
+    Parameters
+    ----------
+    max_atoms : int, optional
+        An explicit limit (a ``max_atoms=`` argument).
+
+    Returns
+    -------
+    int
+        ``max_atoms``, or ``Limits.max_atoms`` (changed by ``LPRVIZ_MAX_ATOMS``).
+    """
     return get_limits().max_atoms if max_atoms is None else int(max_atoms)
 
 
@@ -207,7 +217,8 @@ def _read_compressed(
         raise InputError(f"{label}: expands to more than {limit >> 20} MB, beyond what "
                          f"{max_atoms} atoms (max_atoms, LPRVIZ_MAX_ATOMS) need; decompress and "
                          "check it")
-    # the format's suffix: ".xyz" of "frames.xyz.gz", none of "v1.2.gz" (read as extxyz)
+    # the format's suffix: ".xyz" of "frames.xyz.gz", none of "v1.2.gz" (read as extxyz
+    # when its first line is an atom count, else by ASE's format detection)
     inner = split_format_suffix(path)[1][: -len(path.suffix)]
     with tempfile.TemporaryDirectory(prefix="lprviz-") as tmp:
         plain = Path(tmp) / f"data{inner}"

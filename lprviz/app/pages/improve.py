@@ -62,7 +62,7 @@ def _body(settings: state.Settings) -> None:
     pool_groups = c2.multiselect("Candidates from groups", groups, default=groups,
                                  key="improve_pool_groups")
     k = int(c3.number_input("Structures to pick", 1, 50, 5, key="improve_k"))
-    if np.asarray(train_mask, dtype=bool).all():
+    if train_mask.all():
         st.info("Every structure is in the training set: nothing is left to test or to add. "
                 "Leave some out on the Training set page (for your own file: its train/test "
                 "split in the sidebar).")
