@@ -249,9 +249,11 @@ def forces_lesson(dataset, energies: pipeline.Results, forces: pipeline.Results)
     if err:
         text += (" Median |local error|: "
                  + _phrases(table, ERROR, (a, b), by="group", unit="eV") + ".")
-    text += (" Forces tie each local energy to how it changes with its neighbours, which "
-             "the totals alone leave free; they cannot say which constant each species' "
-             "energy is measured from: only energies fix that.")
+    text += (" Each force is a derivative of a total energy: the many force rows fix more of "
+             "the model, so no LPR falls, but they cannot tell how a total is shared among "
+             "the atoms either (energy moved between atoms so that every total stays the "
+             "same leaves every force the same too), so the local energies' errors against "
+             "the reference's own split can move either way.")
     return Lesson(table, text)
 
 
