@@ -491,16 +491,17 @@ def _model_spec(args: argparse.Namespace, kind: str):
     from :func:`_feature_source`)."""
     from lprviz.pipeline import ModelSpec
 
-    # an option of another model would be ignored without a word: refused instead
-    for option, value, model in (("--n-sparse", args.n_sparse, "sparse-kernel"),
-                                 ("--nn-hidden", args.nn_hidden, "nn"),
-                                 ("--nn-seed", args.nn_seed, "nn")):
-        if value is not None and args.model != model:
+    given = {}
+    for option, field, value, model in (("--n-sparse", "n_sparse", args.n_sparse,
+                                         "sparse-kernel"),
+                                        ("--nn-hidden", "hidden", args.nn_hidden, "nn"),
+                                        ("--nn-seed", "seed", args.nn_seed, "nn")):
+        if value is None:
+            continue
+        if args.model != model:  # it would be ignored without a word: refused instead
             raise InputError(f"{option}: only with --model {model} (the {args.model} model "
                              "does not use it)")
-    given = {name: value for name, value in (("n_sparse", args.n_sparse),
-                                             ("hidden", args.nn_hidden),
-                                             ("seed", args.nn_seed)) if value is not None}
+        given[field] = value
     return ModelSpec(kind=kind, baseline=args.baseline, **given)
 
 
@@ -1081,7 +1082,7 @@ def _finish_lpr(args, steps, collector, n_frames: int, lprs: list, alpha: float,
     if not args.quiet:
         lpr = np.concatenate(lprs) if lprs else np.zeros(0)
         print(
-            f"wrote {n_frames} structures ({lpr.size} atoms) to {_output_name(args.output)}; "
+            f"wrote {n_frames} structures ({n_atoms} atoms) to {_output_name(args.output)}; "
             f"LPR at alpha={alpha:g}: median {np.median(lpr):.3g}, min {lpr.min():.3g}",
             file=sys.stderr,
         )

@@ -349,15 +349,16 @@ class _Plan:
 
 def _inputs(args) -> list[tuple[str, str | None]]:
     """``(input, role)`` pairs: role "train", "test", or None (split by ``--train-groups``)."""
+    given = _group_names(args.train_groups or "", "--train-groups")
     if args.dataset is not None:
         if args.train is not None or args.test is not None:
             raise InputError("give either --dataset with --train-groups, or --train and --test")
-        if not _group_names(args.train_groups or "", "--train-groups"):
+        if not given:
             raise InputError("--dataset: also give --train-groups G1,G2 (test = the other groups)")
         return [(args.dataset, None)]
     if args.train is None or args.test is None:
         raise InputError("give --train TRAIN and --test TEST (or --dataset NAME --train-groups)")
-    if args.train_groups is not None and not _group_names(args.train_groups, "--train-groups"):
+    if args.train_groups is not None and not given:
         raise InputError("--train-groups: no group given (expected comma-separated group "
                          "names)")
     return [(args.train, "train"), (args.test, "test")]
